@@ -1,0 +1,67 @@
+"""/v1/devices: trackers and phones. `id` is the MQTT topic's device; `key` what Traccar Client sends."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.deps import CurrentTenant, Cursor, Db, Limit, State
+from trackd import registry, store
+from trackd.errors import NotFound
+
+router = APIRouter(prefix="/v1/devices", tags=["devices"])
+_ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+
+
+class DeviceIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str | None = Field(None, pattern=_ID)
+    key: str | None = Field(None, min_length=4, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
+    name: str | None = Field(None, max_length=200)
+
+
+@router.post("", status_code=201)
+async def create_device(body: DeviceIn, tenant: CurrentTenant, state: State) -> dict[str, Any]:
+    async with store.transaction(state.pool) as conn:
+        row = await registry.create_device(conn, tenant.id, body.id, body.key, body.name)
+    return store.device_json(row)
+
+
+@router.get("")
+async def list_devices(tenant: CurrentTenant, db: Db, limit: Limit = 50, cursor: Cursor = None) -> dict[str, Any]:
+    args: list[Any] = [tenant.id]
+    where = "tenant_id = %s"
+    if cursor:
+        (last,) = store.decode_cursor(cursor, 1)
+        where += " AND id > %s"
+        args.append(last)
+    rows = await (
+        await db.execute(f"SELECT * FROM devices WHERE {where} ORDER BY id LIMIT %s", [*args, limit + 1])
+    ).fetchall()
+    nxt = store.encode_cursor(rows[limit - 1]["id"]) if len(rows) > limit else None
+    return {"items": [store.device_json(r) for r in rows[:limit]], "next_cursor": nxt}
+
+
+@router.get("/{device_id}")
+async def get_device(device_id: str, tenant: CurrentTenant, db: Db) -> dict[str, Any]:
+    row = await (
+        await db.execute("SELECT * FROM devices WHERE tenant_id = %s AND id = %s", (tenant.id, device_id))
+    ).fetchone()
+    if row is None:
+        raise NotFound(f"no device {device_id!r}")
+    return store.device_json(row)
+
+
+@router.delete("/{device_id}", status_code=204)
+async def delete_device(device_id: str, tenant: CurrentTenant, state: State) -> Response:
+    async with store.transaction(state.pool) as conn:
+        row = await (
+            await conn.execute(
+                "DELETE FROM devices WHERE tenant_id = %s AND id = %s RETURNING id", (tenant.id, device_id)
+            )
+        ).fetchone()
+    if row is None:
+        raise NotFound(f"no device {device_id!r}")
+    return Response(status_code=204)

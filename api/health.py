@@ -1,0 +1,52 @@
+"""/healthz (alive), /readyz (database, Redis and broker reachable), /metrics (Prometheus)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+from urllib.parse import urlparse
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from api.deps import State
+from api.errors import JSONBody
+from trackd import metrics
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+async def _broker_ok(url: str) -> bool:
+    u = urlparse(url)
+    try:
+        _r, w = await asyncio.wait_for(asyncio.open_connection(u.hostname or "127.0.0.1", u.port or 1883), 2)
+    except (OSError, TimeoutError):
+        return False
+    w.close()
+    return True
+
+
+@router.get("/readyz")
+async def readyz(state: State) -> JSONBody:
+    checks: dict[str, Any] = {}
+    try:
+        async with state.pool.connection(timeout=2) as conn:
+            await conn.execute("SELECT 1")
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = f"down: {type(exc).__name__}"
+    checks["bus"] = "ok" if await state.bus.ping() else "down"
+    broker = state.extras.get("mqtt_url") or state.settings.mqtt()
+    checks["broker"] = "ok" if await _broker_ok(broker) else "down"
+    ready = all(v == "ok" for v in checks.values())
+    return JSONBody({"status": "ready" if ready else "not_ready", "checks": checks}, status_code=200 if ready else 503)
+
+
+@router.get("/metrics")
+async def prometheus() -> Response:
+    return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,137 @@
+"""Resources shared by the roles of one process, and `serve`: api, mqtt and worker together.
+
+Any number of processes may run any roles against the same database, Redis and broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import signal
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+
+from api.deps import AppState
+from ingest.pipeline import Pipeline
+from trackd import db
+from trackd.bus import Bus, RedisBus
+from trackd.relay import Relay
+from trackd.settings import Settings
+
+log = logging.getLogger("trackd")
+
+
+def build_evaluator(settings: Settings) -> Any:
+    try:
+        mod = importlib.import_module("trackd.evaluation")
+    except ModuleNotFoundError:
+        return None
+    return mod.Evaluator(settings)
+
+
+@dataclass
+class Resources:
+    state: AppState
+    owns_bus: bool = True
+
+    @classmethod
+    async def open(cls, settings: Settings, *, with_hub: bool, bus: Bus | None = None) -> Resources:
+        pool = await db.open_pool(settings.dsn(), settings.pool_size)
+        owns_bus = bus is None
+        if bus is None:
+            bus = RedisBus.from_url(settings.redis(), settings.redis_prefix)
+        relay = Relay(pool, bus)
+        await relay.start()
+        evaluator = build_evaluator(settings)
+        pipeline = Pipeline(pool, relay, evaluator)
+        state = AppState(settings=settings, pool=pool, bus=bus, relay=relay, pipeline=pipeline, evaluator=evaluator)
+        if with_hub:
+            try:
+                hub_mod = importlib.import_module("stream.hub")
+            except ModuleNotFoundError:
+                hub_mod = None
+            if hub_mod is not None:
+                state.hub = hub_mod.Hub(bus, tick_s=settings.stream_tick_ms / 1000)
+                await state.hub.start()
+        return cls(state, owns_bus)
+
+    async def close(self) -> None:
+        s = self.state
+        if s.hub is not None:
+            await s.hub.stop()
+        await s.relay.stop()
+        if self.owns_bus:
+            await s.bus.close()
+        await s.pool.close()
+
+
+async def run_roles(
+    settings: Settings,
+    roles: list[str],
+    *,
+    bus: Bus | None = None,
+    stop: asyncio.Event | None = None,
+    ready: asyncio.Event | None = None,
+) -> None:
+    """Run the given roles in this process until `stop` is set (or SIGINT/SIGTERM)."""
+    from api.app import create_app
+
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    res = await Resources.open(settings, with_hub="api" in roles, bus=bus)
+    tasks: list[asyncio.Task[Any]] = []
+    server: uvicorn.Server | None = None
+    try:
+        if "mqtt" in roles:
+            from ingest.mqtt import MqttIngester
+
+            ingester = MqttIngester(settings, res.state.pipeline)
+            tasks.append(asyncio.create_task(ingester.run(stop), name="mqtt"))
+        if "worker" in roles:
+            from api.worker import Worker
+
+            tasks.append(asyncio.create_task(Worker(res.state).run(stop), name="worker"))
+        if "api" in roles:
+            app = create_app(settings, res.state)
+            config = uvicorn.Config(
+                app,
+                host=settings.http_host,
+                port=settings.http_port,
+                log_level=settings.log_level,
+                access_log=False,
+                lifespan="on",
+                ws_max_size=1 << 20,
+            )
+            server = uvicorn.Server(config)
+            server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]  # signals are ours
+            tasks.append(asyncio.create_task(server.serve(), name="api"))
+        log.info("trackd running roles %s", ",".join(roles))
+        if ready is not None:
+            if server is not None:
+                while not server.started:  # uvicorn offers no event for this
+                    await asyncio.sleep(0.02)  # noqa: ASYNC110
+            ready.set()
+        waiter = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        for t in done:
+            if t is not waiter and t.exception() is not None:
+                raise t.exception()  # type: ignore[misc]
+    finally:
+        stop.set()
+        if server is not None:
+            server.should_exit = True
+        for t in tasks:
+            try:
+                await asyncio.wait_for(t, 10)
+            except (TimeoutError, asyncio.CancelledError):
+                t.cancel()
+            except Exception as exc:  # already reported
+                log.debug("role stopped with %s", exc)
+        await res.close()

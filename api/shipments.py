@@ -1,0 +1,243 @@
+"""/v1/shipments: create, read, list, patch, delete; their events, positions, ETA and devices."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.deps import CurrentTenant, Cursor, Db, Limit, State
+from trackd import registry, store
+from trackd.codes import EventKind, Mode, Status
+from trackd.errors import NotFound, ValidationError
+from trackd.model import Location
+from trackd.places import with_coordinates as resolve_location
+from trackd.shipment import Leg, Shipment
+
+router = APIRouter(prefix="/v1/shipments", tags=["shipments"])
+
+
+class PlaceIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(None, max_length=200)
+    unlocode: str | None = Field(None, pattern=r"^[A-Za-z]{2} ?[A-Za-z0-9]{3}$")
+    iata: str | None = Field(None, pattern=r"^[A-Za-z]{3}$")
+    country: str | None = Field(None, pattern=r"^[A-Za-z]{2}$")
+    lat: float | None = Field(None, ge=-90, le=90)
+    lon: float | None = Field(None, ge=-180, le=180)
+
+
+class LegIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    mode: Mode
+    origin: PlaceIn
+    destination: PlaceIn
+
+
+class ShipmentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tracking_number: str = Field(min_length=1, max_length=100)
+    carrier: str | None = Field(None, max_length=100)
+    references: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(default_factory=list, max_length=50)
+    mode: Mode | None = None
+    legs: list[LegIn] = Field(default_factory=list, max_length=20)
+    promised_at: datetime | None = None
+    weight_kg: float | None = Field(None, ge=0, le=1_000_000)
+    temperature_range_c: tuple[float, float] | None = None
+    devices: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(default_factory=list, max_length=20)
+
+
+class ShipmentPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tracking_number: str | None = Field(None, min_length=1, max_length=100)
+    carrier: str | None = Field(None, max_length=100)
+    references: list[Annotated[str, Field(min_length=1, max_length=100)]] | None = Field(None, max_length=50)
+    mode: Mode | None = None
+    legs: list[LegIn] | None = Field(None, max_length=20)
+    promised_at: datetime | None = None
+    weight_kg: float | None = Field(None, ge=0, le=1_000_000)
+    temperature_range_c: tuple[float, float] | None = None
+
+
+class AttachIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    device_id: str = Field(min_length=1, max_length=128)
+    from_: datetime | None = Field(None, alias="from")
+    until: datetime | None = None
+
+
+def _aware(name: str, d: datetime | None) -> datetime | None:
+    if d is not None and d.tzinfo is None:
+        raise ValidationError(name, "needs a UTC offset")
+    return d
+
+
+def _leg(i: int, leg: LegIn) -> Leg:
+    ends = []
+    for side in ("origin", "destination"):
+        place: PlaceIn = getattr(leg, side)
+        loc = Location(**place.model_dump())
+        try:
+            ends.append(resolve_location(loc))
+        except ValidationError as exc:
+            raise ValidationError(f"legs.{i}.{side}", exc.detail) from None
+    return Leg(leg.mode, ends[0], ends[1])
+
+
+def to_domain(shipment_id: str, body: dict[str, Any]) -> Shipment:
+    legs = tuple(
+        _leg(i, LegIn.model_validate(x) if isinstance(x, dict) else x) for i, x in enumerate(body.get("legs") or [])
+    )
+    trange = body.get("temperature_range_c")
+    return Shipment(
+        id=shipment_id,
+        tracking_number=body["tracking_number"].strip(),
+        carrier=body.get("carrier"),
+        references=tuple(r.strip() for r in body.get("references") or []),
+        mode=Mode(body["mode"]) if body.get("mode") and not legs else (legs[0].mode if legs else None),
+        legs=legs,
+        promised_at=_aware("promised_at", body.get("promised_at")),
+        weight_kg=body.get("weight_kg"),
+        temperature_range_c=(float(trange[0]), float(trange[1])) if trange else None,
+    )
+
+
+@router.post("", status_code=201)
+async def create_shipment(body: ShipmentIn, tenant: CurrentTenant, state: State) -> dict[str, Any]:
+    shipment = to_domain(store.new_id("shp"), body.model_dump())
+    async with store.transaction(state.pool) as conn:
+        out = await registry.create_shipment(
+            conn, tenant.id, shipment, body.devices, state.pipeline.clock(), state.evaluator
+        )
+    state.relay.nudge()
+    return out
+
+
+@router.get("")
+async def list_shipments(
+    tenant: CurrentTenant,
+    db: Db,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+    status: Annotated[list[Status] | None, Query()] = None,
+    carrier: Annotated[str | None, Query(max_length=100)] = None,
+    mode: Mode | None = None,
+    exception: Annotated[str | None, Query(max_length=50)] = None,
+    q: Annotated[str | None, Query(max_length=100)] = None,
+    updated_since: datetime | None = None,
+) -> dict[str, Any]:
+    filters = {
+        "status": [s.value for s in status] if status else None,
+        "carrier": carrier,
+        "mode": mode.value if mode else None,
+        "exception": exception,
+        "q": q,
+        "updated_since": _aware("updated_since", updated_since),
+    }
+    items, nxt = await store.list_shipments(db, tenant.id, filters, limit, cursor)
+    return {"items": items, "next_cursor": nxt}
+
+
+@router.get("/{shipment_id}")
+async def get_shipment(shipment_id: str, tenant: CurrentTenant, db: Db) -> dict[str, Any]:
+    return await registry.require_shipment(db, tenant.id, shipment_id)
+
+
+@router.patch("/{shipment_id}")
+async def patch_shipment(shipment_id: str, body: ShipmentPatch, tenant: CurrentTenant, state: State) -> dict[str, Any]:
+    async with store.transaction(state.pool) as conn:
+        current = await registry.require_shipment(conn, tenant.id, shipment_id)
+        merged = {**current, **body.model_dump(exclude_unset=True)}
+        if "legs" not in body.model_fields_set:
+            merged["legs"] = [LegIn.model_validate(x) for x in current["legs"]]
+        if "mode" in body.model_fields_set and "legs" not in body.model_fields_set:
+            merged["legs"] = []
+        if "promised_at" not in body.model_fields_set and current["promised_at"]:
+            merged["promised_at"] = datetime.fromisoformat(current["promised_at"])
+        out = await registry.update_shipment(
+            conn, tenant.id, to_domain(shipment_id, merged), state.pipeline.clock(), state.evaluator
+        )
+    state.relay.nudge()
+    return out
+
+
+@router.delete("/{shipment_id}", status_code=204)
+async def delete_shipment(shipment_id: str, tenant: CurrentTenant, state: State) -> Response:
+    async with store.transaction(state.pool) as conn:
+        if not await registry.delete_shipment(conn, tenant.id, shipment_id):
+            raise NotFound(f"no shipment {shipment_id!r}")
+    return Response(status_code=204)
+
+
+@router.post("/{shipment_id}/devices", status_code=201)
+async def attach_device(shipment_id: str, body: AttachIn, tenant: CurrentTenant, state: State) -> dict[str, Any]:
+    now = state.pipeline.clock()
+    async with store.transaction(state.pool) as conn:
+        await registry.require_shipment(conn, tenant.id, shipment_id)
+        start = _aware("from", body.from_) or now
+        await registry.attach(
+            conn, tenant.id, shipment_id, body.device_id, start, _aware("until", body.until), state.evaluator
+        )
+    state.relay.nudge()
+    return {
+        "shipment_id": shipment_id,
+        "device_id": body.device_id,
+        "from": start.isoformat(),
+        "until": body.until.isoformat() if body.until else None,
+    }
+
+
+@router.get("/{shipment_id}/events")
+async def shipment_events(
+    shipment_id: str,
+    tenant: CurrentTenant,
+    db: Db,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+    kind: EventKind | None = None,
+) -> dict[str, Any]:
+    await registry.require_shipment(db, tenant.id, shipment_id)
+    items, nxt = await store.shipment_events(db, tenant.id, shipment_id, kind.value if kind else None, limit, cursor)
+    return {"items": items, "next_cursor": nxt}
+
+
+@router.get("/{shipment_id}/positions")
+async def shipment_positions(
+    shipment_id: str,
+    tenant: CurrentTenant,
+    db: Db,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+) -> dict[str, Any]:
+    await registry.require_shipment(db, tenant.id, shipment_id)
+    rows = await store.shipment_positions(
+        db, tenant.id, shipment_id, _aware("since", since), _aware("until", until), limit
+    )
+    return {
+        "type": "FeatureCollection",
+        "features": [
+            {
+                "type": "Feature",
+                "geometry": {"type": "Point", "coordinates": [r["lon"], r["lat"]]},
+                "properties": {
+                    "occurred_at": r["occurred_at"].isoformat(),
+                    "speed_kmh": r["speed_kmh"],
+                    "heading": r["heading"],
+                    "device_id": r["device_id"],
+                },
+            }
+            for r in rows
+        ],
+    }
+
+
+@router.get("/{shipment_id}/eta")
+async def shipment_eta_history(shipment_id: str, tenant: CurrentTenant, db: Db) -> list[dict[str, Any]]:
+    await registry.require_shipment(db, tenant.id, shipment_id)
+    return await store.eta_history(db, shipment_id)
+
+
+KindFilter = Literal["position", "milestone", "sensor"]

@@ -1,0 +1,167 @@
+"""The message bus between the writers (pipeline, worker) and every process's stream hub.
+
+Messages are per tenant, ordered by `seq` (allocated once, in the database). The Redis bus keeps
+them in one Redis Stream per tenant whose entry id is `<seq>-1`, so a message published twice is
+refused by Redis itself and readers get them in order. The memory bus is the same interface for
+a single process (the demo without Redis).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any, Protocol
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+Message = dict[str, Any]
+
+
+class BusUnavailable(Exception):
+    """The bus cannot be reached; the outbox keeps the messages until it can."""
+
+
+class Bus(Protocol):
+    async def publish(self, tenant_id: int, messages: list[Message]) -> None:
+        """Append messages (each with an increasing `seq`); a seq already published is skipped."""
+
+    async def read(self, cursors: dict[int, int], block_ms: int) -> list[tuple[int, Message]]:
+        """Messages with seq above each tenant's cursor, in order; waits up to `block_ms`."""
+
+    async def range(self, tenant_id: int, after: int, upto: int) -> list[Message] | None:
+        """Messages after `after` up to `upto` inclusive, or None if some are no longer kept."""
+
+    async def ping(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+class RedisBus:
+    def __init__(self, client: aioredis.Redis, prefix: str, maxlen: int = 100_000) -> None:
+        self._r = client
+        self._prefix = prefix
+        self._maxlen = maxlen
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str, maxlen: int = 100_000) -> RedisBus:
+        client = aioredis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
+        return cls(client, prefix, maxlen)
+
+    def key(self, tenant_id: int) -> str:
+        return f"{self._prefix}:stream:{tenant_id}"
+
+    async def publish(self, tenant_id: int, messages: list[Message]) -> None:
+        if not messages:
+            return
+        key = self.key(tenant_id)
+        try:
+            last = await self._last_seq(key)
+            fresh = [m for m in messages if int(m["seq"]) > last]
+            if not fresh:
+                return
+            pipe = self._r.pipeline(transaction=False)
+            for m in fresh:
+                pipe.xadd(key, {"m": orjson.dumps(m)}, id=f"{m['seq']}-1", maxlen=self._maxlen, approximate=True)
+            results = await pipe.execute(raise_on_error=False)
+            for res in results:
+                if isinstance(res, ResponseError) and "equal or smaller" not in str(res):
+                    raise res
+        except RedisError as exc:
+            raise BusUnavailable(str(exc)) from exc
+
+    async def _last_seq(self, key: str) -> int:
+        entries: Any = await self._r.xrevrange(key, count=1)
+        if not entries:
+            return 0
+        return int(entries[0][0].split(b"-")[0])
+
+    async def read(self, cursors: dict[int, int], block_ms: int) -> list[tuple[int, Message]]:
+        if not cursors:
+            await asyncio.sleep(block_ms / 1000)
+            return []
+        streams: dict[Any, Any] = {self.key(t): f"{c}-1" for t, c in cursors.items()}
+        try:
+            got: Any = await self._r.xread(streams, count=5000, block=block_ms)
+        except RedisError as exc:
+            raise BusUnavailable(str(exc)) from exc
+        out: list[tuple[int, Message]] = []
+        for key, entries in got or []:
+            tenant_id = int(key.rsplit(b":", 1)[1])
+            for _entry_id, fields in entries:
+                out.append((tenant_id, orjson.loads(fields[b"m"])))
+        return out
+
+    async def range(self, tenant_id: int, after: int, upto: int) -> list[Message] | None:
+        if upto <= after:
+            return []
+        try:
+            entries: Any = await self._r.xrange(self.key(tenant_id), min=f"{after + 1}-0", max=f"{upto}-1")
+        except RedisError as exc:
+            raise BusUnavailable(str(exc)) from exc
+        msgs = [orjson.loads(fields[b"m"]) for _id, fields in entries]
+        if [m["seq"] for m in msgs] != list(range(after + 1, upto + 1)):
+            return None
+        return msgs
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._r.ping())
+        except RedisError:
+            return False
+
+    async def close(self) -> None:
+        await self._r.aclose()
+
+
+class MemoryBus:
+    """In-process bus for a single process (the demo without Redis)."""
+
+    def __init__(self, maxlen: int = 100_000) -> None:
+        self._streams: dict[int, deque[Message]] = {}
+        self._maxlen = maxlen
+        self._changed = asyncio.Condition()
+
+    async def publish(self, tenant_id: int, messages: list[Message]) -> None:
+        stream = self._streams.setdefault(tenant_id, deque(maxlen=self._maxlen))
+        last = stream[-1]["seq"] if stream else 0
+        for m in messages:
+            if m["seq"] > last:
+                stream.append(m)
+                last = m["seq"]
+        async with self._changed:
+            self._changed.notify_all()
+
+    def _collect(self, cursors: dict[int, int]) -> list[tuple[int, Message]]:
+        out: list[tuple[int, Message]] = []
+        for tenant_id, cursor in cursors.items():
+            stream = self._streams.get(tenant_id)
+            if stream and stream[-1]["seq"] > cursor:
+                out.extend((tenant_id, m) for m in stream if m["seq"] > cursor)
+        return out
+
+    async def read(self, cursors: dict[int, int], block_ms: int) -> list[tuple[int, Message]]:
+        got = self._collect(cursors)
+        if got:
+            return got
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait(), block_ms / 1000)
+            except TimeoutError:
+                return []
+        return self._collect(cursors)
+
+    async def range(self, tenant_id: int, after: int, upto: int) -> list[Message] | None:
+        if upto <= after:
+            return []
+        msgs = [m for m in self._streams.get(tenant_id, ()) if after < m["seq"] <= upto]
+        if [m["seq"] for m in msgs] != list(range(after + 1, upto + 1)):
+            return None
+        return msgs
+
+    async def ping(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        return None

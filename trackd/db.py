@@ -1,0 +1,107 @@
+"""Connections and migrations. Numbered `.sql` files applied in order under an advisory lock.
+
+Files named `*_timescale.sql` run only when `CREATE EXTENSION timescaledb` succeeds; on plain
+PostgreSQL they are recorded as skipped and the retention job in `store.py` does their work.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib import resources
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from trackd.errors import ConfigError
+
+log = logging.getLogger("trackd.db")
+
+MIGRATION_LOCK = 7_242_019_001  # pg_advisory_lock key shared by every trackd process
+
+
+def migration_files() -> list[tuple[str, str]]:
+    folder = resources.files("trackd") / "migrations"
+    names = sorted(p.name for p in folder.iterdir() if p.name.endswith(".sql"))
+    return [(n, (folder / n).read_text(encoding="utf-8")) for n in names]
+
+
+def connect_sync(dsn: str) -> psycopg.Connection[dict[str, object]]:
+    try:
+        return psycopg.connect(dsn, autocommit=True, row_factory=dict_row, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "connection refused"
+        raise ConfigError(f"database unreachable: {first}") from None
+
+
+def _try_timescale(conn: psycopg.Connection[dict[str, object]]) -> bool:
+    try:
+        with conn.transaction():
+            conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+        return True
+    except psycopg.Error:
+        return False
+
+
+def migrate(dsn: str, retention_days: int = 365) -> list[str]:
+    """Apply pending migrations; returns the names applied. Safe to run from many processes."""
+    applied: list[str] = []
+    with connect_sync(dsn) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now(),"
+                " skipped boolean NOT NULL DEFAULT false)"
+            )
+            done = {r["name"] for r in conn.execute("SELECT name FROM schema_migrations").fetchall()}
+            timescale: bool | None = None
+            for name, sql in migration_files():
+                if name in done:
+                    continue
+                skipped = False
+                if name.endswith("_timescale.sql"):
+                    if timescale is None:
+                        timescale = _try_timescale(conn)
+                    skipped = not timescale
+                with conn.transaction():
+                    if not skipped:
+                        conn.execute(sql.replace("{retention_days}", str(int(retention_days))).encode())
+                    conn.execute("INSERT INTO schema_migrations (name, skipped) VALUES (%s, %s)", (name, skipped))
+                applied.append(name + (" (skipped: no timescaledb)" if skipped else ""))
+                log.info("migration applied: %s%s", name, " (skipped)" if skipped else "")
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+    return applied
+
+
+def check_schema(dsn: str) -> None:
+    """Stop early, with one clear line, if the database is unreachable or not migrated."""
+    with connect_sync(dsn) as conn:
+        row = conn.execute("SELECT to_regclass('public.schema_migrations') AS t").fetchone()
+        if not row or row["t"] is None:
+            raise ConfigError("database is not migrated: run `trackd migrate` first")
+        names = {r["name"] for r in conn.execute("SELECT name FROM schema_migrations").fetchall()}
+        missing = [n for n, _ in migration_files() if n not in names]
+        if missing:
+            raise ConfigError(f"database schema is behind ({', '.join(missing)}): run `trackd migrate`")
+
+
+def has_timescale(dsn: str) -> bool:
+    with connect_sync(dsn) as conn:
+        row = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
+        return row is not None
+
+
+async def open_pool(dsn: str, size: int = 10) -> AsyncConnectionPool:
+    pool = AsyncConnectionPool(
+        dsn,
+        min_size=1,
+        max_size=size,
+        open=False,
+        kwargs={"row_factory": dict_row, "autocommit": False},
+        timeout=10,
+        reconnect_timeout=3600,
+    )
+    await pool.open(wait=True, timeout=10)
+    return pool

@@ -1,0 +1,400 @@
+"""The event write path: events, positions, shipment state and stream messages in one transaction.
+
+Callers hold the transaction (`store.transaction`); everything here runs on its connection. A batch
+is written with a handful of set-based statements whatever its size. Stream messages get their
+`seq` from the tenant row at the very end, so the row lock that orders them is held briefly, and
+commit order equals seq order per tenant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from trackd.codes import Classifier, EventKind, Milestone, Mode
+from trackd.model import Event, Location, MilestoneInfo, Position, Sensor
+from trackd.shipment import PositionFix, StatusState
+from trackd.state import Message, State, advance, rebuild_status
+from trackd.store import Conn, Row
+
+# (shipment row + state row, state, now) -> (state, extra messages): ETA, rules, emissions.
+Evaluator = Callable[[Row, State, datetime], tuple[State, list[Message]]]
+
+_SEP = "\x1f"
+
+INSERT_EVENTS = """
+INSERT INTO events (tenant_id, event_id, occurred_at, received_at, created_at, shipment_id, device_id,
+                    source, kind, code, raw_code, classifier, match_keys, retracts, data, raw)
+SELECT %(tenant)s, e.event_id, e.occurred_at, %(received_at)s, e.created_at, e.shipment_id, e.device_id,
+       e.source, e.kind, e.code, e.raw_code, e.classifier,
+       CASE WHEN e.match_keys = '' THEN '{}'::text[] ELSE string_to_array(e.match_keys, E'\\x1f') END,
+       e.retracts, e.data::jsonb, e.raw::jsonb
+FROM unnest(%(event_id)s::text[], %(occurred_at)s::timestamptz[], %(created_at)s::timestamptz[],
+            %(shipment_id)s::text[], %(device_id)s::text[], %(source)s::text[], %(kind)s::text[],
+            %(code)s::text[], %(raw_code)s::text[], %(classifier)s::text[], %(match_keys)s::text[],
+            %(retracts)s::text[], %(data)s::text[], %(raw)s::text[])
+     AS e(event_id, occurred_at, created_at, shipment_id, device_id, source, kind, code, raw_code,
+          classifier, match_keys, retracts, data, raw)
+ON CONFLICT DO NOTHING
+RETURNING event_id
+"""
+
+INSERT_POSITIONS = """
+INSERT INTO positions (tenant_id, shipment_id, device_id, occurred_at, event_id, lat, lon, speed_kmh,
+                       heading, accuracy_m, altitude_m)
+SELECT %(tenant)s, * FROM unnest(%(shipment_id)s::text[], %(device_id)s::text[], %(occurred_at)s::timestamptz[],
+       %(event_id)s::text[], %(lat)s::float8[], %(lon)s::float8[], %(speed)s::float8[], %(heading)s::float8[],
+       %(accuracy)s::float8[], %(altitude)s::float8[])
+"""
+
+LOAD_STATES = """
+SELECT s.*, st.status, st.substatus, st.status_at, st.last_lat, st.last_lon, st.last_speed_kmh,
+       st.last_heading, st.last_position_at, st.last_event_at, st.last_sensor, st.carrier_eta,
+       st.carrier_eta_created_at, st.eta, st.exceptions, st.emissions, st.delivered_at, st.started_at,
+       st.milestones
+FROM shipment_state st JOIN shipments s ON s.id = st.shipment_id
+WHERE st.shipment_id = ANY(%s) ORDER BY st.shipment_id FOR UPDATE OF st
+"""
+
+SAVE_STATE = """
+UPDATE shipment_state SET status = %(status)s, substatus = %(substatus)s, status_at = %(status_at)s,
+  last_lat = %(lat)s, last_lon = %(lon)s, last_speed_kmh = %(speed)s, last_heading = %(heading)s,
+  last_position_at = %(pos_at)s, last_event_at = %(last_event_at)s, last_sensor = %(last_sensor)s,
+  carrier_eta = %(carrier_eta)s, carrier_eta_created_at = %(carrier_eta_created_at)s, eta = %(eta)s,
+  exceptions = %(exceptions)s, emissions = COALESCE(%(emissions)s, emissions), delivered_at = %(delivered_at)s,
+  started_at = %(started_at)s, milestones = %(milestones)s, updated_at = now()
+WHERE shipment_id = %(id)s
+"""
+
+
+@dataclass(slots=True)
+class WriteResult:
+    accepted: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    unknown_codes: list[tuple[str, str]] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)
+
+
+def _dumps(v: Any) -> str:
+    return orjson.dumps(v, default=str).decode()
+
+
+def state_from_row(r: Row) -> State:
+    last = None
+    if r.get("last_lat") is not None:
+        last = PositionFix(r["last_lat"], r["last_lon"], r["last_position_at"], r["last_speed_kmh"], r["last_heading"])
+    from trackd.codes import Status
+
+    return State(
+        status=StatusState(Status(r["status"]), r["substatus"], r["status_at"]),
+        last=last,
+        last_event_at=r["last_event_at"],
+        last_sensor=r["last_sensor"],
+        carrier_eta=r["carrier_eta"],
+        carrier_eta_created_at=r["carrier_eta_created_at"],
+        delivered_at=r["delivered_at"],
+        started_at=r["started_at"],
+        milestones=tuple(r["milestones"] or ()),
+        eta=r["eta"],
+        exceptions=tuple(r["exceptions"] or ()),
+    )
+
+
+def final_codes(row: Row) -> frozenset[str]:
+    legs = row.get("legs") or []
+    if not legs:
+        return frozenset()
+    dest = legs[-1].get("destination") or {}
+    return frozenset(c for c in (dest.get("unlocode"), dest.get("iata")) if c)
+
+
+def event_from_row(r: Row) -> Event:
+    """An event as stored, back to its canonical value (for adoption and replay)."""
+    kind, data = EventKind(r["kind"]), r["data"]
+    position = milestone = sensor = None
+    if kind is EventKind.POSITION:
+        position = Position(**data)
+    elif kind is EventKind.SENSOR:
+        sensor = Sensor(**data)
+    else:
+        loc = Location(**data["location"]) if data.get("location") else None
+        milestone = MilestoneInfo(
+            code=Milestone(r["code"]) if r["code"] else None,
+            classifier=Classifier(r["classifier"] or "actual"),
+            location=loc,
+            mode=Mode(data["mode"]) if data.get("mode") else None,
+            raw_code=r["raw_code"],
+        )
+    return Event(
+        event_id=r["event_id"],
+        source=r["source"],
+        occurred_at=r["occurred_at"],
+        kind=kind,
+        position=position,
+        milestone=milestone,
+        sensor=sensor,
+        device=r["device_id"],
+        shipment=r["shipment_id"],
+        created_at=r["created_at"],
+        retracts=r["retracts"],
+    )
+
+
+async def resolve(conn: Conn, tenant_id: int, events: list[Event]) -> list[str | None]:
+    """The shipment of each event: by identifier first, else by the device attached then."""
+    keys = sorted({k for e in events for k in e.match_keys()})
+    by_key: dict[str, str] = {}
+    if keys:
+        rows = await (
+            await conn.execute(
+                "SELECT id, ref_keys FROM shipments WHERE tenant_id = %s AND ref_keys && %s ORDER BY created_at",
+                (tenant_id, keys),
+            )
+        ).fetchall()
+        for r in rows:
+            for k in r["ref_keys"]:
+                by_key.setdefault(k, r["id"])
+    devices = sorted({e.device for e in events if e.device})
+    windows: dict[str, list[tuple[datetime, datetime | None, str]]] = {}
+    if devices:
+        rows = await (
+            await conn.execute(
+                "SELECT device_id, from_at, until_at, shipment_id FROM device_attachments"
+                " WHERE tenant_id = %s AND device_id = ANY(%s) ORDER BY from_at DESC",
+                (tenant_id, devices),
+            )
+        ).fetchall()
+        for r in rows:
+            windows.setdefault(r["device_id"], []).append((r["from_at"], r["until_at"], r["shipment_id"]))
+    out: list[str | None] = []
+    for e in events:
+        sid = next((by_key[k] for k in e.match_keys() if k in by_key), None)
+        if sid is None and e.device:
+            sid = next(
+                (s for f, u, s in windows.get(e.device, ()) if f <= e.occurred_at and (u is None or e.occurred_at < u)),
+                None,
+            )
+        out.append(sid)
+    return out
+
+
+async def insert_events(
+    conn: Conn, tenant_id: int, events: list[Event], shipment_ids: list[str | None], received_at: datetime
+) -> set[str]:
+    cols: dict[str, list[Any]] = {
+        k: []
+        for k in (
+            "event_id",
+            "occurred_at",
+            "created_at",
+            "shipment_id",
+            "device_id",
+            "source",
+            "kind",
+            "code",
+            "raw_code",
+            "classifier",
+            "match_keys",
+            "retracts",
+            "data",
+            "raw",
+        )
+    }
+    for e, sid in zip(events, shipment_ids, strict=True):
+        ms = e.milestone
+        cols["event_id"].append(e.event_id)
+        cols["occurred_at"].append(e.occurred_at)
+        cols["created_at"].append(e.created_at)
+        cols["shipment_id"].append(sid)
+        cols["device_id"].append(e.device)
+        cols["source"].append(e.source)
+        cols["kind"].append(e.kind.value)
+        cols["code"].append(ms.code.value if ms and ms.code else None)
+        cols["raw_code"].append(ms.raw_code if ms else None)
+        cols["classifier"].append(ms.classifier.value if ms else None)
+        cols["match_keys"].append(_SEP.join(e.match_keys()))
+        cols["retracts"].append(e.retracts)
+        cols["data"].append(_dumps(e.data()))
+        cols["raw"].append(_dumps(e.raw).replace("\\u0000", ""))
+    rows = await (
+        await conn.execute(INSERT_EVENTS, {"tenant": tenant_id, "received_at": received_at, **cols})
+    ).fetchall()
+    return {r["event_id"] for r in rows}
+
+
+async def insert_positions(conn: Conn, tenant_id: int, pairs: list[tuple[Event, str | None]]) -> None:
+    if not pairs:
+        return
+    cols: dict[str, list[Any]] = {
+        k: []
+        for k in (
+            "shipment_id",
+            "device_id",
+            "occurred_at",
+            "event_id",
+            "lat",
+            "lon",
+            "speed",
+            "heading",
+            "accuracy",
+            "altitude",
+        )
+    }
+    for e, sid in pairs:
+        p = e.position
+        assert p is not None
+        for k, v in (
+            ("shipment_id", sid),
+            ("device_id", e.device),
+            ("occurred_at", e.occurred_at),
+            ("event_id", e.event_id),
+            ("lat", p.lat),
+            ("lon", p.lon),
+            ("speed", p.speed_kmh),
+            ("heading", p.heading),
+            ("accuracy", p.accuracy_m),
+            ("altitude", p.altitude_m),
+        ):
+            cols[k].append(v)
+    await conn.execute(INSERT_POSITIONS, {"tenant": tenant_id, **cols})
+
+
+async def retract(conn: Conn, tenant_id: int, event_ids: list[str]) -> dict[str, set[str]]:
+    """Mark events retracted; returns {shipment_id: retracted event ids}."""
+    rows = await (
+        await conn.execute(
+            "UPDATE events SET retracted_at = now() WHERE tenant_id = %s AND event_id = ANY(%s)"
+            " AND retracted_at IS NULL RETURNING shipment_id, event_id",
+            (tenant_id, event_ids),
+        )
+    ).fetchall()
+    out: dict[str, set[str]] = {}
+    for r in rows:
+        if r["shipment_id"]:
+            out.setdefault(r["shipment_id"], set()).add(r["event_id"])
+    return out
+
+
+async def load_states(conn: Conn, shipment_ids: Iterable[str]) -> dict[str, Row]:
+    rows = await (await conn.execute(LOAD_STATES, (sorted(set(shipment_ids)),))).fetchall()
+    return {r["id"]: r for r in rows}
+
+
+async def save_state(conn: Conn, shipment_id: str, s: State, emissions: Any = None) -> None:
+    last = s.last
+    await conn.execute(
+        SAVE_STATE,
+        {
+            "id": shipment_id,
+            "status": s.status.status.value,
+            "substatus": s.status.substatus,
+            "status_at": s.status.status_at,
+            "lat": last.lat if last else None,
+            "lon": last.lon if last else None,
+            "speed": last.speed_kmh if last else None,
+            "heading": last.heading if last else None,
+            "pos_at": last.at if last else None,
+            "last_event_at": s.last_event_at,
+            "last_sensor": _dumps(s.last_sensor) if s.last_sensor is not None else None,
+            "carrier_eta": s.carrier_eta,
+            "carrier_eta_created_at": s.carrier_eta_created_at,
+            "eta": _dumps(s.eta) if s.eta is not None else None,
+            "exceptions": _dumps(list(s.exceptions)),
+            "emissions": _dumps(emissions) if emissions is not None else None,
+            "delivered_at": s.delivered_at,
+            "started_at": s.started_at,
+            "milestones": _dumps(list(s.milestones)),
+        },
+    )
+
+
+async def emit(conn: Conn, tenant_id: int, messages: list[Message]) -> list[Message]:
+    """Give messages their seq and write them to the outbox (same transaction as the change)."""
+    if not messages:
+        return []
+    row = await (
+        await conn.execute("UPDATE tenants SET seq = seq + %s WHERE id = %s RETURNING seq", (len(messages), tenant_id))
+    ).fetchone()
+    assert row is not None
+    first = int(row["seq"]) - len(messages) + 1
+    out = [{"seq": first + i, **m} for i, m in enumerate(messages)]
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO outbox (tenant_id, seq, type, shipment_id, occurred_at, payload)"
+            " VALUES (%s, %s, %s, %s, %s, %s)",
+            [(tenant_id, m["seq"], m["type"], m.get("shipment_id"), m["occurred_at"], _dumps(m)) for m in out],
+        )
+    return out
+
+
+async def update_shipments(
+    conn: Conn,
+    tenant_id: int,
+    by_shipment: dict[str, list[Event]],
+    received_at: datetime,
+    evaluator: Evaluator | None,
+    retracted: dict[str, set[str]] | None = None,
+) -> list[Message]:
+    """Fold events into each shipment's state; returns the messages (without seq)."""
+    retracted = retracted or {}
+    rows = await load_states(conn, set(by_shipment) | set(retracted))
+    messages: list[Message] = []
+    for sid, row in rows.items():
+        before = state_from_row(row)
+        state, msgs = advance(before, sid, by_shipment.get(sid, []), received_at, final_codes(row))
+        if sid in retracted:
+            gone = retracted[sid]
+            kept = tuple(m for m in state.milestones if m.get("event_id") not in gone)
+            status = rebuild_status(kept)
+            delivered = next(
+                (datetime.fromisoformat(m["at"]) for m in reversed(kept) if m["code"] == "delivered"), None
+            )
+            state = replace(
+                state,
+                milestones=kept,
+                status=status,
+                delivered_at=delivered if status.status.value == "delivered" else None,
+            )
+            msgs = [m for m in msgs if m["type"] != "status.changed"]
+            if (status.status, status.substatus) != (before.status.status, before.status.substatus):
+                from trackd.state import status_message
+
+                msgs.append(status_message(sid, before.status, status))
+        if evaluator is not None:
+            state, extra = evaluator(row, state, received_at)
+            msgs.extend(extra)
+        await save_state(conn, sid, state)
+        messages.extend(msgs)
+    return messages
+
+
+async def write_events(
+    conn: Conn, tenant_id: int, events: list[Event], received_at: datetime, evaluator: Evaluator | None = None
+) -> WriteResult:
+    result = WriteResult(accepted=len(events))
+    unique = list({e.event_id: e for e in reversed(events)}.values())[::-1]
+    shipment_ids = await resolve(conn, tenant_id, unique)
+    new_ids = await insert_events(conn, tenant_id, unique, shipment_ids, received_at)
+    result.stored = len(new_ids)
+    result.duplicates = len(events) - len(new_ids)
+    fresh = [(e, sid) for e, sid in zip(unique, shipment_ids, strict=True) if e.event_id in new_ids]
+    await insert_positions(conn, tenant_id, [(e, s) for e, s in fresh if e.kind is EventKind.POSITION])
+    result.unknown_codes = [
+        (e.source, e.milestone.raw_code or "")
+        for e, _ in fresh
+        if e.milestone is not None and e.milestone.code is None and e.retracts is None
+    ]
+    retracted = await retract(conn, tenant_id, [e.retracts for e, _ in fresh if e.retracts])
+    by_shipment: dict[str, list[Event]] = {}
+    for e, sid in fresh:
+        if sid is not None and e.retracts is None:
+            by_shipment.setdefault(sid, []).append(e)
+    if by_shipment or retracted:
+        msgs = await update_shipments(conn, tenant_id, by_shipment, received_at, evaluator, retracted)
+        result.messages = await emit(conn, tenant_id, msgs)
+    return result

@@ -1,0 +1,94 @@
+"""Publishes committed outbox messages to the bus, in seq order per tenant, after commit.
+
+Any process may relay; an advisory lock makes them take turns, so a message is published by one
+of them, in order. Writers `nudge()` after their commit for low latency; a poll catches the rest
+(messages left by a process that died, or kept while the bus was down).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+
+from trackd.bus import Bus, BusUnavailable
+
+log = logging.getLogger("trackd.relay")
+RELAY_LOCK = 7_242_019_002
+BATCH = 5000
+
+
+class Relay:
+    def __init__(self, pool: AsyncConnectionPool, bus: Bus, poll_s: float = 0.5) -> None:
+        self._pool = pool
+        self._bus = bus
+        self._poll_s = poll_s
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.degraded = False
+
+    def nudge(self) -> None:
+        self._wake.set()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="trackd-relay")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._poll_s)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                while await self.publish_pending() >= BATCH:
+                    pass
+                if self.degraded:
+                    log.warning("bus reachable again: stream messages flowing")
+                self.degraded = False
+                backoff = 0.1
+            except BusUnavailable as exc:
+                if not self.degraded:
+                    log.warning("bus unreachable, keeping messages in the outbox: %s", exc)
+                self.degraded = True
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            except Exception as exc:  # the database may be down: keep trying
+                log.warning("relay: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def publish_pending(self) -> int:
+        """Publish one batch of unpublished messages; returns how many."""
+        async with self._pool.connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (RELAY_LOCK,))
+            rows: list[Any] = await (
+                await conn.execute(
+                    "SELECT tenant_id, seq, payload FROM outbox WHERE NOT published ORDER BY tenant_id, seq LIMIT %s",
+                    (BATCH,),
+                )
+            ).fetchall()
+            if not rows:
+                return 0
+            by_tenant: dict[int, list[dict[str, Any]]] = {}
+            for r in rows:
+                by_tenant.setdefault(r["tenant_id"], []).append(r["payload"])
+            for tenant_id, msgs in by_tenant.items():
+                await self._bus.publish(tenant_id, msgs)
+            for tenant_id, msgs in by_tenant.items():
+                await conn.execute(
+                    "UPDATE outbox SET published = true WHERE tenant_id = %s AND seq = ANY(%s)",
+                    (tenant_id, [m["seq"] for m in msgs]),
+                )
+            return len(rows)

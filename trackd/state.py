@@ -1,0 +1,128 @@
+"""A shipment's current state, and the pure step that folds new events into it.
+
+`advance` returns the new state and the stream messages the change causes (without `seq`, which
+the ledger allocates). Late events never move anything backwards: positions older than the last
+one are stored but not shown as the current position; milestones go through `status.transition`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from trackd.codes import Classifier, EventKind, Milestone
+from trackd.model import Event
+from trackd.shipment import PositionFix, StatusState
+from trackd.status import Outcome, replay, transition
+
+Message = dict[str, Any]
+CARRIER_ETA_CODES = frozenset({Milestone.DELIVERED, Milestone.ARRIVED})
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    status: StatusState = field(default_factory=StatusState)
+    last: PositionFix | None = None
+    last_event_at: datetime | None = None
+    last_sensor: dict[str, Any] | None = None
+    carrier_eta: datetime | None = None
+    carrier_eta_created_at: datetime | None = None
+    delivered_at: datetime | None = None
+    started_at: datetime | None = None
+    milestones: tuple[dict[str, Any], ...] = ()
+    eta: dict[str, Any] | None = None
+    exceptions: tuple[dict[str, Any], ...] = ()
+
+
+def _is_final_destination(event: Event, final_codes: frozenset[str]) -> bool:
+    ms = event.milestone
+    if ms is None or ms.code is Milestone.DELIVERED:
+        return True
+    loc = ms.location
+    if loc is None or not final_codes:
+        return True
+    return bool({loc.unlocode, loc.iata} & final_codes)
+
+
+def advance(
+    state: State,
+    shipment_id: str,
+    events: list[Event],
+    received_at: datetime,
+    final_codes: frozenset[str] = frozenset(),
+) -> tuple[State, list[Message]]:
+    """Fold `events` (any order) into `state`. `final_codes`: the last leg's destination codes."""
+    messages: list[Message] = []
+    s = state
+    prev_status = s.status
+    for ev in sorted(events, key=lambda e: e.occurred_at):
+        at = ev.occurred_at
+        if ev.retracts is None and (s.last_event_at is None or at > s.last_event_at):
+            s = replace(s, last_event_at=at)
+        if ev.kind is EventKind.POSITION and ev.position is not None:
+            if s.started_at is None or at < s.started_at:
+                s = replace(s, started_at=at)
+            if s.last is None or at >= s.last.at:
+                p = ev.position
+                s = replace(s, last=PositionFix(p.lat, p.lon, at, p.speed_kmh, p.heading))
+        elif ev.kind is EventKind.SENSOR and ev.sensor is not None:
+            if s.last_sensor is None or at.isoformat() >= str(s.last_sensor.get("at", "")):
+                s = replace(s, last_sensor={**ev.sensor.to_dict(), "at": at.isoformat()})
+        elif ev.milestone is not None:
+            ms = ev.milestone
+            if ms.classifier is Classifier.ESTIMATED and ms.code in CARRIER_ETA_CODES:
+                made = ev.created_at or received_at
+                if (s.carrier_eta_created_at is None or made >= s.carrier_eta_created_at) and _is_final_destination(
+                    ev, final_codes
+                ):
+                    s = replace(s, carrier_eta=at, carrier_eta_created_at=made)
+                continue
+            if ms.classifier is not Classifier.ACTUAL or ms.code is None:
+                continue
+            if s.started_at is None or at < s.started_at:
+                s = replace(s, started_at=at)
+            entry = {
+                "event_id": ev.event_id,
+                "code": ms.code.value,
+                "at": at.isoformat(),
+                "location": ms.location.to_dict() if ms.location else None,
+                "mode": ms.mode.value if ms.mode else None,
+            }
+            s = replace(s, milestones=tuple(sorted((*s.milestones, entry), key=lambda m: m["at"])))
+            step = transition(s.status, ms.code, ms.classifier, at)
+            if step.outcome in (Outcome.MOVED, Outcome.UNCHANGED):
+                s = replace(s, status=step.state)
+            if ms.code is Milestone.DELIVERED and step.outcome is Outcome.MOVED:
+                s = replace(s, delivered_at=at)
+    if s.last is not None and (state.last is None or s.last.at > state.last.at):
+        messages.append(
+            {
+                "type": "position",
+                "shipment_id": shipment_id,
+                "occurred_at": s.last.at.isoformat(),
+                "lat": s.last.lat,
+                "lon": s.last.lon,
+                "speed_kmh": s.last.speed_kmh,
+                "heading": s.last.heading,
+            }
+        )
+    if (s.status.status, s.status.substatus) != (prev_status.status, prev_status.substatus):
+        messages.append(status_message(shipment_id, prev_status, s.status))
+    return s, messages
+
+
+def status_message(shipment_id: str, prev: StatusState, new: StatusState) -> Message:
+    return {
+        "type": "status.changed",
+        "shipment_id": shipment_id,
+        "occurred_at": (new.status_at or prev.status_at or datetime.min).isoformat(),
+        "status": new.status.value,
+        "substatus": new.substatus,
+        "previous_status": prev.status.value,
+    }
+
+
+def rebuild_status(milestones: tuple[dict[str, Any], ...]) -> StatusState:
+    """The status replayed from scratch from the kept milestone list (after a retraction)."""
+    return replay((datetime.fromisoformat(m["at"]), Milestone(m["code"]), Classifier.ACTUAL) for m in milestones)

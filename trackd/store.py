@@ -1,0 +1,429 @@
+"""Reads and CRUD for the API, every query scoped to one tenant. Driver errors stop here.
+
+The event write path lives in `ledger.py`; both share the shipment JSON shape built here.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg import AsyncConnection
+from psycopg.rows import DictRow
+from psycopg_pool import AsyncConnectionPool
+
+from trackd import keys
+from trackd.errors import Conflict, TrackdError, Unavailable, ValidationError
+
+Conn = AsyncConnection[DictRow]
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    id: int
+    name: str
+
+
+@asynccontextmanager
+async def transaction(pool: AsyncConnectionPool) -> AsyncIterator[Conn]:
+    """One connection and one transaction; driver errors become trackd errors here."""
+    try:
+        async with pool.connection() as conn, conn.transaction():
+            yield conn  # type: ignore[misc]
+    except psycopg.errors.UniqueViolation as exc:
+        raise Conflict(f"already exists: {exc.diag.constraint_name or 'unique key'}") from None
+    except psycopg.errors.ForeignKeyViolation as exc:
+        raise ValidationError("", f"refers to something that does not exist ({exc.diag.constraint_name})") from None
+    except (psycopg.OperationalError, psycopg.errors.AdminShutdown, psycopg.InterfaceError) as exc:
+        raise Unavailable(f"database unavailable: {str(exc).strip().splitlines()[0] if str(exc) else ''}") from None
+    except TimeoutError:
+        raise Unavailable("database unavailable: no connection within the timeout") from None
+    except psycopg.DataError as exc:
+        raise ValidationError("", str(exc).splitlines()[0]) from None
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{int(time.time() * 1000):011x}{secrets.token_hex(5)}"
+
+
+def encode_cursor(*parts: Any) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps([str(p) for p in parts])).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, n: int) -> list[str]:
+    try:
+        parts = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, orjson.JSONDecodeError):
+        raise ValidationError("cursor", "is not a cursor this API gave") from None
+    if not isinstance(parts, list) or len(parts) != n or not all(isinstance(p, str) for p in parts):
+        raise ValidationError("cursor", "is not a cursor this API gave")
+    return parts
+
+
+def iso(d: datetime | None) -> str | None:
+    return d.isoformat() if d else None
+
+
+# -- tenants -------------------------------------------------------------------------------------
+
+_TENANT_CACHE: dict[bytes, tuple[float, Tenant]] = {}
+_SECRET_CACHE: dict[str, tuple[float, Tenant, str]] = {}
+_CACHE_TTL = 30.0
+
+
+async def box_for(conn: Conn, secret_key: str | None) -> keys.SecretBox:
+    if secret_key:
+        return keys.SecretBox(keys.fernet_for(secret_key))
+    await conn.execute(
+        "INSERT INTO keyring (name, key) VALUES ('ingest', %s) ON CONFLICT (name) DO NOTHING",
+        (keys.generate_keyring_key(),),
+    )
+    row = await (await conn.execute("SELECT key FROM keyring WHERE name = 'ingest'")).fetchone()
+    assert row is not None
+    return keys.SecretBox(keys.fernet_for(row["key"]))
+
+
+async def create_tenant(pool: AsyncConnectionPool, name: str, secret_key: str | None) -> dict[str, str]:
+    api_key, ingest_secret = keys.new_api_key(), keys.new_ingest_secret()
+    async with transaction(pool) as conn:
+        box = await box_for(conn, secret_key)
+        await conn.execute(
+            "INSERT INTO tenants (name, api_key_hash, ingest_secret_enc) VALUES (%s, %s, %s)",
+            (name, keys.hash_key(api_key), box.seal(ingest_secret)),
+        )
+    return {"tenant": name, "api_key": api_key, "ingest_secret": ingest_secret}
+
+
+async def tenant_for_api_key(pool: AsyncConnectionPool, api_key: str) -> Tenant | None:
+    digest = keys.hash_key(api_key)
+    hit = _TENANT_CACHE.get(digest)
+    if hit and hit[0] > time.monotonic():
+        return hit[1]
+    async with transaction(pool) as conn:
+        row = await (
+            await conn.execute("SELECT id, name, api_key_hash FROM tenants WHERE api_key_hash = %s", (digest,))
+        ).fetchone()
+    if row is None or not keys.same(bytes(row["api_key_hash"]), digest):
+        return None
+    tenant = Tenant(row["id"], row["name"])
+    _TENANT_CACHE[digest] = (time.monotonic() + _CACHE_TTL, tenant)
+    return tenant
+
+
+async def tenant_with_secret(pool: AsyncConnectionPool, name: str, secret_key: str | None) -> tuple[Tenant, str] | None:
+    """The tenant called `name` and its ingest secret, for verifying inbound signatures."""
+    hit = _SECRET_CACHE.get(name)
+    if hit and hit[0] > time.monotonic():
+        return hit[1], hit[2]
+    async with transaction(pool) as conn:
+        row = await (
+            await conn.execute("SELECT id, name, ingest_secret_enc FROM tenants WHERE name = %s", (name,))
+        ).fetchone()
+        if row is None:
+            return None
+        box = await box_for(conn, secret_key)
+    tenant, secret = Tenant(row["id"], row["name"]), box.open(row["ingest_secret_enc"])
+    _SECRET_CACHE[name] = (time.monotonic() + _CACHE_TTL, tenant, secret)
+    return tenant, secret
+
+
+# -- shipments -----------------------------------------------------------------------------------
+
+SHIPMENT_SELECT = """
+SELECT s.*, st.status, st.substatus, st.last_lat, st.last_lon, st.last_speed_kmh, st.last_heading,
+       st.last_position_at, st.eta, st.exceptions, st.emissions,
+       GREATEST(s.updated_at, st.updated_at) AS changed_at,
+       COALESCE((SELECT array_agg(DISTINCT a.device_id) FROM device_attachments a
+                 WHERE a.shipment_id = s.id AND (a.until_at IS NULL OR a.until_at > now())), '{}') AS devices
+FROM shipments s JOIN shipment_state st ON st.shipment_id = s.id
+"""
+
+
+def shipment_json(r: Row) -> dict[str, Any]:
+    last = None
+    if r.get("last_lat") is not None:
+        last = {
+            "lat": r["last_lat"],
+            "lon": r["last_lon"],
+            "at": iso(r["last_position_at"]),
+            "speed_kmh": r["last_speed_kmh"],
+            "heading": r["last_heading"],
+        }
+    trange = None
+    if r.get("temperature_min_c") is not None:
+        trange = [r["temperature_min_c"], r["temperature_max_c"]]
+    return {
+        "id": r["id"],
+        "tracking_number": r["tracking_number"],
+        "carrier": r["carrier"],
+        "references": list(r["references"] or []),
+        "mode": r["mode"],
+        "legs": r["legs"] or [],
+        "promised_at": iso(r["promised_at"]),
+        "weight_kg": r["weight_kg"],
+        "temperature_range_c": trange,
+        "devices": sorted(r.get("devices") or []),
+        "status": r["status"],
+        "substatus": r["substatus"],
+        "last_position": last,
+        "eta": r["eta"],
+        "exceptions": r["exceptions"] or [],
+        "emissions": r["emissions"],
+        "created_at": iso(r["created_at"]),
+        "updated_at": iso(r.get("changed_at") or r["updated_at"]),
+    }
+
+
+async def get_shipment(conn: Conn, tenant_id: int, shipment_id: str) -> dict[str, Any] | None:
+    row = await (
+        await conn.execute(SHIPMENT_SELECT + " WHERE s.tenant_id = %s AND s.id = %s", (tenant_id, shipment_id))
+    ).fetchone()
+    return shipment_json(row) if row else None
+
+
+async def list_shipments(
+    conn: Conn, tenant_id: int, filters: dict[str, Any], limit: int, cursor: str | None
+) -> tuple[list[dict[str, Any]], str | None]:
+    where: list[str] = ["s.tenant_id = %s"]
+    args: list[Any] = [tenant_id]
+    if filters.get("status"):
+        where.append("st.status = ANY(%s)")
+        args.append(filters["status"])
+    if filters.get("carrier"):
+        where.append("lower(s.carrier) = lower(%s)")
+        args.append(filters["carrier"])
+    if filters.get("mode"):
+        where.append("(s.mode = %s OR s.legs @> %s::jsonb)")
+        args.extend([filters["mode"], orjson.dumps([{"mode": filters["mode"]}]).decode()])
+    if filters.get("exception"):
+        where.append("st.exceptions @> %s::jsonb")
+        args.append(orjson.dumps([{"kind": filters["exception"], "cleared_at": None}]).decode())
+    if filters.get("q"):
+        from trackd.model import ref_key
+
+        where.append("(s.ref_keys && %s OR s.tracking_number ILIKE %s)")
+        args.extend([[ref_key(filters["q"])], "%" + filters["q"].replace("%", "") + "%"])
+    if filters.get("updated_since"):
+        where.append("GREATEST(s.updated_at, st.updated_at) >= %s")
+        args.append(filters["updated_since"])
+    if cursor:
+        created, sid = decode_cursor(cursor, 2)
+        where.append("(s.created_at, s.id) < (%s::timestamptz, %s)")
+        args.extend([created, sid])
+    sql = SHIPMENT_SELECT + " WHERE " + " AND ".join(where) + " ORDER BY s.created_at DESC, s.id DESC LIMIT %s"
+    rows = await (await conn.execute(sql, [*args, limit + 1])).fetchall()
+    items = [shipment_json(r) for r in rows[:limit]]
+    nxt = encode_cursor(rows[limit - 1]["created_at"].isoformat(), rows[limit - 1]["id"]) if len(rows) > limit else None
+    return items, nxt
+
+
+# -- devices -------------------------------------------------------------------------------------
+
+
+def device_json(r: Row) -> dict[str, Any]:
+    return {"id": r["id"], "key": r["key"], "name": r["name"], "created_at": iso(r["created_at"])}
+
+
+async def device_for_key(pool: AsyncConnectionPool, key: str) -> tuple[int, str, str] | None:
+    """(tenant id, tenant name, device id) for a device key, across tenants (keys are global)."""
+    async with transaction(pool) as conn:
+        row = await (
+            await conn.execute(
+                "SELECT d.tenant_id, t.name, d.id FROM devices d JOIN tenants t ON t.id = d.tenant_id WHERE d.key = %s",
+                (key,),
+            )
+        ).fetchone()
+    return (row["tenant_id"], row["name"], row["id"]) if row else None
+
+
+# -- quarantine ----------------------------------------------------------------------------------
+
+MAX_QUARANTINE_RAW = 1_000_000
+
+
+async def quarantine(conn: Conn, tenant_id: int | None, source: str, transport: str, reason: str, raw: bytes) -> None:
+    text = raw[:MAX_QUARANTINE_RAW].decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+    await conn.execute(
+        "INSERT INTO quarantine (tenant_id, source, transport, reason, raw) VALUES (%s, %s, %s, %s, %s)",
+        (tenant_id, source, transport, reason[:2000], text),
+    )
+
+
+async def quarantine_now(
+    pool: AsyncConnectionPool, tenant_id: int | None, source: str, transport: str, reason: str, raw: bytes
+) -> None:
+    try:
+        async with transaction(pool) as conn:
+            await quarantine(conn, tenant_id, source, transport, reason, raw)
+    except TrackdError:
+        raise
+
+
+def quarantine_json(r: Row) -> dict[str, Any]:
+    return {
+        "id": str(r["id"]),
+        "received_at": iso(r["received_at"]),
+        "source": r["source"],
+        "transport": r["transport"],
+        "reason": r["reason"],
+        "raw": r["raw"],
+    }
+
+
+# -- stream --------------------------------------------------------------------------------------
+
+
+async def stream_snapshot(
+    pool: AsyncConnectionPool,
+    tenant_id: int,
+    shipment_ids: list[str] | None,
+    bbox: tuple[float, float, float, float] | None,
+) -> tuple[int, list[dict[str, Any]]]:
+    """The tenant's latest seq and the matching shipments, read from one snapshot."""
+    async with pool.connection() as raw_conn:
+        conn: Conn = raw_conn  # type: ignore[assignment]
+        await conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
+        try:
+            async with conn.transaction():
+                seq_row = await (await conn.execute("SELECT seq FROM tenants WHERE id = %s", (tenant_id,))).fetchone()
+                where: list[str] = ["s.tenant_id = %s"]
+                args: list[Any] = [tenant_id]
+                if shipment_ids is not None:
+                    where.append("s.id = ANY(%s)")
+                    args.append(shipment_ids)
+                if bbox is not None:
+                    west, south, east, north = bbox
+                    where.append("st.last_lat BETWEEN %s AND %s")
+                    args.extend([south, north])
+                    if west <= east:
+                        where.append("st.last_lon BETWEEN %s AND %s")
+                        args.extend([west, east])
+                    else:
+                        where.append("(st.last_lon >= %s OR st.last_lon <= %s)")
+                        args.extend([west, east])
+                rows = await (
+                    await conn.execute(SHIPMENT_SELECT + " WHERE " + " AND ".join(where) + " ORDER BY s.id", args)
+                ).fetchall()
+        finally:
+            await conn.set_isolation_level(None)
+    return (int(seq_row["seq"]) if seq_row else 0), [shipment_json(r) for r in rows]
+
+
+async def outbox_after(
+    pool: AsyncConnectionPool, tenant_id: int, after_seq: int, limit: int = 10_000
+) -> list[dict[str, Any]] | None:
+    """Messages after `after_seq` in order, or None when some of them are no longer kept."""
+    async with transaction(pool) as conn:
+        rows = await (
+            await conn.execute(
+                "SELECT seq, payload FROM outbox WHERE tenant_id = %s AND seq > %s ORDER BY seq LIMIT %s",
+                (tenant_id, after_seq, limit),
+            )
+        ).fetchall()
+        if rows and rows[0]["seq"] != after_seq + 1:
+            return None
+        if not rows:
+            top = await (await conn.execute("SELECT seq FROM tenants WHERE id = %s", (tenant_id,))).fetchone()
+            if top and top["seq"] > after_seq:
+                return None
+    return [r["payload"] for r in rows]
+
+
+# -- events, positions, ETA history --------------------------------------------------------------
+
+
+def event_json(r: Row) -> dict[str, Any]:
+    return {
+        "id": r["event_id"],
+        "kind": r["kind"],
+        "occurred_at": iso(r["occurred_at"]),
+        "received_at": iso(r["received_at"]),
+        "created_at": iso(r["created_at"]),
+        "source": r["source"],
+        "device_id": r["device_id"],
+        "code": r["code"],
+        "raw_code": r["raw_code"],
+        "classifier": r["classifier"],
+        "location": (r["data"] or {}).get("location") if r["kind"] == "milestone" else None,
+        "retracted": r["retracted_at"] is not None,
+        "data": r["data"],
+        "raw": r["raw"],
+    }
+
+
+async def shipment_events(
+    conn: Conn, tenant_id: int, shipment_id: str, kind: str | None, limit: int, cursor: str | None
+) -> tuple[list[dict[str, Any]], str | None]:
+    where: list[str] = ["tenant_id = %s", "shipment_id = %s"]
+    args: list[Any] = [tenant_id, shipment_id]
+    if kind:
+        where.append("kind = %s")
+        args.append(kind)
+    if cursor:
+        at, eid = decode_cursor(cursor, 2)
+        where.append("(occurred_at, event_id) > (%s::timestamptz, %s)")
+        args.extend([at, eid])
+    rows = await (
+        await conn.execute(
+            "SELECT * FROM events WHERE " + " AND ".join(where) + " ORDER BY occurred_at, event_id LIMIT %s",
+            [*args, limit + 1],
+        )
+    ).fetchall()
+    items = [event_json(r) for r in rows[:limit]]
+    nxt = None
+    if len(rows) > limit:
+        nxt = encode_cursor(rows[limit - 1]["occurred_at"].isoformat(), rows[limit - 1]["event_id"])
+    return items, nxt
+
+
+async def shipment_positions(
+    conn: Conn, tenant_id: int, shipment_id: str, since: datetime | None, until: datetime | None, limit: int
+) -> list[Row]:
+    return await (
+        await conn.execute(
+            "SELECT * FROM (SELECT occurred_at, lat, lon, speed_kmh, heading, device_id FROM positions"
+            " WHERE tenant_id = %s AND shipment_id = %s"
+            " AND (%s::timestamptz IS NULL OR occurred_at >= %s) AND (%s::timestamptz IS NULL OR occurred_at < %s)"
+            " ORDER BY occurred_at DESC LIMIT %s) p ORDER BY occurred_at",
+            (tenant_id, shipment_id, since, since, until, until, limit),
+        )
+    ).fetchall()
+
+
+async def eta_history(conn: Conn, shipment_id: str) -> list[dict[str, Any]]:
+    rows = await (
+        await conn.execute(
+            "SELECT eta FROM eta_history WHERE shipment_id = %s ORDER BY computed_at LIMIT 5000", (shipment_id,)
+        )
+    ).fetchall()
+    return [r["eta"] for r in rows]
+
+
+async def list_quarantine(
+    conn: Conn, tenant_id: int, limit: int, cursor: str | None, source: str | None
+) -> tuple[list[dict[str, Any]], str | None]:
+    where: list[str] = ["tenant_id = %s"]
+    args: list[Any] = [tenant_id]
+    if source:
+        where.append("source = %s")
+        args.append(source)
+    if cursor:
+        (last,) = decode_cursor(cursor, 1)
+        where.append("id < %s")
+        args.append(int(last) if last.isdigit() else 0)
+    rows = await (
+        await conn.execute(
+            "SELECT * FROM quarantine WHERE " + " AND ".join(where) + " ORDER BY id DESC LIMIT %s", [*args, limit + 1]
+        )
+    ).fetchall()
+    nxt = encode_cursor(rows[limit - 1]["id"]) if len(rows) > limit else None
+    return [quarantine_json(r) for r in rows[:limit]], nxt
