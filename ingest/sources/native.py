@@ -58,7 +58,7 @@ def _location(value: Any, where: str) -> Location:
     try:
         return Location(lat=lat, lon=lon, **texts)
     except ValidationError as exc:
-        raise ValidationError(where + exc.field.removeprefix("location"), exc.detail) from None
+        raise ValidationError(where + exc.field.removeprefix("location"), exc.reason) from None
 
 
 def _position(value: Any, where: str) -> Position:
@@ -77,7 +77,7 @@ def _position(value: Any, where: str) -> Position:
     except ValidationError as exc:
         if exc.field.startswith(where):
             raise
-        raise ValidationError(where + exc.field.removeprefix("position"), exc.detail) from None
+        raise ValidationError(where + exc.field.removeprefix("position"), exc.reason) from None
 
 
 def _milestone(value: Any, where: str) -> MilestoneInfo:
@@ -115,7 +115,7 @@ def _sensor(value: Any, where: str) -> Sensor:
     try:
         return Sensor(**readings)
     except ValidationError as exc:
-        raise ValidationError(where + exc.field.removeprefix("sensor"), exc.detail) from None
+        raise ValidationError(where + exc.field.removeprefix("sensor"), exc.reason) from None
 
 
 def parse_item(item: Any, ctx: SourceContext, where: str = "", source: str = SOURCE) -> Event:
@@ -125,19 +125,22 @@ def parse_item(item: Any, ctx: SourceContext, where: str = "", source: str = SOU
     if "occurred_at" not in obj:
         raise ValidationError(prefix + "occurred_at", "is required")
     occurred_at = parse_time(obj["occurred_at"], prefix + "occurred_at")
-    check_not_future(prefix + "occurred_at", occurred_at, ctx)
     created_at = None
     if obj.get("created_at") is not None:
         created_at = parse_time(obj["created_at"], prefix + "created_at")
+        check_not_future(prefix + "created_at", created_at, ctx)
     shipment = _text(obj, "shipment", prefix)
     device = _text(obj, "device", prefix, max_len=128) or ctx.device
     kinds = [k for k in EventKind if obj.get(k.value) is not None]
     if len(kinds) != 1:
-        raise ValidationError(prefix.rstrip(".") or "body", "needs exactly one of position, milestone, sensor")
+        where_ = prefix.rstrip(".") or "body"
+        raise ValidationError(where_, "needs exactly one of position, milestone, sensor")
     kind = kinds[0]
     position = _position(obj["position"], prefix + "position") if kind is EventKind.POSITION else None
     milestone = _milestone(obj["milestone"], prefix + "milestone") if kind is EventKind.MILESTONE else None
     sensor = _sensor(obj["sensor"], prefix + "sensor") if kind is EventKind.SENSOR else None
+    if milestone is None or milestone.classifier is Classifier.ACTUAL:
+        check_not_future(prefix + "occurred_at", occurred_at, ctx)  # estimates and plans look ahead
     event_id = _text(obj, "event_id", prefix) or derive_event_id(
         source, {k: v for k, v in obj.items() if k != "event_id"} | {"device": device}
     )
