@@ -1,0 +1,144 @@
+"""`GET /v1/stream`: the websocket endpoint.
+
+The handshake is authenticated (`Authorization: Bearer <api_key>` or `?token=`); a missing or
+wrong key is answered with an HTTP 401 before the upgrade. After that the socket has two tasks:
+the receiver parses client operations (`stream.protocol`) and applies them to this process's
+`Hub`; the relay sends what the hub queued for the client, in order, and closes the socket
+when the hub closes the client (1013 for a client too far behind, 1008 after too many bad
+frames in a row, 1001 at shutdown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from fastapi import APIRouter, WebSocket
+from fastapi.responses import JSONResponse
+from psycopg_pool import AsyncConnectionPool
+from starlette.websockets import WebSocketDisconnect
+
+from stream import protocol
+from stream.hub import Client, ClientClosed, Hub
+from stream.protocol import Message, Ping, ProtocolError, Selector, Subscribe
+from trackd import store
+from trackd.errors import TrackdError
+
+log = logging.getLogger("trackd.stream")
+
+router = APIRouter()
+
+MAX_BAD_FRAMES = 10  # bad frames in a row tolerated; one more closes the socket with 1008
+CLOSE_POLICY_VIOLATION = 1008
+
+
+class StoreSource:
+    """Snapshots and resumes read from the database through `trackd.store`."""
+
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self._pool = pool
+
+    async def snapshot(self, tenant_id: int, selector: Selector) -> tuple[int, list[Message]]:
+        ids = sorted(selector.shipments) if selector.shipments is not None else None
+        bbox = selector.bbox.as_tuple() if selector.bbox is not None else None
+        return await store.stream_snapshot(self._pool, tenant_id, ids, bbox)
+
+    async def outbox_after(self, tenant_id: int, after: int, limit: int) -> list[Message] | None:
+        return await store.outbox_after(self._pool, tenant_id, after, limit)
+
+
+def api_key(websocket: WebSocket) -> str | None:
+    header = websocket.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return websocket.query_params.get("token") or None
+
+
+async def deny(websocket: WebSocket, status: int, code: str, detail: str) -> None:
+    """Refuse the handshake with an HTTP answer (websocket denial response extension), else 403."""
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    response = JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(response)
+    else:
+        await websocket.close(code=CLOSE_POLICY_VIOLATION, reason=detail)
+
+
+@router.websocket("/v1/stream")
+async def stream(websocket: WebSocket) -> None:
+    state: Any = websocket.app.state.trackd
+    key = api_key(websocket)
+    try:
+        tenant = await store.tenant_for_api_key(state.pool, key) if key else None
+    except TrackdError as exc:
+        await deny(websocket, exc.status, exc.code, exc.detail)
+        return
+    if tenant is None:
+        detail = "unknown API key" if key else "missing Authorization: Bearer <api_key> (or ?token=)"
+        await deny(websocket, 401, "Unauthorized", detail)
+        return
+    hub: Hub = state.hub
+    await websocket.accept()
+    client = hub.connect(tenant.id)
+    receiver = asyncio.create_task(receive(websocket, hub, client, StoreSource(state.pool)))
+    sender = asyncio.create_task(relay(websocket, client))
+    try:
+        await asyncio.wait({receiver, sender}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        hub.disconnect(client)
+        for task in (receiver, sender):
+            task.cancel()
+        for task in (receiver, sender):
+            with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError, OSError):
+                await task
+
+
+async def receive(websocket: WebSocket, hub: Hub, client: Client, source: StoreSource) -> None:
+    """Apply the client's operations in order until it goes away."""
+    bad = 0
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        frame = message.get("text")
+        if frame is None:
+            frame = message.get("bytes")
+        if frame is None:
+            continue
+        try:
+            op = protocol.parse(frame)
+        except ProtocolError as exc:
+            bad += 1
+            client.push(protocol.error(exc.code, exc.detail))
+            if bad > MAX_BAD_FRAMES:
+                hub.close(client, CLOSE_POLICY_VIOLATION, f"more than {MAX_BAD_FRAMES} bad frames in a row", drain=True)
+            continue
+        bad = 0
+        try:
+            if isinstance(op, Ping):
+                client.push(protocol.pong())
+            elif isinstance(op, Subscribe):
+                await hub.subscribe(client, op, source)
+            else:
+                hub.unsubscribe(client, op.selector)
+        except TrackdError as exc:
+            client.push(protocol.error(exc.code, exc.detail))
+        except Exception:
+            log.exception("stream: operation failed")
+            client.push(protocol.error("InternalError", "the operation failed; try again"))
+
+
+async def relay(websocket: WebSocket, client: Client) -> None:
+    """Send what the hub queued for this client, in order; close the socket when the hub says."""
+    try:
+        while True:
+            for frame in await client.next_batch():
+                await websocket.send_text(frame)
+    except ClientClosed as closed:
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+            await websocket.close(code=closed.code, reason=closed.reason)
+    except (WebSocketDisconnect, OSError):
+        return
