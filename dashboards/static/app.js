@@ -1,0 +1,1265 @@
+// trackd live map: every shipment of the tenant on a world map, moving live from /v1/stream.
+//
+// Data flow: REST pages and websocket messages update `state.shipments` at once (so the page's
+// model is always current); marker, counter and panel DOM work is batched into one animation
+// frame. Markers live on one shared canvas renderer and are moved in place.
+
+const L = window.L;
+
+const STATUSES = [
+  ["pending", "Pending", "#6b7280"],
+  ["info_received", "Info received", "#0ea5e9"],
+  ["in_transit", "In transit", "#2563eb"],
+  ["customs", "Customs", "#a855f7"],
+  ["out_for_delivery", "Out for delivery", "#0d9488"],
+  ["failed_attempt", "Failed attempt", "#ea580c"],
+  ["available_for_pickup", "Available for pickup", "#ca8a04"],
+  ["delivered", "Delivered", "#16a34a"],
+  ["exception", "Exception", "#dc2626"],
+  ["returned", "Returned", "#9f1239"],
+  ["cancelled", "Cancelled", "#57534e"],
+  ["expired", "Expired", "#78716c"],
+];
+const STATUS_LABEL = new Map(STATUSES.map(([k, label]) => [k, label]));
+const STATUS_COLOUR = new Map(STATUSES.map(([k, , colour]) => [k, colour]));
+const EXCEPTION_KINDS = [
+  "delayed", "no_signal", "long_dwell", "customs_hold", "off_route", "temperature_excursion",
+  "delivery_failed",
+];
+const FINAL_STATUSES = new Set(["delivered", "returned", "cancelled", "expired"]);
+const MODE_COLOUR = { sea: "#0369a1", air: "#7c3aed", road: "#b45309", rail: "#15803d" };
+const KEY_STORAGE = "trackd.apiKey";
+const PING_INTERVAL_MS = 20000;
+const PAGE_SIZE = 500;
+
+const base = new URL(".", window.location.href);
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  key: null,
+  shipments: new Map(),
+  markers: new Map(),
+  filters: { status: "", mode: "", carrier: "", exception: "", q: "" },
+  carriers: new Set(),
+  selected: null,
+  lastSeq: null,
+  session: 0, // bumped on sign-out so stale async work stops
+};
+
+// ---------------------------------------------------------------- small helpers
+
+class AuthError extends Error {}
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  if (attrs) {
+    for (const [name, value] of Object.entries(attrs)) {
+      if (value === null || value === undefined || value === false) continue;
+      if (name === "class") node.className = value;
+      else if (name === "style") Object.assign(node.style, value);
+      else if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+      else node.setAttribute(name, value === true ? "" : String(value));
+    }
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+/** Replace the children of element `id`, skipping empty ones. */
+function fill(id, ...children) {
+  const node = typeof id === "string" ? $(id) : id;
+  node.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined && c !== false && c !== ""));
+}
+
+function parseTime(value) {
+  if (value === null || value === undefined || value === "") return null;
+  const t = typeof value === "number" ? value * 1000 : Date.parse(value);
+  return Number.isFinite(t) ? t : null;
+}
+
+const dateFormat = new Intl.DateTimeFormat(undefined, {
+  year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit",
+});
+
+function fmtTime(value) {
+  const t = parseTime(value);
+  return t === null ? "—" : dateFormat.format(new Date(t));
+}
+
+function fmtAgo(value) {
+  const t = parseTime(value);
+  if (t === null) return "";
+  const s = Math.round((Date.now() - t) / 1000);
+  if (Math.abs(s) < 60) return "just now";
+  const [n, unit] = Math.abs(s) < 3600 ? [s / 60, "min"] : Math.abs(s) < 172800 ? [s / 3600, "h"] : [s / 86400, "d"];
+  const v = Math.round(Math.abs(n));
+  return s >= 0 ? `${v} ${unit} ago` : `in ${v} ${unit}`;
+}
+
+function fmtHours(ms) {
+  const h = Math.abs(ms) / 3600000;
+  return h >= 48 ? `${(h / 24).toFixed(1)} d` : `${h.toFixed(1)} h`;
+}
+
+function fmtNumber(value, digits = 0) {
+  return typeof value === "number" && Number.isFinite(value)
+    ? value.toLocaleString(undefined, { maximumFractionDigits: digits, minimumFractionDigits: 0 })
+    : "—";
+}
+
+function humanize(code) {
+  return code ? String(code).replace(/[._]/g, " ") : "";
+}
+
+function normalizeId(value) {
+  return String(value ?? "").toUpperCase().replace(/[\s-]/g, "");
+}
+
+function refValues(refs) {
+  if (!Array.isArray(refs)) return [];
+  return refs.flatMap((r) => (r && typeof r === "object" ? Object.values(r) : [r])).filter((v) => v !== null && v !== undefined);
+}
+
+function openExceptions(s) {
+  return Array.isArray(s.exceptions) ? s.exceptions.filter((e) => e && !e.cleared_at) : [];
+}
+
+function shipmentModes(s) {
+  const modes = new Set();
+  if (s.mode) modes.add(s.mode);
+  for (const leg of s.legs || []) if (leg && leg.mode) modes.add(leg.mode);
+  return modes;
+}
+
+function validLatLng(lat, lon) {
+  return typeof lat === "number" && typeof lon === "number" && Number.isFinite(lat) && Number.isFinite(lon)
+    && Math.abs(lat) <= 90 && Math.abs(lon) <= 180;
+}
+
+/** Where a shipment is drawn: its last position, else the origin of its first leg. */
+function latLngOf(s) {
+  const p = s.last_position;
+  if (p && validLatLng(p.lat, p.lon)) return [p.lat, p.lon];
+  const origin = s.legs && s.legs[0] && s.legs[0].origin;
+  if (origin && validLatLng(origin.lat, origin.lon)) return [origin.lat, origin.lon];
+  return null;
+}
+
+/** Longitude `lon` moved by whole turns to lie within 180° of `ref` (lines across the antimeridian). */
+function unwrap(lon, ref) {
+  if (ref === null || ref === undefined) return lon;
+  while (lon - ref > 180) lon -= 360;
+  while (lon - ref < -180) lon += 360;
+  return lon;
+}
+
+function toast(message) {
+  const box = $("toast");
+  box.textContent = message;
+  box.hidden = false;
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => { box.hidden = true; }, 6000);
+}
+
+// ---------------------------------------------------------------- REST
+
+async function api(path, options = {}) {
+  const response = await fetch(new URL(path, base), {
+    ...options,
+    headers: { Accept: "application/json", Authorization: `Bearer ${state.key}`, ...(options.headers || {}) },
+  });
+  if (response.status === 401) throw new AuthError("The API key was not accepted.");
+  if (!response.ok) {
+    let detail = response.statusText;
+    try {
+      const body = await response.json();
+      detail = body.detail || body.error || detail;
+    } catch { /* not JSON */ }
+    const error = new Error(`${response.status}: ${detail}`);
+    error.status = response.status;
+    throw error;
+  }
+  return response.status === 204 ? null : response.json();
+}
+
+function handleFailure(error) {
+  if (error instanceof AuthError) {
+    signOut("Your API key is no longer accepted. Sign in again.");
+  } else {
+    console.error(error);
+    toast(error.message || String(error));
+  }
+}
+
+async function loadShipments(session) {
+  let cursor = null;
+  do {
+    const params = new URLSearchParams({ limit: String(PAGE_SIZE) });
+    if (cursor) params.set("cursor", cursor);
+    const page = await api(`v1/shipments?${params}`);
+    if (session !== state.session) return;
+    for (const s of page.items || []) upsert(s);
+    cursor = page.next_cursor || null;
+  } while (cursor);
+}
+
+const fetching = new Set();
+async function fetchShipment(id) {
+  if (fetching.has(id)) return;
+  fetching.add(id);
+  const session = state.session;
+  try {
+    const s = await api(`v1/shipments/${encodeURIComponent(id)}`);
+    if (session === state.session) upsert(s);
+  } catch (error) {
+    if (error.status !== 404) handleFailure(error);
+  } finally {
+    fetching.delete(id);
+  }
+}
+
+// ---------------------------------------------------------------- the model
+
+/** Take a shipment as sent by REST or the stream, never letting an older copy win. */
+function upsert(incoming) {
+  if (!incoming || incoming.id === undefined || incoming.id === null) return;
+  const id = String(incoming.id);
+  const current = state.shipments.get(id);
+  let next = incoming;
+  if (current) {
+    const newer = (parseTime(incoming.updated_at) ?? 0) >= (parseTime(current.updated_at) ?? 0);
+    next = newer ? { ...current, ...incoming } : { ...incoming, ...current };
+    // Positions come faster than updated_at moves: keep whichever is the latest.
+    const a = current.last_position;
+    const b = incoming.last_position;
+    if (a && (!b || (parseTime(a.at) ?? 0) > (parseTime(b.at) ?? 0))) next.last_position = a;
+    else if (b) next.last_position = b;
+  }
+  next.id = id;
+  state.shipments.set(id, next);
+  if (next.carrier && !state.carriers.has(next.carrier)) {
+    state.carriers.add(next.carrier);
+    view.carriersChanged = true;
+  }
+  touch(id);
+}
+
+function remove(id) {
+  if (!state.shipments.delete(id)) return;
+  touch(id);
+}
+
+function applyPosition(p) {
+  const id = String(p.shipment_id);
+  const s = state.shipments.get(id);
+  if (!s) {
+    fetchShipment(id);
+    return;
+  }
+  if (!validLatLng(p.lat, p.lon)) return;
+  const at = p.occurred_at ?? p.at ?? null;
+  const previous = s.last_position;
+  if (previous && at && (parseTime(previous.at) ?? 0) > (parseTime(at) ?? 0)) return;
+  s.last_position = { lat: p.lat, lon: p.lon, at, speed_kmh: p.speed_kmh ?? null, heading: p.heading ?? null };
+  touch(id, false);
+  if (id === state.selected) panel.appendPosition(s.last_position);
+}
+
+function applyException(s, exception, raised) {
+  const list = Array.isArray(s.exceptions) ? [...s.exceptions] : [];
+  const same = (e) => e.kind === exception.kind && (e.raised_at === exception.raised_at || !e.cleared_at);
+  const index = raised
+    ? list.findIndex((e) => e.kind === exception.kind && e.raised_at === exception.raised_at)
+    : list.findIndex(same);
+  if (index >= 0) list[index] = { ...list[index], ...exception };
+  else list.push(exception);
+  s.exceptions = list;
+}
+
+function handleMessage(msg) {
+  if (!msg || typeof msg !== "object") return;
+  const type = msg.type;
+  if (type === "snapshot") {
+    const ids = new Set();
+    for (const s of msg.shipments || []) {
+      upsert(s);
+      ids.add(String(s.id));
+    }
+    if (msg.reset) for (const id of [...state.shipments.keys()]) if (!ids.has(id)) remove(id);
+    if (typeof msg.seq === "number") state.lastSeq = msg.seq;
+    return;
+  }
+  if (type === "error") {
+    if (msg.error === "Unauthorized") signOut("Your API key is no longer accepted. Sign in again.");
+    else toast(`Stream: ${msg.detail || msg.error || "error"}`);
+    return;
+  }
+  if (typeof msg.seq === "number") {
+    // Replays after a resume may overlap what was already applied.
+    if (state.lastSeq !== null && msg.seq <= state.lastSeq) return;
+    state.lastSeq = msg.seq;
+  }
+  if (type === "position") {
+    applyPosition(msg);
+    return;
+  }
+  if (type === "positions") {
+    for (const item of msg.items || []) applyPosition({ occurred_at: msg.occurred_at, ...item });
+    return;
+  }
+  if (type === "shipment.created" || type === "shipment.updated") {
+    if (msg.shipment) upsert(msg.shipment);
+    if (String(msg.shipment_id ?? msg.shipment?.id) === state.selected) panel.refetchSoon();
+    return;
+  }
+  if (msg.shipment_id === undefined || msg.shipment_id === null) return;
+  const id = String(msg.shipment_id);
+  const s = state.shipments.get(id);
+  if (!s) {
+    fetchShipment(id);
+    return;
+  }
+  if (type === "status.changed") {
+    s.status = msg.status;
+    s.substatus = msg.substatus ?? null;
+  } else if (type === "eta.changed") {
+    s.eta = msg.eta ?? null;
+  } else if (type === "exception.raised" || type === "exception.cleared") {
+    if (msg.exception) applyException(s, msg.exception, type === "exception.raised");
+  } else {
+    return;
+  }
+  if (msg.occurred_at && (parseTime(msg.occurred_at) ?? 0) > (parseTime(s.updated_at) ?? 0)) {
+    s.updated_at = msg.occurred_at;
+  }
+  touch(id);
+  if (id === state.selected && type !== "eta.changed") panel.refetchSoon();
+}
+
+// ---------------------------------------------------------------- filters
+
+function matches(s) {
+  const f = state.filters;
+  if (f.status && s.status !== f.status) return false;
+  if (f.carrier && s.carrier !== f.carrier) return false;
+  if (f.mode && !shipmentModes(s).has(f.mode)) return false;
+  if (f.exception) {
+    const open = openExceptions(s);
+    if (f.exception === "any" && open.length === 0) return false;
+    if (f.exception === "none" && open.length > 0) return false;
+    if (f.exception !== "any" && f.exception !== "none" && !open.some((e) => e.kind === f.exception)) return false;
+  }
+  if (f.q) {
+    const q = normalizeId(f.q);
+    const ids = [s.tracking_number, ...refValues(s.references)].map(normalizeId);
+    if (!ids.some((v) => v.includes(q))) return false;
+  }
+  return true;
+}
+
+function visibleIds() {
+  const ids = [];
+  for (const s of state.shipments.values()) if (matches(s)) ids.push(s.id);
+  return ids;
+}
+
+// ---------------------------------------------------------------- map and markers
+
+const map = L.map("map", {
+  preferCanvas: true,
+  worldCopyJump: true,
+  minZoom: 2,
+  maxZoom: 18,
+  zoomSnap: 0.5,
+  attributionControl: true,
+}).setView([25, 10], 2);
+map.attributionControl.setPrefix("");
+map.createPane("basemap").style.zIndex = 150;
+map.createPane("routes").style.zIndex = 350;
+/**
+ * A canvas renderer that draws circle markers in batches: one path and one fill per style instead
+ * of one per marker, which keeps a redraw of ten thousand markers within a frame. Other layers,
+ * and hit testing, are Leaflet's own. Groups are drawn thin strokes first, so exception and
+ * selected markers stay on top.
+ */
+const BatchedCanvas = L.Canvas.extend({
+  _draw() {
+    const bounds = this._redrawBounds;
+    const ctx = this._ctx;
+    ctx.save();
+    if (bounds) {
+      const size = bounds.getSize();
+      ctx.beginPath();
+      ctx.rect(bounds.min.x, bounds.min.y, size.x, size.y);
+      ctx.clip();
+    }
+    this._drawing = true;
+    const groups = new Map();
+    for (let order = this._drawFirst; order; order = order.next) {
+      const layer = order.layer;
+      if (bounds && !(layer._pxBounds && layer._pxBounds.intersects(bounds))) continue;
+      if (!(layer instanceof L.CircleMarker) || layer._radiusY !== undefined || layer._empty()) {
+        layer._updatePath();
+        continue;
+      }
+      const o = layer.options;
+      const key = `${o.fillColor}|${o.fillOpacity}|${o.stroke}|${o.color}|${o.weight}|${o.opacity}`;
+      let group = groups.get(key);
+      if (!group) {
+        group = { options: o, layers: [] };
+        groups.set(key, group);
+      }
+      group.layers.push(layer);
+    }
+    const ordered = [...groups.values()].sort((a, b) => (a.options.weight || 0) - (b.options.weight || 0));
+    for (const { options: o, layers } of ordered) {
+      ctx.beginPath();
+      for (const layer of layers) {
+        const p = layer._point;
+        const r = Math.max(Math.round(layer._radius), 1);
+        ctx.moveTo(p.x + r, p.y);
+        ctx.arc(p.x, p.y, r, 0, Math.PI * 2, false);
+      }
+      if (o.fill) {
+        ctx.globalAlpha = o.fillOpacity;
+        ctx.fillStyle = o.fillColor || o.color;
+        ctx.fill("nonzero");
+      }
+      if (o.stroke && o.weight !== 0) {
+        ctx.globalAlpha = o.opacity;
+        ctx.lineWidth = o.weight;
+        ctx.strokeStyle = o.color;
+        ctx.stroke();
+      }
+    }
+    this._drawing = false;
+    ctx.restore();
+  },
+});
+const markerRenderer = new BatchedCanvas({ padding: 0.3, tolerance: 3 });
+const routeRenderer = L.svg({ pane: "routes" });
+const markerLayer = L.layerGroup().addTo(map);
+map.on("moveend", () => {
+  const lon = map.getCenter().lng;
+  if (Math.abs(lon - view.centreLon) < 20) return;
+  view.centreLon = lon;
+  refilter();
+});
+const routeLayer = L.layerGroup().addTo(map);
+
+/**
+ * Rings that cross the antimeridian (Fiji, Chukotka) made continuous, so they are not drawn as a
+ * band across the whole world; rings that close over a pole (Antarctica) are left as they are.
+ */
+function seamless(collection) {
+  const fixRing = (ring) => {
+    if (ring.some((c) => Math.abs(c[1]) > 89.9)) return ring;
+    let previous = null;
+    return ring.map((c) => {
+      previous = unwrap(c[0], previous);
+      return [previous, c[1]];
+    });
+  };
+  for (const feature of collection.features) {
+    const g = feature.geometry;
+    if (!g) continue;
+    if (g.type === "Polygon") g.coordinates = g.coordinates.map(fixRing);
+    else if (g.type === "MultiPolygon") g.coordinates = g.coordinates.map((polygon) => polygon.map(fixRing));
+  }
+  return collection;
+}
+
+async function setupBasemap() {
+  let config = {};
+  try {
+    const response = await fetch(new URL("config.json", base), { headers: { Accept: "application/json" } });
+    if (response.ok) config = await response.json();
+  } catch { /* no config: the shipped basemap */ }
+  if (config && typeof config.tile_url === "string" && config.tile_url) {
+    L.tileLayer(config.tile_url, { attribution: config.tile_attribution || "", maxZoom: 19 }).addTo(map);
+    return;
+  }
+  const response = await fetch(new URL("static/vendor/world-atlas/countries-110m.json", base));
+  const topo = await response.json();
+  const countries = seamless(window.topojson.feature(topo, topo.objects.countries));
+  const renderer = L.canvas({ pane: "basemap", padding: 0.5 });
+  for (const offset of [-360, 0, 360]) {
+    L.geoJSON(countries, {
+      pane: "basemap",
+      renderer,
+      interactive: false,
+      coordsToLatLng: (c) => L.latLng(c[1], c[0] + offset),
+      style: { color: "#b6bfcc", weight: 0.6, fillColor: "#f4f5f7", fillOpacity: 1 },
+    }).addTo(map);
+  }
+  map.attributionControl.addAttribution("Natural Earth");
+}
+
+function markerStyle(s) {
+  const selected = s.id === state.selected;
+  const open = openExceptions(s).length > 0;
+  return {
+    key: `${s.status}|${open}|${selected}`,
+    style: {
+      radius: selected ? 8 : 5,
+      fillColor: STATUS_COLOUR.get(s.status) || "#6b7280",
+      fillOpacity: 0.9,
+      color: selected ? "#111827" : open ? "#dc2626" : "#ffffff",
+      weight: selected ? 3 : open ? 2 : 1,
+    },
+  };
+}
+
+function tooltipFor(marker) {
+  const s = state.shipments.get(marker.trackdId);
+  if (!s) return "";
+  return el("div", { class: "tip" },
+    el("b", null, s.tracking_number || s.id), " ", s.carrier || "",
+    el("div", null, STATUS_LABEL.get(s.status) || humanize(s.status)));
+}
+
+function syncMarker(id) {
+  const s = state.shipments.get(id);
+  let marker = state.markers.get(id);
+  const ll = s ? latLngOf(s) : null;
+  if (!s || !ll) {
+    if (marker) {
+      markerLayer.removeLayer(marker);
+      state.markers.delete(id);
+    }
+    return;
+  }
+  // Drawn on the world copy nearest the view centre, so a Pacific view shows both shores.
+  ll[1] = unwrap(ll[1], view.centreLon);
+  const { key, style } = markerStyle(s);
+  if (!marker) {
+    marker = L.circleMarker(ll, { ...style, renderer: markerRenderer, bubblingMouseEvents: false });
+    marker.trackdId = id;
+    marker.trackdStyle = key;
+    marker.bindTooltip(tooltipFor, { direction: "top", offset: [0, -6] });
+    marker.on("click", () => select(id));
+    state.markers.set(id, marker);
+  } else {
+    const current = marker.getLatLng();
+    if (current.lat !== ll[0] || current.lng !== ll[1]) marker.setLatLng(ll);
+    if (marker.trackdStyle !== key) {
+      marker.setStyle(style);
+      marker.trackdStyle = key;
+    }
+  }
+  const show = matches(s);
+  const shown = markerLayer.hasLayer(marker);
+  if (show && !shown) markerLayer.addLayer(marker);
+  else if (!show && shown) markerLayer.removeLayer(marker);
+  if (id === state.selected && show) marker.bringToFront();
+}
+
+// ---------------------------------------------------------------- batched view updates
+
+const view = {
+  dirty: new Set(),
+  all: false,
+  counters: false,
+  carriersChanged: false,
+  centreLon: 0,
+  frame: 0,
+  timer: 0,
+};
+
+function touch(id, counters = true) {
+  view.dirty.add(id);
+  if (counters) view.counters = true;
+  schedule();
+}
+
+function refilter() {
+  view.all = true;
+  view.counters = true;
+  schedule();
+}
+
+function schedule() {
+  if (view.frame) return;
+  view.frame = requestAnimationFrame(flush);
+  // Background tabs get no animation frames; keep the model and the DOM close anyway.
+  view.timer = setTimeout(flush, 500);
+}
+
+function flush() {
+  cancelAnimationFrame(view.frame);
+  clearTimeout(view.timer);
+  view.frame = 0;
+  view.timer = 0;
+  const ids = view.all ? new Set([...state.shipments.keys(), ...state.markers.keys()]) : view.dirty;
+  const selectedTouched = state.selected !== null && (view.all || view.dirty.has(state.selected));
+  view.dirty = new Set();
+  view.all = false;
+  for (const id of ids) syncMarker(id);
+  if (view.carriersChanged) {
+    view.carriersChanged = false;
+    renderCarrierOptions();
+  }
+  if (view.counters) {
+    view.counters = false;
+    renderCounters();
+  }
+  if (selectedTouched) panel.renderLocal();
+}
+
+// ---------------------------------------------------------------- toolbar and counters
+
+function renderStatusOptions() {
+  const select = $("filter-status");
+  for (const [value, label] of STATUSES) select.append(el("option", { value }, label));
+  const exceptions = $("filter-exception");
+  for (const kind of EXCEPTION_KINDS) exceptions.append(el("option", { value: kind }, `Open: ${humanize(kind)}`));
+}
+
+function renderCarrierOptions() {
+  const select = $("filter-carrier");
+  const current = select.value;
+  const carriers = [...state.carriers].sort((a, b) => a.localeCompare(b));
+  fill(select, el("option", { value: "" }, "All carriers"),
+    ...carriers.map((c) => el("option", { value: c }, c)));
+  select.value = carriers.includes(current) ? current : "";
+}
+
+function renderCounters() {
+  const counts = new Map();
+  let open = 0;
+  let visible = 0;
+  for (const s of state.shipments.values()) {
+    counts.set(s.status, (counts.get(s.status) || 0) + 1);
+    if (openExceptions(s).length) open += 1;
+    if (matches(s)) visible += 1;
+  }
+  const chips = [el("span", { class: "chip total", "data-key": "total", "data-count": state.shipments.size },
+    el("b", { class: "n" }, state.shipments.size), " shipments",
+    visible !== state.shipments.size ? ` · ${visible} shown` : "")];
+  for (const [status, label, colour] of STATUSES) {
+    const n = counts.get(status) || 0;
+    if (!n && state.filters.status !== status) continue;
+    chips.push(el("button", {
+      type: "button",
+      class: `chip${state.filters.status === status ? " active" : ""}`,
+      "data-status": status,
+      "data-count": n,
+      title: `Show only ${label.toLowerCase()}`,
+      onclick: () => setFilter("status", state.filters.status === status ? "" : status),
+    }, el("i", { style: { background: colour } }), `${label} `, el("b", { class: "n" }, n)));
+  }
+  chips.push(el("button", {
+    type: "button",
+    class: `chip exceptions${state.filters.exception === "any" ? " active" : ""}`,
+    "data-key": "exceptions",
+    "data-count": open,
+    onclick: () => setFilter("exception", state.filters.exception === "any" ? "" : "any"),
+  }, "Open exceptions ", el("b", { class: "n" }, open)));
+  fill("counters", ...chips);
+}
+
+function setFilter(name, value) {
+  state.filters[name] = value;
+  const input = $(name === "q" ? "search" : `filter-${name}`);
+  if (input.value !== value) input.value = value;
+  refilter();
+}
+
+function bindToolbar() {
+  for (const name of ["status", "mode", "carrier", "exception"]) {
+    const select = $(`filter-${name}`);
+    const update = () => {
+      state.filters[name] = select.value;
+      refilter();
+    };
+    select.addEventListener("change", update);
+    select.addEventListener("input", update);
+  }
+  const search = $("search");
+  search.addEventListener("input", () => {
+    state.filters.q = search.value.trim();
+    refilter();
+  });
+  search.addEventListener("keydown", (event) => {
+    if (event.key !== "Enter") return;
+    const first = visibleIds()[0];
+    if (first) select(first, { fly: true });
+  });
+}
+
+// ---------------------------------------------------------------- side panel
+
+function etaBar(eta, promisedAt) {
+  const earliest = parseTime(eta.earliest);
+  const latest = parseTime(eta.latest);
+  const predicted = parseTime(eta.predicted_at);
+  const promised = parseTime(promisedAt);
+  const carrier = parseTime(eta.carrier_eta);
+  const points = [earliest, latest, predicted, promised, carrier].filter((t) => t !== null);
+  if (points.length < 2) return null;
+  const lo = Math.min(...points);
+  const hi = Math.max(...points);
+  const pad = Math.max((hi - lo) * 0.08, 1800000);
+  const at = (t) => `${(((t - lo + pad) / (hi - lo + 2 * pad)) * 100).toFixed(2)}%`;
+  const parts = [];
+  if (earliest !== null && latest !== null) {
+    parts.push(el("span", {
+      class: "win",
+      style: { left: at(earliest), width: `calc(${at(latest)} - ${at(earliest)} + 2px)` },
+      title: `80% interval ${fmtTime(earliest)} – ${fmtTime(latest)}`,
+    }));
+  }
+  if (promised !== null) {
+    const late = (latest ?? predicted ?? 0) > promised;
+    parts.push(el("span", { class: `promise${late ? " late" : ""}`, style: { left: at(promised) },
+      title: `Promised ${fmtTime(promised)}` }));
+  }
+  if (carrier !== null) {
+    parts.push(el("span", { class: "carrier", style: { left: at(carrier) }, title: `Carrier ETA ${fmtTime(carrier)}` }));
+  }
+  if (predicted !== null) {
+    parts.push(el("span", { class: "dot", style: { left: at(predicted) }, title: `Predicted ${fmtTime(predicted)}` }));
+  }
+  return el("div", { class: "eta-bar", role: "img", "aria-label": "ETA interval against the promised date" }, parts);
+}
+
+function renderEta(s) {
+  const box = $("panel-eta");
+  const eta = s.eta;
+  const promisedAt = (eta && eta.promised_at) || s.promised_at;
+  if (s.status === "delivered") {
+    const delivered = panel.deliveredAt || s.updated_at;
+    const rows = [el("div", { class: "big" }, `Delivered ${fmtTime(delivered)}`)];
+    const promised = parseTime(promisedAt);
+    const at = parseTime(delivered);
+    if (promised !== null && at !== null) {
+      rows.push(el("div", { class: at <= promised ? "ok" : "late" },
+        at <= promised ? "On time" : `${fmtHours(at - promised)} after the promised date`));
+    }
+    fill(box, ...rows);
+    return;
+  }
+  if (!eta || !eta.predicted_at) {
+    fill(box, el("div", { class: "muted" }, "No prediction yet"),
+      promisedAt ? el("div", null, `Promised ${fmtTime(promisedAt)}`) : null);
+    return;
+  }
+  const predicted = parseTime(eta.predicted_at);
+  const promised = parseTime(promisedAt);
+  const verdict = promised === null ? null
+    : predicted <= promised
+      ? el("span", { class: "ok" }, `${fmtHours(promised - predicted)} before the promised date`)
+      : el("span", { class: "late" }, `${fmtHours(predicted - promised)} after the promised date`);
+  fill(box,
+    el("div", { class: "big" }, fmtTime(eta.predicted_at), " ", el("span", { class: "muted" }, fmtAgo(eta.predicted_at))),
+    verdict,
+    etaBar(eta, promisedAt),
+    el("dl", { class: "kv" },
+      el("dt", null, "80% interval"), el("dd", null, `${fmtTime(eta.earliest)} – ${fmtTime(eta.latest)}`),
+      el("dt", null, "Promised"), el("dd", null, fmtTime(promisedAt)),
+      el("dt", null, "Carrier ETA"), el("dd", null, fmtTime(eta.carrier_eta)),
+      el("dt", null, "Method"), el("dd", null, eta.method || "—"),
+      el("dt", null, "Computed"), el("dd", null, fmtAgo(eta.computed_at) || "—")),
+  );
+}
+
+function renderExceptions(s) {
+  const list = Array.isArray(s.exceptions) ? [...s.exceptions] : [];
+  list.sort((a, b) => (parseTime(b.raised_at) ?? 0) - (parseTime(a.raised_at) ?? 0));
+  const open = list.filter((e) => !e.cleared_at);
+  const past = list.filter((e) => e.cleared_at);
+  const wasOpen = $("panel-exceptions").querySelector("details")?.open || false;
+  const row = (e) => el("li", { class: e.cleared_at ? "past" : "open", "data-kind": e.kind },
+    el("b", null, humanize(e.kind)),
+    el("div", { class: "muted" }, `raised ${fmtTime(e.raised_at)}`, e.cleared_at ? ` · cleared ${fmtTime(e.cleared_at)}` : ""),
+    e.detail ? el("div", { class: "detail" }, typeof e.detail === "string" ? e.detail : JSON.stringify(e.detail)) : null);
+  fill("panel-exceptions",
+    list.length ? null : el("div", { class: "muted" }, "None"),
+    open.length ? el("ul", { class: "exc open-list" }, open.map(row)) : null,
+    past.length ? el("details", { open: wasOpen }, el("summary", null, `${past.length} cleared`), el("ul", { class: "exc" }, past.map(row))) : null,
+  );
+}
+
+function placeName(place) {
+  if (!place) return "?";
+  return place.name || place.unlocode || place.iata || (validLatLng(place.lat, place.lon)
+    ? `${place.lat.toFixed(2)}, ${place.lon.toFixed(2)}` : "?");
+}
+
+function renderRouteInfo(s) {
+  const p = s.last_position;
+  const legs = (s.legs || []).map((leg, i) => el("li", null,
+    el("span", { class: "mode", style: { background: MODE_COLOUR[leg.mode] || "#6b7280" } }, leg.mode || "?"),
+    ` ${placeName(leg.origin)} → ${placeName(leg.destination)}`,
+    i === panel.currentLeg ? el("span", { class: "muted" }, " (current)") : null));
+  fill("panel-route",
+    p ? el("div", null, `Last position ${fmtAgo(p.at)}`,
+      el("div", { class: "muted" }, `${p.lat.toFixed(4)}, ${p.lon.toFixed(4)}`,
+        p.speed_kmh !== null && p.speed_kmh !== undefined ? ` · ${fmtNumber(p.speed_kmh)} km/h` : "",
+        p.heading !== null && p.heading !== undefined ? ` · ${fmtNumber(p.heading)}°` : ""))
+      : el("div", { class: "muted" }, "No position yet"),
+    legs.length ? el("ol", { class: "legs" }, legs) : null,
+  );
+}
+
+function renderEmissions(s) {
+  const e = s.emissions;
+  if (!e) {
+    fill("panel-emissions", el("div", { class: "muted" }, "Not computed"));
+    return;
+  }
+  const rows = (e.legs || []).map((leg) => el("tr", null,
+    el("td", null, leg.mode || "?"),
+    el("td", { class: "num" }, fmtNumber(leg.distance_km)),
+    el("td", { class: "num" }, fmtNumber(leg.tonne_km, 1)),
+    el("td", { class: "num" }, fmtNumber(leg.factor_g_per_tkm, 1)),
+    el("td", { class: "num" }, fmtNumber(leg.co2e_kg, 1))));
+  fill("panel-emissions",
+    el("div", { class: "big" }, `${fmtNumber(e.co2e_kg, 1)} kg CO₂e`),
+    el("div", { class: "muted" }, e.method || ""),
+    rows.length ? el("table", { class: "grid" },
+      el("thead", null, el("tr", null, el("th", null, "Mode"), el("th", null, "km"), el("th", null, "t·km"),
+        el("th", null, "g/t·km"), el("th", null, "kg CO₂e"))),
+      el("tbody", null, rows)) : null,
+  );
+}
+
+function renderDevices(s) {
+  const devices = Array.isArray(s.devices) ? s.devices : [];
+  const refs = refValues(s.references);
+  fill("panel-devices",
+    el("div", null, "Devices: ", devices.length ? devices.map((d) => el("code", null, String(d))) : "none"),
+    el("div", null, "References: ", refs.length ? refs.map((r) => el("code", null, String(r))) : "none"),
+    s.weight_kg ? el("div", null, `Weight: ${fmtNumber(s.weight_kg, 1)} kg`) : null,
+    el("div", { class: "muted" }, `id ${s.id} · updated ${fmtAgo(s.updated_at)}`),
+  );
+}
+
+function renderTimeline(events) {
+  const delivered = events
+    .filter((ev) => (ev.code || ev.data?.code) === "delivered" && (ev.classifier || ev.data?.classifier || "actual") === "actual")
+    .map((ev) => ev.occurred_at)
+    .sort((a, b) => (parseTime(b) ?? 0) - (parseTime(a) ?? 0))[0] || null;
+  if (delivered !== panel.deliveredAt) {
+    panel.deliveredAt = delivered;
+    panel.signature = null;
+    panel.renderLocal();
+  }
+  const items = [...events].sort((a, b) => (parseTime(b.occurred_at) ?? 0) - (parseTime(a.occurred_at) ?? 0));
+  if (!items.length) {
+    fill("panel-timeline", el("div", { class: "muted" }, "No milestones yet"));
+    return;
+  }
+  fill("panel-timeline", el("ol", { class: "timeline" }, items.map((ev) => {
+    const location = ev.location || (ev.data && ev.data.location) || null;
+    const classifier = ev.classifier || (ev.data && ev.data.classifier) || "actual";
+    const code = ev.code || (ev.data && ev.data.code) || "?";
+    return el("li", { class: `cls-${classifier}`, "data-code": code },
+      el("div", null, el("b", null, humanize(code)), " ", el("span", { class: `tag ${classifier}` }, classifier)),
+      location ? el("div", null, [location.name, location.unlocode, location.country].filter(Boolean).join(" · ")) : null,
+      el("div", { class: "muted" }, fmtTime(ev.occurred_at), ev.source ? ` · ${ev.source}` : ""));
+  })));
+}
+
+/** Index of the leg the shipment is on: the one whose line passes nearest its position. */
+function currentLegIndex(s, position) {
+  const legs = s.legs || [];
+  if (!position || legs.length === 0) return 0;
+  let best = 0;
+  let bestDistance = Infinity;
+  legs.forEach((leg, i) => {
+    const o = leg.origin;
+    const d = leg.destination;
+    if (!o || !d || !validLatLng(o.lat, o.lon) || !validLatLng(d.lat, d.lon)) return;
+    const ax = o.lon;
+    const bx = unwrap(d.lon, ax);
+    const px = unwrap(position.lon, ax);
+    const dx = bx - ax;
+    const dy = d.lat - o.lat;
+    const len = dx * dx + dy * dy;
+    const t = len ? Math.max(0, Math.min(1, ((px - ax) * dx + (position.lat - o.lat) * dy) / len)) : 0;
+    const ex = ax + t * dx - px;
+    const ey = o.lat + t * dy - position.lat;
+    const distance = ex * ex + ey * ey;
+    if (distance < bestDistance) {
+      bestDistance = distance;
+      best = i;
+    }
+  });
+  return best;
+}
+
+const panel = {
+  token: 0,
+  route: null,
+  remaining: null,
+  points: [],
+  currentLeg: 0,
+  refetchTimer: 0,
+  signature: null,
+  deliveredAt: null,
+
+  open(id) {
+    $("panel").hidden = false;
+    document.body.classList.add("panel-open");
+    this.token += 1;
+    this.points = [];
+    routeLayer.clearLayers();
+    this.route = null;
+    this.remaining = null;
+    this.signature = null;
+    this.deliveredAt = null;
+    fill("panel-timeline", el("div", { class: "muted" }, "Loading…"));
+    this.renderLocal();
+    return this.fetch(id);
+  },
+
+  close() {
+    $("panel").hidden = true;
+    document.body.classList.remove("panel-open");
+    this.token += 1;
+    routeLayer.clearLayers();
+    this.route = null;
+    this.remaining = null;
+  },
+
+  renderLocal() {
+    const s = state.shipments.get(state.selected);
+    if (!s) {
+      const text = fetching.has(state.selected) ? "Loading…" : "This shipment is not known.";
+      fill("panel-status", el("span", { class: "muted" }, text));
+      this.signature = null;
+      return;
+    }
+    this.currentLeg = currentLegIndex(s, s.last_position);
+    renderRouteInfo(s);
+    this.drawRemaining(s);
+    // Positions arrive several times a second; the rest of the panel only changes with its fields.
+    const signature = JSON.stringify([s.tracking_number, s.carrier, s.status, s.substatus, s.eta, s.exceptions,
+      s.emissions, s.devices, s.references, s.legs, s.mode, s.promised_at, s.weight_kg, s.updated_at]);
+    if (signature === this.signature) return;
+    this.signature = signature;
+    $("panel-tracking").textContent = s.tracking_number || s.id;
+    $("panel-carrier").textContent = [s.carrier, [...shipmentModes(s)].join(" + ")].filter(Boolean).join(" · ");
+    fill("panel-status",
+      el("span", { class: "status", "data-status": s.status, style: { background: STATUS_COLOUR.get(s.status) || "#6b7280" } },
+        STATUS_LABEL.get(s.status) || humanize(s.status)),
+      s.substatus ? el("span", { class: "substatus" }, humanize(s.substatus)) : null);
+    renderEta(s);
+    renderExceptions(s);
+    renderEmissions(s);
+    renderDevices(s);
+  },
+
+  async fetch(id) {
+    const token = this.token;
+    const session = state.session;
+    const path = `v1/shipments/${encodeURIComponent(id)}`;
+    const [events, positions] = await Promise.allSettled([
+      api(`${path}/events?kind=milestone&limit=500`),
+      api(`${path}/positions`),
+    ]);
+    if (token !== this.token || session !== state.session) return;
+    for (const result of [events, positions]) {
+      if (result.status === "rejected" && result.reason?.status !== 404) handleFailure(result.reason);
+    }
+    if (events.status === "fulfilled") renderTimeline((events.value && events.value.items) || []);
+    else fill("panel-timeline", el("div", { class: "muted" }, "Unavailable"));
+    if (positions.status === "fulfilled") this.drawRoute(positions.value);
+  },
+
+  refetchSoon() {
+    clearTimeout(this.refetchTimer);
+    const id = state.selected;
+    const token = this.token;
+    this.refetchTimer = setTimeout(async () => {
+      if (id !== state.selected || token !== this.token) return;
+      const session = state.session;
+      try {
+        const events = await api(`v1/shipments/${encodeURIComponent(id)}/events?kind=milestone&limit=500`);
+        if (id === state.selected && token === this.token && session === state.session) renderTimeline(events.items || []);
+      } catch (error) {
+        if (error.status !== 404) handleFailure(error);
+      }
+    }, 700);
+  },
+
+  drawRoute(collection) {
+    const features = (collection && collection.features) || [];
+    const pts = features
+      .filter((f) => f && f.geometry && Array.isArray(f.geometry.coordinates))
+      .map((f) => ({ lon: f.geometry.coordinates[0], lat: f.geometry.coordinates[1], at: parseTime(f.properties?.occurred_at) ?? 0 }))
+      .filter((p) => validLatLng(p.lat, p.lon))
+      .sort((a, b) => a.at - b.at);
+    let previous = null;
+    this.points = pts.map((p) => {
+      previous = unwrap(p.lon, previous);
+      return [p.lat, previous];
+    });
+    const s = state.shipments.get(state.selected);
+    if (s && s.last_position && validLatLng(s.last_position.lat, s.last_position.lon)) {
+      const last = this.points[this.points.length - 1];
+      const lon = unwrap(s.last_position.lon, last ? last[1] : null);
+      if (!last || last[0] !== s.last_position.lat || last[1] !== lon) this.points.push([s.last_position.lat, lon]);
+    }
+    if (this.route) routeLayer.removeLayer(this.route);
+    this.route = L.polyline(this.points, { renderer: routeRenderer, color: "#1d4ed8", weight: 3, opacity: 0.85, interactive: false })
+      .addTo(routeLayer);
+    if (s) this.drawRemaining(s);
+  },
+
+  appendPosition(position) {
+    if (!this.route) return;
+    const last = this.points[this.points.length - 1];
+    const lon = unwrap(position.lon, last ? last[1] : null);
+    this.points.push([position.lat, lon]);
+    this.route.addLatLng([position.lat, lon]);
+  },
+
+  /** The legs still ahead, dashed: from where the shipment is to its current leg's end, then the rest. */
+  drawRemaining(s) {
+    if (this.remaining) routeLayer.removeLayer(this.remaining);
+    this.remaining = null;
+    if (FINAL_STATUSES.has(s.status)) return;
+    const legs = s.legs || [];
+    const lines = [];
+    const last = this.points[this.points.length - 1]
+      || (s.last_position && validLatLng(s.last_position.lat, s.last_position.lon) ? [s.last_position.lat, s.last_position.lon] : null);
+    const start = last ? this.currentLeg : 0;
+    let cursor = last;
+    for (let i = start; i < legs.length; i += 1) {
+      const { origin: o, destination: d } = legs[i];
+      if (!d || !validLatLng(d.lat, d.lon)) continue;
+      let from = cursor;
+      if (!from || (i > start && o && validLatLng(o.lat, o.lon))) {
+        if (!o || !validLatLng(o.lat, o.lon)) continue;
+        from = [o.lat, unwrap(o.lon, cursor ? cursor[1] : null)];
+      }
+      const to = [d.lat, unwrap(d.lon, from[1])];
+      lines.push({ line: [from, to], mode: legs[i].mode });
+      cursor = to;
+    }
+    if (!lines.length) return;
+    this.remaining = L.featureGroup(lines.map(({ line, mode }) => L.polyline(line, {
+      renderer: routeRenderer, color: MODE_COLOUR[mode] || "#374151", weight: 2, dashArray: "6 6", opacity: 0.9, interactive: false,
+    }))).addTo(routeLayer);
+  },
+};
+
+function select(id, options = {}) {
+  const key = id === null || id === undefined ? null : String(id);
+  const previous = state.selected;
+  state.selected = key;
+  if (previous) touch(previous);
+  if (!key) {
+    panel.close();
+    if (window.location.hash) history.replaceState(null, "", window.location.pathname + window.location.search);
+    return Promise.resolve();
+  }
+  touch(key);
+  history.replaceState(null, "", `#shipment=${encodeURIComponent(key)}`);
+  const s = state.shipments.get(key);
+  const ll = s ? latLngOf(s) : null;
+  if (ll && (options.fly || !map.getBounds().contains(ll))) map.flyTo(ll, Math.max(map.getZoom(), 4), { duration: 0.6 });
+  const loading = panel.open(key);
+  if (!s) fetchShipment(key);
+  return loading;
+}
+
+// ---------------------------------------------------------------- the stream
+
+const stream = {
+  ws: null,
+  attempt: 0,
+  timer: 0,
+  ping: 0,
+
+  status(kind, text) {
+    const box = $("conn-status");
+    box.dataset.state = kind;
+    box.querySelector("span").textContent = text || kind;
+  },
+
+  connect() {
+    clearTimeout(this.timer);
+    if (!state.key) return;
+    const session = state.session;
+    const url = new URL("v1/stream", base);
+    url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+    url.searchParams.set("token", state.key);
+    if (this.attempt === 0) this.status("connecting", "connecting…");
+    let opened = false;
+    let ws;
+    try {
+      ws = new WebSocket(url);
+    } catch (error) {
+      console.error(error);
+      this.retry(session, false);
+      return;
+    }
+    this.ws = ws;
+    ws.onopen = () => {
+      if (session !== state.session) {
+        ws.close(1000);
+        return;
+      }
+      opened = true;
+      this.attempt = 0;
+      const subscribe = { op: "subscribe", all: true };
+      if (state.lastSeq !== null) subscribe.resume_from = state.lastSeq;
+      ws.send(JSON.stringify(subscribe));
+      this.status("connected", "connected");
+      clearInterval(this.ping);
+      this.ping = setInterval(() => {
+        if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ op: "ping" }));
+      }, PING_INTERVAL_MS);
+    };
+    ws.onmessage = (event) => {
+      if (session !== state.session) return;
+      let msg;
+      try {
+        msg = JSON.parse(event.data);
+      } catch {
+        return;
+      }
+      if (Array.isArray(msg)) msg.forEach(handleMessage);
+      else handleMessage(msg);
+    };
+    ws.onclose = () => {
+      clearInterval(this.ping);
+      if (this.ws === ws) this.ws = null;
+      if (session !== state.session) return;
+      this.retry(session, opened);
+    };
+  },
+
+  retry(session, wasOpen) {
+    this.attempt += 1;
+    // 0.5 s, 1 s, 2 s ... at most 15 s, with jitter so restarted servers are not stampeded.
+    const delay = Math.min(15000, 500 * 2 ** Math.min(this.attempt - 1, 5)) * (0.75 + Math.random() * 0.5);
+    const offline = navigator.onLine === false;
+    this.status(offline ? "offline" : "reconnecting", offline ? "offline" : `reconnecting in ${Math.ceil(delay / 1000)} s`);
+    if (!wasOpen && this.attempt >= 2) {
+      // A refused handshake looks like any other failure to a browser: ask REST whether the key still works.
+      api("v1/shipments?limit=1").catch((error) => {
+        if (error instanceof AuthError && session === state.session) handleFailure(error);
+      });
+    }
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => {
+      if (session === state.session) this.connect();
+    }, offline ? 30000 : delay);
+  },
+
+  now() {
+    if (!state.key || (this.ws && this.ws.readyState <= WebSocket.OPEN)) return;
+    this.attempt = 0;
+    this.connect();
+  },
+
+  stop() {
+    clearTimeout(this.timer);
+    clearInterval(this.ping);
+    if (this.ws) this.ws.close(1000);
+    this.ws = null;
+    this.attempt = 0;
+    this.status("offline", "offline");
+  },
+};
+
+window.addEventListener("online", () => stream.now());
+window.addEventListener("offline", () => {
+  if (state.key) stream.status("offline", "offline");
+});
+
+// ---------------------------------------------------------------- sign-in
+
+async function start() {
+  const session = state.session;
+  $("login").hidden = true;
+  $("sign-out").hidden = false;
+  stream.connect();
+  try {
+    await loadShipments(session);
+  } catch (error) {
+    if (session === state.session) handleFailure(error);
+  }
+  if (session !== state.session) return;
+  const match = /^#shipment=(.+)$/.exec(window.location.hash);
+  if (match && !state.selected) select(decodeURIComponent(match[1]), { fly: true });
+}
+
+function signOut(message) {
+  state.session += 1;
+  state.key = null;
+  sessionStorage.removeItem(KEY_STORAGE);
+  stream.stop();
+  select(null);
+  state.shipments.clear();
+  state.carriers.clear();
+  state.lastSeq = null;
+  view.carriersChanged = true;
+  refilter();
+  $("sign-out").hidden = true;
+  $("login").hidden = false;
+  $("login-error").textContent = message || "";
+  $("api-key").value = "";
+  $("api-key").focus();
+}
+
+function bindLogin() {
+  $("login-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const key = $("api-key").value.trim();
+    if (!key) return;
+    const button = $("login-form").querySelector("button");
+    button.disabled = true;
+    $("login-error").textContent = "";
+    state.key = key;
+    try {
+      await api("v1/shipments?limit=1");
+      sessionStorage.setItem(KEY_STORAGE, key);
+      start();
+    } catch (error) {
+      state.key = null;
+      $("login-error").textContent = error instanceof AuthError ? "That API key was not accepted." : `Cannot reach trackd: ${error.message}`;
+    } finally {
+      button.disabled = false;
+    }
+  });
+  $("sign-out").addEventListener("click", () => signOut(""));
+  $("panel-close").addEventListener("click", () => select(null));
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && state.selected) select(null);
+  });
+}
+
+// ---------------------------------------------------------------- boot
+
+window.trackd = {
+  markers: state.markers,
+  shipments: state.shipments,
+  visibleIds,
+  select,
+  map,
+  state,
+  flush,
+};
+
+renderStatusOptions();
+bindToolbar();
+bindLogin();
+renderCounters();
+setupBasemap().catch((error) => console.warn("basemap unavailable", error));
+
+const saved = sessionStorage.getItem(KEY_STORAGE);
+if (saved) {
+  state.key = saved;
+  start();
+} else {
+  $("login").hidden = false;
+  $("api-key").focus();
+}
