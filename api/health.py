@@ -43,6 +43,9 @@ async def readyz(state: State) -> JSONBody:
     checks["bus"] = "ok" if await state.bus.ping() else "down"
     broker = state.extras.get("mqtt_url") or state.settings.mqtt()
     checks["broker"] = "ok" if await _broker_ok(broker) else "down"
+    subscribed = state.extras.get("mqtt_subscribed")
+    if subscribed is not None:
+        checks["mqtt_ingest"] = "ok" if subscribed.is_set() else "not subscribed yet"
     ready = all(v == "ok" for v in checks.values())
     return JSONBody({"status": "ready" if ready else "not_ready", "checks": checks}, status_code=200 if ready else 503)
 

@@ -93,6 +93,7 @@ async def run_roles(
             from ingest.mqtt import MqttIngester
 
             ingester = MqttIngester(settings, res.state.pipeline)
+            res.state.extras["mqtt_subscribed"] = ingester.subscribed
             tasks.append(asyncio.create_task(ingester.run(stop), name="mqtt"))
         if "worker" in roles:
             from api.worker import Worker
@@ -115,8 +116,8 @@ async def run_roles(
         log.info("trackd running roles %s", ",".join(roles))
         if ready is not None:
             if server is not None:
-                while not server.started:  # uvicorn offers no event for this
-                    await asyncio.sleep(0.02)  # noqa: ASYNC110
+                while not server.started:  # noqa: ASYNC110  # uvicorn offers no event for this
+                    await asyncio.sleep(0.02)
             ready.set()
         waiter = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)

@@ -82,6 +82,7 @@ class MqttIngester:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.client: mqtt.Client | None = None
         self.connected = asyncio.Event()
+        self.subscribed = asyncio.Event()
         self._tenants: dict[str, tuple[float, store.Tenant | None]] = {}
 
     # -- paho thread side --------------------------------------------------------------------
@@ -97,10 +98,17 @@ class MqttIngester:
         if self.loop:
             self.loop.call_soon_threadsafe(self.connected.set)
 
+    def _on_subscribe(self, _c: Any, _u: Any, _mid: Any, reasons: Any, _p: Any = None) -> None:
+        if all(not r.is_failure for r in reasons) and self.loop:
+            self.loop.call_soon_threadsafe(self.subscribed.set)
+        elif any(r.is_failure for r in reasons):
+            log.error("MQTT subscription refused: %s", reasons)
+
     def _on_disconnect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any = None) -> None:
         log.warning("MQTT disconnected (%s); reconnecting", reason)
         if self.loop:
             self.loop.call_soon_threadsafe(self.connected.clear)
+            self.loop.call_soon_threadsafe(self.subscribed.clear)
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         item = Inbound(msg.mid, msg.qos, msg.topic, bytes(msg.payload))
@@ -123,6 +131,7 @@ class MqttIngester:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         client.reconnect_delay_set(1, 30)
         client.max_queued_messages_set(0)
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]

@@ -127,7 +127,7 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes] | None = None, timeout:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}")
         try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass

@@ -23,6 +23,7 @@ class ValidationError(TrackdError):
     def __init__(self, field: str, detail: str) -> None:
         super().__init__(f"{field}: {detail}" if field else detail)
         self.field = field
+        self.reason = detail  # without the field name
 
 
 class EnvelopeError(ValidationError):

@@ -177,7 +177,7 @@ class Event:
             raise ValidationError(self.kind.value, f"is required for a {self.kind.value} event")
         if sum(v is not None for v in want.values()) != 1:
             raise ValidationError("event", "exactly one of position, milestone, sensor")
-        if self.shipment is None and self.device is None and not self.refs:
+        if self.shipment is None and self.device is None and not self.refs and self.retracts is None:
             raise ValidationError("shipment", "an event needs a shipment or a device")
 
     def match_keys(self) -> tuple[str, ...]:
