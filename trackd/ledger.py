@@ -8,10 +8,10 @@ commit order equals seq order per tenant.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -21,8 +21,12 @@ from trackd.shipment import PositionFix, StatusState
 from trackd.state import Message, State, advance, rebuild_status
 from trackd.store import Conn, Row
 
-# (shipment row + state row, state, now) -> (state, extra messages): ETA, rules, emissions.
-Evaluator = Callable[[Row, State, datetime], tuple[State, list[Message]]]
+
+class Evaluator(Protocol):
+    """ETA, rules and emissions: (connection, shipment + state row, folded state, now) -> (state, messages)."""
+
+    async def __call__(self, conn: Conn, row: Row, state: State, now: datetime, /) -> tuple[State, list[Message]]: ...
+
 
 _SEP = "\x1f"
 
@@ -55,7 +59,7 @@ LOAD_STATES = """
 SELECT s.*, st.status, st.substatus, st.status_at, st.last_lat, st.last_lon, st.last_speed_kmh,
        st.last_heading, st.last_position_at, st.last_event_at, st.last_sensor, st.carrier_eta,
        st.carrier_eta_created_at, st.eta, st.exceptions, st.emissions, st.delivered_at, st.started_at,
-       st.milestones
+       st.milestones, st.recent_positions
 FROM shipment_state st JOIN shipments s ON s.id = st.shipment_id
 WHERE st.shipment_id = ANY(%s) ORDER BY st.shipment_id FOR UPDATE OF st
 """
@@ -66,7 +70,7 @@ UPDATE shipment_state SET status = %(status)s, substatus = %(substatus)s, status
   last_position_at = %(pos_at)s, last_event_at = %(last_event_at)s, last_sensor = %(last_sensor)s,
   carrier_eta = %(carrier_eta)s, carrier_eta_created_at = %(carrier_eta_created_at)s, eta = %(eta)s,
   exceptions = %(exceptions)s, emissions = COALESCE(%(emissions)s, emissions), delivered_at = %(delivered_at)s,
-  started_at = %(started_at)s, milestones = %(milestones)s, updated_at = now()
+  started_at = %(started_at)s, milestones = %(milestones)s, recent_positions = %(recent)s, updated_at = now()
 WHERE shipment_id = %(id)s
 """
 
@@ -102,6 +106,11 @@ def state_from_row(r: Row) -> State:
         milestones=tuple(r["milestones"] or ()),
         eta=r["eta"],
         exceptions=tuple(r["exceptions"] or ()),
+        emissions=r.get("emissions"),
+        recent=tuple(
+            PositionFix(p["lat"], p["lon"], datetime.fromisoformat(p["at"]), p.get("speed_kmh"), p.get("heading"))
+            for p in r.get("recent_positions") or ()
+        ),
     )
 
 
@@ -285,7 +294,7 @@ async def load_states(conn: Conn, shipment_ids: Iterable[str]) -> dict[str, Row]
     return {r["id"]: r for r in rows}
 
 
-async def save_state(conn: Conn, shipment_id: str, s: State, emissions: Any = None) -> None:
+async def save_state(conn: Conn, shipment_id: str, s: State) -> None:
     last = s.last
     await conn.execute(
         SAVE_STATE,
@@ -305,10 +314,11 @@ async def save_state(conn: Conn, shipment_id: str, s: State, emissions: Any = No
             "carrier_eta_created_at": s.carrier_eta_created_at,
             "eta": _dumps(s.eta) if s.eta is not None else None,
             "exceptions": _dumps(list(s.exceptions)),
-            "emissions": _dumps(emissions) if emissions is not None else None,
+            "emissions": _dumps(s.emissions) if s.emissions is not None else None,
             "delivered_at": s.delivered_at,
             "started_at": s.started_at,
             "milestones": _dumps(list(s.milestones)),
+            "recent": _dumps([p.to_dict() for p in s.recent]),
         },
     )
 
@@ -366,7 +376,7 @@ async def update_shipments(
 
                 msgs.append(status_message(sid, before.status, status))
         if evaluator is not None:
-            state, extra = evaluator(row, state, received_at)
+            state, extra = await evaluator(conn, row, state, received_at)
             msgs.extend(extra)
         await save_state(conn, sid, state)
         messages.extend(msgs)

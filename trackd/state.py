@@ -33,6 +33,24 @@ class State:
     milestones: tuple[dict[str, Any], ...] = ()
     eta: dict[str, Any] | None = None
     exceptions: tuple[dict[str, Any], ...] = ()
+    emissions: dict[str, Any] | None = None
+    recent: tuple[PositionFix, ...] = ()  # downsampled trail, oldest first
+
+
+TRAIL_KEEP = 50
+TRAIL_EVERY_S = 600.0
+TRAIL_MOVE_DEG = 0.005  # about 500 m
+
+
+def _trail(recent: tuple[PositionFix, ...], fix: PositionFix) -> tuple[PositionFix, ...]:
+    if recent:
+        last = recent[-1]
+        if fix.at <= last.at:
+            return recent
+        moved = abs(fix.lat - last.lat) + abs(fix.lon - last.lon) >= TRAIL_MOVE_DEG
+        if (fix.at - last.at).total_seconds() < TRAIL_EVERY_S and not moved:
+            return recent
+    return (*recent, fix)[-TRAIL_KEEP:]
 
 
 def _is_final_destination(event: Event, final_codes: frozenset[str]) -> bool:
@@ -65,7 +83,8 @@ def advance(
                 s = replace(s, started_at=at)
             if s.last is None or at >= s.last.at:
                 p = ev.position
-                s = replace(s, last=PositionFix(p.lat, p.lon, at, p.speed_kmh, p.heading))
+                fix = PositionFix(p.lat, p.lon, at, p.speed_kmh, p.heading)
+                s = replace(s, last=fix, recent=_trail(s.recent, fix))
         elif ev.kind is EventKind.SENSOR and ev.sensor is not None:
             if s.last_sensor is None or at.isoformat() >= str(s.last_sensor.get("at", "")):
                 s = replace(s, last_sensor={**ev.sensor.to_dict(), "at": at.isoformat()})

@@ -1,0 +1,254 @@
+"""ETA, exception rules and emissions, applied to a shipment inside the write transaction.
+
+Called by the ledger for every shipment a batch touches (and by the worker on a schedule, so
+time-based rules fire with no event). Pure engines (`eta`, `rules`, `emissions`) decide; this
+module only turns rows into their inputs and their outputs into state, history and messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+
+from trackd import emissions, eta, ledger, rules
+from trackd.codes import Milestone, Mode
+from trackd.errors import ValidationError
+from trackd.model import Location
+from trackd.settings import Settings
+from trackd.shipment import Eta, Leg, OpenException, Shipment
+from trackd.state import Message, State
+from trackd.store import Conn, Row
+
+log = logging.getLogger("trackd.eta")
+STATS_TTL_S = 600.0
+STATS_SHIPMENTS = 2000
+TICK_BATCH = 500
+
+
+def _dt(v: str | None) -> datetime | None:
+    return datetime.fromisoformat(v) if v else None
+
+
+def shipment_from_row(r: Row) -> Shipment:
+    trange = None
+    if r.get("temperature_min_c") is not None:
+        trange = (float(r["temperature_min_c"]), float(r["temperature_max_c"]))
+    return Shipment(
+        id=r["id"],
+        tracking_number=r["tracking_number"],
+        carrier=r.get("carrier"),
+        references=tuple(r.get("references") or ()),
+        mode=Mode(r["mode"]) if r.get("mode") else None,
+        legs=tuple(Leg.from_dict(x) for x in r.get("legs") or ()),
+        promised_at=r.get("promised_at"),
+        weight_kg=r.get("weight_kg"),
+        temperature_range_c=trange,
+        created_at=r.get("created_at"),
+    )
+
+
+def journey_of(shipment: Shipment, s: State) -> eta.Journey:
+    milestones = tuple(
+        (
+            datetime.fromisoformat(m["at"]),
+            Milestone(m["code"]),
+            Location(**m["location"]) if m.get("location") else None,
+        )
+        for m in s.milestones
+    )
+    return eta.Journey(
+        shipment=shipment,
+        milestones=milestones,
+        position=s.last,
+        carrier_eta=s.carrier_eta,
+        carrier_eta_created_at=s.carrier_eta_created_at,
+        recent_positions=s.recent,
+    )
+
+
+def eta_from_dict(d: dict[str, Any] | None) -> Eta | None:
+    if not d or not d.get("predicted_at"):
+        return None
+    return Eta(
+        predicted_at=datetime.fromisoformat(d["predicted_at"]),
+        earliest=datetime.fromisoformat(d["earliest"]),
+        latest=datetime.fromisoformat(d["latest"]),
+        method=d.get("method") or "",
+        computed_at=datetime.fromisoformat(d["computed_at"]),
+        carrier_eta=_dt(d.get("carrier_eta")),
+        promised_at=_dt(d.get("promised_at")),
+    )
+
+
+class Evaluator:
+    def __init__(self, settings: Settings) -> None:
+        self.threshold = timedelta(minutes=settings.eta_threshold_min)
+        self.factors = emissions.load_factors(settings.emission_factors)
+        self._stats: dict[int, tuple[float, eta.LaneStats]] = {}
+
+    async def stats(self, conn: Conn, tenant_id: int) -> eta.LaneStats:
+        """Lane, dwell and calibration history of the tenant's completed shipments (cached)."""
+        hit = self._stats.get(tenant_id)
+        if hit and hit[0] > time.monotonic():
+            return hit[1]
+        rows = await (
+            await conn.execute(
+                "SELECT s.*, st.started_at, st.delivered_at, st.milestones,"
+                " COALESCE((SELECT json_agg(json_build_array(h.computed_at, h.predicted_at) ORDER BY h.computed_at)"
+                "           FROM eta_history h WHERE h.shipment_id = s.id), '[]') AS forecasts"
+                " FROM shipment_state st JOIN shipments s ON s.id = st.shipment_id"
+                " WHERE st.tenant_id = %s AND st.delivered_at IS NOT NULL AND st.status = 'delivered'"
+                " ORDER BY st.delivered_at DESC LIMIT %s",
+                (tenant_id, STATS_SHIPMENTS),
+            )
+        ).fetchall()
+        stats = eta.LaneStats.empty()
+        for r in reversed(rows):
+            try:
+                shipment = shipment_from_row(r)
+                fake = State(milestones=tuple(r["milestones"] or ()))
+                j = journey_of(shipment, fake)
+                forecasts = tuple(
+                    eta.Forecast(datetime.fromisoformat(a), datetime.fromisoformat(b))
+                    for a, b in (r["forecasts"] if isinstance(r["forecasts"], list) else orjson.loads(r["forecasts"]))
+                )
+                started = r["started_at"] or j.started_at or r["created_at"]
+                stats = eta.learn(
+                    stats, eta.CompletedJourney(shipment, started, r["delivered_at"], j.milestones, forecasts)
+                )
+            except (ValidationError, ValueError, KeyError) as exc:
+                log.debug("history of %s not learned from: %s", r["id"], exc)
+        self._stats[tenant_id] = (time.monotonic() + STATS_TTL_S, stats)
+        return stats
+
+    def emissions_for(self, shipment: Shipment) -> dict[str, Any] | None:
+        try:
+            return _emissions_cached(shipment, self.factors)
+        except ValidationError:
+            return None
+
+    async def __call__(self, conn: Conn, row: Row, s: State, now: datetime) -> tuple[State, list[Message]]:
+        shipment = shipment_from_row(row)
+        messages: list[Message] = []
+        sid = shipment.id
+        s = replace(s, emissions=self.emissions_for(shipment))
+        journey = journey_of(shipment, s)
+        stats = await self.stats(conn, row["tenant_id"])
+        try:
+            new = eta.predict(journey, stats, now)
+        except ValidationError:
+            new = None
+        old = eta_from_dict(s.eta)
+        if new is not None:
+            if eta.eta_changed(old, new, self.threshold):
+                messages.append(
+                    {
+                        "type": "eta.changed",
+                        "shipment_id": sid,
+                        "occurred_at": now.isoformat(),
+                        "eta": new.to_dict(),
+                        "previous_predicted_at": old.predicted_at.isoformat() if old else None,
+                    }
+                )
+                await conn.execute(
+                    "INSERT INTO eta_history (shipment_id, computed_at, predicted_at, earliest, latest, carrier_eta,"
+                    " method, eta) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                    (
+                        sid,
+                        new.computed_at,
+                        new.predicted_at,
+                        new.earliest,
+                        new.latest,
+                        new.carrier_eta,
+                        new.method,
+                        orjson.dumps(new.to_dict()).decode(),
+                    ),
+                )
+                s = replace(s, eta=new.to_dict())
+        opened = {
+            e["kind"]: OpenException(e["kind"], datetime.fromisoformat(e["raised_at"]), None, e.get("detail"))
+            for e in s.exceptions
+            if e.get("cleared_at") is None
+        }
+        changes = rules.evaluate(
+            journey,
+            new or old,
+            opened,
+            now,
+            last_event_at=s.last_event_at,
+            last_sensor=s.last_sensor,
+            status=s.status,
+            stats=stats,
+        )
+        if changes:
+            exceptions = [dict(e) for e in s.exceptions]
+            for ch in changes:
+                if ch.action == "raise":
+                    exc = {
+                        "kind": ch.kind.value,
+                        "raised_at": ch.at.isoformat(),
+                        "cleared_at": None,
+                        "detail": ch.detail,
+                    }
+                    exceptions.append(exc)
+                    messages.append(
+                        {
+                            "type": "exception.raised",
+                            "shipment_id": sid,
+                            "occurred_at": ch.at.isoformat(),
+                            "exception": exc,
+                        }
+                    )
+                else:
+                    for exc in exceptions:
+                        if exc["kind"] == ch.kind.value and exc["cleared_at"] is None:
+                            exc["cleared_at"] = ch.at.isoformat()
+                            messages.append(
+                                {
+                                    "type": "exception.cleared",
+                                    "shipment_id": sid,
+                                    "occurred_at": ch.at.isoformat(),
+                                    "exception": dict(exc),
+                                }
+                            )
+            s = replace(s, exceptions=tuple(exceptions[-100:]))
+        return s, messages
+
+    async def tick(self, conn: Conn, now: datetime) -> int:
+        """Re-evaluate open shipments with no new event; returns the messages emitted."""
+        rows = await (
+            await conn.execute(
+                "SELECT shipment_id, tenant_id FROM shipment_state"
+                " WHERE status NOT IN ('delivered', 'returned', 'cancelled', 'expired')"
+                " AND (last_event_at IS NULL OR last_event_at > %s)"
+                " ORDER BY updated_at LIMIT %s FOR UPDATE SKIP LOCKED",
+                (now - timedelta(days=60), TICK_BATCH),
+            )
+        ).fetchall()
+        by_tenant: dict[int, dict[str, list[Any]]] = {}
+        for r in rows:
+            by_tenant.setdefault(r["tenant_id"], {})[r["shipment_id"]] = []
+        total = 0
+        for tenant_id, shipments in by_tenant.items():
+            msgs = await ledger.update_shipments(conn, tenant_id, shipments, now, self)
+            total += len(await ledger.emit(conn, tenant_id, msgs))
+        return total
+
+
+_EMISSIONS_CACHE: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+
+def _emissions_cached(shipment: Shipment, factors: emissions.Factors) -> dict[str, Any]:
+    key = (shipment.legs, shipment.mode, shipment.weight_kg, id(factors))
+    hit = _EMISSIONS_CACHE.get(key)
+    if hit is None:
+        if len(_EMISSIONS_CACHE) > 10_000:
+            _EMISSIONS_CACHE.clear()
+        hit = emissions.compute(shipment, factors)
+        _EMISSIONS_CACHE[key] = hit
+    return hit
