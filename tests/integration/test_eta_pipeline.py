@@ -73,12 +73,14 @@ def test_a_shipment_running_late_raises_delayed_and_streams_eta_changes(tenant, 
     types = [m["type"] for m in later]
     assert "eta.changed" in types, types
     raised = [m for m in later if m["type"] == "exception.raised"]
-    assert raised and raised[0]["exception"]["kind"] == "delayed"
+    assert raised
+    assert raised[0]["exception"]["kind"] == "delayed"
     assert raised[0]["shipment_id"] == sid
     eta_msg = [m for m in later if m["type"] == "eta.changed"][-1]
     assert eta_msg["previous_predicted_at"] == early["eta"]["predicted_at"]
     seqs = [m["seq"] for m in first + later]
-    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == len(seqs)
     got = tenant.http.get(f"/v1/shipments/{sid}").json()
     eta = got["eta"]
     assert (
@@ -117,4 +119,5 @@ def test_temperature_excursion_raised_and_cleared(tenant) -> None:
     sensor(4.0, 10)
     got = tenant.http.get(f"/v1/shipments/{shp['id']}").json()
     exc = [e for e in got["exceptions"] if e["kind"] == "temperature_excursion"]
-    assert len(exc) == 1 and exc[0]["cleared_at"] is not None
+    assert len(exc) == 1
+    assert exc[0]["cleared_at"] is not None
