@@ -361,14 +361,11 @@ async def update_shipments(
             gone = retracted[sid]
             kept = tuple(m for m in state.milestones if m.get("event_id") not in gone)
             status = rebuild_status(kept)
-            delivered = next(
-                (datetime.fromisoformat(m["at"]) for m in reversed(kept) if m["code"] == "delivered"), None
-            )
             state = replace(
                 state,
                 milestones=kept,
                 status=status,
-                delivered_at=delivered if status.status.value == "delivered" else None,
+                delivered_at=status.status_at if status.status.value == "delivered" else None,
             )
             msgs = [m for m in msgs if m["type"] != "status.changed"]
             if (status.status, status.substatus) != (before.status.status, before.status.substatus):

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from trackd.codes import Classifier, EventKind, Milestone
+from trackd.codes import Classifier, EventKind, Milestone, Status
 from trackd.model import Event
 from trackd.shipment import PositionFix, StatusState
-from trackd.status import Outcome, replay, transition
+from trackd.status import replay
 
 Message = dict[str, Any]
 CARRIER_ETA_CODES = frozenset({Milestone.DELIVERED, Milestone.ARRIVED})
@@ -74,6 +74,7 @@ def advance(
     messages: list[Message] = []
     s = state
     prev_status = s.status
+    replay_needed = False
     for ev in sorted(events, key=lambda e: e.occurred_at):
         at = ev.occurred_at
         if ev.retracts is None and (s.last_event_at is None or at > s.last_event_at):
@@ -109,11 +110,10 @@ def advance(
                 "mode": ms.mode.value if ms.mode else None,
             }
             s = replace(s, milestones=tuple(sorted((*s.milestones, entry), key=lambda m: m["at"])))
-            step = transition(s.status, ms.code, ms.classifier, at)
-            if step.outcome in (Outcome.MOVED, Outcome.UNCHANGED):
-                s = replace(s, status=step.state)
-            if ms.code is Milestone.DELIVERED and step.outcome is Outcome.MOVED:
-                s = replace(s, delivered_at=at)
+            replay_needed = True
+    if replay_needed:
+        status = rebuild_status(s.milestones)
+        s = replace(s, status=status, delivered_at=status.status_at if status.status is Status.DELIVERED else None)
     if s.last is not None and (state.last is None or s.last.at > state.last.at):
         messages.append(
             {

@@ -58,9 +58,19 @@ def transition(state: StatusState, code: Milestone | None, classifier: Classifie
     return Transition(Outcome.MOVED, new)
 
 
+def _order(m: tuple[datetime, Milestone | None, Classifier]) -> tuple[datetime, int, str]:
+    rank = STATUS_RANK[MILESTONE_STATUS[m[1]][0]] if m[1] is not None else -1
+    return (m[0], rank, m[1].value if m[1] is not None else "")
+
+
 def replay(milestones: Iterable[tuple[datetime, Milestone | None, Classifier]]) -> StatusState:
-    """The status from scratch: the milestones applied in event-time order."""
+    """The status from scratch: the milestones applied in event-time order.
+
+    This is what a shipment's status is: the ledger replays every kept milestone, so the order in
+    which events arrive never matters (an older `delivered` that arrives after a newer routine
+    scan still ends delivered, as it would have had it arrived first).
+    """
     state = StatusState()
-    for at, code, classifier in sorted(milestones, key=lambda m: m[0]):
+    for at, code, classifier in sorted(milestones, key=_order):
         state = transition(state, code, classifier, at).state
     return state
