@@ -225,9 +225,10 @@ class Evaluator:
             await conn.execute(
                 "SELECT shipment_id, tenant_id FROM shipment_state"
                 " WHERE status NOT IN ('delivered', 'returned', 'cancelled', 'expired')"
-                " AND (last_event_at IS NULL OR last_event_at > %s)"
+                " AND (last_event_at IS NULL OR last_event_at BETWEEN %s AND %s) AND updated_at < %s"
                 " ORDER BY updated_at LIMIT %s FOR UPDATE SKIP LOCKED",
-                (now - timedelta(days=60), TICK_BATCH),
+                # quiet for an hour (time-based rules need that much) and not looked at for 10 minutes
+                (now - timedelta(days=60), now - timedelta(hours=1), now - timedelta(minutes=10), TICK_BATCH),
             )
         ).fetchall()
         by_tenant: dict[int, dict[str, list[Any]]] = {}

@@ -289,6 +289,18 @@ async def stream_snapshot(
     bbox: tuple[float, float, float, float] | None,
 ) -> tuple[int, list[dict[str, Any]]]:
     """The tenant's latest seq and the matching shipments, read from one snapshot."""
+    try:
+        return await _stream_snapshot(pool, tenant_id, shipment_ids, bbox)
+    except (psycopg.OperationalError, psycopg.InterfaceError, TimeoutError) as exc:
+        raise Unavailable(f"database unavailable: {str(exc).strip().splitlines()[0] if str(exc) else ''}") from None
+
+
+async def _stream_snapshot(
+    pool: AsyncConnectionPool,
+    tenant_id: int,
+    shipment_ids: list[str] | None,
+    bbox: tuple[float, float, float, float] | None,
+) -> tuple[int, list[dict[str, Any]]]:
     async with pool.connection() as raw_conn:
         conn: Conn = raw_conn  # type: ignore[assignment]
         await conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)

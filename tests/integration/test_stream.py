@@ -207,7 +207,8 @@ async def test_resume_after_disconnect_delivers_exactly_the_missed(
     await api.milestone("RESUME-A", "customs_hold")
     await asyncio.sleep(0.5)
     missed = outbox(testenv, tenant, last, a)
-    assert [m["type"] for m in missed if m["type"] != "eta.changed"] == ["position", "position", "status.changed"]
+    moves = [m["type"] for m in missed if m["type"] in {"position", "status.changed"}]
+    assert moves == ["position", "position", "status.changed"]
     async with stream(server, tenant.api_key) as s:
         await s.send(op="subscribe", shipments=[a], resume_from=last)
         got = await s.quiet(1.5)
@@ -275,7 +276,8 @@ async def test_two_api_processes_share_messages(
                 await posted.http.aclose()
             await api.milestone("TWO-A", "customs_hold")  # and to the first
             for s in (one, two):
-                await s.until(lambda m: m["type"] == "status.changed" and m["seq"] == snaps[0]["seq"] + 2)
+                while len([m for m in s.got if m["type"] == "status.changed"]) < 2:
+                    await s.until(lambda m: m["type"] == "status.changed")
                 got = [m for m in s.got if m["type"] == "status.changed"]
                 assert len(got) == 2
                 assert_increasing(s.got)
@@ -311,6 +313,7 @@ async def test_slow_client_does_not_hold_up_others(server: Server, tenant: Any, 
         started = asyncio.get_running_loop().time()
         await fast.until(lambda m: m["type"] == "status.changed" and m["status"] == "out_for_delivery", within=60)
         assert asyncio.get_running_loop().time() - started < 5  # not held up by the slow one
+        await fast.quiet(0.5)  # what the same transactions emitted after the status (ETA, exceptions)
         want = outbox(testenv, tenant, snap["seq"], a)
         assert seqs(fast.got[1:]) == [m["seq"] for m in want]  # kept up: every message, in order
         code = await slow.close_code(1.0)
