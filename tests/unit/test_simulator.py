@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import itertools
@@ -29,7 +30,8 @@ def sample(n: int = 40, seed: int = 7) -> tuple[Scenario, ...]:
 
 
 @cache
-def bulk(n: int = 400) -> tuple[Scenario, ...]:
+@functools.lru_cache(maxsize=1)
+def bulk(n: int = 200) -> tuple[Scenario, ...]:
     return tuple(simulate(i, START, seed=11, cadence=HISTORY_CADENCE) for i in range(n))
 
 

@@ -30,7 +30,7 @@ NATIVE_SAMPLE = orjson.dumps([
     {"occurred_at": 1717236000, "device": "dev-1", "position": {"lat": 51.9, "lon": 4.4, "speed_kmh": 40}},
     {"occurred_at": "2024-06-01T10:05:00+02:00", "device": "dev-1", "sensor": {"temperature_c": 4.5}},
 ])
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def fixtures(source: str) -> list[bytes]:

@@ -162,19 +162,19 @@ def _only_op_or_protocol_error(frame: str | bytes) -> None:
         assert isinstance(op, Subscribe | Unsubscribe | Ping)
 
 
-@settings(max_examples=300, deadline=None, database=None)
+@settings(max_examples=100, deadline=None, database=None)
 @given(st.binary(max_size=200))
 def test_random_bytes_give_an_op_or_protocol_error(frame: bytes) -> None:
     _only_op_or_protocol_error(frame)
 
 
-@settings(max_examples=300, deadline=None, database=None)
+@settings(max_examples=100, deadline=None, database=None)
 @given(st.text(max_size=100))
 def test_random_text_gives_an_op_or_protocol_error(frame: str) -> None:
     _only_op_or_protocol_error(frame)
 
 
-@settings(max_examples=500, deadline=None, database=None)
+@settings(max_examples=150, deadline=None, database=None)
 @given(_json | _ops)
 def test_random_json_gives_an_op_or_protocol_error(obj: Any) -> None:
     _only_op_or_protocol_error(json.dumps(obj))
