@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_module("trackd.demo"))
     e = sub.add_parser("eta-eval", help="replay completed shipments and score the ETA against baselines")
     e.add_argument("--events", default=None, help="JSON-lines file; default: the configured database")
+    e.add_argument("--simulate", type=int, default=None, metavar="N", help="score N simulated shipments instead")
+    e.add_argument("--seed", type=int, default=7)
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_module("trackd.etaeval_cli"))
     b = sub.add_parser("bench", help="benchmarks against the configured services")

@@ -67,8 +67,12 @@ class Score:
 
 @dataclass(frozen=True, slots=True)
 class Report:
+    """Scores per horizon and method. `paired[h][m]` is trackd's own MAE on just the shipments
+    where baseline `m` had an answer, so a baseline that only sometimes answers is compared fairly."""
+
     horizons: dict[str, dict[str, Score]]
     shipments: int
+    paired: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
 
 def _location(d: object, where: str) -> Location | None:
@@ -252,8 +256,8 @@ def evaluate(lines: Iterable[Mapping[str, Any]]) -> Report:
             agenda.append((start + (end - start) * (h / 100), 0, i, h))
         agenda.append((known, 1, i, 0))
     agenda.sort()
-    rows: dict[int, dict[str, list[tuple[datetime, datetime | None, datetime | None, datetime]]]] = {
-        h: {m: [] for m in METHODS} for h in HORIZONS
+    rows: dict[int, dict[str, dict[int, tuple[datetime, datetime | None, datetime | None, datetime]]]] = {
+        h: {m: {} for m in METHODS} for h in HORIZONS
     }
     stats = eta.LaneStats.empty()
     for at, action, i, h in agenda:
@@ -267,35 +271,52 @@ def evaluate(lines: Iterable[Mapping[str, Any]]) -> Report:
         predicted = eta.predict(journey, stats, at)
         if predicted is not None:
             track.forecasts.append(eta.Forecast(at, predicted.predicted_at))
-            rows[h]["trackd"].append((predicted.predicted_at, predicted.earliest, predicted.latest, end))
+            rows[h]["trackd"][i] = (predicted.predicted_at, predicted.earliest, predicted.latest, end)
         if track.shipment.promised_at is not None:
-            rows[h]["promised"].append((track.shipment.promised_at, None, None, end))
+            rows[h]["promised"][i] = (track.shipment.promised_at, None, None, end)
         if journey.carrier_eta is not None:
-            rows[h]["carrier"].append((journey.carrier_eta, None, None, end))
+            rows[h]["carrier"][i] = (journey.carrier_eta, None, None, end)
         guess = naive(journey, at)
         if guess is not None:
-            rows[h]["naive"].append((guess, None, None, end))
-    horizons = {str(h): {m: score(rows[h][m]) for m in METHODS} for h in HORIZONS}
-    return Report(horizons, len(done))
+            rows[h]["naive"][i] = (guess, None, None, end)
+    horizons = {str(h): {m: score(list(rows[h][m].values())) for m in METHODS} for h in HORIZONS}
+    paired = {
+        str(h): {
+            m: score([r for i, r in rows[h]["trackd"].items() if i in rows[h][m]]).mae_h
+            for m in METHODS
+            if m != "trackd"
+        }
+        for h in HORIZONS
+    }
+    return Report(horizons, len(done), paired)
 
 
 def to_json(report: Report) -> dict[str, Any]:
-    def one(s: Score) -> dict[str, Any]:
-        return {
+    def one(h: str, m: str, s: Score) -> dict[str, Any]:
+        out: dict[str, Any] = {
             "mae_h": None if s.mae_h is None else round(s.mae_h, 3),
             "coverage": None if s.coverage is None else round(s.coverage, 4),
             "n": s.n,
         }
+        if m in report.paired.get(h, {}):
+            same = report.paired[h][m]
+            out["trackd_mae_h_same_shipments"] = None if same is None else round(same, 3)
+        return out
 
-    return {"horizons": {h: {m: one(s) for m, s in by.items()} for h, by in report.horizons.items()}}
+    return {"horizons": {h: {m: one(h, m, s) for m, s in by.items()} for h, by in report.horizons.items()}}
 
 
 def format_table(report: Report) -> str:
-    out = [f"{report.shipments} completed shipments; MAE in hours, coverage of the stated 80 % interval",
-           f"{'horizon':>7}  {'method':<9}{'n':>6}{'MAE (h)':>10}{'coverage':>10}"]
+    out = [
+        f"{report.shipments} completed shipments; MAE in hours, coverage of the stated 80 % interval;",
+        "'trackd same n': trackd's MAE on just the shipments where that baseline had an answer",
+        f"{'horizon':>7}  {'method':<9}{'n':>6}{'MAE (h)':>10}{'coverage':>10}{'trackd same n':>15}",
+    ]
     for h, by in report.horizons.items():
         for m, s in by.items():
             mae = "-" if s.mae_h is None else f"{s.mae_h:.2f}"
             cov = "-" if s.coverage is None else f"{100 * s.coverage:.1f}%"
-            out.append(f"{h + '%':>7}  {m:<9}{s.n:>6}{mae:>10}{cov:>10}")
+            same = report.paired.get(h, {}).get(m)
+            paired = "" if m == "trackd" else ("-" if same is None else f"{same:.2f}")
+            out.append(f"{h + '%':>7}  {m:<9}{s.n:>6}{mae:>10}{cov:>10}{paired:>15}")
     return "\n".join(out)
