@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     log_level: str = "info"
     webhook_allow_private: bool = False
     webhook_retry_schedule: str = "5,300,1800,7200,18000,36000,36000"
+    webhook_disable_after_h: float = Field(default=72.0, gt=0)
     secret_key: SecretStr | None = None
     max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
     retention_days: int = Field(default=365, ge=1)

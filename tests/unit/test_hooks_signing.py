@@ -12,7 +12,7 @@ import pytest
 import standardwebhooks
 
 from stream import hooks
-from trackd import keys
+from trackd import keys, ssrf
 from trackd.hooks_store import Attempt
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
@@ -160,7 +160,7 @@ async def test_send_failures_are_attempts_not_exceptions() -> None:
     secret = keys.new_webhook_secret()
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
 
-        async def go(url: str, allow: bool = True, resolver: hooks.ssrf.Resolver = _no_dns) -> Attempt:
+        async def go(url: str, allow: bool = True, resolver: ssrf.Resolver = _no_dns) -> Attempt:
             return await hooks.send(client, url, "m", b"{}", [secret], T0, allow_private=allow, resolver=resolver)
 
         big = await go("http://127.0.0.1/big")

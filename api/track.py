@@ -1,0 +1,155 @@
+"""Public tracking links: `POST /v1/shipments/{id}/share` makes one; `GET /v1/track/{token}` (JSON)
+and `GET /track/{token}` (the page) show the shipment to whoever holds the token.
+
+The public view carries no internal ids and no raw payloads: only what an end customer needs.
+Tokens are 192-bit random strings; only their SHA-256 is stored. Unknown and expired tokens are 404.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Sequence
+from datetime import timedelta
+from functools import cache
+from typing import Any
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.deps import CurrentTenant, State
+from dashboards import trackpage
+from trackd import hooks_store, registry, store
+from trackd.errors import NotFound
+
+router = APIRouter(tags=["tracking links"])
+
+DEFAULT_EXPIRY_S = 30 * 86400
+MAX_EXPIRY_S = 366 * 86400
+MAX_ROUTE_POINTS = 500
+_SQL_POINTS = 5_000  # positions thinned evenly in SQL first, then simplified here
+
+
+class ShareIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    expires_in_s: int = Field(DEFAULT_EXPIRY_S, ge=60, le=MAX_EXPIRY_S)
+
+
+def simplify(points: Sequence[tuple[float, float]], max_points: int) -> list[tuple[float, float]]:
+    """At most `max_points` of `points`, in order, keeping the ones that shape the line most
+    (Douglas–Peucker ranks) and always the first and last."""
+    n = len(points)
+    if n <= max_points:
+        return list(points)
+    rank = [0.0] * n
+    rank[0] = rank[-1] = math.inf
+    stack = [(0, n - 1, math.inf)]
+    while stack:
+        lo, hi, ceiling = stack.pop()
+        if hi - lo < 2:
+            continue
+        (ax, ay), (bx, by) = points[lo], points[hi]
+        dx, dy = bx - ax, by - ay
+        norm = math.hypot(dx, dy)
+        best, far = -1.0, lo + 1
+        for i in range(lo + 1, hi):
+            px, py = points[i]
+            d = abs(dx * (ay - py) - dy * (ax - px)) / norm if norm else math.hypot(px - ax, py - ay)
+            if d > best:
+                best, far = d, i
+        rank[far] = min(best, ceiling)  # a point never outranks the one that split its span
+        stack.append((lo, far, rank[far]))
+        stack.append((far, hi, rank[far]))
+    keep = sorted(sorted(range(n), key=lambda i: rank[i], reverse=True)[:max_points])
+    return [points[i] for i in keep]
+
+
+@cache
+def _finder() -> Any:
+    from timezonefinder import TimezoneFinder
+
+    return TimezoneFinder()
+
+
+def zone_at(destination: dict[str, Any] | None) -> str:
+    """The IANA zone of the destination, for local times on the page; UTC when unknown."""
+    if not destination or destination.get("lat") is None or destination.get("lon") is None:
+        return "UTC"
+    try:
+        name = _finder().timezone_at(lng=float(destination["lon"]), lat=float(destination["lat"]))
+    except (ValueError, OSError):
+        return "UTC"
+    return str(name) if name else "UTC"
+
+
+async def public_track(state: State, token: str) -> dict[str, Any]:
+    """The public JSON for a live token, or NotFound."""
+    async with store.transaction(state.pool) as conn:
+        target = await hooks_store.shared_shipment(conn, token, state.pipeline.clock())
+        if target is None:
+            raise NotFound("no such tracking link, or it has expired")
+        rows = await hooks_store.track_rows(conn, *target, _SQL_POINTS)
+    if rows is None:
+        raise NotFound("no such tracking link, or it has expired")
+    shipment, milestones, positions = rows
+    legs = shipment["legs"] or []
+    dest = (legs[-1].get("destination") or {}) if legs else {}
+    route = simplify([(float(p["lon"]), float(p["lat"])) for p in positions], MAX_ROUTE_POINTS)
+    return {
+        "tracking_number": shipment["tracking_number"],
+        "carrier": shipment["carrier"],
+        "status": shipment["status"],
+        "substatus": shipment["substatus"],
+        "milestones": [
+            {
+                "code": m["code"],
+                "occurred_at": m["occurred_at"].isoformat(),
+                "location": (
+                    {"name": m["location"].get("name"), "country": m["location"].get("country")}
+                    if m["location"]
+                    else None
+                ),
+            }
+            for m in milestones
+        ],
+        "eta": shipment["eta"],
+        "route": [[lon, lat] for lon, lat in route],
+        "destination": ({k: dest.get(k) for k in ("name", "country", "lat", "lon")} if dest else None),
+        "updated_at": store.iso(shipment["updated_at"]),
+    }
+
+
+@router.post("/v1/shipments/{shipment_id}/share", status_code=201)
+async def share_shipment(
+    shipment_id: str, tenant: CurrentTenant, state: State, request: Request, body: ShareIn | None = None
+) -> dict[str, Any]:
+    """A public, read-only tracking link to the shipment, valid for `expires_in_s` (default 30 days)."""
+    ttl = body.expires_in_s if body else DEFAULT_EXPIRY_S
+    token = secrets.token_urlsafe(24)
+    expires_at = state.pipeline.clock() + timedelta(seconds=ttl)
+    async with store.transaction(state.pool) as conn:
+        await registry.require_shipment(conn, tenant.id, shipment_id)
+        await hooks_store.create_share(conn, tenant.id, shipment_id, token, expires_at)
+    base = str(request.base_url).rstrip("/")
+    return {"token": token, "url": f"{base}/track/{token}", "expires_at": expires_at.isoformat()}
+
+
+@router.get("/v1/track/{token}")
+async def track_json(token: str, state: State) -> dict[str, Any]:
+    """What a tracking link shows: status, actual milestones, ETA, route so far. No authentication."""
+    return await public_track(state, token)
+
+
+@router.get("/track/{token}", include_in_schema=False, response_class=HTMLResponse)
+async def track_page(
+    token: str, state: State, accept_language: str | None = Header(None, alias="accept-language")
+) -> HTMLResponse:
+    try:
+        track = await public_track(state, token)
+    except NotFound:
+        return HTMLResponse(
+            "<!doctype html><title>Not found</title><p>This tracking link is unknown or has expired.", status_code=404
+        )
+    page = trackpage.render(track, trackpage.pick_language(accept_language), zone_at(track["destination"]))
+    return HTMLResponse(page, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})

@@ -1,0 +1,168 @@
+"""Public tracking links: share, the JSON and the page, expiry, and what the public never sees."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import RunEnv, Server
+
+T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(days=3)
+
+
+@pytest.fixture(scope="module")
+def owner(make_tenant: Any) -> Any:
+    return make_tenant("tr")
+
+
+@pytest.fixture(scope="module")
+def public(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=30) as http:  # no API key
+        yield http
+
+
+@pytest.fixture(scope="module")
+def tracked(owner: Any) -> dict[str, Any]:
+    """A shipment Shanghai -> Rotterdam with milestones (actual and not) and 600 positions."""
+    r = owner.http.post(
+        "/v1/shipments",
+        json={
+            "tracking_number": "TRACK-PUB-1",
+            "carrier": "Maersk",
+            "legs": [
+                {
+                    "mode": "sea",
+                    "origin": {"name": "Shanghai", "country": "CN", "lat": 31.23, "lon": 121.47},
+                    "destination": {"name": "Rotterdam", "country": "NL", "lat": 51.95, "lon": 4.14},
+                }
+            ],
+        },
+    )
+    assert r.status_code == 201, r.text
+    events: list[dict[str, Any]] = [
+        {
+            "occurred_at": T0.isoformat(),
+            "shipment": "TRACK-PUB-1",
+            "milestone": {"code": "picked_up", "location": {"name": "Shanghai", "country": "CN", "unlocode": "CNSHA"}},
+        },
+        {
+            "occurred_at": (T0 + timedelta(hours=5)).isoformat(),
+            "shipment": "TRACK-PUB-1",
+            "milestone": {"code": "departed", "location": {"name": "Yangshan", "country": "CN"}},
+        },
+        {
+            "occurred_at": (T0 + timedelta(days=20)).isoformat(),
+            "shipment": "TRACK-PUB-1",
+            "milestone": {"code": "arrived", "classifier": "estimated"},
+        },
+    ]
+    events += [
+        {
+            "occurred_at": (T0 + timedelta(hours=6, minutes=i)).isoformat(),
+            "shipment": "TRACK-PUB-1",
+            "position": {"lat": 31.0 - i * 0.01, "lon": 122.0 + i * 0.01 + (0.002 if i % 2 else 0.0)},
+        }
+        for i in range(600)
+    ]
+    assert owner.http.post("/v1/events", json=events).status_code == 202
+    out: dict[str, Any] = r.json()
+    return out
+
+
+def share(owner: Any, shipment_id: str, **body: Any) -> httpx.Response:
+    r: httpx.Response = owner.http.post(f"/v1/shipments/{shipment_id}/share", json=body or None)
+    return r
+
+
+def test_share_link_json_has_no_internal_ids_or_raw_payloads(
+    owner: Any, tracked: dict[str, Any], public: httpx.Client
+) -> None:
+    r = share(owner, tracked["id"])
+    assert r.status_code == 201, r.text
+    link = r.json()
+    assert set(link) == {"token", "url", "expires_at"}
+    assert len(link["token"]) >= 22  # at least 128 random bits
+    assert link["url"].endswith(f"/track/{link['token']}")
+    expires = datetime.fromisoformat(link["expires_at"])
+    assert timedelta(days=29) < expires - datetime.now(UTC) <= timedelta(days=30, minutes=1)
+
+    got = public.get(f"/v1/track/{link['token']}")
+    assert got.status_code == 200, got.text
+    track = got.json()
+    assert set(track) == {
+        "tracking_number",
+        "carrier",
+        "status",
+        "substatus",
+        "milestones",
+        "eta",
+        "route",
+        "destination",
+        "updated_at",
+    }
+    assert (track["tracking_number"], track["carrier"], track["status"]) == ("TRACK-PUB-1", "Maersk", "in_transit")
+    assert [(m["code"], m["location"]) for m in track["milestones"]] == [
+        ("picked_up", {"name": "Shanghai", "country": "CN"}),
+        ("departed", {"name": "Yangshan", "country": "CN"}),
+    ]  # actual ones only
+    assert 2 <= len(track["route"]) <= 500
+    assert track["route"][0] == [122.0, 31.0]
+    assert track["route"][-1] == pytest.approx([122.0 + 5.99 + 0.002, 31.0 - 5.99])
+    assert track["destination"] == {"name": "Rotterdam", "country": "NL", "lat": 51.95, "lon": 4.14}
+    assert track["updated_at"]
+    text = got.text
+    assert tracked["id"] not in text
+    assert "raw" not in text
+    assert "event_id" not in text
+    assert "evt_" not in text
+    assert owner.name not in text
+
+
+def test_tracking_page_follows_accept_language(owner: Any, tracked: dict[str, Any], public: httpx.Client) -> None:
+    token = share(owner, tracked["id"]).json()["token"]
+    zh = public.get(f"/track/{token}", headers={"Accept-Language": "zh-CN,zh;q=0.9,en;q=0.5"})
+    assert zh.status_code == 200
+    assert zh.headers["content-type"].startswith("text/html")
+    assert '<html lang="zh-Hans">' in zh.text
+    assert "运输中" in zh.text  # in transit
+    assert "已出发" in zh.text  # departed
+    assert "Europe/Amsterdam" in zh.text  # the destination's zone
+    en = public.get(f"/track/{token}")
+    assert "In transit" in en.text
+    assert '<html lang="en">' in en.text
+    assert tracked["id"] not in en.text
+
+
+def test_expired_and_unknown_tokens_are_404(
+    owner: Any, tracked: dict[str, Any], public: httpx.Client, testenv: RunEnv
+) -> None:
+    token = share(owner, tracked["id"], expires_in_s=60).json()["token"]
+    assert public.get(f"/v1/track/{token}").status_code == 200
+    testenv.sql(
+        "WITH u AS (UPDATE share_links SET expires_at = now() - interval '1 second'"
+        " WHERE shipment_id = %s AND expires_at < now() + interval '2 minutes' RETURNING 1) SELECT count(*) FROM u",
+        tracked["id"],
+    )
+    for path in (f"/v1/track/{token}", f"/track/{token}", "/v1/track/nope", "/track/nope"):
+        r = public.get(path)
+        assert r.status_code == 404, path
+    assert public.get(f"/v1/track/{token}").json()["error"] == "NotFound"
+
+
+def test_share_validation_and_isolation(owner: Any, make_tenant: Any, tracked: dict[str, Any], server: Server) -> None:
+    assert share(owner, tracked["id"], expires_in_s=400 * 86400).status_code == 422
+    assert share(owner, tracked["id"], expires_in_s=10).status_code == 422
+    year = share(owner, tracked["id"], expires_in_s=365 * 86400)
+    assert year.status_code == 201
+    assert share(owner, "shp_nope").status_code == 404
+    assert httpx.post(f"{server.url}/v1/shipments/{tracked['id']}/share", timeout=10).status_code == 401
+    other = make_tenant("tx")
+    assert share(other, tracked["id"]).status_code == 404
+    schema = httpx.get(f"{server.url}/openapi.json", timeout=10).json()["paths"]
+    assert "/v1/track/{token}" in schema
+    assert "/v1/shipments/{shipment_id}/share" in schema
+    assert "/track/{token}" not in schema
