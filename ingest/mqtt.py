@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,7 @@ from trackd.settings import Settings
 
 log = logging.getLogger("trackd.mqtt")
 MAX_BATCH = 2000
+MAX_WAITING = 50_000
 BATCH_WINDOW_S = 0.005
 SESSION_EXPIRY_S = 7 * 24 * 3600
 
@@ -78,7 +80,8 @@ class MqttIngester:
     def __init__(self, settings: Settings, pipeline: Pipeline) -> None:
         self.settings = settings
         self.pipeline = pipeline
-        self.queue: asyncio.Queue[Inbound] = asyncio.Queue(maxsize=50_000)
+        self.queue: asyncio.Queue[Inbound] = asyncio.Queue()
+        self._room = threading.Semaphore(MAX_WAITING)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.client: mqtt.Client | None = None
         self.connected = asyncio.Event()
@@ -113,8 +116,8 @@ class MqttIngester:
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         item = Inbound(msg.mid, msg.qos, msg.topic, bytes(msg.payload))
         assert self.loop is not None
-        fut = asyncio.run_coroutine_threadsafe(self.queue.put(item), self.loop)
-        fut.result()  # blocks paho's thread when the queue is full: backpressure to the broker
+        self._room.acquire()  # blocks paho's thread when too much is waiting: backpressure to the broker
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
 
     def _client(self) -> mqtt.Client:
         url = urlparse(self.settings.mqtt())
@@ -182,6 +185,8 @@ class MqttIngester:
                     if time.monotonic() >= deadline:
                         break
                     await asyncio.sleep(0.001)
+            for _ in batch:
+                self._room.release()
             backoff = 0.2
             while True:
                 try:

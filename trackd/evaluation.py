@@ -28,6 +28,8 @@ log = logging.getLogger("trackd.eta")
 STATS_TTL_S = 600.0
 STATS_SHIPMENTS = 2000
 TICK_BATCH = 500
+RECOMPUTE_POSITIONS_AFTER = timedelta(seconds=60)
+RECOMPUTE_MOVE_DEG = 0.05  # about 5 km: a bigger jump is always recomputed at once
 
 
 def _dt(v: str | None) -> datetime | None:
@@ -132,7 +134,25 @@ class Evaluator:
         except ValidationError:
             return None
 
+    def fresh(self, row: Row, s: State, now: datetime) -> bool:
+        """True when only positions moved, by a few km at most, since an ETA computed under a minute
+        ago: the full model then runs on a later batch, which keeps ingest at map scale cheap."""
+        if not s.eta or not s.eta.get("computed_at"):
+            return False
+        if s.milestones != tuple(row.get("milestones") or ()) or s.last_sensor != row.get("last_sensor"):
+            return False
+        if s.status.status.value != row.get("status") or s.carrier_eta != row.get("carrier_eta"):
+            return False
+        if s.last is not None:
+            if row.get("last_lat") is None:
+                return False
+            if abs(s.last.lat - row["last_lat"]) + abs(s.last.lon - row["last_lon"]) > RECOMPUTE_MOVE_DEG:
+                return False
+        return bool(now - datetime.fromisoformat(s.eta["computed_at"]) < RECOMPUTE_POSITIONS_AFTER)
+
     async def __call__(self, conn: Conn, row: Row, s: State, now: datetime) -> tuple[State, list[Message]]:
+        if self.fresh(row, s, now):
+            return s, []
         shipment = shipment_from_row(row)
         messages: list[Message] = []
         sid = shipment.id
@@ -170,6 +190,8 @@ class Evaluator:
                     ),
                 )
                 s = replace(s, eta=new.to_dict())
+            elif s.eta is not None:
+                s = replace(s, eta={**s.eta, "computed_at": new.computed_at.isoformat()})
         opened = {
             e["kind"]: OpenException(e["kind"], datetime.fromisoformat(e["raised_at"]), None, e.get("detail"))
             for e in s.exceptions

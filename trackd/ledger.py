@@ -295,32 +295,40 @@ async def load_states(conn: Conn, shipment_ids: Iterable[str]) -> dict[str, Row]
 
 
 async def save_state(conn: Conn, shipment_id: str, s: State) -> None:
+    await conn.execute(SAVE_STATE, state_params(shipment_id, s))
+
+
+async def save_states(conn: Conn, params: list[dict[str, Any]]) -> None:
+    """Many shipments' states in one round trip: executemany runs them in pipeline mode."""
+    if params:
+        async with conn.cursor() as cur:
+            await cur.executemany(SAVE_STATE, params)
+
+
+def state_params(shipment_id: str, s: State) -> dict[str, Any]:
     last = s.last
-    await conn.execute(
-        SAVE_STATE,
-        {
-            "id": shipment_id,
-            "status": s.status.status.value,
-            "substatus": s.status.substatus,
-            "status_at": s.status.status_at,
-            "lat": last.lat if last else None,
-            "lon": last.lon if last else None,
-            "speed": last.speed_kmh if last else None,
-            "heading": last.heading if last else None,
-            "pos_at": last.at if last else None,
-            "last_event_at": s.last_event_at,
-            "last_sensor": _dumps(s.last_sensor) if s.last_sensor is not None else None,
-            "carrier_eta": s.carrier_eta,
-            "carrier_eta_created_at": s.carrier_eta_created_at,
-            "eta": _dumps(s.eta) if s.eta is not None else None,
-            "exceptions": _dumps(list(s.exceptions)),
-            "emissions": _dumps(s.emissions) if s.emissions is not None else None,
-            "delivered_at": s.delivered_at,
-            "started_at": s.started_at,
-            "milestones": _dumps(list(s.milestones)),
-            "recent": _dumps([p.to_dict() for p in s.recent]),
-        },
-    )
+    return {
+        "id": shipment_id,
+        "status": s.status.status.value,
+        "substatus": s.status.substatus,
+        "status_at": s.status.status_at,
+        "lat": last.lat if last else None,
+        "lon": last.lon if last else None,
+        "speed": last.speed_kmh if last else None,
+        "heading": last.heading if last else None,
+        "pos_at": last.at if last else None,
+        "last_event_at": s.last_event_at,
+        "last_sensor": _dumps(s.last_sensor) if s.last_sensor is not None else None,
+        "carrier_eta": s.carrier_eta,
+        "carrier_eta_created_at": s.carrier_eta_created_at,
+        "eta": _dumps(s.eta) if s.eta is not None else None,
+        "exceptions": _dumps(list(s.exceptions)),
+        "emissions": _dumps(s.emissions) if s.emissions is not None else None,
+        "delivered_at": s.delivered_at,
+        "started_at": s.started_at,
+        "milestones": _dumps(list(s.milestones)),
+        "recent": _dumps([p.to_dict() for p in s.recent]),
+    }
 
 
 async def emit(conn: Conn, tenant_id: int, messages: list[Message]) -> list[Message]:
@@ -354,6 +362,7 @@ async def update_shipments(
     retracted = retracted or {}
     rows = await load_states(conn, set(by_shipment) | set(retracted))
     messages: list[Message] = []
+    saves: list[dict[str, Any]] = []
     for sid, row in rows.items():
         before = state_from_row(row)
         state, msgs = advance(before, sid, by_shipment.get(sid, []), received_at, final_codes(row))
@@ -375,8 +384,9 @@ async def update_shipments(
         if evaluator is not None:
             state, extra = await evaluator(conn, row, state, received_at)
             msgs.extend(extra)
-        await save_state(conn, sid, state)
+        saves.append(state_params(sid, state))
         messages.extend(msgs)
+    await save_states(conn, saves)
     return messages
 
 

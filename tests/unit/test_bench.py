@@ -26,7 +26,7 @@ def test_percentile_ignores_input_order_and_handles_one_or_none() -> None:
     assert percentile([3.0, 1.0, 2.0], 0.5) == 2.0
     assert percentile([7.0], 0.99) == 7.0
     assert percentile([], 0.5) is None
-    with pytest.raises(ValueError, match="0..1"):
+    with pytest.raises(ValueError, match=r"0\.\.1"):
         percentile([1.0], 1.5)
 
 
@@ -34,8 +34,7 @@ def test_ratio_of_rates_and_of_latencies() -> None:
     assert ratio(25_000, 50_000) == "50%"
     assert ratio(60_000, 50_000) == "120%"
     assert ratio(40, 10, lower_is_better=True) == "25%"  # 40 ms against a 10 ms floor
-    assert ratio(500, 1_000_000) == "0.1%" or ratio(500, 1_000_000) == "0.05%" or ratio(500, 1_000_000).endswith("%")
-    assert ratio(5, 10_000) == "0.1%"[:0] + "0.1%" if False else ratio(5, 10_000).endswith("%")
+    assert ratio(2_000, 1_000_000) == "0.2%"
     assert ratio(None, 10) == "-"
     assert ratio(10, None) == "-"
     assert ratio(0, 10) == "-"
@@ -117,7 +116,9 @@ def test_events_are_unique_and_indexable_by_time() -> None:
     one = ev.one(1234)
     assert one.startswith(b'{"occurred_at":1700000001.234,')
     batch = ev.batch(0, 3)
-    assert batch.startswith(b"[") and batch.endswith(b"]") and batch.count(b"occurred_at") == 3
+    assert batch.startswith(b"[")
+    assert batch.endswith(b"]")
+    assert batch.count(b"occurred_at") == 3
 
 
 def test_latencies_match_receipts_to_sends_by_index_and_parity() -> None:

@@ -1,0 +1,250 @@
+"""What every benchmark run shares: its own tenant and shipments, the trackd server processes it
+measures, and the clean-up of both.
+
+The tenant is `bench-<random>`, so a run never reads or writes anyone else's data; its servers get
+their own MQTT topic prefix, client ids and share group, and free loopback ports. On exit the
+servers are stopped, their MQTT sessions cleared, and the tenant's rows and Redis stream deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TextIO
+from urllib.parse import unquote, urlparse
+
+import httpx
+import psycopg
+
+from trackd import db
+from trackd.errors import TrackdError, Unavailable
+from trackd.settings import Settings
+
+log = logging.getLogger("trackd.bench")
+
+SEED_SHIPMENTS = """
+INSERT INTO shipments (id, tenant_id, tracking_number, ref_keys, mode, created_at, updated_at)
+SELECT %(idp)s || lpad(i::text, 6, '0'), %(tenant)s, %(trk)s || lpad(i::text, 6, '0'),
+       ARRAY[%(trk)s || lpad(i::text, 6, '0')], 'road', now() - make_interval(secs => i), now()
+FROM generate_series(0, %(n)s::int - 1) AS i
+"""
+SEED_STATES = (
+    "INSERT INTO shipment_state (shipment_id, tenant_id) SELECT id, tenant_id FROM shipments WHERE tenant_id = %s"
+)
+DELETE_ROWS = (
+    "DELETE FROM positions WHERE tenant_id = %s",
+    "DELETE FROM events WHERE tenant_id = %s",
+    "DELETE FROM outbox WHERE tenant_id = %s",
+    "DELETE FROM quarantine WHERE tenant_id = %s",
+    "DELETE FROM tenants WHERE id = %s",  # shipments, state, devices, attachments, ETA history cascade
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str
+    port: int
+    client_id: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+
+@dataclass(frozen=True, slots=True)
+class Broker:
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+
+
+class BenchEnv:
+    """A context manager: the bench tenant, its shipments and servers; everything removed on exit."""
+
+    def __init__(self, settings: Settings, out: TextIO | None = None) -> None:
+        self.settings = settings
+        self.out = out or sys.stdout
+        self.run_id = secrets.token_hex(3)
+        self.tenant = f"bench-{self.run_id}"
+        self.topic_prefix = f"bench{self.run_id}/"
+        self.tenant_id = 0
+        self.api_key = ""
+        self.ingest_secret = ""
+        self.servers: list[Server] = []
+        self.shipments: list[tuple[str, str]] = []  # (id, tracking number)
+        self.logs = Path(tempfile.mkdtemp(prefix=f"trackd-bench-{self.run_id}-"))
+        self._client_ids: list[str] = []
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def __enter__(self) -> BenchEnv:
+        db.check_schema(self.settings.dsn())
+        created = asyncio.run(self._create_tenant())
+        self.api_key, self.ingest_secret = created["api_key"], created["ingest_secret"]
+        row = self.sql("SELECT id FROM tenants WHERE name = %s", self.tenant)
+        self.tenant_id = int(row[0][0])
+        self.say(f"bench tenant {self.tenant} (id {self.tenant_id}); server logs in {self.logs}")
+        return self
+
+    def __exit__(self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None) -> None:
+        self.stop_servers()
+        self._clear_mqtt_sessions()
+        started = time.monotonic()
+        with contextlib.suppress(psycopg.Error):
+            for stmt in DELETE_ROWS:
+                self.sql(stmt, self.tenant_id)
+        with contextlib.suppress(Exception):
+            import redis
+
+            client = redis.Redis.from_url(self.settings.redis())
+            client.delete(f"{self.settings.redis_prefix}:stream:{self.tenant_id}")
+            client.close()
+        self.say(f"cleaned up tenant {self.tenant} in {time.monotonic() - started:.1f} s")
+
+    async def _create_tenant(self) -> dict[str, str]:
+        from trackd import store
+
+        pool = await db.open_pool(self.settings.dsn(), 1)
+        try:
+            key = self.settings.secret_key.get_secret_value() if self.settings.secret_key else None
+            return await store.create_tenant(pool, self.tenant, key)
+        finally:
+            await pool.close()
+
+    def say(self, text: str) -> None:
+        print(f"# {text}", file=self.out, flush=True)
+
+    # -- database ----------------------------------------------------------------------------
+    def sql(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.settings.dsn(), autocommit=True) as conn:
+            args = params[0] if len(params) == 1 and isinstance(params[0], dict) else (params or None)
+            cur = conn.execute(query.encode(), args)
+            return cur.fetchall() if cur.description else []
+
+    def seed_shipments(self, n: int) -> float:
+        """`n` shipments (road, no legs) with state rows; returns the seconds it took."""
+        started = time.monotonic()
+        trk, idp = f"B{self.run_id.upper()}", f"shp_b{self.run_id}_"
+        with psycopg.connect(self.settings.dsn()) as conn:
+            conn.execute(SEED_SHIPMENTS.encode(), {"idp": idp, "tenant": self.tenant_id, "trk": trk, "n": n})
+            conn.execute(SEED_STATES.encode(), (self.tenant_id,))
+        self.shipments = [(f"{idp}{i:06d}", f"{trk}{i:06d}") for i in range(n)]
+        return time.monotonic() - started
+
+    def count_events(self) -> int:
+        return int(self.sql("SELECT count(*) FROM events WHERE tenant_id = %s", self.tenant_id)[0][0])
+
+    # -- servers -----------------------------------------------------------------------------
+    def server_env(self, port: int, client_id: str) -> dict[str, str]:
+        return {
+            **os.environ,
+            "TRACKD_HTTP_HOST": "127.0.0.1",
+            "TRACKD_HTTP_PORT": str(port),
+            "TRACKD_MQTT_TOPIC_PREFIX": self.topic_prefix,
+            "TRACKD_MQTT_CLIENT_ID": client_id,
+            "TRACKD_MQTT_SHARE_GROUP": f"bench{self.run_id}",
+            "TRACKD_LOG_LEVEL": "warning",
+            "TRACKD_INGEST_RATE_PER_S": "0",
+        }
+
+    def start_servers(self, roles: str, n: int) -> list[Server]:
+        """`n` processes of `trackd serve --roles roles`, each ready (`/readyz` 200) on its own port."""
+        started: list[Server] = []
+        for _ in range(n):
+            port = free_port()
+            client_id = f"trackd-bench-{self.run_id}-{len(self.servers)}"
+            self._client_ids.append(client_id)
+            path = self.logs / f"server-{port}.log"
+            with open(path, "ab") as logf:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "trackd.cli", "serve", "--roles", roles],
+                    env=self.server_env(port, client_id),
+                    stdout=logf,
+                    stderr=logf,
+                )
+            server = Server(f"http://127.0.0.1:{port}", port, client_id, proc, path)
+            self.servers.append(server)
+            started.append(server)
+        for server in started:
+            self._wait_ready(server)
+        pids = ", ".join(str(s.proc.pid) for s in started)
+        self.say(f"started {n} x `trackd serve --roles {roles}` (pids {pids})")
+        return started
+
+    def _wait_ready(self, server: Server, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if server.proc.poll() is not None:
+                break
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(server.url + "/readyz", timeout=2).status_code == 200:
+                    return
+            time.sleep(0.1)
+        tail = server.log_path.read_text(errors="replace")[-2000:]
+        raise Unavailable(f"bench server on port {server.port} did not become ready:\n{tail}")
+
+    def stop_servers(self) -> None:
+        for s in self.servers:
+            if s.proc.poll() is None:
+                s.proc.terminate()
+        for s in self.servers:
+            try:
+                s.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                s.proc.kill()
+                s.proc.wait()
+        self.servers = []
+
+    def stored_by_servers(self, servers: list[Server]) -> int:
+        """New events stored so far by these servers (their `trackd_events_stored_total`)."""
+        total = 0.0
+        for s in servers:
+            text = httpx.get(s.url + "/metrics", timeout=5).text
+            for line in text.splitlines():
+                if line.startswith("trackd_events_stored_total{"):
+                    total += float(line.rsplit(" ", 1)[1])
+        return int(total)
+
+    # -- broker ------------------------------------------------------------------------------
+    def broker(self) -> Broker:
+        u = urlparse(self.settings.mqtt())
+        if u.scheme != "mqtt":
+            raise TrackdError("bench: only a plain mqtt:// broker is supported")
+        user = unquote(u.username) if u.username else None
+        password = unquote(u.password) if u.password else None
+        return Broker(u.hostname or "127.0.0.1", u.port or 1883, user, password)
+
+    def _clear_mqtt_sessions(self) -> None:
+        """The servers' persistent sessions would outlive the run: end them with a clean start."""
+        if not self._client_ids:
+            return
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        b = self.broker()
+        for cid in self._client_ids:
+            with contextlib.suppress(Exception):
+                c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
+                if b.username:
+                    c.username_pw_set(b.username, b.password)
+                c.connect(b.host, b.port, clean_start=True)
+                c.loop_start()
+                time.sleep(0.2)
+                c.disconnect()
+                c.loop_stop()
+        self._client_ids = []

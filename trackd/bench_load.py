@@ -1,0 +1,328 @@
+"""Load generators for `trackd bench`, each run in its own process (so it is scheduled apart from
+the servers it measures) and reporting one dict on a queue.
+
+Events are trackd position events for the run's shipments, one millisecond apart from `base`, so
+that every event is unique and its index can be read back from its `occurred_at`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import random
+import time
+from array import array
+from typing import Any
+
+EVENT = b'{"occurred_at":%.3f,"shipment":"%s","position":{"lat":%.4f,"lon":%.4f,"speed_kmh":%.1f}}'
+
+
+class Events:
+    """Position events for `trackings`; event `n` occurs `n` ms after `base` (epoch seconds)."""
+
+    def __init__(self, trackings: list[str], base: float, seed: int = 1) -> None:
+        self.trackings = [t.encode() for t in trackings]
+        self.base = base
+        self.rng = random.Random(seed)
+
+    def one(self, n: int) -> bytes:
+        r = self.rng
+        return EVENT % (self.base + n / 1000, r.choice(self.trackings), r.uniform(-60, 70), r.uniform(-180, 180), 60.0)
+
+    def batch(self, first: int, count: int) -> bytes:
+        return b"[" + b",".join(self.one(n) for n in range(first, first + count)) + b"]"
+
+
+class HttpConn:
+    """A minimal HTTP/1.1 keep-alive client: the load generator must cost the machine little."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: bytes, headers: dict[str, str]) -> int:
+        if self.writer is None or self.reader is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        head = f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Length: {len(body)}\r\n"
+        head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+        self.writer.write(head.encode() + body)
+        await self.writer.drain()
+        raw = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(raw[9:12])
+        length = 0
+        for line in raw.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        if length:
+            await self.reader.readexactly(length)
+        return status
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def signed_headers(secret: str, body: bytes) -> dict[str, str]:
+    sig = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return {"Content-Type": "application/json", "X-Trackd-Signature": f"sha256={sig}"}
+
+
+def _run(coro: Any) -> Any:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:  # pragma: no cover
+        return asyncio.run(coro)
+
+
+# -- webhook ingest ------------------------------------------------------------------------------
+def webhook_sender(conf: dict[str, Any], out: Any) -> None:
+    """Signed native batches of `batch` events from `connections` connections, spread over the
+    servers' `ports`, for `duration` s. Counts the events of each 202 (durable when answered)."""
+    out.put(_run(_webhook(conf)))
+
+
+async def _webhook(conf: dict[str, Any]) -> dict[str, Any]:
+    events = Events(conf["trackings"], conf["base"])
+    path, secret, size = f"/v1/ingest/{conf['tenant']}/native", conf["secret"], conf["batch"]
+    counter = 0
+    acked = errors = 0
+    first = last = 0.0
+    end = time.monotonic() + conf["duration"]
+
+    async def worker(port: int) -> None:
+        nonlocal counter, acked, errors, first, last
+        conn = HttpConn("127.0.0.1", port)
+        try:
+            while time.monotonic() < end:
+                start, counter = counter, counter + size
+                body = events.batch(start, size)
+                if not first:
+                    first = time.monotonic()
+                try:
+                    status = await conn.post(path, body, signed_headers(secret, body))
+                except (OSError, asyncio.IncompleteReadError):
+                    conn.close()
+                    conn, status = HttpConn("127.0.0.1", port), 0
+                if status == 202:
+                    acked += size
+                    last = time.monotonic()
+                else:
+                    errors += 1
+        finally:
+            conn.close()
+
+    ports: list[int] = conf["ports"]
+    await asyncio.gather(*(worker(ports[i % len(ports)]) for i in range(conf["connections"])))
+    return {"sent": counter, "acked": acked, "errors": errors, "first": first, "last": last}
+
+
+# -- MQTT ----------------------------------------------------------------------------------------
+def _mqtt_client(conf: dict[str, Any], client_id: str) -> Any:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    if conf.get("username"):
+        c.username_pw_set(conf["username"], conf.get("password"))
+    c.max_inflight_messages_set(conf.get("inflight", 1000))
+    return c
+
+
+def mqtt_publisher(conf: dict[str, Any], consumed: Any, out: Any) -> None:
+    """QoS 1 publishes, one event each, for `duration` s (at most `rate`/s when given), never more
+    than `window` ahead of `consumed` (the broker drops QoS 1 messages beyond a client's queue)."""
+    events = Events(conf["trackings"], conf["base"])
+    c = _mqtt_client(conf, f"bench-pub-{conf['run']}")
+    c.connect(conf["host"], conf["port"])
+    c.loop_start()
+    topics = [conf["topic"].format(device=f"dev{i}") for i in range(100)]
+    window, rate, n, first = conf["window"], conf.get("rate"), 0, 0.0
+    start = time.monotonic()
+    end = start + conf["duration"]
+    info = None
+    try:
+        while (now := time.monotonic()) < end:
+            room = consumed.value + window - n
+            if rate:  # paced: no more than `rate` per second so far
+                room = min(room, int(rate * (now - start)) + 1 - n)
+            if room <= 0:
+                time.sleep(0.001)
+                continue
+            if not first:
+                first = time.monotonic()
+            for _ in range(min(room, 100)):
+                payload = events.one(n)
+                if conf.get("stamp"):
+                    payload = b"%.6f|" % time.monotonic() + payload
+                info = c.publish(topics[n % 100], payload, qos=1)
+                n += 1
+        if info is not None:
+            info.wait_for_publish(30)
+    finally:
+        c.disconnect()
+        c.loop_stop()
+    out.put({"published": n, "first": first, "last": time.monotonic()})
+
+
+def raw_subscriber(conf: dict[str, Any], consumed: Any, last_at: Any, ready: Any, stop: Any, out: Any) -> None:
+    """The minimal QoS 1 subscriber: counts messages (paho acks each on receipt); with `stamp`,
+    also the latency from the publisher's stamp to receipt."""
+    from paho.mqtt.subscribeoptions import SubscribeOptions
+
+    lat = array("d")
+    stamp = conf.get("stamp", False)
+
+    def on_message(_c: Any, _u: Any, msg: Any) -> None:
+        now = time.monotonic()
+        if stamp:
+            lat.append(now - float(msg.payload[: msg.payload.index(b"|")]))
+        consumed.value += 1
+        last_at.value = now
+
+    def on_subscribe(*_a: Any) -> None:
+        ready.set()
+
+    c = _mqtt_client(conf, f"bench-sub-{conf['run']}")
+    c.on_message = on_message
+    c.on_subscribe = on_subscribe
+    c.on_connect = lambda cl, *_a: cl.subscribe(conf["filter"], options=SubscribeOptions(qos=1))
+    c.connect(conf["host"], conf["port"], clean_start=True)
+    c.loop_start()
+    stop.wait(conf["duration"] + 120)
+    c.disconnect()
+    c.loop_stop()
+    out.put({"latency_s": lat})
+
+
+# -- e2e: a paced mix of MQTT and webhook publishes, and websocket clients ---------------------
+def e2e_publisher(conf: dict[str, Any], out: Any) -> None:
+    """`rate` events/s for `duration` s: even events by MQTT (one per message), odd ones in one
+    signed webhook request per 10 ms tick. Reports the send time of every event."""
+    out.put(_run(_e2e_publish(conf)))
+
+
+async def _e2e_publish(conf: dict[str, Any]) -> dict[str, Any]:
+    events = Events(conf["trackings"], conf["base"], seed=2)
+    c = _mqtt_client(conf, f"bench-e2e-{conf['run']}")
+    c.connect(conf["host"], conf["port"])
+    c.loop_start()
+    sent = array("d")
+    path, secret = f"/v1/ingest/{conf['tenant']}/native", conf["secret"]
+    conns = [HttpConn("127.0.0.1", p) for p in conf["ports"] for _ in range(4)]
+    idle = list(conns)
+    errors: dict[str, int] = {}
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def post(body: bytes) -> None:
+        conn = idle.pop() if idle else HttpConn("127.0.0.1", conf["ports"][0])
+        try:
+            status = await conn.post(path, body, signed_headers(secret, body))
+            if status != 202:
+                errors[str(status)] = errors.get(str(status), 0) + 1
+            idle.append(conn)
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+            conn.close()
+
+    rate, counter, started = conf["rate"], 0, time.monotonic()
+    while (elapsed := time.monotonic() - started) < conf["duration"]:
+        batch: list[bytes] = []
+        for _ in range(int(rate * elapsed) - counter):
+            payload = events.one(counter)
+            now = time.monotonic()
+            sent.append(now)
+            if counter % 2 == 0:
+                c.publish(conf["topic"].format(device=f"dev{counter % 100}"), payload, qos=1)
+            else:
+                batch.append(payload)
+            counter += 1
+        if batch:
+            body = b"[" + b",".join(batch) + b"]"
+            task = asyncio.create_task(post(body))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        await asyncio.sleep(0.01)
+    produced = time.monotonic() - started
+    if tasks:
+        await asyncio.gather(*tasks)
+    c.disconnect()
+    c.loop_stop()
+    for conn in conns:
+        conn.close()
+    return {"sent": sent, "produced_s": produced, "errors": errors}
+
+
+def ws_clients(conf: dict[str, Any], ready: Any, stop: Any, out: Any) -> None:
+    """`follow` (lists of shipment ids) clients and `maps` clients of `all`; reports, per group,
+    (event index, receipt time) for every position received."""
+    out.put(_run(_ws(conf, ready, stop)))
+
+
+async def _ws(conf: dict[str, Any], ready: Any, stop: Any) -> dict[str, Any]:
+    import orjson
+    from websockets.asyncio.client import ClientConnection, connect
+
+    base_ms = round(float(conf["base"]) * 1000)
+    urls = [f"ws://127.0.0.1:{p}/v1/stream?token={conf['api_key']}" for p in conf["ports"]]
+    got: dict[str, tuple[array[int], array[float]]] = {
+        "shipment": (array("q"), array("d")),
+        "map": (array("q"), array("d")),
+    }
+
+    def index(at: str) -> int:
+        from datetime import datetime
+
+        ms: int = round(datetime.fromisoformat(at).timestamp() * 1000)
+        return ms - base_ms
+
+    async def open_one(i: int, op: dict[str, Any]) -> ClientConnection:
+        conn = await connect(urls[i % len(urls)], max_size=None, open_timeout=60)
+        await conn.send(orjson.dumps({"op": "subscribe", **op}))
+        while orjson.loads(await conn.recv()).get("type") != "snapshot":
+            pass
+        return conn
+
+    async def listen(conn: ClientConnection, group: str) -> None:
+        idx, at = got[group]
+        with_items = group == "map"
+        async for frame in conn:
+            now = time.monotonic()
+            msg = orjson.loads(frame)
+            kind = msg.get("type")
+            if kind == "position":
+                idx.append(index(msg["occurred_at"]))
+                at.append(now)
+            elif kind == "positions" and with_items:
+                for item in msg["items"]:
+                    idx.append(index(item["occurred_at"]))
+                    at.append(now)
+
+    gate = asyncio.Semaphore(8)
+
+    async def opened(i: int, op: dict[str, Any]) -> ClientConnection:
+        async with gate:
+            for attempt in range(3):
+                try:
+                    return await asyncio.wait_for(open_one(i, op), 20)
+                except (TimeoutError, OSError):
+                    if attempt == 2:
+                        raise
+            raise AssertionError("unreachable")
+
+    follow: list[list[str]] = conf["follow"]
+    conns = await asyncio.gather(*(opened(i, {"shipments": ids}) for i, ids in enumerate(follow)))
+    maps = await asyncio.gather(*(opened(i, {"all": True}) for i in range(conf["maps"])))
+    listeners = [asyncio.create_task(listen(c, "shipment")) for c in conns]
+    listeners += [asyncio.create_task(listen(c, "map")) for c in maps]
+    ready.set()
+    while not stop.is_set():  # noqa: ASYNC110  # a process-wide event has nothing to await
+        await asyncio.sleep(0.05)
+    for task in listeners:
+        task.cancel()
+    await asyncio.gather(*listeners, return_exceptions=True)
+    await asyncio.gather(*(c.close() for c in [*conns, *maps]), return_exceptions=True)
+    return {g: (idx, at) for g, (idx, at) in got.items()}
