@@ -406,7 +406,18 @@ async def write_events(
         for e, _ in fresh
         if e.milestone is not None and e.milestone.code is None and e.retracts is None
     ]
-    retracted = await retract(conn, tenant_id, [e.retracts for e, _ in fresh if e.retracts])
+    targets = [e.retracts for e, _ in fresh if e.retracts]
+    # A retraction can overtake the event it withdraws: such an event is stored already retracted.
+    arriving = [e.event_id for e, _ in fresh if e.retracts is None and e.source == "dcsa"]
+    if arriving:
+        rows = await (
+            await conn.execute(
+                "SELECT DISTINCT retracts FROM events WHERE tenant_id = %s AND retracts = ANY(%s)",
+                (tenant_id, arriving),
+            )
+        ).fetchall()
+        targets += [r["retracts"] for r in rows]
+    retracted = await retract(conn, tenant_id, targets)
     by_shipment: dict[str, list[Event]] = {}
     for e, sid in fresh:
         if sid is not None and e.retracts is None:

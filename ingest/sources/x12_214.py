@@ -80,6 +80,8 @@ def _transaction_sets(segments: list[Segment]) -> list[list[Segment]]:
                                                f"{_el(isa, 13)!r}")
                 pos += 1
                 break
+            if seg[0] == "ISA":
+                raise EnvelopeError("IEA", "is missing: another ISA starts before the interchange ends")
             if seg[0] != "GS":
                 raise EnvelopeError(seg[0][:3], "is outside a functional group (GS ... GE)")
             pos = _group(segments, pos, sets)
@@ -103,6 +105,8 @@ def _group(segments: list[Segment], pos: int, sets: list[list[Segment]]) -> int:
                 raise EnvelopeError("GE", f"control number {_el(seg, 2)!r} does not match GS06 "
                                           f"{_el(gs, 6)!r}")
             return pos + 1
+        if seg[0] in ("IEA", "ISA", "GS"):
+            raise EnvelopeError("GE", f"is missing: {seg[0]} comes before the end of functional group {_el(gs, 6)!r}")
         if seg[0] != "ST":
             raise EnvelopeError(seg[0][:3], "is outside a transaction set (ST ... SE)")
         start = pos
