@@ -9,9 +9,11 @@ from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Response
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import devices, errors, health, quarantine, shipments
 from api.deps import AppState
@@ -26,6 +28,56 @@ OPTIONAL_ROUTERS = ("stream.gateway", "api.hooks", "api.track")
 
 def static_dir() -> str:
     return str(resources.files("dashboards") / "static")
+
+
+class BodyLimit:
+    """Refuses a body over `limit` bytes with 413, whether declared (Content-Length) or streamed
+    (chunked), without reading more of it than the limit."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            detail = f"body of {int(declared)} bytes is over the {self.limit}-byte limit"
+            await error_response(413, "PayloadTooLarge", detail)(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise StarletteHTTPException(413, f"body is over the {self.limit}-byte limit")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def openapi_errors(app: FastAPI) -> None:
+    """Document the 422 answers as they are sent: `{"error", "detail"}`, not FastAPI's default."""
+    default = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = default()
+            schema.setdefault("components", {}).setdefault("schemas", {})["HTTPValidationError"] = {
+                "title": "Error",
+                "type": "object",
+                "required": ["error", "detail"],
+                "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
+            }
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_app(settings: Settings, state: AppState | None = None, *, own_resources: bool = True) -> FastAPI:
@@ -54,15 +106,7 @@ def create_app(settings: Settings, state: AppState | None = None, *, own_resourc
     )
     errors.install(app)
 
-    @app.middleware("http")
-    async def body_limit(request: Request, call_next: Any) -> Response:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > settings.max_body_bytes:
-            return error_response(
-                413, "PayloadTooLarge", f"body of {declared} bytes is over the {settings.max_body_bytes}-byte limit"
-            )
-        response: Response = await call_next(request)
-        return response
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
 
     for module in (health, shipments, devices, quarantine, webhooks):
         app.include_router(module.router)
@@ -75,6 +119,7 @@ def create_app(settings: Settings, state: AppState | None = None, *, own_resourc
             continue
         app.include_router(mod.router)
 
+    openapi_errors(app)
     static = static_dir()
     app.mount("/static", StaticFiles(directory=static, check_dir=False), name="static")
 

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import re
 import signal
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,27 @@ from trackd.relay import Relay
 from trackd.settings import Settings
 
 log = logging.getLogger("trackd")
+
+_SECRET_QUERY = re.compile(r"([?&](?:token|api_key)=)[^&\s\"']+")
+
+
+class RedactSecrets(logging.Filter):
+    """Browsers put the API key in the websocket URL (`?token=`), and uvicorn and websockets log
+    handshake URLs: the key is replaced before any handler writes the line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = _SECRET_QUERY.sub(r"\1[redacted]", message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+def redact_logs() -> None:
+    for name in ("", "uvicorn", "uvicorn.error", "uvicorn.access"):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, RedactSecrets) for f in handler.filters):
+                handler.addFilter(RedactSecrets())
 
 
 def build_evaluator(settings: Settings) -> Any:
@@ -110,6 +132,7 @@ async def run_roles(
                 lifespan="on",
                 ws_max_size=1 << 20,
             )
+            redact_logs()  # after uvicorn.Config, which sets up uvicorn's handlers
             server = uvicorn.Server(config)
             server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]  # signals are ours
             tasks.append(asyncio.create_task(server.serve(), name="api"))

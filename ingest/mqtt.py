@@ -1,4 +1,4 @@
-"""The MQTT ingester: QoS 1, a persistent session, a shared subscription, acks after commit.
+"""The MQTT ingester: QoS 1, a persistent session (optionally a shared subscription), acks after commit.
 
 paho-mqtt runs its network loop in its own thread (reconnecting with backoff by itself); messages
 are handed to asyncio, written in batches through the pipeline, and acknowledged only once their

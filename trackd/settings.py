@@ -23,7 +23,9 @@ class Settings(BaseSettings):
     mqtt_url: SecretStr | None = None
     mqtt_topic_prefix: str = ""
     mqtt_client_id: str = Field(default_factory=lambda: f"trackd-{socket.gethostname()}")
-    mqtt_share_group: str = "trackd"
+    # Empty: one persistent subscription per ingester (it survives a broker restart). Set a group
+    # name to split the load of several ingesters with an MQTT shared subscription.
+    mqtt_share_group: str = ""
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=1, le=65535)
     log_level: str = "info"
