@@ -92,6 +92,7 @@ class Evaluator:
         self.threshold = timedelta(minutes=settings.eta_threshold_min)
         self.factors = emissions.load_factors(settings.emission_factors)
         self._stats: dict[int, tuple[float, eta.LaneStats]] = {}
+        self._seen: dict[str, float] = {}
 
     async def stats(self, conn: Conn, tenant_id: int) -> eta.LaneStats:
         """Lane, dwell and calibration history of the tenant's completed shipments (cached)."""
@@ -137,8 +138,6 @@ class Evaluator:
     def fresh(self, row: Row, s: State, now: datetime) -> bool:
         """True when only positions moved, by a few km at most, since an ETA computed under a minute
         ago: the full model then runs on a later batch, which keeps ingest at map scale cheap."""
-        if not s.eta or not s.eta.get("computed_at"):
-            return False
         if s.milestones != tuple(row.get("milestones") or ()) or s.last_sensor != row.get("last_sensor"):
             return False
         if s.status.status.value != row.get("status") or s.carrier_eta != row.get("carrier_eta"):
@@ -148,7 +147,10 @@ class Evaluator:
                 return False
             if abs(s.last.lat - row["last_lat"]) + abs(s.last.lon - row["last_lon"]) > RECOMPUTE_MOVE_DEG:
                 return False
-        return bool(now - datetime.fromisoformat(s.eta["computed_at"]) < RECOMPUTE_POSITIONS_AFTER)
+        if s.eta and s.eta.get("computed_at"):
+            return bool(now - datetime.fromisoformat(s.eta["computed_at"]) < RECOMPUTE_POSITIONS_AFTER)
+        seen = self._seen.get(row["id"])  # no ETA to date it: when this process last looked
+        return seen is not None and time.monotonic() - seen < RECOMPUTE_POSITIONS_AFTER.total_seconds()
 
     async def __call__(self, conn: Conn, row: Row, s: State, now: datetime) -> tuple[State, list[Message]]:
         if self.fresh(row, s, now):
@@ -156,6 +158,9 @@ class Evaluator:
         shipment = shipment_from_row(row)
         messages: list[Message] = []
         sid = shipment.id
+        if len(self._seen) > 200_000:
+            self._seen.clear()
+        self._seen[sid] = time.monotonic()
         s = replace(s, emissions=self.emissions_for(shipment))
         journey = journey_of(shipment, s)
         stats = await self.stats(conn, row["tenant_id"])

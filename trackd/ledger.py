@@ -28,21 +28,17 @@ class Evaluator(Protocol):
     async def __call__(self, conn: Conn, row: Row, state: State, now: datetime, /) -> tuple[State, list[Message]]: ...
 
 
-_SEP = "\x1f"
 
+# Batches travel as one JSON document: one parameter, decoded by PostgreSQL, whatever the size.
 INSERT_EVENTS = """
 INSERT INTO events (tenant_id, event_id, occurred_at, received_at, created_at, shipment_id, device_id,
                     source, kind, code, raw_code, classifier, match_keys, retracts, data, raw)
 SELECT %(tenant)s, e.event_id, e.occurred_at, %(received_at)s, e.created_at, e.shipment_id, e.device_id,
-       e.source, e.kind, e.code, e.raw_code, e.classifier,
-       CASE WHEN e.match_keys = '' THEN '{}'::text[] ELSE string_to_array(e.match_keys, E'\\x1f') END,
-       e.retracts, e.data::jsonb, e.raw::jsonb
-FROM unnest(%(event_id)s::text[], %(occurred_at)s::timestamptz[], %(created_at)s::timestamptz[],
-            %(shipment_id)s::text[], %(device_id)s::text[], %(source)s::text[], %(kind)s::text[],
-            %(code)s::text[], %(raw_code)s::text[], %(classifier)s::text[], %(match_keys)s::text[],
-            %(retracts)s::text[], %(data)s::text[], %(raw)s::text[])
-     AS e(event_id, occurred_at, created_at, shipment_id, device_id, source, kind, code, raw_code,
-          classifier, match_keys, retracts, data, raw)
+       e.source, e.kind, e.code, e.raw_code, e.classifier, COALESCE(e.match_keys, '{}'), e.retracts, e.data, e.raw
+FROM jsonb_to_recordset(%(rows)s::jsonb)
+     AS e(event_id text, occurred_at timestamptz, created_at timestamptz, shipment_id text, device_id text,
+          source text, kind text, code text, raw_code text, classifier text, match_keys text[], retracts text,
+          data jsonb, raw jsonb)
 ON CONFLICT DO NOTHING
 RETURNING event_id
 """
@@ -50,9 +46,11 @@ RETURNING event_id
 INSERT_POSITIONS = """
 INSERT INTO positions (tenant_id, shipment_id, device_id, occurred_at, event_id, lat, lon, speed_kmh,
                        heading, accuracy_m, altitude_m)
-SELECT %(tenant)s, * FROM unnest(%(shipment_id)s::text[], %(device_id)s::text[], %(occurred_at)s::timestamptz[],
-       %(event_id)s::text[], %(lat)s::float8[], %(lon)s::float8[], %(speed)s::float8[], %(heading)s::float8[],
-       %(accuracy)s::float8[], %(altitude)s::float8[])
+SELECT %(tenant)s, p.shipment_id, p.device_id, p.occurred_at, p.event_id, p.lat, p.lon, p.speed_kmh, p.heading,
+       p.accuracy_m, p.altitude_m
+FROM jsonb_to_recordset(%(rows)s::jsonb)
+     AS p(shipment_id text, device_id text, occurred_at timestamptz, event_id text, lat float8, lon float8,
+          speed_kmh float8, heading float8, accuracy_m float8, altitude_m float8)
 """
 
 LOAD_STATES = """
@@ -195,82 +193,51 @@ async def resolve(conn: Conn, tenant_id: int, events: list[Event]) -> list[str |
 async def insert_events(
     conn: Conn, tenant_id: int, events: list[Event], shipment_ids: list[str | None], received_at: datetime
 ) -> set[str]:
-    cols: dict[str, list[Any]] = {
-        k: []
-        for k in (
-            "event_id",
-            "occurred_at",
-            "created_at",
-            "shipment_id",
-            "device_id",
-            "source",
-            "kind",
-            "code",
-            "raw_code",
-            "classifier",
-            "match_keys",
-            "retracts",
-            "data",
-            "raw",
-        )
-    }
+    rows = []
     for e, sid in zip(events, shipment_ids, strict=True):
         ms = e.milestone
-        cols["event_id"].append(e.event_id)
-        cols["occurred_at"].append(e.occurred_at)
-        cols["created_at"].append(e.created_at)
-        cols["shipment_id"].append(sid)
-        cols["device_id"].append(e.device)
-        cols["source"].append(e.source)
-        cols["kind"].append(e.kind.value)
-        cols["code"].append(ms.code.value if ms and ms.code else None)
-        cols["raw_code"].append(ms.raw_code if ms else None)
-        cols["classifier"].append(ms.classifier.value if ms else None)
-        cols["match_keys"].append(_SEP.join(e.match_keys()))
-        cols["retracts"].append(e.retracts)
-        cols["data"].append(_dumps(e.data()))
-        cols["raw"].append(_dumps(e.raw).replace("\\u0000", ""))
-    rows = await (
-        await conn.execute(INSERT_EVENTS, {"tenant": tenant_id, "received_at": received_at, **cols})
+        rows.append(
+            {
+                "event_id": e.event_id,
+                "occurred_at": e.occurred_at,
+                "created_at": e.created_at,
+                "shipment_id": sid,
+                "device_id": e.device,
+                "source": e.source,
+                "kind": e.kind.value,
+                "code": ms.code.value if ms and ms.code else None,
+                "raw_code": ms.raw_code if ms else None,
+                "classifier": ms.classifier.value if ms else None,
+                "match_keys": e.match_keys(),
+                "retracts": e.retracts,
+                "data": e.data(),
+                "raw": e.raw,
+            }
+        )
+    doc = _dumps(rows).replace("\\u0000", "")
+    got = await (
+        await conn.execute(INSERT_EVENTS, {"tenant": tenant_id, "received_at": received_at, "rows": doc})
     ).fetchall()
-    return {r["event_id"] for r in rows}
+    return {r["event_id"] for r in got}
 
 
 async def insert_positions(conn: Conn, tenant_id: int, pairs: list[tuple[Event, str | None]]) -> None:
     if not pairs:
         return
-    cols: dict[str, list[Any]] = {
-        k: []
-        for k in (
-            "shipment_id",
-            "device_id",
-            "occurred_at",
-            "event_id",
-            "lat",
-            "lon",
-            "speed",
-            "heading",
-            "accuracy",
-            "altitude",
-        )
-    }
+    rows = []
     for e, sid in pairs:
         p = e.position
         assert p is not None
-        for k, v in (
-            ("shipment_id", sid),
-            ("device_id", e.device),
-            ("occurred_at", e.occurred_at),
-            ("event_id", e.event_id),
-            ("lat", p.lat),
-            ("lon", p.lon),
-            ("speed", p.speed_kmh),
-            ("heading", p.heading),
-            ("accuracy", p.accuracy_m),
-            ("altitude", p.altitude_m),
-        ):
-            cols[k].append(v)
-    await conn.execute(INSERT_POSITIONS, {"tenant": tenant_id, **cols})
+        rows.append(
+            {
+                "shipment_id": sid,
+                "device_id": e.device,
+                "occurred_at": e.occurred_at,
+                "event_id": e.event_id,
+                **p.to_dict(),
+            }
+        )
+    await conn.execute(INSERT_POSITIONS, {"tenant": tenant_id, "rows": _dumps(rows)})
 
 
 async def retract(conn: Conn, tenant_id: int, event_ids: list[str]) -> dict[str, set[str]]:
