@@ -82,6 +82,7 @@ class MqttIngester:
         self.pipeline = pipeline
         self.queue: asyncio.Queue[Inbound] = asyncio.Queue()
         self._room = threading.Semaphore(MAX_WAITING)
+        self._closing = threading.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.client: mqtt.Client | None = None
         self.connected = asyncio.Event()
@@ -93,10 +94,11 @@ class MqttIngester:
         if reason.is_failure:
             log.warning("MQTT connect refused: %s", reason)
             return
-        opts = SubscribeOptions(qos=1)
-        client.subscribe(
-            [(t, opts) for t in subscriptions(self.settings.mqtt_topic_prefix, self.settings.mqtt_share_group)]
-        )
+        topics = subscriptions(self.settings.mqtt_topic_prefix, self.settings.mqtt_share_group)
+        if self.settings.mqtt_protocol == "5":
+            client.subscribe([(t, SubscribeOptions(qos=1)) for t in topics])
+        else:
+            client.subscribe([(t, 1) for t in topics])
         log.info("MQTT connected as %s", self.settings.mqtt_client_id)
         if self.loop:
             self.loop.call_soon_threadsafe(self.connected.set)
@@ -116,15 +118,26 @@ class MqttIngester:
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         item = Inbound(msg.mid, msg.qos, msg.topic, bytes(msg.payload))
         assert self.loop is not None
-        self._room.acquire()  # blocks paho's thread when too much is waiting: backpressure to the broker
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        # Blocks paho's thread while too much is waiting (backpressure to the broker), but never
+        # past shutdown: a message dropped then is unacknowledged, so the broker sends it again.
+        while not self._room.acquire(timeout=0.2):
+            if self._closing.is_set():
+                return
+        if self._closing.is_set():
+            return
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the loop has closed
+            return
 
     def _client(self) -> mqtt.Client:
         url = urlparse(self.settings.mqtt())
+        v5 = self.settings.mqtt_protocol == "5"
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=self.settings.mqtt_client_id,
-            protocol=mqtt.MQTTv5,
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+            clean_session=None if v5 else False,
             manual_ack=True,
         )
         if url.username:
@@ -137,12 +150,14 @@ class MqttIngester:
         client.on_subscribe = self._on_subscribe
         client.reconnect_delay_set(1, 30)
         client.max_queued_messages_set(0)
+        host, port = url.hostname or "127.0.0.1", url.port or 1883
+        if not v5:  # a persistent session is clean_session=False in 3.1.1
+            client.connect_async(host, port, keepalive=30)
+            return client
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = SESSION_EXPIRY_S
         props.ReceiveMaximum = 1000
-        client.connect_async(
-            url.hostname or "127.0.0.1", url.port or 1883, keepalive=30, clean_start=False, properties=props
-        )
+        client.connect_async(host, port, keepalive=30, clean_start=False, properties=props)
         return client
 
     # -- asyncio side ------------------------------------------------------------------------
@@ -159,8 +174,9 @@ class MqttIngester:
             except asyncio.CancelledError:
                 pass
         finally:
+            self._closing.set()
             self.client.disconnect()
-            self.client.loop_stop()
+            await asyncio.to_thread(self.client.loop_stop)  # joins paho's thread off the event loop
 
     async def _tenant(self, name: str) -> store.Tenant | None:
         hit = self._tenants.get(name)

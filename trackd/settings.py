@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Literal
 from urllib.parse import urlparse
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -26,6 +27,7 @@ class Settings(BaseSettings):
     # Empty: one persistent subscription per ingester (it survives a broker restart). Set a group
     # name to split the load of several ingesters with an MQTT shared subscription.
     mqtt_share_group: str = ""
+    mqtt_protocol: Literal["5", "3.1.1"] = "5"  # 3.1.1 for brokers without MQTT 5
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=1, le=65535)
     log_level: str = "info"

@@ -1255,6 +1255,13 @@ bindLogin();
 renderCounters();
 setupBasemap().catch((error) => console.warn("basemap unavailable", error));
 
+// A ready login link (`/#key=<api key>`, as `trackd demo` prints it): keep the key for this
+// browser session and take it out of the address bar at once.
+const fromLink = /^#key=([^&]+)$/.exec(window.location.hash);
+if (fromLink) {
+  sessionStorage.setItem(KEY_STORAGE, decodeURIComponent(fromLink[1]));
+  history.replaceState(null, "", window.location.pathname + window.location.search);
+}
 const saved = sessionStorage.getItem(KEY_STORAGE);
 if (saved) {
   state.key = saved;
