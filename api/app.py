@@ -80,7 +80,7 @@ def openapi_errors(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def create_app(settings: Settings, state: AppState | None = None, *, own_resources: bool = True) -> FastAPI:
+def create_app(settings: Settings, state: AppState | None = None) -> FastAPI:
     """The app. With `state` given, it serves over those resources (shared with other roles)."""
 
     @asynccontextmanager

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -239,5 +239,3 @@ async def shipment_eta_history(shipment_id: str, tenant: CurrentTenant, db: Db) 
     await registry.require_shipment(db, tenant.id, shipment_id)
     return await store.eta_history(db, shipment_id)
 
-
-KindFilter = Literal["position", "milestone", "sensor"]

@@ -14,7 +14,6 @@ import orjson
 
 from trackd import ledger
 from trackd.errors import NotFound, ValidationError
-from trackd.model import ref_key
 from trackd.shipment import Shipment
 from trackd.state import Message
 from trackd.store import Conn, get_shipment, new_id
@@ -192,7 +191,3 @@ async def require_shipment(conn: Conn, tenant_id: int, shipment_id: str) -> dict
     if found is None:
         raise NotFound(f"no shipment {shipment_id!r}")
     return found
-
-
-def tracking_key(value: str) -> str:
-    return ref_key(value)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -139,10 +139,3 @@ class OpenException:
             "cleared_at": self.cleared_at.isoformat() if self.cleared_at else None,
             "detail": self.detail,
         }
-
-
-@dataclass(frozen=True, slots=True)
-class Milestones:
-    """The milestone history a shipment has seen (actual ones), oldest first."""
-
-    items: tuple[tuple[datetime, str, Location | None], ...] = field(default_factory=tuple)

@@ -21,7 +21,7 @@ from psycopg.rows import DictRow
 from psycopg_pool import AsyncConnectionPool
 
 from trackd import keys
-from trackd.errors import Conflict, TrackdError, Unavailable, ValidationError
+from trackd.errors import Conflict, Unavailable, ValidationError
 
 Conn = AsyncConnection[DictRow]
 Row = dict[str, Any]
@@ -261,11 +261,8 @@ async def quarantine(conn: Conn, tenant_id: int | None, source: str, transport: 
 async def quarantine_now(
     pool: AsyncConnectionPool, tenant_id: int | None, source: str, transport: str, reason: str, raw: bytes
 ) -> None:
-    try:
-        async with transaction(pool) as conn:
-            await quarantine(conn, tenant_id, source, transport, reason, raw)
-    except TrackdError:
-        raise
+    async with transaction(pool) as conn:
+        await quarantine(conn, tenant_id, source, transport, reason, raw)
 
 
 def quarantine_json(r: Row) -> dict[str, Any]:
