@@ -106,7 +106,7 @@ def render(title: str, figures: Sequence[Figure], notes: Sequence[str] = ()) -> 
 
 def check_args(args: argparse.Namespace) -> None:
     """Refuse arguments no run can honour, with one clear line (a ConfigError)."""
-    if args.kind not in ("ingest", "e2e", "query", "stream"):
+    if args.kind not in ("ingest", "e2e", "query", "stream", "soak"):
         raise ConfigError(f"bench: unknown kind {args.kind!r}")
     if args.transport not in ("webhook", "mqtt"):
         raise ConfigError("bench --transport: use webhook or mqtt")
@@ -124,7 +124,12 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError("bench --positions: 1,000 to 100,000,000")
 
 
-RUNNERS = {"ingest": "trackd.bench_ingest", "e2e": "trackd.bench_e2e", "query": "trackd.bench_query"}
+RUNNERS = {
+    "ingest": "trackd.bench_ingest",
+    "e2e": "trackd.bench_e2e",
+    "query": "trackd.bench_query",
+    "soak": "trackd.bench_soak",
+}
 
 
 def main(settings: Settings, args: argparse.Namespace, out: TextIO | None = None) -> int:

@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_module("trackd.etaeval_cli"))
     b = sub.add_parser("bench", help="benchmarks against the configured services")
-    b.add_argument("kind", choices=["ingest", "e2e", "query", "stream"])
+    b.add_argument("kind", choices=["ingest", "e2e", "query", "stream", "soak"])
     b.add_argument("--transport", choices=["webhook", "mqtt"], default="webhook")
     b.add_argument("--processes", type=int, default=1)
     b.add_argument("--duration", type=float, default=30.0)
