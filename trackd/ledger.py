@@ -15,10 +15,10 @@ from typing import Any, Protocol
 
 import orjson
 
-from trackd.codes import Classifier, EventKind, Milestone, Mode
+from trackd.codes import Classifier, EventKind, Milestone, Mode, Status
 from trackd.model import Event, Location, MilestoneInfo, Position, Sensor
 from trackd.shipment import PositionFix, StatusState
-from trackd.state import Message, State, advance, rebuild_status
+from trackd.state import Message, State, advance, rebuild_status, status_message
 from trackd.store import Conn, Row
 
 
@@ -26,7 +26,6 @@ class Evaluator(Protocol):
     """ETA, rules and emissions: (connection, shipment + state row, folded state, now) -> (state, messages)."""
 
     async def __call__(self, conn: Conn, row: Row, state: State, now: datetime, /) -> tuple[State, list[Message]]: ...
-
 
 
 # Batches travel as one JSON document: one parameter, decoded by PostgreSQL, whatever the size.
@@ -90,8 +89,6 @@ def state_from_row(r: Row) -> State:
     last = None
     if r.get("last_lat") is not None:
         last = PositionFix(r["last_lat"], r["last_lon"], r["last_position_at"], r["last_speed_kmh"], r["last_heading"])
-    from trackd.codes import Status
-
     return State(
         status=StatusState(Status(r["status"]), r["substatus"], r["status_at"]),
         last=last,
@@ -345,8 +342,6 @@ async def update_shipments(
             )
             msgs = [m for m in msgs if m["type"] != "status.changed"]
             if (status.status, status.substatus) != (before.status.status, before.status.substatus):
-                from trackd.state import status_message
-
                 msgs.append(status_message(sid, before.status, status))
         if evaluator is not None:
             state, extra = await evaluator(conn, row, state, received_at)

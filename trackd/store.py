@@ -22,6 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from trackd import keys
 from trackd.errors import Conflict, Unavailable, ValidationError
+from trackd.model import ref_key
 
 Conn = AsyncConnection[DictRow]
 Row = dict[str, Any]
@@ -208,8 +209,6 @@ async def list_shipments(
         where.append("st.exceptions @> %s::jsonb")
         args.append(orjson.dumps([{"kind": filters["exception"], "cleared_at": None}]).decode())
     if filters.get("q"):
-        from trackd.model import ref_key
-
         where.append("(s.ref_keys && %s OR s.tracking_number ILIKE %s)")
         args.extend([[ref_key(filters["q"])], "%" + filters["q"].replace("%", "") + "%"])
     if filters.get("updated_since"):
