@@ -2,7 +2,8 @@
 the servers it measures) and reporting one dict on a queue.
 
 Events are trackd position events for the run's shipments, one millisecond apart from `base`, so
-that every event is unique and its index can be read back from its `occurred_at`.
+that every event is unique and its index can be read back from its `occurred_at`. Each shipment
+drives like a vehicle at 60 km/h from its own random start: what a fleet of trackers sends.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import math
 import random
 import time
 from array import array
@@ -19,16 +21,25 @@ EVENT = b'{"occurred_at":%.3f,"shipment":"%s","position":{"lat":%.4f,"lon":%.4f,
 
 
 class Events:
-    """Position events for `trackings`; event `n` occurs `n` ms after `base` (epoch seconds)."""
+    """Position events for `trackings`; event `n` occurs `n` ms after `base` (epoch seconds), for a
+    random shipment, which has moved on at 60 km/h since its previous event."""
 
     def __init__(self, trackings: list[str], base: float, seed: int = 1) -> None:
         self.trackings = [t.encode() for t in trackings]
         self.base = base
         self.rng = random.Random(seed)
+        self.where = [(self.rng.uniform(-50, 60), self.rng.uniform(-170, 170), 0.0) for _ in trackings]
 
     def one(self, n: int) -> bytes:
-        r = self.rng
-        return EVENT % (self.base + n / 1000, r.choice(self.trackings), r.uniform(-60, 70), r.uniform(-180, 180), 60.0)
+        r, at = self.rng, self.base + n / 1000
+        i = r.randrange(len(self.trackings))
+        lat, lon, last = self.where[i]
+        if last:  # 60 km/h is about 0.00015 degrees a second, here in a random direction
+            step, angle = min(at - last, 3600.0) * 0.00015, r.uniform(0, 2 * math.pi)
+            lat = max(-80.0, min(80.0, lat + step * math.cos(angle)))
+            lon = (lon + step * math.sin(angle) + 180) % 360 - 180
+        self.where[i] = (lat, lon, at)
+        return EVENT % (at, self.trackings[i], lat, lon, 60.0)
 
     def batch(self, first: int, count: int) -> bytes:
         return b"[" + b",".join(self.one(n) for n in range(first, first + count)) + b"]"

@@ -1,9 +1,10 @@
 """The message bus between the writers (pipeline, worker) and every process's stream hub.
 
 Messages are per tenant, ordered by `seq` (allocated once, in the database). The Redis bus keeps
-them in one Redis Stream per tenant whose entry id is `<seq>-1`, so a message published twice is
-refused by Redis itself and readers get them in order. The memory bus is the same interface for
-a single process (the demo without Redis).
+them in one Redis Stream per tenant, packed: one entry holds the messages of one publish (at most
+`PACK`), as a JSON array, and its id is `<last seq>-1`, so a message published twice is refused by
+Redis itself and readers get them in order. Trimming is by seq: about the last `maxlen` messages.
+The memory bus is the same interface for a single process (the demo without Redis).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 Message = dict[str, Any]
+PACK = 1000  # messages per stream entry at most
+READ_ENTRIES = 50
 
 
 class BusUnavailable(Exception):
@@ -62,8 +65,12 @@ class RedisBus:
             if not fresh:
                 return
             pipe = self._r.pipeline(transaction=False)
-            for m in fresh:
-                pipe.xadd(key, {"m": orjson.dumps(m)}, id=f"{m['seq']}-1", maxlen=self._maxlen, approximate=True)
+            for i in range(0, len(fresh), PACK):
+                pack = fresh[i : i + PACK]
+                top = int(pack[-1]["seq"])
+                pipe.xadd(
+                    key, {"m": orjson.dumps(pack)}, id=f"{top}-1", minid=max(0, top - self._maxlen), approximate=True
+                )
             results = await pipe.execute(raise_on_error=False)
             for res in results:
                 if isinstance(res, ResponseError) and "equal or smaller" not in str(res):
@@ -81,26 +88,28 @@ class RedisBus:
         if not cursors:
             await asyncio.sleep(block_ms / 1000)
             return []
+        # an entry's id is its last seq: from `cursor` on, it may still hold some at or below the cursor
         streams: dict[Any, Any] = {self.key(t): f"{c}-1" for t, c in cursors.items()}
         try:
-            got: Any = await self._r.xread(streams, count=5000, block=block_ms)
+            got: Any = await self._r.xread(streams, count=READ_ENTRIES, block=block_ms)
         except RedisError as exc:
             raise BusUnavailable(str(exc)) from exc
         out: list[tuple[int, Message]] = []
         for key, entries in got or []:
             tenant_id = int(key.rsplit(b":", 1)[1])
+            cursor = cursors[tenant_id]
             for _entry_id, fields in entries:
-                out.append((tenant_id, orjson.loads(fields[b"m"])))
+                out.extend((tenant_id, m) for m in orjson.loads(fields[b"m"]) if m["seq"] > cursor)
         return out
 
     async def range(self, tenant_id: int, after: int, upto: int) -> list[Message] | None:
         if upto <= after:
             return []
         try:
-            entries: Any = await self._r.xrange(self.key(tenant_id), min=f"{after + 1}-0", max=f"{upto}-1")
+            entries: Any = await self._r.xrange(self.key(tenant_id), min=f"{after + 1}-0", max=f"{upto + PACK}-1")
         except RedisError as exc:
             raise BusUnavailable(str(exc)) from exc
-        msgs = [orjson.loads(fields[b"m"]) for _id, fields in entries]
+        msgs = [m for _id, fields in entries for m in orjson.loads(fields[b"m"]) if after < m["seq"] <= upto]
         if [m["seq"] for m in msgs] != list(range(after + 1, upto + 1)):
             return None
         return msgs

@@ -135,27 +135,31 @@ class Evaluator:
         except ValidationError:
             return None
 
-    def fresh(self, row: Row, s: State, now: datetime) -> bool:
+    def fresh(self, row: Row, before: State, s: State, now: datetime) -> bool:
         """True when only positions moved, by a few km at most, since an ETA computed under a minute
         ago: the full model then runs on a later batch, which keeps ingest at map scale cheap."""
-        if s.milestones != tuple(row.get("milestones") or ()) or s.last_sensor != row.get("last_sensor"):
+        if s.milestones != before.milestones or s.last_sensor != before.last_sensor:
             return False
-        if s.status.status.value != row.get("status") or s.carrier_eta != row.get("carrier_eta"):
+        if s.status.status != before.status.status or s.carrier_eta != before.carrier_eta:
             return False
         if s.last is not None:
-            if row.get("last_lat") is None:
+            if before.last is None:
                 return False
-            if abs(s.last.lat - row["last_lat"]) + abs(s.last.lon - row["last_lon"]) > RECOMPUTE_MOVE_DEG:
+            if abs(s.last.lat - before.last.lat) + abs(s.last.lon - before.last.lon) > RECOMPUTE_MOVE_DEG:
                 return False
         if s.eta and s.eta.get("computed_at"):
             return bool(now - datetime.fromisoformat(s.eta["computed_at"]) < RECOMPUTE_POSITIONS_AFTER)
         seen = self._seen.get(row["id"])  # no ETA to date it: when this process last looked
         return seen is not None and time.monotonic() - seen < RECOMPUTE_POSITIONS_AFTER.total_seconds()
 
-    async def __call__(self, conn: Conn, row: Row, s: State, now: datetime) -> tuple[State, list[Message]]:
-        if self.fresh(row, s, now):
+    async def __call__(
+        self, conn: Conn, row: Row, before: State, s: State, now: datetime
+    ) -> tuple[State, list[Message]]:
+        if self.fresh(row, before, s, now):
             return s, []
-        shipment = shipment_from_row(row)
+        shipment = row.get("_shipment")  # parsed once per cached row
+        if shipment is None:
+            shipment = row["_shipment"] = shipment_from_row(row)
         messages: list[Message] = []
         sid = shipment.id
         if len(self._seen) > 200_000:

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import orjson
+from psycopg.rows import tuple_row
 
 from trackd.codes import Classifier, EventKind, Milestone, Mode, Status
 from trackd.model import Event, Location, MilestoneInfo, Position, Sensor
@@ -23,9 +24,12 @@ from trackd.store import Conn, Row
 
 
 class Evaluator(Protocol):
-    """ETA, rules and emissions: (connection, shipment + state row, folded state, now) -> (state, messages)."""
+    """ETA, rules and emissions: (connection, shipment row, state before the batch, folded state, now)
+    -> (state, messages)."""
 
-    async def __call__(self, conn: Conn, row: Row, state: State, now: datetime, /) -> tuple[State, list[Message]]: ...
+    async def __call__(
+        self, conn: Conn, row: Row, before: State, state: State, now: datetime, /
+    ) -> tuple[State, list[Message]]: ...
 
 
 # Batches travel as one JSON document: one parameter, decoded by PostgreSQL, whatever the size.
@@ -52,23 +56,49 @@ FROM jsonb_to_recordset(%(rows)s::jsonb)
           speed_kmh float8, heading float8, accuracy_m float8, altitude_m float8)
 """
 
-LOAD_STATES = """
-SELECT s.*, st.status, st.substatus, st.status_at, st.last_lat, st.last_lon, st.last_speed_kmh,
-       st.last_heading, st.last_position_at, st.last_event_at, st.last_sensor, st.carrier_eta,
-       st.carrier_eta_created_at, st.eta, st.exceptions, st.emissions, st.delivered_at, st.started_at,
-       st.milestones, st.recent_positions
+# Locks a batch's state rows (in id order, so concurrent writers cannot deadlock) and reads only
+# what tells whether the in-memory copy is still current.
+LOCK_STATES = """
+SELECT st.shipment_id, st.xmin::text, st.version, s.xmin::text, s.version
 FROM shipment_state st JOIN shipments s ON s.id = st.shipment_id
 WHERE st.shipment_id = ANY(%s) ORDER BY st.shipment_id FOR UPDATE OF st
 """
 
-SAVE_STATE = """
-UPDATE shipment_state SET status = %(status)s, substatus = %(substatus)s, status_at = %(status_at)s,
-  last_lat = %(lat)s, last_lon = %(lon)s, last_speed_kmh = %(speed)s, last_heading = %(heading)s,
-  last_position_at = %(pos_at)s, last_event_at = %(last_event_at)s, last_sensor = %(last_sensor)s,
-  carrier_eta = %(carrier_eta)s, carrier_eta_created_at = %(carrier_eta_created_at)s, eta = %(eta)s,
-  exceptions = %(exceptions)s, emissions = COALESCE(%(emissions)s, emissions), delivered_at = %(delivered_at)s,
-  started_at = %(started_at)s, milestones = %(milestones)s, recent_positions = %(recent)s, updated_at = now()
-WHERE shipment_id = %(id)s
+STATE_COLUMNS = (
+    "status", "substatus", "status_at", "last_lat", "last_lon", "last_speed_kmh", "last_heading", "last_position_at",
+    "last_event_at", "last_sensor", "carrier_eta", "carrier_eta_created_at", "eta", "exceptions", "emissions",
+    "delivered_at", "started_at", "milestones", "recent_positions",
+)  # fmt: skip
+LOAD_STATES = f"""
+SELECT s.*, {", ".join("st." + c for c in STATE_COLUMNS)}
+FROM shipment_state st JOIN shipments s ON s.id = st.shipment_id
+WHERE st.shipment_id = ANY(%s)
+"""
+
+# Every state row of a batch in one statement. A jsonb column sent as null keeps its stored value,
+# so an unchanged trail, milestone or exception list is not written (and re-TOASTed) again.
+SAVE_STATES = """
+UPDATE shipment_state st SET status = b.status, substatus = b.substatus, status_at = b.status_at,
+  last_lat = b.lat, last_lon = b.lon, last_speed_kmh = b.speed, last_heading = b.heading,
+  last_position_at = b.pos_at, last_event_at = b.last_event_at, last_sensor = b.last_sensor,
+  carrier_eta = b.carrier_eta, carrier_eta_created_at = b.carrier_eta_created_at, eta = b.eta,
+  exceptions = COALESCE(b.exceptions, st.exceptions), emissions = COALESCE(b.emissions, st.emissions),
+  delivered_at = b.delivered_at, started_at = b.started_at, milestones = COALESCE(b.milestones, st.milestones),
+  recent_positions = COALESCE(b.recent, st.recent_positions), updated_at = now(), version = st.version + 1
+FROM jsonb_to_recordset(%s::jsonb)
+     AS b(id text, status text, substatus text, status_at timestamptz, lat float8, lon float8, speed float8,
+          heading float8, pos_at timestamptz, last_event_at timestamptz, last_sensor jsonb, carrier_eta timestamptz,
+          carrier_eta_created_at timestamptz, eta jsonb, exceptions jsonb, emissions jsonb, delivered_at timestamptz,
+          started_at timestamptz, milestones jsonb, recent jsonb)
+WHERE st.shipment_id = b.id
+RETURNING st.shipment_id, st.xmin::text, st.version
+"""
+
+INSERT_OUTBOX = """
+INSERT INTO outbox (tenant_id, seq, type, shipment_id, occurred_at, payload)
+SELECT %(tenant)s, m.seq, m.type, m.shipment_id, m.occurred_at, m.payload
+FROM jsonb_to_recordset(%(rows)s::jsonb)
+     AS m(seq bigint, type text, shipment_id text, occurred_at timestamptz, payload jsonb)
 """
 
 
@@ -156,13 +186,13 @@ async def resolve(conn: Conn, tenant_id: int, events: list[Event]) -> list[str |
     if keys:
         rows = await (
             await conn.execute(
-                "SELECT id, ref_keys FROM shipments WHERE tenant_id = %s AND ref_keys && %s ORDER BY created_at",
+                "SELECT key, shipment_id FROM shipment_keys WHERE tenant_id = %s AND key = ANY(%s)"
+                " ORDER BY created_at, shipment_id",
                 (tenant_id, keys),
             )
         ).fetchall()
         for r in rows:
-            for k in r["ref_keys"]:
-                by_key.setdefault(k, r["id"])
+            by_key.setdefault(r["key"], r["shipment_id"])
     devices = sorted({e.device for e in events if e.device})
     windows: dict[str, list[tuple[datetime, datetime | None, str]]] = {}
     if devices:
@@ -253,24 +283,79 @@ async def retract(conn: Conn, tenant_id: int, event_ids: list[str]) -> dict[str,
     return out
 
 
-async def load_states(conn: Conn, shipment_ids: Iterable[str]) -> dict[str, Row]:
-    rows = await (await conn.execute(LOAD_STATES, (sorted(set(shipment_ids)),))).fetchall()
-    return {r["id"]: r for r in rows}
+@dataclass(slots=True)
+class Loaded:
+    """A shipment's row (its own columns) and its decoded state, as of `token` (database, xmin and
+    version of both rows). Shared with later batches: read-only, but for memos such as `_shipment`."""
+
+    row: Row
+    state: State
+    token: tuple[Any, ...]
 
 
-async def save_state(conn: Conn, shipment_id: str, s: State) -> None:
-    await conn.execute(SAVE_STATE, state_params(shipment_id, s))
+class StateCache:
+    """Decoded shipment and state rows kept between batches: a batch locks its rows and reads only
+    their tokens, and decodes just the rows that changed since (or were never seen). A token names
+    the transaction and the update that wrote a row, so a rolled-back write never matches."""
+
+    def __init__(self, size: int = 100_000) -> None:
+        self._size = size
+        self._rows: dict[str, Loaded] = {}
+
+    def get(self, shipment_id: str, token: tuple[Any, ...]) -> Loaded | None:
+        hit = self._rows.get(shipment_id)
+        return hit if hit is not None and hit.token == token else None
+
+    def put(self, shipment_id: str, loaded: Loaded) -> None:
+        if len(self._rows) >= self._size and shipment_id not in self._rows:
+            self._rows.clear()
+        self._rows[shipment_id] = loaded
 
 
-async def save_states(conn: Conn, params: list[dict[str, Any]]) -> None:
-    """Many shipments' states in one round trip: executemany runs them in pipeline mode."""
-    if params:
-        async with conn.cursor() as cur:
-            await cur.executemany(SAVE_STATE, params)
+CACHE = StateCache()
 
 
-def state_params(shipment_id: str, s: State) -> dict[str, Any]:
+async def load_states(conn: Conn, shipment_ids: Iterable[str]) -> dict[str, Loaded]:
+    """Lock the shipments' state rows for this transaction; each with its decoded state."""
+    async with conn.cursor(row_factory=tuple_row) as cur:
+        await cur.execute(LOCK_STATES, (sorted(set(shipment_ids)),))
+        locked = await cur.fetchall()
+    db = conn.info.dbname
+    out: dict[str, Loaded] = {}
+    tokens: dict[str, tuple[Any, ...]] = {}
+    for sid, sx, sv, hx, hv in locked:
+        token = (db, sx, sv, hx, hv)
+        hit = CACHE.get(sid, token)
+        if hit is None:
+            tokens[sid] = token
+        else:
+            out[sid] = hit
+    if tokens:
+        for r in await (await conn.execute(LOAD_STATES, (list(tokens),))).fetchall():
+            state = state_from_row(r)
+            shipment = {k: v for k, v in r.items() if k not in STATE_COLUMNS}
+            out[r["id"]] = loaded = Loaded(shipment, state, tokens[r["id"]])
+            CACHE.put(r["id"], loaded)
+    return dict(sorted(out.items()))
+
+
+async def save_states(conn: Conn, rows: list[dict[str, Any]]) -> list[tuple[str, str, int]]:
+    """Many shipments' states in one statement (rows from `state_row`); returns each row's new
+    (shipment id, xmin, version)."""
+    if not rows:
+        return []
+    async with conn.cursor(row_factory=tuple_row) as cur:
+        await cur.execute(SAVE_STATES, (_dumps(rows),))
+        return await cur.fetchall()
+
+
+def state_row(shipment_id: str, s: State, before: State | None = None) -> dict[str, Any]:
+    """The state as a row for `SAVE_STATES`; lists equal to `before`'s are left out (kept as stored)."""
     last = s.last
+
+    def changed(new: Any, old: Any) -> Any:
+        return None if before is not None and new == old else new
+
     return {
         "id": shipment_id,
         "status": s.status.status.value,
@@ -282,16 +367,18 @@ def state_params(shipment_id: str, s: State) -> dict[str, Any]:
         "heading": last.heading if last else None,
         "pos_at": last.at if last else None,
         "last_event_at": s.last_event_at,
-        "last_sensor": _dumps(s.last_sensor) if s.last_sensor is not None else None,
+        "last_sensor": s.last_sensor,
         "carrier_eta": s.carrier_eta,
         "carrier_eta_created_at": s.carrier_eta_created_at,
-        "eta": _dumps(s.eta) if s.eta is not None else None,
-        "exceptions": _dumps(list(s.exceptions)),
-        "emissions": _dumps(s.emissions) if s.emissions is not None else None,
+        "eta": s.eta,
+        "exceptions": changed(list(s.exceptions), before and list(before.exceptions)),
+        "emissions": s.emissions,
         "delivered_at": s.delivered_at,
         "started_at": s.started_at,
-        "milestones": _dumps(list(s.milestones)),
-        "recent": _dumps([p.to_dict() for p in s.recent]),
+        "milestones": changed(list(s.milestones), before and list(before.milestones)),
+        "recent": None
+        if before is not None and s.recent is before.recent
+        else [p.to_dict() for p in s.recent],
     }
 
 
@@ -305,12 +392,12 @@ async def emit(conn: Conn, tenant_id: int, messages: list[Message]) -> list[Mess
     assert row is not None
     first = int(row["seq"]) - len(messages) + 1
     out = [{"seq": first + i, **m} for i, m in enumerate(messages)]
-    async with conn.cursor() as cur:
-        await cur.executemany(
-            "INSERT INTO outbox (tenant_id, seq, type, shipment_id, occurred_at, payload)"
-            " VALUES (%s, %s, %s, %s, %s, %s)",
-            [(tenant_id, m["seq"], m["type"], m.get("shipment_id"), m["occurred_at"], _dumps(m)) for m in out],
-        )
+    rows = [
+        {"seq": m["seq"], "type": m["type"], "shipment_id": m.get("shipment_id"), "occurred_at": m["occurred_at"],
+         "payload": m}
+        for m in out
+    ]
+    await conn.execute(INSERT_OUTBOX, {"tenant": tenant_id, "rows": _dumps(rows)})
     return out
 
 
@@ -324,11 +411,12 @@ async def update_shipments(
 ) -> list[Message]:
     """Fold events into each shipment's state; returns the messages (without seq)."""
     retracted = retracted or {}
-    rows = await load_states(conn, set(by_shipment) | set(retracted))
+    loaded = await load_states(conn, set(by_shipment) | set(retracted))
     messages: list[Message] = []
     saves: list[dict[str, Any]] = []
-    for sid, row in rows.items():
-        before = state_from_row(row)
+    states: dict[str, State] = {}
+    for sid, cur in loaded.items():
+        row, before = cur.row, cur.state
         state, msgs = advance(before, sid, by_shipment.get(sid, []), received_at, final_codes(row))
         if sid in retracted:
             gone = retracted[sid]
@@ -344,11 +432,14 @@ async def update_shipments(
             if (status.status, status.substatus) != (before.status.status, before.status.substatus):
                 msgs.append(status_message(sid, before.status, status))
         if evaluator is not None:
-            state, extra = await evaluator(conn, row, state, received_at)
+            state, extra = await evaluator(conn, row, before, state, received_at)
             msgs.extend(extra)
-        saves.append(state_params(sid, state))
+        saves.append(state_row(sid, state, before))
+        states[sid] = state
         messages.extend(msgs)
-    await save_states(conn, saves)
+    for sid, sx, sv in await save_states(conn, saves):
+        old = loaded[sid]
+        CACHE.put(sid, Loaded(old.row, states[sid], (old.token[0], sx, sv, *old.token[3:])))
     return messages
 
 

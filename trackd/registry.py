@@ -118,7 +118,7 @@ async def update_shipment(
     row = _row(tenant_id, s)
     sets = ", ".join(f'"{c}" = %s' for c in _COLUMNS[2:])
     await conn.execute(
-        f"UPDATE shipments SET {sets}, updated_at = %s WHERE tenant_id = %s AND id = %s",
+        f"UPDATE shipments SET {sets}, updated_at = %s, version = version + 1 WHERE tenant_id = %s AND id = %s",
         [*(row[c] for c in _COLUMNS[2:]), now, tenant_id, s.id],
     )
     msgs = await _adopt(conn, tenant_id, s.id, list(s.match_keys()), now, evaluator)

@@ -23,6 +23,7 @@ from trackd.times import number, optional_number, parse_time
 SOURCE = "native"
 MAX_BATCH = 10_000
 _LOCATION_FIELDS = ("name", "unlocode", "iata", "country")
+_KINDS = tuple(EventKind)  # iterating an Enum class is slow
 
 
 def loads(payload: bytes) -> Any:
@@ -131,7 +132,7 @@ def parse_item(item: Any, ctx: SourceContext, where: str = "", source: str = SOU
         check_not_future(prefix + "created_at", created_at, ctx)
     shipment = _text(obj, "shipment", prefix)
     device = _text(obj, "device", prefix, max_len=128) or ctx.device
-    kinds = [k for k in EventKind if obj.get(k.value) is not None]
+    kinds = [k for k in _KINDS if obj.get(k.value) is not None]
     if len(kinds) != 1:
         where_ = prefix.rstrip(".") or "body"
         raise ValidationError(where_, "needs exactly one of position, milestone, sensor")

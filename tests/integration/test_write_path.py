@@ -1,0 +1,140 @@
+"""The write path's shortcuts, against the real PostgreSQL and Redis: the in-memory state rows, the
+identifier table and the packed Redis stream must never change what is stored or streamed."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+from psycopg_pool import AsyncConnectionPool
+
+from ingest import sources
+from tests.conftest import REDIS_URL, RunEnv
+from trackd import db, ledger, registry, store
+from trackd.bus import RedisBus
+from trackd.model import SourceContext
+from trackd.shipment import Shipment
+
+T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+async def pool(testenv: RunEnv) -> AsyncIterator[AsyncConnectionPool]:
+    p = await db.open_pool(testenv.dsn, 4)
+    yield p
+    await p.close()
+
+
+async def _tenant(pool: AsyncConnectionPool) -> int:
+    name = f"wp-{secrets.token_hex(4)}"
+    await store.create_tenant(pool, name, None)
+    async with store.transaction(pool) as conn:
+        row = await (await conn.execute("SELECT id FROM tenants WHERE name = %s", (name,))).fetchone()
+    assert row is not None
+    return int(row["id"])
+
+
+def _events(tenant_id: int, *items: dict[str, object]) -> list:
+    ctx = SourceContext(tenant=str(tenant_id), received_at=datetime.now(UTC))
+    return sources.get("native").normalize(orjson.dumps(list(items)), ctx)
+
+
+def _position(ref: str, minutes: int, lat: float) -> dict[str, object]:
+    at = T0 + timedelta(minutes=minutes)
+    return {"occurred_at": at.isoformat(), "shipment": ref, "position": {"lat": lat, "lon": 4.4}}
+
+
+async def _write(pool: AsyncConnectionPool, tenant_id: int, events: list) -> ledger.WriteResult:
+    async with store.transaction(pool) as conn:
+        return await ledger.write_events(conn, tenant_id, events, datetime.now(UTC))
+
+
+async def _last(pool: AsyncConnectionPool, shipment_id: str) -> tuple[datetime, float]:
+    async with store.transaction(pool) as conn:
+        row = await (
+            await conn.execute(
+                "SELECT last_position_at, last_lat FROM shipment_state WHERE shipment_id = %s", (shipment_id,)
+            )
+        ).fetchone()
+    assert row is not None
+    return row["last_position_at"], row["last_lat"]
+
+
+async def _moving(pool: AsyncConnectionPool, tracking: str) -> tuple[int, str]:
+    """A new tenant's shipment, at 51.0 N at minute 10."""
+    tenant_id, sid = await _tenant(pool), store.new_id("shp")
+    async with store.transaction(pool) as conn:
+        await registry.create_shipment(conn, tenant_id, Shipment(sid, tracking), [], T0, None)
+    await _write(pool, tenant_id, _events(tenant_id, _position(tracking, 10, 51.0)))
+    return tenant_id, sid
+
+
+async def test_a_rolled_back_batch_leaves_nothing_behind_in_memory(pool: AsyncConnectionPool) -> None:
+    tenant_id, sid = await _moving(pool, "WP-ROLLBACK-1")
+
+    class Boom(Exception):
+        pass
+
+    async def write_then_fail() -> None:
+        async with store.transaction(pool) as conn:
+            await ledger.write_events(
+                conn, tenant_id, _events(tenant_id, _position("WP-ROLLBACK-1", 30, 53.0)), datetime.now(UTC)
+            )
+            raise Boom
+
+    with pytest.raises(Boom):
+        await write_then_fail()
+    assert await _last(pool, sid) == (T0 + timedelta(minutes=10), 51.0)
+    # the batch that follows folds into the stored state, not the rolled-back one (minute 30)
+    await _write(pool, tenant_id, _events(tenant_id, _position("WP-ROLLBACK-1", 20, 52.0)))
+    assert await _last(pool, sid) == (T0 + timedelta(minutes=20), 52.0)
+
+
+async def test_a_state_written_elsewhere_is_read_again(pool: AsyncConnectionPool) -> None:
+    tenant_id, sid = await _moving(pool, "WP-ELSEWHERE-1")
+    async with store.transaction(pool) as conn:  # another writer, not even bumping the version
+        await conn.execute(
+            "UPDATE shipment_state SET last_lat = 60, last_position_at = %s WHERE shipment_id = %s",
+            (T0 + timedelta(minutes=40), sid),
+        )
+    await _write(pool, tenant_id, _events(tenant_id, _position("WP-ELSEWHERE-1", 20, 52.0)))
+    assert await _last(pool, sid) == (T0 + timedelta(minutes=40), 60.0)  # minute 20 is older: kept as is
+
+
+async def test_changed_references_resolve_and_other_tenants_never_match(pool: AsyncConnectionPool) -> None:
+    tenant_id, other = await _tenant(pool), await _tenant(pool)
+    sid = store.new_id("shp")
+    async with store.transaction(pool) as conn:
+        await registry.create_shipment(conn, tenant_id, Shipment(sid, "WP-REF-1", references=("PO-1",)), [], T0, None)
+        await registry.create_shipment(conn, other, Shipment(store.new_id("shp"), "WP-REF-X"), [], T0, None)
+    async with store.transaction(pool) as conn:
+        await registry.update_shipment(conn, tenant_id, Shipment(sid, "WP-REF-1", references=("PO-2",)), T0, None)
+    async with store.transaction(pool) as conn:
+        found = await ledger.resolve(
+            conn,
+            tenant_id,
+            _events(tenant_id, _position("PO-2", 1, 50.0), _position("PO-1", 2, 50.0), _position("WP-REF-X", 3, 50.0)),
+        )
+    assert found == [sid, None, None]
+
+
+async def test_the_redis_stream_packs_messages_and_reads_from_any_seq(testenv: RunEnv) -> None:
+    client = aioredis.Redis.from_url(REDIS_URL)
+    bus = RedisBus(client, f"trackd_test_{testenv.run_id}_packs")
+    try:
+        msgs = [{"seq": n, "type": "position", "shipment_id": "s"} for n in range(1, 6)]
+        await bus.publish(7, msgs[:3])
+        await bus.publish(7, msgs[2:])  # seq 3 again: skipped
+        await bus.publish(7, msgs)  # all again: nothing new
+        assert await client.xlen(bus.key(7)) == 2
+        got = await bus.read({7: 2}, 100)  # from inside the first pack
+        assert [m["seq"] for _, m in got] == [3, 4, 5]
+        assert [m["seq"] for m in await bus.range(7, 1, 4) or []] == [2, 3, 4]
+        assert await bus.range(7, 4, 9) is None  # not all there yet
+    finally:
+        await client.delete(bus.key(7))
+        await bus.close()
