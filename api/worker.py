@@ -77,6 +77,7 @@ class Worker:
                         (s.retention_days,),
                     )
             await conn.execute(
-                "DELETE FROM outbox WHERE published AND created_at < now() - make_interval(hours => %s)",
+                "DELETE FROM outbox o USING relay_marks m WHERE o.tenant_id = m.tenant_id AND o.seq <= m.seq"
+                " AND o.created_at < now() - make_interval(hours => %s)",
                 (s.outbox_retention_hours,),
             )

@@ -32,28 +32,29 @@ class Evaluator(Protocol):
     ) -> tuple[State, list[Message]]: ...
 
 
-# Batches travel as one JSON document: one parameter, decoded by PostgreSQL, whatever the size.
+# Batches travel as one JSON document: one parameter, decoded by PostgreSQL, whatever the size. The
+# same statement writes the position rows of the events it inserted (not of duplicates).
 INSERT_EVENTS = """
-INSERT INTO events (tenant_id, event_id, occurred_at, received_at, created_at, shipment_id, device_id,
-                    source, kind, code, raw_code, classifier, match_keys, retracts, data, raw)
-SELECT %(tenant)s, e.event_id, e.occurred_at, %(received_at)s, e.created_at, e.shipment_id, e.device_id,
-       e.source, e.kind, e.code, e.raw_code, e.classifier, COALESCE(e.match_keys, '{}'), e.retracts, e.data, e.raw
-FROM jsonb_to_recordset(%(rows)s::jsonb)
-     AS e(event_id text, occurred_at timestamptz, created_at timestamptz, shipment_id text, device_id text,
-          source text, kind text, code text, raw_code text, classifier text, match_keys text[], retracts text,
-          data jsonb, raw jsonb)
-ON CONFLICT DO NOTHING
-RETURNING event_id
-"""
-
-INSERT_POSITIONS = """
-INSERT INTO positions (tenant_id, shipment_id, device_id, occurred_at, event_id, lat, lon, speed_kmh,
-                       heading, accuracy_m, altitude_m)
-SELECT %(tenant)s, p.shipment_id, p.device_id, p.occurred_at, p.event_id, p.lat, p.lon, p.speed_kmh, p.heading,
-       p.accuracy_m, p.altitude_m
-FROM jsonb_to_recordset(%(rows)s::jsonb)
-     AS p(shipment_id text, device_id text, occurred_at timestamptz, event_id text, lat float8, lon float8,
-          speed_kmh float8, heading float8, accuracy_m float8, altitude_m float8)
+WITH ins AS (
+  INSERT INTO events (tenant_id, event_id, occurred_at, received_at, created_at, shipment_id, device_id,
+                      source, kind, code, raw_code, classifier, match_keys, retracts, data, raw)
+  SELECT %(tenant)s, e.event_id, e.occurred_at, %(received_at)s, e.created_at, e.shipment_id, e.device_id,
+         e.source, e.kind, e.code, e.raw_code, e.classifier, COALESCE(e.match_keys, '{}'), e.retracts, e.data, e.raw
+  FROM jsonb_to_recordset(%(rows)s::jsonb)
+       AS e(event_id text, occurred_at timestamptz, created_at timestamptz, shipment_id text, device_id text,
+            source text, kind text, code text, raw_code text, classifier text, match_keys text[], retracts text,
+            data jsonb, raw jsonb)
+  ON CONFLICT DO NOTHING
+  RETURNING event_id, occurred_at, shipment_id, device_id, kind, data
+), pos AS (
+  INSERT INTO positions (tenant_id, shipment_id, device_id, occurred_at, event_id, lat, lon, speed_kmh,
+                         heading, accuracy_m, altitude_m)
+  SELECT %(tenant)s, shipment_id, device_id, occurred_at, event_id, (data ->> 'lat')::float8,
+         (data ->> 'lon')::float8, (data ->> 'speed_kmh')::float8, (data ->> 'heading')::float8,
+         (data ->> 'accuracy_m')::float8, (data ->> 'altitude_m')::float8
+  FROM ins WHERE kind = 'position'
+)
+SELECT event_id FROM ins
 """
 
 # Locks a batch's state rows (in id order, so concurrent writers cannot deadlock) and reads only
@@ -181,7 +182,8 @@ def event_from_row(r: Row) -> Event:
 
 async def resolve(conn: Conn, tenant_id: int, events: list[Event]) -> list[str | None]:
     """The shipment of each event: by identifier first, else by the device attached then."""
-    keys = sorted({k for e in events for k in e.match_keys()})
+    event_keys = [e.match_keys() for e in events]
+    keys = sorted({k for ks in event_keys for k in ks})
     by_key: dict[str, str] = {}
     if keys:
         rows = await (
@@ -206,8 +208,8 @@ async def resolve(conn: Conn, tenant_id: int, events: list[Event]) -> list[str |
         for r in rows:
             windows.setdefault(r["device_id"], []).append((r["from_at"], r["until_at"], r["shipment_id"]))
     out: list[str | None] = []
-    for e in events:
-        sid = next((by_key[k] for k in e.match_keys() if k in by_key), None)
+    for e, ks in zip(events, event_keys, strict=True):
+        sid = next((by_key[k] for k in ks if k in by_key), None)
         if sid is None and e.device:
             sid = next(
                 (s for f, u, s in windows.get(e.device, ()) if f <= e.occurred_at and (u is None or e.occurred_at < u)),
@@ -248,27 +250,10 @@ async def insert_events(
     return {r["event_id"] for r in got}
 
 
-async def insert_positions(conn: Conn, tenant_id: int, pairs: list[tuple[Event, str | None]]) -> None:
-    if not pairs:
-        return
-    rows = []
-    for e, sid in pairs:
-        p = e.position
-        assert p is not None
-        rows.append(
-            {
-                "shipment_id": sid,
-                "device_id": e.device,
-                "occurred_at": e.occurred_at,
-                "event_id": e.event_id,
-                **p.to_dict(),
-            }
-        )
-    await conn.execute(INSERT_POSITIONS, {"tenant": tenant_id, "rows": _dumps(rows)})
-
-
 async def retract(conn: Conn, tenant_id: int, event_ids: list[str]) -> dict[str, set[str]]:
     """Mark events retracted; returns {shipment_id: retracted event ids}."""
+    if not event_ids:
+        return {}
     rows = await (
         await conn.execute(
             "UPDATE events SET retracted_at = now() WHERE tenant_id = %s AND event_id = ANY(%s)"
@@ -296,19 +281,26 @@ class Loaded:
 class StateCache:
     """Decoded shipment and state rows kept between batches: a batch locks its rows and reads only
     their tokens, and decodes just the rows that changed since (or were never seen). A token names
-    the transaction and the update that wrote a row, so a rolled-back write never matches."""
+    the transaction and the update that wrote a row, so a rolled-back write never matches.
 
-    def __init__(self, size: int = 100_000) -> None:
+    Bounded: beyond `size` shipments the least recently written goes. An entry is a few KB at
+    most (the state's trail holds 50 fixes), so the default stays under about 100 MB."""
+
+    def __init__(self, size: int = 20_000) -> None:
         self._size = size
         self._rows: dict[str, Loaded] = {}
+
+    def __len__(self) -> int:
+        return len(self._rows)
 
     def get(self, shipment_id: str, token: tuple[Any, ...]) -> Loaded | None:
         hit = self._rows.get(shipment_id)
         return hit if hit is not None and hit.token == token else None
 
     def put(self, shipment_id: str, loaded: Loaded) -> None:
-        if len(self._rows) >= self._size and shipment_id not in self._rows:
-            self._rows.clear()
+        self._rows.pop(shipment_id, None)  # to the end: most recently written
+        if len(self._rows) >= self._size:
+            del self._rows[next(iter(self._rows))]
         self._rows[shipment_id] = loaded
 
 
@@ -453,7 +445,6 @@ async def write_events(
     result.stored = len(new_ids)
     result.duplicates = len(events) - len(new_ids)
     fresh = [(e, sid) for e, sid in zip(unique, shipment_ids, strict=True) if e.event_id in new_ids]
-    await insert_positions(conn, tenant_id, [(e, s) for e, s in fresh if e.kind is EventKind.POSITION])
     result.unknown_codes = [
         (e.source, e.milestone.raw_code or "")
         for e, _ in fresh

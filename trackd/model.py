@@ -77,7 +77,14 @@ class Position:
             raise ValidationError("position.accuracy_m", "must not be negative")
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__slots__}
+        return {
+            "lat": self.lat,
+            "lon": self.lon,
+            "speed_kmh": self.speed_kmh,
+            "heading": self.heading,
+            "accuracy_m": self.accuracy_m,
+            "altitude_m": self.altitude_m,
+        }
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,5 @@
-"""Publishes committed outbox messages to the bus, in seq order per tenant, after commit.
+"""Publishes committed outbox messages to the bus, in seq order per tenant, after commit; a mark
+per tenant (`relay_marks`) records how far.
 
 Any process may relay; an advisory lock makes them take turns, so a message is published by one
 of them, in order. Writers `nudge()` after their commit for low latency; a poll catches the rest
@@ -70,25 +71,35 @@ class Relay:
                 backoff = min(backoff * 2, 5.0)
 
     async def publish_pending(self) -> int:
-        """Publish one batch of unpublished messages; returns how many."""
+        """Publish one batch of the messages past each tenant's mark; returns how many.
+
+        A tenant's messages commit in seq order (its row lock orders them), so the committed
+        `tenants.seq` above the mark says there is more, and everything up to it is readable."""
         async with self._pool.connection() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (RELAY_LOCK,))
-            rows: list[Any] = await (
+            behind: list[Any] = await (
                 await conn.execute(
-                    "SELECT tenant_id, seq, payload FROM outbox WHERE NOT published ORDER BY tenant_id, seq LIMIT %s",
-                    (BATCH,),
+                    "SELECT t.id, COALESCE(m.seq, 0) AS mark FROM tenants t"
+                    " LEFT JOIN relay_marks m ON m.tenant_id = t.id WHERE t.seq > COALESCE(m.seq, 0) ORDER BY t.id"
                 )
             ).fetchall()
-            if not rows:
-                return 0
-            by_tenant: dict[int, list[dict[str, Any]]] = {}
-            for r in rows:
-                by_tenant.setdefault(r["tenant_id"], []).append(r["payload"])
-            for tenant_id, msgs in by_tenant.items():
-                await self._bus.publish(tenant_id, msgs)
-            for tenant_id, msgs in by_tenant.items():
+            total = 0
+            for t in behind:
+                rows: list[Any] = await (
+                    await conn.execute(
+                        "SELECT seq, payload FROM outbox WHERE tenant_id = %s AND seq > %s ORDER BY seq LIMIT %s",
+                        (t["id"], t["mark"], BATCH - total),
+                    )
+                ).fetchall()
+                if not rows:
+                    continue
+                await self._bus.publish(t["id"], [r["payload"] for r in rows])
                 await conn.execute(
-                    "UPDATE outbox SET published = true WHERE tenant_id = %s AND seq = ANY(%s)",
-                    (tenant_id, [m["seq"] for m in msgs]),
+                    "INSERT INTO relay_marks (tenant_id, seq) VALUES (%s, %s)"
+                    " ON CONFLICT (tenant_id) DO UPDATE SET seq = EXCLUDED.seq",
+                    (t["id"], rows[-1]["seq"]),
                 )
-            return len(rows)
+                total += len(rows)
+                if total >= BATCH:
+                    break
+            return total

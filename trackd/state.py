@@ -75,17 +75,19 @@ def advance(
     s = state
     prev_status = s.status
     replay_needed = False
+    # the fields every position moves are kept in locals and set once, after the loop
+    last_event_at, started_at, last, recent = s.last_event_at, s.started_at, s.last, s.recent
     for ev in sorted(events, key=lambda e: e.occurred_at):
         at = ev.occurred_at
-        if ev.retracts is None and (s.last_event_at is None or at > s.last_event_at):
-            s = replace(s, last_event_at=at)
+        if ev.retracts is None and (last_event_at is None or at > last_event_at):
+            last_event_at = at
         if ev.kind is EventKind.POSITION and ev.position is not None:
-            if s.started_at is None or at < s.started_at:
-                s = replace(s, started_at=at)
-            if s.last is None or at >= s.last.at:
+            if started_at is None or at < started_at:
+                started_at = at
+            if last is None or at >= last.at:
                 p = ev.position
-                fix = PositionFix(p.lat, p.lon, at, p.speed_kmh, p.heading)
-                s = replace(s, last=fix, recent=_trail(s.recent, fix))
+                last = PositionFix(p.lat, p.lon, at, p.speed_kmh, p.heading)
+                recent = _trail(recent, last)
         elif ev.kind is EventKind.SENSOR and ev.sensor is not None:
             if s.last_sensor is None or at.isoformat() >= str(s.last_sensor.get("at", "")):
                 s = replace(s, last_sensor={**ev.sensor.to_dict(), "at": at.isoformat()})
@@ -100,8 +102,8 @@ def advance(
                 continue
             if ms.classifier is not Classifier.ACTUAL or ms.code is None:
                 continue
-            if s.started_at is None or at < s.started_at:
-                s = replace(s, started_at=at)
+            if started_at is None or at < started_at:
+                started_at = at
             entry = {
                 "event_id": ev.event_id,
                 "code": ms.code.value,
@@ -111,6 +113,9 @@ def advance(
             }
             s = replace(s, milestones=tuple(sorted((*s.milestones, entry), key=lambda m: m["at"])))
             replay_needed = True
+    moved = last is not s.last or recent is not s.recent
+    if moved or last_event_at != s.last_event_at or started_at != s.started_at:
+        s = replace(s, last_event_at=last_event_at, started_at=started_at, last=last, recent=recent)
     if replay_needed:
         status = rebuild_status(s.milestones)
         s = replace(s, status=status, delivered_at=status.status_at if status.status is Status.DELIVERED else None)

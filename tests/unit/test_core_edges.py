@@ -15,6 +15,7 @@ from ingest.signatures import verify
 from ingest.sources import native
 from trackd.codes import EventKind
 from trackd.errors import ConfigError, Unauthorized, ValidationError
+from trackd.ledger import Loaded, StateCache
 from trackd.model import SourceContext, ref_key
 from trackd.settings import load_settings
 from trackd.state import State, advance
@@ -146,3 +147,17 @@ def test_state_fold_keeps_the_latest_position_and_emits_once() -> None:
     s2, msgs2 = advance(s, "shp_1", late, NOW)
     assert s2.last == s.last
     assert msgs2 == []
+
+
+def test_state_cache_is_bounded_keeps_the_recently_written_and_matches_tokens() -> None:
+    cache = StateCache(size=2)
+    for sid in ("a", "b"):
+        cache.put(sid, Loaded({"id": sid}, State(), ("db", "1", 0)))
+    cache.put("a", Loaded({"id": "a"}, State(), ("db", "2", 1)))  # written again: now the newest
+    cache.put("c", Loaded({"id": "c"}, State(), ("db", "3", 0)))
+    assert len(cache) == 2
+    assert cache.get("b", ("db", "1", 0)) is None  # the least recently written went
+    assert cache.get("a", ("db", "1", 0)) is None  # an old token never matches
+    hit = cache.get("a", ("db", "2", 1))
+    assert hit is not None
+    assert hit.row == {"id": "a"}
