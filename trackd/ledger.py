@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import orjson
+from psycopg import AsyncConnection
 from psycopg.rows import tuple_row
 
 from trackd.codes import Classifier, EventKind, Milestone, Mode, Status
@@ -180,33 +181,36 @@ def event_from_row(r: Row) -> Event:
     )
 
 
+async def tuples(conn: AsyncConnection[Any], query: str, params: Any) -> list[Any]:
+    """Rows as tuples: for the many-row reads of a batch, dicts cost more than the query."""
+    async with conn.cursor(row_factory=tuple_row) as cur:
+        await cur.execute(query, params)
+        return await cur.fetchall()
+
+
 async def resolve(conn: Conn, tenant_id: int, events: list[Event]) -> list[str | None]:
     """The shipment of each event: by identifier first, else by the device attached then."""
     event_keys = [e.match_keys() for e in events]
     keys = sorted({k for ks in event_keys for k in ks})
     by_key: dict[str, str] = {}
     if keys:
-        rows = await (
-            await conn.execute(
-                "SELECT key, shipment_id FROM shipment_keys WHERE tenant_id = %s AND key = ANY(%s)"
-                " ORDER BY created_at, shipment_id",
-                (tenant_id, keys),
-            )
-        ).fetchall()
-        for r in rows:
-            by_key.setdefault(r["key"], r["shipment_id"])
+        for key, sid in await tuples(
+            conn,
+            "SELECT key, shipment_id FROM shipment_keys WHERE tenant_id = %s AND key = ANY(%s)"
+            " ORDER BY created_at, shipment_id",
+            (tenant_id, keys),
+        ):
+            by_key.setdefault(key, sid)
     devices = sorted({e.device for e in events if e.device})
     windows: dict[str, list[tuple[datetime, datetime | None, str]]] = {}
     if devices:
-        rows = await (
-            await conn.execute(
-                "SELECT device_id, from_at, until_at, shipment_id FROM device_attachments"
-                " WHERE tenant_id = %s AND device_id = ANY(%s) ORDER BY from_at DESC",
-                (tenant_id, devices),
-            )
-        ).fetchall()
-        for r in rows:
-            windows.setdefault(r["device_id"], []).append((r["from_at"], r["until_at"], r["shipment_id"]))
+        for device, from_at, until_at, sid in await tuples(
+            conn,
+            "SELECT device_id, from_at, until_at, shipment_id FROM device_attachments"
+            " WHERE tenant_id = %s AND device_id = ANY(%s) ORDER BY from_at DESC",
+            (tenant_id, devices),
+        ):
+            windows.setdefault(device, []).append((from_at, until_at, sid))
     out: list[str | None] = []
     for e, ks in zip(events, event_keys, strict=True):
         sid = next((by_key[k] for k in ks if k in by_key), None)
@@ -244,10 +248,8 @@ async def insert_events(
             }
         )
     doc = _dumps(rows).replace("\\u0000", "")
-    got = await (
-        await conn.execute(INSERT_EVENTS, {"tenant": tenant_id, "received_at": received_at, "rows": doc})
-    ).fetchall()
-    return {r["event_id"] for r in got}
+    got = await tuples(conn, INSERT_EVENTS, {"tenant": tenant_id, "received_at": received_at, "rows": doc})
+    return {r[0] for r in got}
 
 
 async def retract(conn: Conn, tenant_id: int, event_ids: list[str]) -> dict[str, set[str]]:
@@ -309,9 +311,7 @@ CACHE = StateCache()
 
 async def load_states(conn: Conn, shipment_ids: Iterable[str]) -> dict[str, Loaded]:
     """Lock the shipments' state rows for this transaction; each with its decoded state."""
-    async with conn.cursor(row_factory=tuple_row) as cur:
-        await cur.execute(LOCK_STATES, (sorted(set(shipment_ids)),))
-        locked = await cur.fetchall()
+    locked = await tuples(conn, LOCK_STATES, (sorted(set(shipment_ids)),))
     db = conn.info.dbname
     out: dict[str, Loaded] = {}
     tokens: dict[str, tuple[Any, ...]] = {}
@@ -336,9 +336,7 @@ async def save_states(conn: Conn, rows: list[dict[str, Any]]) -> list[tuple[str,
     (shipment id, xmin, version)."""
     if not rows:
         return []
-    async with conn.cursor(row_factory=tuple_row) as cur:
-        await cur.execute(SAVE_STATES, (_dumps(rows),))
-        return await cur.fetchall()
+    return await tuples(conn, SAVE_STATES, (_dumps(rows),))
 
 
 def state_row(shipment_id: str, s: State, before: State | None = None) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from trackd.bus import Bus, BusUnavailable
+from trackd.ledger import tuples
 
 log = logging.getLogger("trackd.relay")
 RELAY_LOCK = 7_242_019_002
@@ -85,19 +86,18 @@ class Relay:
             ).fetchall()
             total = 0
             for t in behind:
-                rows: list[Any] = await (
-                    await conn.execute(
-                        "SELECT seq, payload FROM outbox WHERE tenant_id = %s AND seq > %s ORDER BY seq LIMIT %s",
-                        (t["id"], t["mark"], BATCH - total),
-                    )
-                ).fetchall()
+                rows = await tuples(
+                    conn,
+                    "SELECT seq, payload FROM outbox WHERE tenant_id = %s AND seq > %s ORDER BY seq LIMIT %s",
+                    (t["id"], t["mark"], BATCH - total),
+                )
                 if not rows:
                     continue
-                await self._bus.publish(t["id"], [r["payload"] for r in rows])
+                await self._bus.publish(t["id"], [r[1] for r in rows])
                 await conn.execute(
                     "INSERT INTO relay_marks (tenant_id, seq) VALUES (%s, %s)"
                     " ON CONFLICT (tenant_id) DO UPDATE SET seq = EXCLUDED.seq",
-                    (t["id"], rows[-1]["seq"]),
+                    (t["id"], rows[-1][0]),
                 )
                 total += len(rows)
                 if total >= BATCH:
