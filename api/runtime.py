@@ -142,6 +142,7 @@ async def run_roles(
                 access_log=False,
                 lifespan="on",
                 ws_max_size=1 << 20,
+                ws_per_message_deflate=False,  # frames are small: compressing each cost more CPU than it saved
             )
             redact_logs()  # after uvicorn.Config, which sets up uvicorn's handlers
             server = uvicorn.Server(config)
