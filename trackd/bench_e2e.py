@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 from trackd.bench import Figure, percentile
 from trackd.bench_env import BenchEnv
-from trackd.bench_load import e2e_publisher, mqtt_publisher, raw_subscriber, ws_clients
+from trackd.bench_load import e2e_publisher, raw_broker, ws_clients
 from trackd.settings import Settings
 
 PER_CLIENT = 20
@@ -128,22 +128,6 @@ def broker_latency(env: BenchEnv, mqtt_conf: dict[str, Any], args: argparse.Name
         "stamp": True,
         "duration": min(args.duration, 10.0),
     }
-    consumed: Any = CTX.Value("q", 0, lock=False)
-    last_at: Any = CTX.Value("d", 0.0, lock=False)
-    ready, stop = CTX.Event(), CTX.Event()
-    sub_out: Any = CTX.Queue()
-    pub_out: Any = CTX.Queue()
-    sub = CTX.Process(target=raw_subscriber, args=(conf, consumed, last_at, ready, stop, sub_out))
-    sub.start()
-    ready.wait(15)
-    pub = CTX.Process(target=mqtt_publisher, args=(conf, consumed, pub_out))
-    pub.start()
-    res: dict[str, Any] = pub_out.get(timeout=conf["duration"] + 60)
-    deadline = time.monotonic() + 10
-    while consumed.value < res["published"] and time.monotonic() < deadline:
-        time.sleep(0.02)
-    stop.set()
-    lat: array[float] = sub_out.get(timeout=30)["latency_s"]
-    pub.join(10)
-    sub.join(10)
+    _res, _got, _last, sub = raw_broker(conf, 10)
+    lat: array[float] = sub["latency_s"]
     return [v * 1000 for v in lat]

@@ -27,7 +27,7 @@ import psycopg
 
 from trackd.bench import Figure
 from trackd.bench_env import BenchEnv, Server
-from trackd.bench_load import mqtt_publisher, raw_subscriber, webhook_sender
+from trackd.bench_load import mqtt_publisher, raw_broker, webhook_sender
 from trackd.settings import Settings
 
 BATCH = 1000
@@ -206,25 +206,7 @@ def broker_ceiling(env: BenchEnv, args: argparse.Namespace, base: float) -> floa
         "window": WINDOW_PER_INGESTER * args.processes,
         "duration": duration,
     }
-    consumed: Any = CTX.Value("q", 0, lock=False)
-    last_at: Any = CTX.Value("d", 0.0, lock=False)
-    ready, stop = CTX.Event(), CTX.Event()
-    sub_out: Any = CTX.Queue()
-    pub_out: Any = CTX.Queue()
-    sub = CTX.Process(target=raw_subscriber, args=(conf, consumed, last_at, ready, stop, sub_out))
-    sub.start()
-    ready.wait(15)
-    pub = CTX.Process(target=mqtt_publisher, args=(conf, consumed, pub_out))
-    pub.start()
-    res: dict[str, Any] = pub_out.get(timeout=duration + 60)
-    deadline = time.monotonic() + 30
-    while consumed.value < res["published"] and time.monotonic() < deadline:
-        time.sleep(0.02)
-    got = consumed.value
-    stop.set()
-    sub_out.get(timeout=30)
-    pub.join(10)
-    sub.join(10)
-    elapsed = last_at.value - res["first"]
+    res, got, last_at, _sub = raw_broker(conf, 30)
+    elapsed = last_at - res["first"]
     env.say(f"broker ceiling: {got:,} of {res['published']:,} QoS 1 messages received in {elapsed:.1f} s")
     return got / elapsed if elapsed > 0 else None

@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import hmac
 import math
+import multiprocessing as mp
 import random
 import time
 from array import array
@@ -337,3 +338,30 @@ async def _ws(conf: dict[str, Any], ready: Any, stop: Any) -> dict[str, Any]:
     await asyncio.gather(*listeners, return_exceptions=True)
     await asyncio.gather(*(c.close() for c in [*conns, *maps]), return_exceptions=True)
     return {g: (idx, at) for g, (idx, at) in got.items()}
+
+
+def raw_broker(conf: dict[str, Any], settle_s: float) -> tuple[dict[str, Any], int, float, dict[str, Any]]:
+    """The broker alone: `mqtt_publisher` to a minimal `raw_subscriber`, each in its own process.
+    Returns the publisher's report, how many messages arrived (waiting up to `settle_s` for the
+    rest), when the last one did, and the subscriber's report."""
+    ctx = mp.get_context("spawn")
+    consumed: Any = ctx.Value("q", 0, lock=False)
+    last_at: Any = ctx.Value("d", 0.0, lock=False)
+    ready, stop = ctx.Event(), ctx.Event()
+    sub_out: Any = ctx.Queue()
+    pub_out: Any = ctx.Queue()
+    sub = ctx.Process(target=raw_subscriber, args=(conf, consumed, last_at, ready, stop, sub_out))
+    sub.start()
+    ready.wait(15)
+    pub = ctx.Process(target=mqtt_publisher, args=(conf, consumed, pub_out))
+    pub.start()
+    res: dict[str, Any] = pub_out.get(timeout=conf["duration"] + 60)
+    deadline = time.monotonic() + settle_s
+    while consumed.value < res["published"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    got = int(consumed.value)
+    stop.set()
+    sub_res: dict[str, Any] = sub_out.get(timeout=30)
+    pub.join(10)
+    sub.join(10)
+    return res, got, float(last_at.value), sub_res

@@ -18,6 +18,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import tuple_row
 
 from trackd.codes import Classifier, EventKind, Milestone, Mode, Status
+from trackd.errors import ValidationError
 from trackd.model import Event, Location, MilestoneInfo, Position, Sensor
 from trackd.shipment import PositionFix, StatusState
 from trackd.state import Message, State, advance, rebuild_status, status_message
@@ -96,11 +97,18 @@ WHERE st.shipment_id = b.id
 RETURNING st.shipment_id, st.xmin::text, st.version
 """
 
+# Takes the next seqs from the tenant row (whose lock, held to commit, orders commits by seq) and
+# writes the messages with them, in one statement; returns the seq before the first.
 INSERT_OUTBOX = """
-INSERT INTO outbox (tenant_id, seq, type, shipment_id, occurred_at, payload)
-SELECT %(tenant)s, m.seq, m.type, m.shipment_id, m.occurred_at, m.payload
-FROM jsonb_to_recordset(%(rows)s::jsonb)
-     AS m(seq bigint, type text, shipment_id text, occurred_at timestamptz, payload jsonb)
+WITH t AS (UPDATE tenants SET seq = seq + %(n)s WHERE id = %(tenant)s RETURNING seq - %(n)s AS base),
+ins AS (
+  INSERT INTO outbox (tenant_id, seq, type, shipment_id, occurred_at, payload)
+  SELECT %(tenant)s, t.base + m.ord, m.type, m.shipment_id, m.occurred_at,
+         m.payload || jsonb_build_object('seq', t.base + m.ord)
+  FROM t, jsonb_to_recordset(%(rows)s::jsonb)
+       AS m(ord bigint, type text, shipment_id text, occurred_at timestamptz, payload jsonb)
+)
+SELECT base FROM t
 """
 
 
@@ -285,10 +293,10 @@ class StateCache:
     their tokens, and decodes just the rows that changed since (or were never seen). A token names
     the transaction and the update that wrote a row, so a rolled-back write never matches.
 
-    Bounded: beyond `size` shipments the least recently written goes. An entry is a few KB at
-    most (the state's trail holds 50 fixes), so the default stays under about 100 MB."""
+    Bounded: beyond `size` shipments the least recently written goes. An entry takes about 10 KB
+    once its trail holds its 50 fixes, so the default stays under about 100 MB."""
 
-    def __init__(self, size: int = 20_000) -> None:
+    def __init__(self, size: int = 10_000) -> None:
         self._size = size
         self._rows: dict[str, Loaded] = {}
 
@@ -376,19 +384,16 @@ async def emit(conn: Conn, tenant_id: int, messages: list[Message]) -> list[Mess
     """Give messages their seq and write them to the outbox (same transaction as the change)."""
     if not messages:
         return []
-    row = await (
-        await conn.execute("UPDATE tenants SET seq = seq + %s WHERE id = %s RETURNING seq", (len(messages), tenant_id))
-    ).fetchone()
-    assert row is not None
-    first = int(row["seq"]) - len(messages) + 1
-    out = [{"seq": first + i, **m} for i, m in enumerate(messages)]
     rows = [
-        {"seq": m["seq"], "type": m["type"], "shipment_id": m.get("shipment_id"), "occurred_at": m["occurred_at"],
+        {"ord": i, "type": m["type"], "shipment_id": m.get("shipment_id"), "occurred_at": m["occurred_at"],
          "payload": m}
-        for m in out
+        for i, m in enumerate(messages, 1)
     ]
-    await conn.execute(INSERT_OUTBOX, {"tenant": tenant_id, "rows": _dumps(rows)})
-    return out
+    got = await tuples(conn, INSERT_OUTBOX, {"n": len(messages), "tenant": tenant_id, "rows": _dumps(rows)})
+    if not got:
+        raise ValidationError("tenant", "does not exist")
+    base = int(got[0][0])
+    return [{"seq": base + i, **m} for i, m in enumerate(messages, 1)]
 
 
 async def update_shipments(
