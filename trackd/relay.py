@@ -80,7 +80,7 @@ class Relay:
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (RELAY_LOCK,))
             behind: list[Any] = await (
                 await conn.execute(
-                    "SELECT t.id, COALESCE(m.seq, 0) AS mark FROM tenants t"
+                    "SELECT t.id, t.seq AS top, COALESCE(m.seq, 0) AS mark FROM tenants t"
                     " LEFT JOIN relay_marks m ON m.tenant_id = t.id WHERE t.seq > COALESCE(m.seq, 0) ORDER BY t.id"
                 )
             ).fetchall()
@@ -91,15 +91,20 @@ class Relay:
                     "SELECT seq, payload FROM outbox WHERE tenant_id = %s AND seq > %s ORDER BY seq LIMIT %s",
                     (t["id"], t["mark"], BATCH - total),
                 )
-                if not rows:
+                if not rows:  # all up to `top` is committed, so what is missing was deleted: move on
+                    await self._mark(conn, t["id"], t["top"])
                     continue
                 await self._bus.publish(t["id"], [r[1] for r in rows])
-                await conn.execute(
-                    "INSERT INTO relay_marks (tenant_id, seq) VALUES (%s, %s)"
-                    " ON CONFLICT (tenant_id) DO UPDATE SET seq = EXCLUDED.seq",
-                    (t["id"], rows[-1][0]),
-                )
+                await self._mark(conn, t["id"], rows[-1][0])
                 total += len(rows)
                 if total >= BATCH:
                     break
             return total
+
+    @staticmethod
+    async def _mark(conn: Any, tenant_id: int, seq: int) -> None:
+        await conn.execute(
+            "INSERT INTO relay_marks (tenant_id, seq) VALUES (%s, %s)"
+            " ON CONFLICT (tenant_id) DO UPDATE SET seq = EXCLUDED.seq",
+            (tenant_id, seq),
+        )

@@ -15,8 +15,9 @@ from psycopg_pool import AsyncConnectionPool
 from ingest import sources
 from tests.conftest import REDIS_URL, RunEnv
 from trackd import db, ledger, registry, store
-from trackd.bus import RedisBus
+from trackd.bus import MemoryBus, RedisBus
 from trackd.model import SourceContext
+from trackd.relay import Relay
 from trackd.shipment import Shipment
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
@@ -138,3 +139,20 @@ async def test_the_redis_stream_packs_messages_and_reads_from_any_seq(testenv: R
     finally:
         await client.delete(bus.key(7))
         await bus.close()
+
+
+async def test_the_relay_moves_past_messages_that_retention_deleted(pool: AsyncConnectionPool) -> None:
+    tenant_id = await _tenant(pool)
+    at = T0.isoformat()
+    async with store.transaction(pool) as conn:
+        sent = await ledger.emit(conn, tenant_id, [{"type": "shipment.updated", "occurred_at": at}] * 3)
+    assert [m["seq"] for m in sent] == [1, 2, 3]
+    async with store.transaction(pool) as conn:
+        await conn.execute("DELETE FROM outbox WHERE tenant_id = %s", (tenant_id,))
+    bus = MemoryBus()
+    while await Relay(pool, bus).publish_pending():
+        pass
+    async with store.transaction(pool) as conn:
+        row = await (await conn.execute("SELECT seq FROM relay_marks WHERE tenant_id = %s", (tenant_id,))).fetchone()
+    assert row is not None
+    assert row["seq"] == 3  # nothing left to wait for below the tenant's last seq
