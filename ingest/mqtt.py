@@ -82,6 +82,8 @@ class MqttIngester:
         self.pipeline = pipeline
         self.queue: asyncio.Queue[Inbound] = asyncio.Queue()
         self._room = threading.Semaphore(MAX_WAITING)
+        self._inbox: list[Inbound] = []  # from paho's thread, not yet on the queue
+        self._inbox_lock = threading.Lock()
         self._closing = threading.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.client: mqtt.Client | None = None
@@ -125,10 +127,21 @@ class MqttIngester:
                 return
         if self._closing.is_set():
             return
-        try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
-        except RuntimeError:  # the loop has closed
-            return
+        # Hand over in bunches: one wake-up of the event loop for whatever arrived meanwhile.
+        with self._inbox_lock:
+            self._inbox.append(item)
+            first = len(self._inbox) == 1
+        if first:
+            try:
+                self.loop.call_soon_threadsafe(self._drain_inbox)
+            except RuntimeError:  # the loop has closed
+                return
+
+    def _drain_inbox(self) -> None:  # on the event loop
+        with self._inbox_lock:
+            items, self._inbox = self._inbox, []
+        for item in items:
+            self.queue.put_nowait(item)
 
     def _client(self) -> mqtt.Client:
         url = urlparse(self.settings.mqtt())
