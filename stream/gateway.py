@@ -21,7 +21,8 @@ from psycopg_pool import AsyncConnectionPool
 from starlette.websockets import WebSocketDisconnect
 
 from stream import protocol
-from stream.hub import Client, ClientClosed, Hub
+from stream.client import Client, ClientClosed
+from stream.hub import Hub
 from stream.protocol import Message, Ping, ProtocolError, Selector, Subscribe
 from trackd import store
 from trackd.errors import TrackdError

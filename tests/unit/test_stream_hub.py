@@ -11,7 +11,8 @@ import orjson
 import pytest
 
 from stream import protocol
-from stream.hub import Client, ClientClosed, Hub
+from stream.client import Client, ClientClosed
+from stream.hub import Hub
 from stream.protocol import BBox, Message, ProtocolError, Selector, Subscribe
 from trackd.bus import BusUnavailable, MemoryBus
 
