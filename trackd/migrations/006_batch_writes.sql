@@ -36,7 +36,13 @@ ALTER TABLE shipments ADD COLUMN IF NOT EXISTS version bigint NOT NULL DEFAULT 0
 -- in full by each lookup until a vacuum merges it, which turned a batch's lookup into seconds
 -- after a burst of new shipments; insert into the index directly instead.
 ALTER INDEX shipments_ref_keys SET (fastupdate = off);
-ALTER INDEX events_unmatched SET (fastupdate = off);
+DO $$
+BEGIN
+    ALTER INDEX events_unmatched SET (fastupdate = off);  -- read only when a shipment is created
+EXCEPTION WHEN others THEN  -- a hypertable's index may refuse it: keep the default there
+    RAISE NOTICE 'events_unmatched keeps fastupdate: %', SQLERRM;
+END
+$$;
 
 -- Every identifier of a shipment, one row each, kept by a trigger: an ingest batch resolves its
 -- thousand identifiers with one btree probe each (an array overlap over `ref_keys` scanned every
