@@ -28,7 +28,8 @@ CREATE TRIGGER outbox_webhooks AFTER INSERT ON outbox
 DROP FUNCTION IF EXISTS trackd_enqueue_webhooks();
 
 -- A writer keeps decoded state rows in memory, valid while a row's (xmin, version) is unchanged:
--- xmin tells transactions apart, version the updates within one. Every UPDATE of these rows bumps it.
+-- xmin tells transactions apart (any write changes it), version the updates within one
+-- transaction (trackd's writers bump it on each update).
 ALTER TABLE shipment_state ADD COLUMN IF NOT EXISTS version bigint NOT NULL DEFAULT 0;
 ALTER TABLE shipments ADD COLUMN IF NOT EXISTS version bigint NOT NULL DEFAULT 0;
 
