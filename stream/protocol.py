@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from trackd.errors import TrackdError
+from trackd.state import MESSAGE_TYPES
 
 Message = dict[str, Any]
 
@@ -30,17 +31,7 @@ MAX_SHIPMENTS = 1000
 MAX_ID_CHARS = 200
 
 # Bus message types the stream passes through to clients; others stay internal.
-STREAM_TYPES = frozenset(
-    {
-        "position",
-        "status.changed",
-        "eta.changed",
-        "exception.raised",
-        "exception.cleared",
-        "shipment.created",
-        "shipment.updated",
-    }
-)
+STREAM_TYPES = frozenset(MESSAGE_TYPES)
 POSITION_ITEM_FIELDS = ("shipment_id", "lat", "lon", "speed_kmh", "heading", "occurred_at")
 
 

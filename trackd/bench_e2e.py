@@ -18,6 +18,7 @@ import multiprocessing as mp
 import random
 import time
 from array import array
+from dataclasses import asdict
 from typing import Any, TextIO
 
 from trackd.bench import Figure, percentile
@@ -45,7 +46,6 @@ def run(settings: Settings, args: argparse.Namespace, out: TextIO) -> tuple[str,
     with BenchEnv(settings, out) as env:
         env.seed_shipments(args.shipments)
         servers = env.start_servers("api,mqtt", args.processes)
-        b = env.broker()
         rng = random.Random(5)
         ids = [sid for sid, _ in env.shipments]
         base = time.time() - 2 * 3600
@@ -66,7 +66,7 @@ def run(settings: Settings, args: argparse.Namespace, out: TextIO) -> tuple[str,
             if not ws.is_alive() or time.monotonic() - opened > 180:
                 raise TimeoutError("websocket clients did not all connect (see the traceback above)")
         env.say(f"{args.clients + MAP_CLIENTS:,} websocket clients connected in {time.monotonic() - opened:.1f} s")
-        mqtt_conf = {"host": b.host, "port": b.port, "username": b.username, "password": b.password}
+        mqtt_conf = asdict(env.broker())
         pub_conf = {
             **mqtt_conf,
             "run": env.run_id,

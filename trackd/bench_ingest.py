@@ -20,6 +20,7 @@ import argparse
 import multiprocessing as mp
 import queue
 import time
+from dataclasses import asdict
 from typing import Any, TextIO
 
 import orjson
@@ -98,19 +99,14 @@ def _webhook(
 def _mqtt(
     env: BenchEnv, servers: list[Server], args: argparse.Namespace, base: float
 ) -> tuple[float | None, int, list[str]]:
-    b = env.broker()
-    conf = {
-        "run": env.run_id,
-        "host": b.host,
-        "port": b.port,
-        "username": b.username,
-        "password": b.password,
-        "trackings": [t for _, t in env.shipments],
-        "base": base,
-        "topic": f"{env.topic_prefix}trackd/{env.tenant}/devices/{{device}}/events",
-        "window": WINDOW_PER_INGESTER * len(servers),
-        "duration": args.duration,
-    }
+    conf = publisher_conf(
+        env,
+        env.run_id,
+        base,
+        WINDOW_PER_INGESTER * len(servers),
+        args.duration,
+        topic=f"{env.topic_prefix}trackd/{env.tenant}/devices/{{device}}/events",
+    )
     consumed: Any = CTX.Value("q", 0, lock=False)
     results: Any = CTX.Queue()
     proc = CTX.Process(target=mqtt_publisher, args=(conf, consumed, results), name="bench-mqtt")
@@ -189,23 +185,33 @@ def copy_ceiling(env: BenchEnv, n: int) -> float:
     return n / elapsed
 
 
-def broker_ceiling(env: BenchEnv, args: argparse.Namespace, base: float) -> float | None:
-    """The same publisher, window and payloads, to one minimal QoS 1 subscriber."""
-    b = env.broker()
-    duration = min(args.duration, 15.0)
-    conf = {
-        "run": env.run_id + "raw",
-        "host": b.host,
-        "port": b.port,
-        "username": b.username,
-        "password": b.password,
+def publisher_conf(
+    env: BenchEnv, run: str, base: float, window: int, duration: float, **topics: str
+) -> dict[str, Any]:
+    """What `mqtt_publisher` (and `raw_subscriber`) need: the broker, the run's shipments, how far
+    ahead of what is consumed to publish, for how long, and the topics."""
+    return {
+        "run": run,
+        **asdict(env.broker()),
         "trackings": [t for _, t in env.shipments],
         "base": base,
-        "topic": f"{env.topic_prefix}raw/{{device}}",
-        "filter": f"{env.topic_prefix}raw/+",
-        "window": WINDOW_PER_INGESTER * args.processes,
+        "window": window,
         "duration": duration,
+        **topics,
     }
+
+
+def broker_ceiling(env: BenchEnv, args: argparse.Namespace, base: float) -> float | None:
+    """The same publisher, window and payloads, to one minimal QoS 1 subscriber."""
+    conf = publisher_conf(
+        env,
+        env.run_id + "raw",
+        base,
+        WINDOW_PER_INGESTER * args.processes,
+        min(args.duration, 15.0),
+        topic=f"{env.topic_prefix}raw/{{device}}",
+        filter=f"{env.topic_prefix}raw/+",
+    )
     res, got, last_at, _sub = raw_broker(conf, 30)
     elapsed = last_at - res["first"]
     env.say(f"broker ceiling: {got:,} of {res['published']:,} QoS 1 messages received in {elapsed:.1f} s")

@@ -13,18 +13,10 @@ from datetime import datetime
 from typing import Any
 
 from trackd import keys
+from trackd.state import MESSAGE_TYPES
 from trackd.store import Conn, Row, decode_cursor, encode_cursor, iso, new_id
 
-EVENT_TYPES = (
-    "position",
-    "status.changed",
-    "eta.changed",
-    "exception.raised",
-    "exception.cleared",
-    "shipment.created",
-    "shipment.updated",
-    "delivered",
-)
+EVENT_TYPES = (*MESSAGE_TYPES, "delivered")  # delivered: a status change to delivered, as its own type
 DELIVERY_STATUSES = ("pending", "succeeded", "failed")
 MAX_RESPONSE_BODY = 1024
 

@@ -14,15 +14,13 @@ from datetime import datetime
 from typing import Any, Protocol
 
 import orjson
-from psycopg import AsyncConnection
-from psycopg.rows import tuple_row
 
 from trackd.codes import Classifier, EventKind, Milestone, Mode, Status
 from trackd.errors import ValidationError
 from trackd.model import Event, Location, MilestoneInfo, Position, Sensor
 from trackd.shipment import PositionFix, StatusState
 from trackd.state import Message, State, advance, rebuild_status, status_message
-from trackd.store import Conn, Row
+from trackd.store import Conn, Row, tuples
 
 
 class Evaluator(Protocol):
@@ -187,13 +185,6 @@ def event_from_row(r: Row) -> Event:
         created_at=r["created_at"],
         retracts=r["retracts"],
     )
-
-
-async def tuples(conn: AsyncConnection[Any], query: str, params: Any) -> list[Any]:
-    """Rows as tuples: for the many-row reads of a batch, dicts cost more than the query."""
-    async with conn.cursor(row_factory=tuple_row) as cur:
-        await cur.execute(query, params)
-        return await cur.fetchall()
 
 
 async def resolve(conn: Conn, tenant_id: int, events: list[Event]) -> list[str | None]:

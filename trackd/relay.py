@@ -15,7 +15,7 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from trackd.bus import Bus, BusUnavailable
-from trackd.ledger import tuples
+from trackd.store import tuples
 
 log = logging.getLogger("trackd.relay")
 RELAY_LOCK = 7_242_019_002

@@ -17,6 +17,16 @@ from trackd.shipment import PositionFix, StatusState
 from trackd.status import replay
 
 Message = dict[str, Any]
+# The stream message types trackd writes to the outbox; the stream and the hooks pass them on.
+MESSAGE_TYPES = (
+    "position",
+    "status.changed",
+    "eta.changed",
+    "exception.raised",
+    "exception.cleared",
+    "shipment.created",
+    "shipment.updated",
+)
 CARRIER_ETA_CODES = frozenset({Milestone.DELIVERED, Milestone.ARRIVED})
 
 
