@@ -33,7 +33,7 @@ class AppState:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:  # async: a plain def would run in a worker thread
     state: AppState = request.app.state.trackd
     return state
 

@@ -1,18 +1,26 @@
-"""normalize -> one transaction -> publish after commit. Every transport goes through here."""
+"""normalize -> one transaction -> publish after commit. Every transport goes through here.
+
+Deliveries of one tenant that arrive while its writes are in flight are written together, in one
+transaction (group commit): each caller still returns only once its own events are durable, with
+its own counts, and a delivery that makes the shared transaction fail is retried alone, so it
+cannot fail the others.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from psycopg_pool import AsyncConnectionPool
 
 from ingest import sources
 from trackd import ledger, metrics, store
-from trackd.errors import TrackdError, ValidationError
+from trackd.errors import TrackdError, Unavailable, ValidationError
 from trackd.model import Event, SourceContext
 from trackd.relay import Relay
 from trackd.store import Tenant
@@ -22,6 +30,25 @@ log = logging.getLogger("trackd.ingest")
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+WRITERS_PER_TENANT = 2  # transactions of one tenant in flight at once
+GROUP_MAX_EVENTS = 2000  # events of waiting deliveries written in one transaction
+
+
+@dataclass(slots=True)
+class _Delivery:
+    events: list[Event]
+    transport: str
+    done: asyncio.Future[ledger.WriteResult]
+
+
+@dataclass(slots=True)
+class _Lane:
+    """One tenant's deliveries waiting for a writer, and how many writers it has."""
+
+    waiting: list[_Delivery] = field(default_factory=list)
+    writers: int = 0
 
 
 class Pipeline:
@@ -36,13 +63,74 @@ class Pipeline:
         self.relay = relay
         self.evaluator = evaluator
         self.clock = clock
+        self._lanes: dict[int, _Lane] = {}
+        self._writers: set[asyncio.Task[None]] = set()
 
     def normalize(self, source: str, payload: bytes, ctx: SourceContext) -> list[Event]:
         events: list[Event] = sources.get(source).normalize(payload, ctx)
         return events
 
     async def store_events(self, tenant: Tenant, events: list[Event], transport: str) -> ledger.WriteResult:
-        """Write a batch in one transaction; returns only once it is durable."""
+        """Write a delivery (with others of the tenant waiting then); returns once it is durable."""
+        delivery = _Delivery(events, transport, asyncio.get_running_loop().create_future())
+        lane = self._lanes.setdefault(tenant.id, _Lane())
+        lane.waiting.append(delivery)
+        if lane.writers < WRITERS_PER_TENANT:
+            lane.writers += 1
+            task = asyncio.create_task(self._write_lane(tenant, lane), name=f"trackd-write-{tenant.id}")
+            self._writers.add(task)
+            task.add_done_callback(self._writers.discard)
+        return await delivery.done
+
+    async def _write_lane(self, tenant: Tenant, lane: _Lane) -> None:
+        try:
+            while lane.waiting:
+                group: list[_Delivery] = []
+                size = 0
+                while lane.waiting and (not group or size + len(lane.waiting[0].events) <= GROUP_MAX_EVENTS):
+                    group.append(lane.waiting.pop(0))
+                    size += len(group[-1].events)
+                try:
+                    await self._write_group(tenant, group)
+                except BaseException:  # cancelled (shutting down): nobody may wait for ever
+                    for d in (*group, *lane.waiting):
+                        _settle(d, exc=Unavailable("server shutting down; the delivery was not stored"))
+                    lane.waiting.clear()
+                    raise
+        finally:
+            lane.writers -= 1
+            if not lane.writers and not lane.waiting and self._lanes.get(tenant.id) is lane:
+                del self._lanes[tenant.id]
+
+    async def _write_group(self, tenant: Tenant, group: list[_Delivery]) -> None:
+        try:
+            events = group[0].events if len(group) == 1 else [e for d in group for e in d.events]
+            transports = {d.transport for d in group}
+            result = await self._write(tenant, events, transports.pop() if len(transports) == 1 else "mixed")
+        except Unavailable as exc:  # the database, not a delivery: every caller gets it
+            for d in group:
+                _settle(d, exc=exc)
+            return
+        except Exception as exc:
+            if len(group) == 1:
+                _settle(group[0], exc=exc)
+                return
+            for d in group:  # one delivery made the transaction fail: find it by writing each alone
+                await self._write_group(tenant, [d])
+            return
+        claimed: set[str] = set()
+        for d in group:
+            stored = 0
+            for e in d.events:
+                if e.event_id in result.new_ids and e.event_id not in claimed:
+                    claimed.add(e.event_id)
+                    stored += 1
+            own = result if len(group) == 1 else ledger.WriteResult(len(d.events), stored, len(d.events) - stored)
+            for source, n in Counter(e.source for e in d.events).items():
+                metrics.EVENTS_ACCEPTED.labels(source, d.transport).inc(n)
+            _settle(d, own)
+
+    async def _write(self, tenant: Tenant, events: list[Event], transport: str) -> ledger.WriteResult:
         started = time.perf_counter()
         async with store.transaction(self.pool) as conn:
             result = await ledger.write_events(conn, tenant.id, events, self.clock(), self.evaluator)
@@ -50,11 +138,10 @@ class Pipeline:
             self.relay.nudge()
         metrics.INGEST_SECONDS.labels(transport).observe(time.perf_counter() - started)
         metrics.BATCH_SIZE.labels(transport).observe(len(events))
+        stored = Counter(e.source for e in {e.event_id: e for e in events if e.event_id in result.new_ids}.values())
         for source, n in Counter(e.source for e in events).items():
-            metrics.EVENTS_ACCEPTED.labels(source, transport).inc(n)
-        if events:
-            metrics.EVENTS_STORED.labels(events[0].source).inc(result.stored)
-            metrics.EVENTS_DUPLICATE.labels(events[0].source).inc(result.duplicates)
+            metrics.EVENTS_STORED.labels(source).inc(stored[source])
+            metrics.EVENTS_DUPLICATE.labels(source).inc(n - stored[source])
         for source, code in result.unknown_codes:
             metrics.UNKNOWN_CODES.labels(source, code[:40]).inc()
         return result
@@ -80,3 +167,14 @@ class Pipeline:
             await self.reject(tenant.id, source, transport, exc, payload if raw is None else raw)
             raise
         return await self.store_events(tenant, events, transport)
+
+
+def _settle(d: _Delivery, result: ledger.WriteResult | None = None, exc: BaseException | None = None) -> None:
+    """Hand a caller its outcome, unless it stopped waiting (its events may still be stored)."""
+    if d.done.done():
+        return
+    if exc is not None:
+        d.done.set_exception(exc)
+    else:
+        assert result is not None
+        d.done.set_result(result)

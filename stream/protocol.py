@@ -223,18 +223,36 @@ def position_item(msg: Message) -> Message:
     return {k: msg.get(k) for k in POSITION_ITEM_FIELDS}
 
 
+class _Items:
+    """Encoded `positions` items by bus message: every map client of a tick sends the same items,
+    so each is encoded once. Keyed by the message's identity, holding the message so that the
+    identity cannot be reused while its entry lives; emptied when full."""
+
+    def __init__(self, size: int = 8192) -> None:
+        self.size = size
+        self._encoded: dict[int, tuple[Message, bytes]] = {}
+
+    def __call__(self, msg: Message) -> bytes:
+        hit = self._encoded.get(id(msg))
+        if hit is not None and hit[0] is msg:
+            return hit[1]
+        if len(self._encoded) >= self.size:
+            self._encoded.clear()
+        text = orjson.dumps(position_item(msg), default=_default)
+        self._encoded[id(msg)] = (msg, text)
+        return text
+
+
+_item = _Items()
+
+
 def positions(msgs: list[Message]) -> str:
     """One `positions` message from position bus messages; its seq is the highest included."""
-    top = max(msgs, key=lambda m: int(m["seq"]))
     ordered = sorted(msgs, key=lambda m: int(m["seq"]))
-    return encode(
-        {
-            "type": "positions",
-            "seq": int(top["seq"]),
-            "items": [position_item(m) for m in ordered],
-            "occurred_at": top.get("occurred_at"),
-        }
-    )
+    top = ordered[-1]
+    head = b'{"type":"positions","seq":%d,"items":[' % int(top["seq"])
+    tail = b'],"occurred_at":' + orjson.dumps(top.get("occurred_at"), default=_default) + b"}"
+    return (head + b",".join([_item(m) for m in ordered]) + tail).decode()
 
 
 def pong() -> str:

@@ -117,6 +117,7 @@ class WriteResult:
     duplicates: int = 0
     unknown_codes: list[tuple[str, str]] = field(default_factory=list)
     messages: list[Message] = field(default_factory=list)
+    new_ids: set[str] = field(default_factory=set)  # event ids stored by this write
 
 
 def _dumps(v: Any) -> str:
@@ -436,7 +437,7 @@ async def write_events(
     unique = list({e.event_id: e for e in reversed(events)}.values())[::-1]
     shipment_ids = await resolve(conn, tenant_id, unique)
     new_ids = await insert_events(conn, tenant_id, unique, shipment_ids, received_at)
-    result.stored = len(new_ids)
+    result.stored, result.new_ids = len(new_ids), new_ids
     result.duplicates = len(events) - len(new_ids)
     fresh = [(e, sid) for e, sid in zip(unique, shipment_ids, strict=True) if e.event_id in new_ids]
     result.unknown_codes = [

@@ -3,6 +3,7 @@ identifier table and the packed Redis stream must never change what is stored or
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -156,3 +157,52 @@ async def test_the_relay_moves_past_messages_that_retention_deleted(pool: AsyncC
         row = await (await conn.execute("SELECT seq FROM relay_marks WHERE tenant_id = %s", (tenant_id,))).fetchone()
     assert row is not None
     assert row["seq"] == 3  # nothing left to wait for below the tenant's last seq
+
+
+async def test_concurrent_deliveries_share_a_transaction_but_not_their_outcome(pool: AsyncConnectionPool) -> None:
+    """Group commit: deliveries waiting together are written in one transaction; each caller gets its
+    own counts, and the one that makes the transaction fail fails alone."""
+    from ingest.pipeline import Pipeline
+
+    tenant_id = await _tenant(pool)
+    names = [f"WP-GROUP-{i}" for i in range(5)] + ["WP-GROUP-BAD"]
+    async with store.transaction(pool) as conn:
+        for name in names:
+            await registry.create_shipment(conn, tenant_id, Shipment(store.new_id("shp"), name), [], T0, None)
+    txids: dict[str, list[int]] = {}
+
+    async def evaluator(conn, row, _before, state, _now):  # type: ignore[no-untyped-def]
+        txid = (await (await conn.execute("SELECT txid_current() AS t")).fetchone())["t"]
+        txids.setdefault(row["tracking_number"], []).append(txid)
+        if row["tracking_number"] == "WP-GROUP-BAD":
+            raise ValueError("this delivery cannot be folded")
+        return state, []
+
+    pipeline = Pipeline(pool, None, evaluator)
+    tenant = store.Tenant(tenant_id, "wp")
+    first = _events(tenant_id, _position("WP-GROUP-0", 1, 51.0), _position("WP-GROUP-1", 1, 51.0))
+    deliveries = [
+        first,
+        first[:1] + _events(tenant_id, _position("WP-GROUP-2", 1, 51.0)),  # one event the first one has
+        _events(tenant_id, _position("WP-GROUP-BAD", 1, 51.0)),
+        _events(tenant_id, _position("WP-GROUP-3", 1, 51.0), _position("WP-GROUP-3", 2, 51.1)),
+        _events(tenant_id, _position("WP-GROUP-4", 1, 51.0)),
+    ]
+    writes = (pipeline.store_events(tenant, d, "api") for d in deliveries)
+    outcomes = await asyncio.gather(*writes, return_exceptions=True)
+
+    assert isinstance(outcomes[2], ValueError)
+    counts = [(o.accepted, o.stored, o.duplicates) for o in outcomes if isinstance(o, ledger.WriteResult)]
+    assert counts == [(2, 2, 0), (2, 1, 1), (2, 2, 0), (1, 1, 0)]
+    async with store.transaction(pool) as conn:
+        rows = await (
+            await conn.execute("SELECT count(*) AS n FROM events WHERE tenant_id = %s", (tenant_id,))
+        ).fetchone()
+    assert rows is not None
+    assert rows["n"] == 6
+    # the first attempt folded every shipment in one transaction; then each delivery went alone
+    first_try = {name: seen[0] for name, seen in txids.items()}
+    assert len(set(first_try.values())) == 1
+    assert set(first_try) == {*names}
+    assert len(txids["WP-GROUP-BAD"]) == 2
+    assert len(txids["WP-GROUP-0"]) == 2

@@ -178,3 +178,18 @@ def test_random_text_gives_an_op_or_protocol_error(frame: str) -> None:
 @given(_json | _ops)
 def test_random_json_gives_an_op_or_protocol_error(obj: Any) -> None:
     _only_op_or_protocol_error(json.dumps(obj))
+
+
+def test_positions_items_are_encoded_once_and_never_confused() -> None:
+    items = protocol._Items(size=2)
+    msgs = [{"type": "position", "seq": i, "shipment_id": f"s{i}", "lat": i, "lon": 0.5} for i in range(3)]
+    for m in msgs * 2:  # the third empties the full cache; each message still gets its own item
+        assert orjson.loads(items(m)) == protocol.position_item(m)
+    one = {"type": "position", "seq": 7, "shipment_id": "old", "lat": 1.0, "lon": 1.0}
+    items(one)
+    del one  # the cache holds it, so a new message cannot take its identity and its item
+    new = {"type": "position", "seq": 7, "shipment_id": "new", "lat": 2.0, "lon": 2.0}
+    assert orjson.loads(items(new))["shipment_id"] == "new"
+    batch = [msgs[2], msgs[0]]
+    expected = {"type": "positions", "seq": 2, "items": [protocol.position_item(m) for m in (msgs[0], msgs[2])]}
+    assert orjson.loads(protocol.positions(batch)) == {**expected, "occurred_at": None}
