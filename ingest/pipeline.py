@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,8 +32,8 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-WRITERS_PER_TENANT = 2  # transactions of one tenant in flight at once
 GROUP_MAX_EVENTS = 2000  # events of waiting deliveries written in one transaction
+WRITERS_PER_TENANT = 2  # transactions of one tenant in flight at once
 
 
 @dataclass(slots=True)
@@ -47,7 +47,7 @@ class _Delivery:
 class _Lane:
     """One tenant's deliveries waiting for a writer, and how many writers it has."""
 
-    waiting: list[_Delivery] = field(default_factory=list)
+    waiting: deque[_Delivery] = field(default_factory=deque)
     writers: int = 0
 
 
@@ -88,7 +88,7 @@ class Pipeline:
                 group: list[_Delivery] = []
                 size = 0
                 while lane.waiting and (not group or size + len(lane.waiting[0].events) <= GROUP_MAX_EVENTS):
-                    group.append(lane.waiting.pop(0))
+                    group.append(lane.waiting.popleft())
                     size += len(group[-1].events)
                 try:
                     await self._write_group(tenant, group)

@@ -55,6 +55,18 @@ class HttpConn:
         self.writer: asyncio.StreamWriter | None = None
 
     async def post(self, path: str, body: bytes, headers: dict[str, str]) -> int:
+        """The response status. A kept-alive connection the server closed while idle (nothing read
+        back) is opened again and the request sent once more, as HTTP clients do."""
+        reused = self.writer is not None
+        try:
+            return await self._post(path, body, headers)
+        except (asyncio.IncompleteReadError, ConnectionResetError, BrokenPipeError) as exc:
+            if not reused or (isinstance(exc, asyncio.IncompleteReadError) and exc.partial):
+                raise
+            self.close()
+            return await self._post(path, body, headers)
+
+    async def _post(self, path: str, body: bytes, headers: dict[str, str]) -> int:
         if self.writer is None or self.reader is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         head = f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Length: {len(body)}\r\n"
@@ -74,6 +86,7 @@ class HttpConn:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        self.reader = self.writer = None
 
 
 def signed_headers(secret: str, body: bytes) -> dict[str, str]:
