@@ -33,17 +33,29 @@ class Evaluator(Protocol):
 
 
 # Batches travel as one JSON document: one parameter, decoded by PostgreSQL, whatever the size. The
-# same statement writes the position rows of the events it inserted (not of duplicates).
+# same statement finds each event's shipment (the first of its identifiers that names one, the oldest
+# shipment winning a shared identifier; else the shipment its device was attached to when the event
+# occurred) and writes the position rows of the events it inserted (not of duplicates).
 INSERT_EVENTS = """
-WITH ins AS (
+WITH e AS (
+  SELECT r.*, COALESCE(
+    (SELECT k.shipment_id FROM unnest(r.match_keys) WITH ORDINALITY AS mk(key, ord)
+       JOIN shipment_keys k ON k.tenant_id = %(tenant)s AND k.key = mk.key
+     ORDER BY mk.ord, k.created_at, k.shipment_id LIMIT 1),
+    (SELECT a.shipment_id FROM device_attachments a
+     WHERE r.device_id IS NOT NULL AND a.tenant_id = %(tenant)s AND a.device_id = r.device_id
+       AND a.from_at <= r.occurred_at AND (a.until_at IS NULL OR r.occurred_at < a.until_at)
+     ORDER BY a.from_at DESC LIMIT 1)) AS shipment_id
+  FROM jsonb_to_recordset(%(rows)s::jsonb)
+       AS r(event_id text, occurred_at timestamptz, created_at timestamptz, device_id text, source text,
+            kind text, code text, raw_code text, classifier text, match_keys text[], retracts text, data jsonb,
+            raw jsonb)
+), ins AS (
   INSERT INTO events (tenant_id, event_id, occurred_at, received_at, created_at, shipment_id, device_id,
                       source, kind, code, raw_code, classifier, match_keys, retracts, data, raw)
   SELECT %(tenant)s, e.event_id, e.occurred_at, %(received_at)s, e.created_at, e.shipment_id, e.device_id,
          e.source, e.kind, e.code, e.raw_code, e.classifier, COALESCE(e.match_keys, '{}'), e.retracts, e.data, e.raw
-  FROM jsonb_to_recordset(%(rows)s::jsonb)
-       AS e(event_id text, occurred_at timestamptz, created_at timestamptz, shipment_id text, device_id text,
-            source text, kind text, code text, raw_code text, classifier text, match_keys text[], retracts text,
-            data jsonb, raw jsonb)
+  FROM e
   ON CONFLICT DO NOTHING
   RETURNING event_id, occurred_at, shipment_id, device_id, kind, data
 ), pos AS (
@@ -54,7 +66,7 @@ WITH ins AS (
          (data ->> 'accuracy_m')::float8, (data ->> 'altitude_m')::float8
   FROM ins WHERE kind = 'position'
 )
-SELECT event_id FROM ins
+SELECT event_id, shipment_id FROM ins
 """
 
 # Locks a batch's state rows (in id order, so concurrent writers cannot deadlock) and reads only
@@ -188,53 +200,18 @@ def event_from_row(r: Row) -> Event:
     )
 
 
-async def resolve(conn: Conn, tenant_id: int, events: list[Event]) -> list[str | None]:
-    """The shipment of each event: by identifier first, else by the device attached then."""
-    event_keys = [e.match_keys() for e in events]
-    keys = sorted({k for ks in event_keys for k in ks})
-    by_key: dict[str, str] = {}
-    if keys:
-        for key, sid in await tuples(
-            conn,
-            "SELECT key, shipment_id FROM shipment_keys WHERE tenant_id = %s AND key = ANY(%s)"
-            " ORDER BY created_at, shipment_id",
-            (tenant_id, keys),
-        ):
-            by_key.setdefault(key, sid)
-    devices = sorted({e.device for e in events if e.device})
-    windows: dict[str, list[tuple[datetime, datetime | None, str]]] = {}
-    if devices:
-        for device, from_at, until_at, sid in await tuples(
-            conn,
-            "SELECT device_id, from_at, until_at, shipment_id FROM device_attachments"
-            " WHERE tenant_id = %s AND device_id = ANY(%s) ORDER BY from_at DESC",
-            (tenant_id, devices),
-        ):
-            windows.setdefault(device, []).append((from_at, until_at, sid))
-    out: list[str | None] = []
-    for e, ks in zip(events, event_keys, strict=True):
-        sid = next((by_key[k] for k in ks if k in by_key), None)
-        if sid is None and e.device:
-            sid = next(
-                (s for f, u, s in windows.get(e.device, ()) if f <= e.occurred_at and (u is None or e.occurred_at < u)),
-                None,
-            )
-        out.append(sid)
-    return out
-
-
 async def insert_events(
-    conn: Conn, tenant_id: int, events: list[Event], shipment_ids: list[str | None], received_at: datetime
-) -> set[str]:
+    conn: Conn, tenant_id: int, events: list[Event], received_at: datetime
+) -> dict[str, str | None]:
+    """Store the events that are new, each with its shipment; returns {event id: shipment id} of those."""
     rows = []
-    for e, sid in zip(events, shipment_ids, strict=True):
+    for e in events:
         ms = e.milestone
         rows.append(
             {
                 "event_id": e.event_id,
                 "occurred_at": e.occurred_at,
                 "created_at": e.created_at,
-                "shipment_id": sid,
                 "device_id": e.device,
                 "source": e.source,
                 "kind": e.kind.value,
@@ -249,7 +226,7 @@ async def insert_events(
         )
     doc = _dumps(rows).replace("\\u0000", "")
     got = await tuples(conn, INSERT_EVENTS, {"tenant": tenant_id, "received_at": received_at, "rows": doc})
-    return {r[0] for r in got}
+    return {r[0]: r[1] for r in got}
 
 
 async def retract(conn: Conn, tenant_id: int, event_ids: list[str]) -> dict[str, set[str]]:
@@ -435,11 +412,10 @@ async def write_events(
 ) -> WriteResult:
     result = WriteResult(accepted=len(events))
     unique = list({e.event_id: e for e in reversed(events)}.values())[::-1]
-    shipment_ids = await resolve(conn, tenant_id, unique)
-    new_ids = await insert_events(conn, tenant_id, unique, shipment_ids, received_at)
-    result.stored, result.new_ids = len(new_ids), new_ids
-    result.duplicates = len(events) - len(new_ids)
-    fresh = [(e, sid) for e, sid in zip(unique, shipment_ids, strict=True) if e.event_id in new_ids]
+    new = await insert_events(conn, tenant_id, unique, received_at)
+    result.stored, result.new_ids = len(new), set(new)
+    result.duplicates = len(events) - len(new)
+    fresh = [(e, new[e.event_id]) for e in unique if e.event_id in new]
     result.unknown_codes = [
         (e.source, e.milestone.raw_code or "")
         for e, _ in fresh

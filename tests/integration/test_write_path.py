@@ -115,12 +115,17 @@ async def test_changed_references_resolve_and_other_tenants_never_match(pool: As
         await registry.create_shipment(conn, other, Shipment(store.new_id("shp"), "WP-REF-X"), [], T0, None)
     async with store.transaction(pool) as conn:
         await registry.update_shipment(conn, tenant_id, Shipment(sid, "WP-REF-1", references=("PO-2",)), T0, None)
+    events = _events(tenant_id, _position("PO-2", 1, 50.0), _position("PO-1", 2, 50.0), _position("WP-REF-X", 3, 50.0))
+    await _write(pool, tenant_id, events)
     async with store.transaction(pool) as conn:
-        found = await ledger.resolve(
-            conn,
-            tenant_id,
-            _events(tenant_id, _position("PO-2", 1, 50.0), _position("PO-1", 2, 50.0), _position("WP-REF-X", 3, 50.0)),
-        )
+        rows = await (
+            await conn.execute(
+                "SELECT event_id, shipment_id FROM events WHERE tenant_id = %s AND event_id = ANY(%s)",
+                (tenant_id, [e.event_id for e in events]),
+            )
+        ).fetchall()
+    by_id = {r["event_id"]: r["shipment_id"] for r in rows}
+    found = [by_id[e.event_id] for e in events]
     assert found == [sid, None, None]
 
 
@@ -206,3 +211,19 @@ async def test_concurrent_deliveries_share_a_transaction_but_not_their_outcome(p
     assert set(first_try) == {*names}
     assert len(txids["WP-GROUP-BAD"]) == 2
     assert len(txids["WP-GROUP-0"]) == 2
+
+
+async def test_a_shared_identifier_goes_to_the_oldest_shipment(pool: AsyncConnectionPool) -> None:
+    tenant_id = await _tenant(pool)
+    old, new = store.new_id("shp"), store.new_id("shp")
+    async with store.transaction(pool) as conn:  # the newer one is written first
+        for sid, name, at in ((new, "WP-NEW", T0 + timedelta(minutes=5)), (old, "WP-OLD", T0)):
+            shipment = Shipment(sid, name, references=("PO-SHARED",))
+            await registry.create_shipment(conn, tenant_id, shipment, [], at, None)
+    await _write(pool, tenant_id, _events(tenant_id, _position("PO-SHARED", 10, 50.0)))
+    assert (await _last(pool, old))[1] == 50.0
+    async with store.transaction(pool) as conn:
+        query = "SELECT last_lat FROM shipment_state WHERE shipment_id = %s"
+        row = await (await conn.execute(query, (new,))).fetchone()
+    assert row is not None
+    assert row["last_lat"] is None
