@@ -267,8 +267,7 @@ class Evaluator:
             by_tenant.setdefault(r["tenant_id"], {})[r["shipment_id"]] = []
         total = 0
         for tenant_id, shipments in by_tenant.items():
-            msgs = await ledger.update_shipments(conn, tenant_id, shipments, now, self)
-            total += len(await ledger.emit(conn, tenant_id, msgs))
+            total += len(await ledger.update_shipments(conn, tenant_id, shipments, now, self, emitting=True))
         return total
 
 

@@ -90,7 +90,7 @@ WHERE st.shipment_id = ANY(%s)
 
 # Every state row of a batch in one statement. A jsonb column sent as null keeps its stored value,
 # so an unchanged trail, milestone or exception list is not written (and re-TOASTed) again.
-SAVE_STATES = """
+UPDATE_STATES = """
 UPDATE shipment_state st SET status = b.status, substatus = b.substatus, status_at = b.status_at,
   last_lat = b.lat, last_lon = b.lon, last_speed_kmh = b.speed, last_heading = b.heading,
   last_position_at = b.pos_at, last_event_at = b.last_event_at, last_sensor = b.last_sensor,
@@ -98,28 +98,30 @@ UPDATE shipment_state st SET status = b.status, substatus = b.substatus, status_
   exceptions = COALESCE(b.exceptions, st.exceptions), emissions = COALESCE(b.emissions, st.emissions),
   delivered_at = b.delivered_at, started_at = b.started_at, milestones = COALESCE(b.milestones, st.milestones),
   recent_positions = COALESCE(b.recent, st.recent_positions), updated_at = now(), version = st.version + 1
-FROM jsonb_to_recordset(%s::jsonb)
+FROM jsonb_to_recordset(%(states)s::jsonb)
      AS b(id text, status text, substatus text, status_at timestamptz, lat float8, lon float8, speed float8,
           heading float8, pos_at timestamptz, last_event_at timestamptz, last_sensor jsonb, carrier_eta timestamptz,
           carrier_eta_created_at timestamptz, eta jsonb, exceptions jsonb, emissions jsonb, delivered_at timestamptz,
           started_at timestamptz, milestones jsonb, recent jsonb)
 WHERE st.shipment_id = b.id
-RETURNING st.shipment_id, st.xmin::text, st.version
+RETURNING st.shipment_id, st.xmin::text AS x, st.version::bigint AS v
 """
 
 # Takes the next seqs from the tenant row (whose lock, held to commit, orders commits by seq) and
-# writes the messages with them, in one statement; returns the seq before the first.
-INSERT_OUTBOX = """
-WITH t AS (UPDATE tenants SET seq = seq + %(n)s WHERE id = %(tenant)s RETURNING seq - %(n)s AS base),
+# writes the messages with them; `base` is the seq before the first (no row when there are none).
+OUTBOX = """
+t AS (UPDATE tenants SET seq = seq + %(n)s WHERE id = %(tenant)s AND %(n)s > 0 RETURNING seq - %(n)s AS base),
 ins AS (
   INSERT INTO outbox (tenant_id, seq, type, shipment_id, occurred_at, payload)
   SELECT %(tenant)s, t.base + m.ord, m.type, m.shipment_id, m.occurred_at,
          m.payload || jsonb_build_object('seq', t.base + m.ord)
   FROM t, jsonb_to_recordset(%(rows)s::jsonb)
        AS m(ord bigint, type text, shipment_id text, occurred_at timestamptz, payload jsonb)
-)
-SELECT base FROM t
-"""
+)"""
+INSERT_OUTBOX = f"WITH {OUTBOX} SELECT base FROM t"
+# A batch's states and its messages in one statement: the saved rows' tokens, then the base seq.
+SAVE_AND_EMIT = f"""WITH saved AS ({UPDATE_STATES}), {OUTBOX}
+SELECT shipment_id, x, v FROM saved UNION ALL SELECT NULL, NULL, base FROM t"""
 
 
 @dataclass(slots=True)
@@ -308,16 +310,24 @@ async def load_states(conn: Conn, shipment_ids: Iterable[str]) -> dict[str, Load
     return dict(sorted(out.items()))
 
 
-async def save_states(conn: Conn, rows: list[dict[str, Any]]) -> list[tuple[str, str, int]]:
-    """Many shipments' states in one statement (rows from `state_row`); returns each row's new
-    (shipment id, xmin, version)."""
-    if not rows:
-        return []
-    return await tuples(conn, SAVE_STATES, (_dumps(rows),))
+def _outbox_rows(messages: list[Message]) -> str:
+    return _dumps(
+        [
+            {"ord": i, "type": m["type"], "shipment_id": m.get("shipment_id"), "occurred_at": m["occurred_at"],
+             "payload": m}
+            for i, m in enumerate(messages, 1)
+        ]
+    )  # fmt: skip
+
+
+def _with_seqs(base: int | None, messages: list[Message]) -> list[Message]:
+    if base is None:
+        raise ValidationError("tenant", "does not exist")
+    return [{"seq": base + i, **m} for i, m in enumerate(messages, 1)]
 
 
 def state_row(shipment_id: str, s: State, before: State | None = None) -> dict[str, Any]:
-    """The state as a row for `SAVE_STATES`; lists equal to `before`'s are left out (kept as stored)."""
+    """The state as a row for `UPDATE_STATES`; lists equal to `before`'s are left out (kept as stored)."""
     last = s.last
 
     def changed(new: Any, old: Any) -> Any:
@@ -353,16 +363,9 @@ async def emit(conn: Conn, tenant_id: int, messages: list[Message]) -> list[Mess
     """Give messages their seq and write them to the outbox (same transaction as the change)."""
     if not messages:
         return []
-    rows = [
-        {"ord": i, "type": m["type"], "shipment_id": m.get("shipment_id"), "occurred_at": m["occurred_at"],
-         "payload": m}
-        for i, m in enumerate(messages, 1)
-    ]
-    got = await tuples(conn, INSERT_OUTBOX, {"n": len(messages), "tenant": tenant_id, "rows": _dumps(rows)})
-    if not got:
-        raise ValidationError("tenant", "does not exist")
-    base = int(got[0][0])
-    return [{"seq": base + i, **m} for i, m in enumerate(messages, 1)]
+    params = {"n": len(messages), "tenant": tenant_id, "rows": _outbox_rows(messages)}
+    got = await tuples(conn, INSERT_OUTBOX, params)
+    return _with_seqs(int(got[0][0]) if got else None, messages)
 
 
 async def update_shipments(
@@ -372,8 +375,11 @@ async def update_shipments(
     received_at: datetime,
     evaluator: Evaluator | None,
     retracted: dict[str, set[str]] | None = None,
+    *,
+    emitting: bool = False,
 ) -> list[Message]:
-    """Fold events into each shipment's state; returns the messages (without seq)."""
+    """Fold events into each shipment's state and save it; returns the messages (without seq), or
+    when `emitting` writes them to the outbox in the same statement and returns them with their seq."""
     retracted = retracted or {}
     loaded = await load_states(conn, set(by_shipment) | set(retracted))
     messages: list[Message] = []
@@ -401,10 +407,18 @@ async def update_shipments(
         saves.append(state_row(sid, state, before))
         states[sid] = state
         messages.extend(msgs)
-    for sid, sx, sv in await save_states(conn, saves):
+    if not saves and not (emitting and messages):
+        return messages
+    n = len(messages) if emitting else 0
+    params = {"states": _dumps(saves), "n": n, "tenant": tenant_id, "rows": _outbox_rows(messages) if n else "[]"}
+    base: int | None = None
+    for sid, sx, sv in await tuples(conn, SAVE_AND_EMIT, params):
+        if sid is None:
+            base = int(sv)
+            continue
         old = loaded[sid]
         CACHE.put(sid, Loaded(old.row, states[sid], (old.token[0], sx, sv, *old.token[3:])))
-    return messages
+    return _with_seqs(base, messages) if n else messages
 
 
 async def write_events(
@@ -438,6 +452,7 @@ async def write_events(
         if sid is not None and e.retracts is None:
             by_shipment.setdefault(sid, []).append(e)
     if by_shipment or retracted:
-        msgs = await update_shipments(conn, tenant_id, by_shipment, received_at, evaluator, retracted)
-        result.messages = await emit(conn, tenant_id, msgs)
+        result.messages = await update_shipments(
+            conn, tenant_id, by_shipment, received_at, evaluator, retracted, emitting=True
+        )
     return result
