@@ -33,6 +33,7 @@ log = logging.getLogger("trackd.mqtt")
 MAX_BATCH = 2000
 MAX_WAITING = 50_000
 BATCH_WINDOW_S = 0.005
+BATCHES_IN_FLIGHT = 4
 SESSION_EXPIRY_S = 7 * 24 * 3600
 
 
@@ -204,31 +205,59 @@ class MqttIngester:
         return self.settings.secret_key.get_secret_value() if self.settings.secret_key else None
 
     async def _consume(self) -> None:
-        while True:
-            batch = [await self.queue.get()]
-            deadline = time.monotonic() + BATCH_WINDOW_S
-            while len(batch) < MAX_BATCH:
-                try:
-                    batch.append(self.queue.get_nowait())
-                except asyncio.QueueEmpty:
-                    if time.monotonic() >= deadline:
-                        break
-                    await asyncio.sleep(0.001)
-            for _ in batch:
-                self._room.release()
-            backoff = 0.2
+        """Gather messages into batches; several batches are stored at once (the pipeline groups
+        them), and each is acknowledged once stored, in the order the broker sent them."""
+        slots = asyncio.Semaphore(BATCHES_IN_FLIGHT)
+        previous: asyncio.Task[None] | None = None
+        storing: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                batch = [await self.queue.get()]
+                deadline = time.monotonic() + BATCH_WINDOW_S
+                while len(batch) < MAX_BATCH:
+                    try:
+                        batch.append(self.queue.get_nowait())
+                    except asyncio.QueueEmpty:
+                        if time.monotonic() >= deadline:
+                            break
+                        await asyncio.sleep(0.001)
+                for _ in batch:
+                    self._room.release()
+                await slots.acquire()
+                previous = asyncio.create_task(self._store_then_ack(batch, previous, slots))
+                storing.add(previous)
+                previous.add_done_callback(storing.discard)
+        finally:
+            for task in storing:
+                task.cancel()
+            await asyncio.gather(*storing, return_exceptions=True)
+
+    async def _store_then_ack(
+        self, batch: list[Inbound], before: asyncio.Task[None] | None, slots: asyncio.Semaphore
+    ) -> None:
+        try:
+            stored, backoff = False, 0.2
             while True:
                 try:
                     await self._handle(batch)
+                    stored = True
                     break
                 except (Unavailable, OSError) as exc:
                     log.warning("MQTT batch not stored, will retry (messages stay unacked): %s", exc)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
+                except Exception:  # not acknowledged: the broker sends it again after a reconnect
+                    log.exception("MQTT batch of %d messages not stored", len(batch))
+                    break
+            if before is not None:
+                await asyncio.wait([before])  # acknowledgements go in the order of the messages
             assert self.client is not None
-            for item in batch:
-                if item.qos > 0:
-                    self.client.ack(item.mid, item.qos)
+            if stored:
+                for item in batch:
+                    if item.qos > 0:
+                        self.client.ack(item.mid, item.qos)
+        finally:
+            slots.release()
 
     async def _handle(self, batch: list[Inbound]) -> None:
         now = self.pipeline.clock()
