@@ -298,11 +298,17 @@ async def _ws(conf: dict[str, Any], ready: Any, stop: Any) -> dict[str, Any]:
         "map": (array("q"), array("d")),
     }
 
-    def index(at: str) -> int:
-        from datetime import datetime
+    from datetime import datetime
 
-        ms: int = round(datetime.fromisoformat(at).timestamp() * 1000)
-        return ms - base_ms
+    seen: dict[str, int] = {}  # the map clients all get the same items: parse each time once
+
+    def index(at: str) -> int:
+        hit = seen.get(at)
+        if hit is None:
+            if len(seen) > 100_000:
+                seen.clear()
+            hit = seen[at] = round(datetime.fromisoformat(at).timestamp() * 1000) - base_ms
+        return hit
 
     async def open_one(i: int, op: dict[str, Any]) -> ClientConnection:
         conn = await connect(urls[i % len(urls)], max_size=None, open_timeout=60)
