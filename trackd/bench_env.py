@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TextIO
@@ -38,6 +39,16 @@ INSERT INTO shipments (id, tenant_id, tracking_number, ref_keys, mode, created_a
 SELECT %(idp)s || lpad(i::text, 6, '0'), %(tenant)s, %(trk)s || lpad(i::text, 6, '0'),
        ARRAY[%(trk)s || lpad(i::text, 6, '0')], 'road', now() - make_interval(secs => i), now()
 FROM generate_series(0, %(n)s::int - 1) AS i
+"""
+# A full trail (the 50 fixes a state keeps), 10 minutes apart and ending at `until`: a shipment
+# that has been on the move for a while, as most are in a running system.
+FILL_TRAILS = """
+UPDATE shipment_state st SET recent_positions = (
+  SELECT jsonb_agg(jsonb_build_object('lat', 10 + i * 0.01, 'lon', 20 + i * 0.01, 'at',
+                                      %(until)s::timestamptz - make_interval(mins => 10 * (50 - i)),
+                                      'speed_kmh', 60.0, 'heading', 45.0) ORDER BY i)
+  FROM generate_series(1, 50) AS i)
+WHERE st.tenant_id = %(tenant)s
 """
 SEED_STATES = (
     "INSERT INTO shipment_state (shipment_id, tenant_id) SELECT id, tenant_id FROM shipments WHERE tenant_id = %s"
@@ -145,6 +156,10 @@ class BenchEnv:
             conn.execute(SEED_STATES.encode(), (self.tenant_id,))
         self.shipments = [(f"{idp}{i:06d}", f"{trk}{i:06d}") for i in range(n)]
         return time.monotonic() - started
+
+    def fill_trails(self, until: datetime) -> None:
+        """Give every shipment of the run a full trail ending at `until`."""
+        self.sql(FILL_TRAILS, {"until": until, "tenant": self.tenant_id})
 
     def count_events(self) -> int:
         return int(self.sql("SELECT count(*) FROM events WHERE tenant_id = %s", self.tenant_id)[0][0])
