@@ -34,6 +34,9 @@ def utcnow() -> datetime:
 
 GROUP_MAX_EVENTS = 2000  # events of waiting deliveries written in one transaction
 WRITERS_PER_TENANT = 2  # transactions of one tenant in flight at once
+# A writer waits this long for a pooled connection; then its callers get 503 + Retry-After. When the
+# database goes away the pool has none to give, and senders should hear so at once, not in 10 s.
+CONNECTION_WAIT_S = 2.0
 
 
 @dataclass(slots=True)
@@ -132,7 +135,7 @@ class Pipeline:
 
     async def _write(self, tenant: Tenant, events: list[Event], transport: str) -> ledger.WriteResult:
         started = time.perf_counter()
-        async with store.transaction(self.pool) as conn:
+        async with store.transaction(self.pool, CONNECTION_WAIT_S) as conn:
             result = await ledger.write_events(conn, tenant.id, events, self.clock(), self.evaluator)
         if self.relay is not None and result.messages:
             self.relay.nudge()

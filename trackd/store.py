@@ -42,10 +42,11 @@ async def tuples(conn: AsyncConnection[Any], query: str, params: Any) -> list[An
 
 
 @asynccontextmanager
-async def transaction(pool: AsyncConnectionPool) -> AsyncIterator[Conn]:
-    """One connection and one transaction; driver errors become trackd errors here."""
+async def transaction(pool: AsyncConnectionPool, wait_s: float | None = None) -> AsyncIterator[Conn]:
+    """One connection (waiting up to `wait_s` for one, else the pool's timeout) and one transaction;
+    driver errors become trackd errors here."""
     try:
-        async with pool.connection() as conn, conn.transaction():
+        async with pool.connection(timeout=wait_s) as conn, conn.transaction():
             yield conn  # type: ignore[misc]
     except psycopg.errors.UniqueViolation as exc:
         raise Conflict(f"already exists: {exc.diag.constraint_name or 'unique key'}") from None
