@@ -31,17 +31,10 @@ async def create_device(body: DeviceIn, tenant: CurrentTenant, state: State) -> 
 
 @router.get("")
 async def list_devices(tenant: CurrentTenant, db: Db, limit: Limit = 50, cursor: Cursor = None) -> dict[str, Any]:
-    args: list[Any] = [tenant.id]
-    where = "tenant_id = %s"
-    if cursor:
-        (last,) = store.decode_cursor(cursor, 1)
-        where += " AND id > %s"
-        args.append(last)
-    rows = await (
-        await db.execute(f"SELECT * FROM devices WHERE {where} ORDER BY id LIMIT %s", [*args, limit + 1])
-    ).fetchall()
-    nxt = store.encode_cursor(rows[limit - 1]["id"]) if len(rows) > limit else None
-    return {"items": [store.device_json(r) for r in rows[:limit]], "next_cursor": nxt}
+    order: store.Order = (("id", "id", "text"),)
+    query, where = "SELECT * FROM devices", ["tenant_id = %s"]
+    rows, nxt = await store.keyset_page(db, query, where, [tenant.id], order, limit, cursor)
+    return {"items": [store.device_json(r) for r in rows], "next_cursor": nxt}
 
 
 @router.get("/{device_id}")

@@ -14,7 +14,7 @@ from typing import Any
 
 from trackd import keys
 from trackd.state import MESSAGE_TYPES
-from trackd.store import Conn, Row, decode_cursor, encode_cursor, iso, new_id
+from trackd.store import BY_CREATED_DESC, Conn, Row, iso, keyset_page, new_id
 
 EVENT_TYPES = (*MESSAGE_TYPES, "delivered")  # delivered: a status change to delivered, as its own type
 DELIVERY_STATUSES = ("pending", "succeeded", "failed")
@@ -79,18 +79,8 @@ async def get_webhook(conn: Conn, tenant_id: int, webhook_id: str, lock: bool = 
 
 
 async def list_webhooks(conn: Conn, tenant_id: int, limit: int, cursor: str | None) -> tuple[list[Row], str | None]:
-    where, args = "tenant_id = %s", list[Any]([tenant_id])
-    if cursor:
-        created, wid = decode_cursor(cursor, 2)
-        where += " AND (created_at, id) < (%s::timestamptz, %s)"
-        args.extend([created, wid])
-    rows = await (
-        await conn.execute(
-            f"SELECT * FROM webhooks WHERE {where} ORDER BY created_at DESC, id DESC LIMIT %s", [*args, limit + 1]
-        )
-    ).fetchall()
-    nxt = encode_cursor(rows[limit - 1]["created_at"].isoformat(), rows[limit - 1]["id"]) if len(rows) > limit else None
-    return rows[:limit], nxt
+    query, where = "SELECT * FROM webhooks", ["tenant_id = %s"]
+    return await keyset_page(conn, query, where, [tenant_id], BY_CREATED_DESC, limit, cursor, descending=True)
 
 
 async def update_webhook(conn: Conn, tenant_id: int, webhook_id: str, changes: dict[str, Any]) -> Row | None:
@@ -171,17 +161,8 @@ async def list_deliveries(
     if status:
         where.append("status = %s")
         args.append(status)
-    if cursor:
-        created, did = decode_cursor(cursor, 2)
-        where.append("(created_at, id) < (%s::timestamptz, %s)")
-        args.extend([created, did])
-    rows = await (
-        await conn.execute(
-            f"SELECT * FROM webhook_deliveries WHERE {' AND '.join(where)} ORDER BY created_at DESC, id DESC LIMIT %s",
-            [*args, limit + 1],
-        )
-    ).fetchall()
-    rows, more = rows[:limit], len(rows) > limit
+    query = "SELECT * FROM webhook_deliveries"
+    rows, nxt = await keyset_page(conn, query, where, args, BY_CREATED_DESC, limit, cursor, descending=True)
     attempts: dict[str, list[Row]] = {r["id"]: [] for r in rows}
     if rows:
         for a in await (
@@ -190,7 +171,6 @@ async def list_deliveries(
             )
         ).fetchall():
             attempts[a["delivery_id"]].append(a)
-    nxt = encode_cursor(rows[-1]["created_at"].isoformat(), rows[-1]["id"]) if more else None
     return [delivery_json(r, attempts[r["id"]]) for r in rows], nxt
 
 

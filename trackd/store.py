@@ -78,6 +78,50 @@ def decode_cursor(cursor: str, n: int) -> list[str]:
     return parts
 
 
+# A keyset order: (SQL expression, key in the row, cast of the cursor's value) per column.
+Order = tuple[tuple[str, str, str], ...]
+BY_CREATED_DESC: Order = (("created_at", "created_at", "timestamptz"), ("id", "id", "text"))
+
+
+def _cursor_value(part: str, cast: str) -> Any:
+    try:
+        if cast == "timestamptz":
+            return datetime.fromisoformat(part)
+        if cast == "bigint":
+            return int(part)
+    except ValueError:
+        raise ValidationError("cursor", "is not a cursor this API gave") from None
+    return part
+
+
+async def keyset_page(
+    conn: Conn,
+    query: str,
+    where: list[str],
+    args: list[Any],
+    order: Order,
+    limit: int,
+    cursor: str | None,
+    *,
+    descending: bool = False,
+) -> tuple[list[Row], str | None]:
+    """Up to `limit` rows of `query` (a SELECT without WHERE) matching `where`, in `order`, after
+    `cursor`; and the cursor of the next page, or None when this is the last."""
+    if cursor:
+        parts = decode_cursor(cursor, len(order))
+        columns = ", ".join(expr for expr, _, _ in order)
+        values = ", ".join(f"%s::{cast}" for _, _, cast in order)
+        where = [*where, f"({columns}) {'<' if descending else '>'} ({values})"]
+        args = [*args, *(_cursor_value(v, cast) for v, (_, _, cast) in zip(parts, order, strict=True))]
+    direction = " DESC" if descending else ""
+    sql = f"{query} WHERE {' AND '.join(where)} ORDER BY {', '.join(e + direction for e, _, _ in order)} LIMIT %s"
+    rows = await (await conn.execute(sql, [*args, limit + 1])).fetchall()
+    if len(rows) <= limit:
+        return rows, None
+    last = rows[limit - 1]
+    return rows[:limit], encode_cursor(*(iso(last[k]) if cast == "timestamptz" else last[k] for _, k, cast in order))
+
+
 def iso(d: datetime | None) -> str | None:
     return d.isoformat() if d else None
 
@@ -222,14 +266,9 @@ async def list_shipments(
     if filters.get("updated_since"):
         where.append("GREATEST(s.updated_at, st.updated_at) >= %s")
         args.append(filters["updated_since"])
-    if cursor:
-        created, sid = decode_cursor(cursor, 2)
-        where.append("(s.created_at, s.id) < (%s::timestamptz, %s)")
-        args.extend([created, sid])
-    sql = SHIPMENT_SELECT + " WHERE " + " AND ".join(where) + " ORDER BY s.created_at DESC, s.id DESC LIMIT %s"
-    rows = await (await conn.execute(sql, [*args, limit + 1])).fetchall()
-    items = [shipment_json(r) for r in rows[:limit]]
-    nxt = encode_cursor(rows[limit - 1]["created_at"].isoformat(), rows[limit - 1]["id"]) if len(rows) > limit else None
+    order: Order = (("s.created_at", "created_at", "timestamptz"), ("s.id", "id", "text"))
+    rows, nxt = await keyset_page(conn, SHIPMENT_SELECT, where, args, order, limit, cursor, descending=True)
+    items = [shipment_json(r) for r in rows]
     return items, nxt
 
 
@@ -384,21 +423,9 @@ async def shipment_events(
     if kind:
         where.append("kind = %s")
         args.append(kind)
-    if cursor:
-        at, eid = decode_cursor(cursor, 2)
-        where.append("(occurred_at, event_id) > (%s::timestamptz, %s)")
-        args.extend([at, eid])
-    rows = await (
-        await conn.execute(
-            "SELECT * FROM events WHERE " + " AND ".join(where) + " ORDER BY occurred_at, event_id LIMIT %s",
-            [*args, limit + 1],
-        )
-    ).fetchall()
-    items = [event_json(r) for r in rows[:limit]]
-    nxt = None
-    if len(rows) > limit:
-        nxt = encode_cursor(rows[limit - 1]["occurred_at"].isoformat(), rows[limit - 1]["event_id"])
-    return items, nxt
+    order: Order = (("occurred_at", "occurred_at", "timestamptz"), ("event_id", "event_id", "text"))
+    rows, nxt = await keyset_page(conn, "SELECT * FROM events", where, args, order, limit, cursor)
+    return [event_json(r) for r in rows], nxt
 
 
 async def shipment_positions(
@@ -432,14 +459,7 @@ async def list_quarantine(
     if source:
         where.append("source = %s")
         args.append(source)
-    if cursor:
-        (last,) = decode_cursor(cursor, 1)
-        where.append("id < %s")
-        args.append(int(last) if last.isdigit() else 0)
-    rows = await (
-        await conn.execute(
-            "SELECT * FROM quarantine WHERE " + " AND ".join(where) + " ORDER BY id DESC LIMIT %s", [*args, limit + 1]
-        )
-    ).fetchall()
-    nxt = encode_cursor(rows[limit - 1]["id"]) if len(rows) > limit else None
-    return [quarantine_json(r) for r in rows[:limit]], nxt
+    order: Order = (("id", "id", "bigint"),)
+    query = "SELECT * FROM quarantine"
+    rows, nxt = await keyset_page(conn, query, where, args, order, limit, cursor, descending=True)
+    return [quarantine_json(r) for r in rows], nxt
