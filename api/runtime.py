@@ -67,10 +67,10 @@ class Resources:
         owns_bus = bus is None
         if bus is None:
             bus = RedisBus.from_url(settings.redis(), settings.redis_prefix)
-        relay = Relay(pool, bus)
+        relay = Relay(pool, bus, defer=with_hub)  # see trackd/relay.py: the api role relays last
         await relay.start()
         evaluator = build_evaluator(settings)
-        pipeline = Pipeline(pool, relay, evaluator)
+        pipeline = Pipeline(pool, evaluator)
         state = AppState(settings=settings, pool=pool, bus=bus, relay=relay, pipeline=pipeline, evaluator=evaluator)
         if with_hub:
             try:

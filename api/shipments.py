@@ -111,7 +111,6 @@ async def create_shipment(body: ShipmentIn, tenant: CurrentTenant, state: State)
         out = await registry.create_shipment(
             conn, tenant.id, shipment, body.devices, state.pipeline.clock(), state.evaluator
         )
-    state.relay.nudge()
     return out
 
 
@@ -159,7 +158,6 @@ async def patch_shipment(shipment_id: str, body: ShipmentPatch, tenant: CurrentT
         out = await registry.update_shipment(
             conn, tenant.id, to_domain(shipment_id, merged), state.pipeline.clock(), state.evaluator
         )
-    state.relay.nudge()
     return out
 
 
@@ -180,7 +178,6 @@ async def attach_device(shipment_id: str, body: AttachIn, tenant: CurrentTenant,
         await registry.attach(
             conn, tenant.id, shipment_id, body.device_id, start, _aware("until", body.until), state.evaluator
         )
-    state.relay.nudge()
     return {
         "shipment_id": shipment_id,
         "device_id": body.device_id,

@@ -59,8 +59,6 @@ class Worker:
             if not got or not got["ok"]:
                 return 0
             n: int = await ev.tick(conn, self.state.pipeline.clock())
-        if n:
-            self.state.relay.nudge()
         return n
 
     async def retention(self) -> None:

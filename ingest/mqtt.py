@@ -108,6 +108,7 @@ class MqttIngester:
 
     def _on_subscribe(self, _c: Any, _u: Any, _mid: Any, reasons: Any, _p: Any = None) -> None:
         if all(not r.is_failure for r in reasons) and self.loop:
+            log.info("MQTT subscribed")
             self.loop.call_soon_threadsafe(self.subscribed.set)
         elif any(r.is_failure for r in reasons):
             log.error("MQTT subscription refused: %s", reasons)

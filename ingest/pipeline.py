@@ -22,7 +22,6 @@ from ingest import sources
 from trackd import ledger, metrics, store
 from trackd.errors import TrackdError, Unavailable, ValidationError
 from trackd.model import Event, SourceContext
-from trackd.relay import Relay
 from trackd.store import Tenant
 
 log = logging.getLogger("trackd.ingest")
@@ -58,12 +57,10 @@ class Pipeline:
     def __init__(
         self,
         pool: AsyncConnectionPool,
-        relay: Relay | None,
         evaluator: ledger.Evaluator | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.pool = pool
-        self.relay = relay
         self.evaluator = evaluator
         self.clock = clock
         self._lanes: dict[int, _Lane] = {}
@@ -137,8 +134,6 @@ class Pipeline:
         started = time.perf_counter()
         async with store.transaction(self.pool, CONNECTION_WAIT_S) as conn:
             result = await ledger.write_events(conn, tenant.id, events, self.clock(), self.evaluator)
-        if self.relay is not None and result.messages:
-            self.relay.nudge()
         metrics.INGEST_SECONDS.labels(transport).observe(time.perf_counter() - started)
         metrics.BATCH_SIZE.labels(transport).observe(len(events))
         stored = Counter(e.source for e in {e.event_id: e for e in events if e.event_id in result.new_ids}.values())

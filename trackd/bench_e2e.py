@@ -45,7 +45,9 @@ def latencies(sent: array[float], got: tuple[array[int], array[float]], parity: 
 def run(settings: Settings, args: argparse.Namespace, out: TextIO) -> tuple[str, list[Figure], list[str]]:
     with BenchEnv(settings, out) as env:
         env.seed_shipments(args.shipments)
-        servers = env.start_servers("api,mqtt", args.processes)
+        if args.mqtt_processes:
+            env.start_servers("mqtt", args.mqtt_processes)
+        servers = env.start_servers("api" if args.mqtt_processes else "api,mqtt", args.processes)
         rng = random.Random(5)
         ids = [sid for sid, _ in env.shipments]
         base = time.time() - 2 * 3600
@@ -106,7 +108,8 @@ def run(settings: Settings, args: argparse.Namespace, out: TextIO) -> tuple[str,
         f"{len(sent):,} events in {sent_res['produced_s']:.0f} s ({len(sent) / sent_res['produced_s']:,.0f}/s, "
         f"failed requests: {sent_res['errors'] or 'none'}), {stored:,} stored; "
         f"{args.clients:,} clients x {PER_CLIENT} of {args.shipments:,} shipments + {MAP_CLIENTS} map clients, "
-        f"{args.processes} server process(es)",
+        f"{args.processes} server process(es)"
+        + (f" with the api role, {args.mqtt_processes} with the mqtt role" if args.mqtt_processes else ""),
         f"shipment clients received {len(mq) + len(wh):,} positions (about {expected * len(sent):,.0f} expected), "
         f"map clients {len(maps):,} (coalesced per tick)",
     ]

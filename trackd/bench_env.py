@@ -180,6 +180,7 @@ class BenchEnv:
     def start_servers(self, roles: str, n: int) -> list[Server]:
         """`n` processes of `trackd serve --roles roles`, each ready (`/readyz` 200) on its own port."""
         started: list[Server] = []
+        http = "api" in roles.split(",")
         for _ in range(n):
             port = free_port()
             client_id = f"trackd-bench-{self.run_id}-{len(self.servers)}"
@@ -188,7 +189,8 @@ class BenchEnv:
             with open(path, "ab") as logf:
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "trackd.cli", "serve", "--roles", roles],
-                    env=self.server_env(port, client_id),
+                    # without the api role, readiness is read from the log (see _wait_ready)
+                    env={**self.server_env(port, client_id), **({} if http else {"TRACKD_LOG_LEVEL": "info"})},
                     stdout=logf,
                     stderr=logf,
                 )
@@ -196,19 +198,25 @@ class BenchEnv:
             self.servers.append(server)
             started.append(server)
         for server in started:
-            self._wait_ready(server)
+            self._wait_ready(server, http)
         pids = ", ".join(str(s.proc.pid) for s in started)
         self.say(f"started {n} x `trackd serve --roles {roles}` (pids {pids})")
         return started
 
-    def _wait_ready(self, server: Server, timeout: float = 30.0) -> None:
+    def _wait_ready(self, server: Server, http: bool, timeout: float = 30.0) -> None:
+        """Ready: `/readyz` answers 200, or, for a process without the api role, its MQTT
+        subscription is in place (its log says so)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if server.proc.poll() is not None:
                 break
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(server.url + "/readyz", timeout=2).status_code == 200:
+            if not http:
+                if "MQTT subscribed" in server.log_path.read_text(errors="replace"):
                     return
+            else:
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(server.url + "/readyz", timeout=2).status_code == 200:
+                        return
             time.sleep(0.1)
         tail = server.log_path.read_text(errors="replace")[-2000:]
         raise Unavailable(f"bench server on port {server.port} did not become ready:\n{tail}")

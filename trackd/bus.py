@@ -27,8 +27,9 @@ class BusUnavailable(Exception):
 
 
 class Bus(Protocol):
-    async def publish(self, tenant_id: int, messages: list[Message]) -> None:
-        """Append messages (each with an increasing `seq`); a seq already published is skipped."""
+    async def publish(self, tenant_id: int, messages: list[Message], last: int | None = None) -> None:
+        """Append messages (each with an increasing `seq`); a seq already published is skipped.
+        `last`, when the caller knows it, is the stream's last seq (saves asking the bus)."""
 
     async def read(self, cursors: dict[int, int], block_ms: int) -> list[tuple[int, Message]]:
         """Messages with seq above each tenant's cursor, in order; waits up to `block_ms`."""
@@ -55,12 +56,13 @@ class RedisBus:
     def key(self, tenant_id: int) -> str:
         return f"{self._prefix}:stream:{tenant_id}"
 
-    async def publish(self, tenant_id: int, messages: list[Message]) -> None:
+    async def publish(self, tenant_id: int, messages: list[Message], last: int | None = None) -> None:
         if not messages:
             return
         key = self.key(tenant_id)
         try:
-            last = await self._last_seq(key)
+            if last is None:
+                last = await self._last_seq(key)
             fresh = [m for m in messages if int(m["seq"]) > last]
             if not fresh:
                 return
@@ -132,7 +134,7 @@ class MemoryBus:
         self._maxlen = maxlen
         self._changed = asyncio.Condition()
 
-    async def publish(self, tenant_id: int, messages: list[Message]) -> None:
+    async def publish(self, tenant_id: int, messages: list[Message], last: int | None = None) -> None:
         stream = self._streams.setdefault(tenant_id, deque(maxlen=self._maxlen))
         last = stream[-1]["seq"] if stream else 0
         for m in messages:

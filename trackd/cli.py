@@ -123,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("kind", choices=["ingest", "e2e", "query", "stream", "soak"])
     b.add_argument("--transport", choices=["webhook", "mqtt"], default="webhook")
     b.add_argument("--processes", type=int, default=1)
+    b.add_argument(
+        "--mqtt-processes",
+        type=int,
+        default=0,
+        help="e2e: run the mqtt role in this many processes of its own (default 0: inside the api processes)",
+    )
     b.add_argument("--duration", type=float, default=30.0)
     b.add_argument("--rate", type=float, default=2000.0)
     b.add_argument("--clients", type=int, default=1000)

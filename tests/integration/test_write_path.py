@@ -155,9 +155,10 @@ async def test_the_relay_moves_past_messages_that_retention_deleted(pool: AsyncC
     assert [m["seq"] for m in sent] == [1, 2, 3]
     async with store.transaction(pool) as conn:
         await conn.execute("DELETE FROM outbox WHERE tenant_id = %s", (tenant_id,))
-    bus = MemoryBus()
-    while await Relay(pool, bus).publish_pending():
-        pass
+    relay = Relay(pool, MemoryBus())
+    async with store.transaction(pool) as conn:
+        while await relay.publish_pending(conn, tenant_id):
+            pass
     async with store.transaction(pool) as conn:
         row = await (await conn.execute("SELECT seq FROM relay_marks WHERE tenant_id = %s", (tenant_id,))).fetchone()
     assert row is not None
@@ -183,7 +184,7 @@ async def test_concurrent_deliveries_share_a_transaction_but_not_their_outcome(p
             raise ValueError("this delivery cannot be folded")
         return state, []
 
-    pipeline = Pipeline(pool, None, evaluator)
+    pipeline = Pipeline(pool, evaluator)
     tenant = store.Tenant(tenant_id, "wp")
     first = _events(tenant_id, _position("WP-GROUP-0", 1, 51.0), _position("WP-GROUP-1", 1, 51.0))
     deliveries = [
