@@ -12,6 +12,7 @@ import importlib
 import logging
 import re
 import signal
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,13 +93,32 @@ class Resources:
         await s.pool.close()
 
 
+GC_EVERY_S = 60.0  # a full collection at least this often
+GC_ALLOCATIONS = 2_000_000  # ... or once this many objects are allocated since the last one
+
+
 def tune_gc() -> None:
-    """A writer keeps many long-lived objects (decoded states, the stream's clients), and the cyclic
-    collector's default thresholds scan them again and again: a third of ingest CPU. Move what
-    startup made out of its way and collect the young generation less often."""
+    """A server keeps many long-lived objects (decoded states, the stream's clients) and the
+    cyclic collector's automatic passes stopped the event loop for tens of milliseconds, several
+    times a second under load (the e2e tail). What startup made is moved out of its way, and the
+    automatic collector is off: `collect_garbage` runs a full pass about once a minute."""
     gc.collect()
     gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+    gc.disable()
+
+
+async def collect_garbage(stop: asyncio.Event) -> None:
+    """A full cyclic collection every `GC_EVERY_S`, or sooner after `GC_ALLOCATIONS` allocations
+    (a burst of garbage must not wait a minute)."""
+    last = time.monotonic()
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
+        if time.monotonic() - last >= GC_EVERY_S or gc.get_count()[0] >= GC_ALLOCATIONS:
+            started = time.perf_counter()
+            found = gc.collect()
+            last = time.monotonic()
+            log.debug("garbage collection: %d objects in %.1f ms", found, (time.perf_counter() - started) * 1000)
 
 
 async def run_roles(
@@ -119,7 +139,7 @@ async def run_roles(
             loop.add_signal_handler(sig, stop.set)
     res = await Resources.open(settings, with_hub="api" in roles, bus=bus)
     tune_gc()
-    tasks: list[asyncio.Task[Any]] = []
+    tasks: list[asyncio.Task[Any]] = [asyncio.create_task(collect_garbage(stop), name="gc")]
     server: uvicorn.Server | None = None
     try:
         if "mqtt" in roles:
@@ -171,3 +191,4 @@ async def run_roles(
             except Exception as exc:  # already reported
                 log.debug("role stopped with %s", exc)
         await res.close()
+        gc.enable()

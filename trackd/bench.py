@@ -112,6 +112,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError("bench --transport: use webhook or mqtt")
     if not 1 <= args.processes <= 16:
         raise ConfigError("bench --processes: 1 to 16")
+    if not 0 <= args.warmup <= 120:
+        raise ConfigError("bench --warmup: 0 to 120 seconds")
     if not 0 <= args.mqtt_processes <= 16:
         raise ConfigError("bench --mqtt-processes: 0 to 16")
     if not 1.0 <= args.duration <= MAX_DURATION_S:

@@ -130,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="e2e: run the mqtt role in this many processes of its own (default 0: inside the api processes)",
     )
     b.add_argument("--duration", type=float, default=30.0)
+    b.add_argument(
+        "--warmup",
+        type=float,
+        default=10.0,
+        help="e2e: seconds of load before the measured --duration, not counted (default 10)",
+    )
     b.add_argument("--rate", type=float, default=2000.0)
     b.add_argument("--clients", type=int, default=1000)
     b.add_argument("--shipments", type=int, default=10_000)
