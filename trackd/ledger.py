@@ -57,7 +57,7 @@ WITH e AS (
          e.source, e.kind, e.code, e.raw_code, e.classifier, COALESCE(e.match_keys, '{}'), e.retracts, e.data, e.raw
   FROM e
   ON CONFLICT DO NOTHING
-  RETURNING event_id, occurred_at, shipment_id, device_id, kind, data
+  RETURNING event_id, occurred_at, shipment_id, device_id, kind, data, retracts
 ), pos AS (
   INSERT INTO positions (tenant_id, shipment_id, device_id, occurred_at, event_id, lat, lon, speed_kmh,
                          heading, accuracy_m, altitude_m)
@@ -69,10 +69,27 @@ WITH e AS (
 SELECT event_id, shipment_id FROM ins
 """
 
+# The same, and in the same statement what `LOCK_STATES` does for the shipments the new events
+# belong to: one round trip fewer for a batch without retractions. Rows of `ins` come with nulls
+# after the shipment id; rows of the lock with a null event id.
+INSERT_EVENTS_LOCKING = INSERT_EVENTS.replace(
+    "\nSELECT event_id, shipment_id FROM ins\n",
+    """, lk AS (
+  SELECT st.shipment_id, st.xmin::text AS sx, st.version::bigint AS sv, s.xmin::text AS hx, s.version::bigint AS hv
+  FROM shipment_state st JOIN shipments s ON s.id = st.shipment_id
+  WHERE st.shipment_id IN (SELECT shipment_id FROM ins WHERE retracts IS NULL)
+  ORDER BY st.shipment_id FOR UPDATE OF st
+)
+SELECT event_id, shipment_id, NULL::text, NULL::bigint, NULL::text, NULL::bigint FROM ins
+UNION ALL SELECT NULL, shipment_id, sx, sv, hx, hv FROM lk
+""",
+)
+assert INSERT_EVENTS_LOCKING != INSERT_EVENTS
+
 # Locks a batch's state rows (in id order, so concurrent writers cannot deadlock) and reads only
 # what tells whether the in-memory copy is still current.
 LOCK_STATES = """
-SELECT st.shipment_id, st.xmin::text, st.version, s.xmin::text, s.version
+SELECT st.shipment_id, st.xmin::text, st.version::bigint, s.xmin::text, s.version::bigint
 FROM shipment_state st JOIN shipments s ON s.id = st.shipment_id
 WHERE st.shipment_id = ANY(%s) ORDER BY st.shipment_id FOR UPDATE OF st
 """
@@ -203,9 +220,11 @@ def event_from_row(r: Row) -> Event:
 
 
 async def insert_events(
-    conn: Conn, tenant_id: int, events: list[Event], received_at: datetime
+    conn: Conn, tenant_id: int, events: list[Event], received_at: datetime, locked: list[tuple[Any, ...]] | None = None
 ) -> dict[str, str | None]:
-    """Store the events that are new, each with its shipment; returns {event id: shipment id} of those."""
+    """Store the events that are new, each with its shipment; returns {event id: shipment id} of those.
+    Given a list as `locked`, also locks the state rows of the new events' shipments (those of
+    retractions aside) and appends them to it, as `LOCK_STATES` returns them."""
     rows = []
     for e in events:
         ms = e.milestone
@@ -227,8 +246,16 @@ async def insert_events(
             }
         )
     doc = _dumps(rows).replace("\\u0000", "")
-    got = await tuples(conn, INSERT_EVENTS, {"tenant": tenant_id, "received_at": received_at, "rows": doc})
-    return {r[0]: r[1] for r in got}
+    params = {"tenant": tenant_id, "received_at": received_at, "rows": doc}
+    if locked is None:
+        return {r[0]: r[1] for r in await tuples(conn, INSERT_EVENTS, params)}
+    new: dict[str, str | None] = {}
+    for r in await tuples(conn, INSERT_EVENTS_LOCKING, params):
+        if r[0] is None:
+            locked.append((r[1], *r[2:]))
+        else:
+            new[r[0]] = r[1]
+    return new
 
 
 async def retract(conn: Conn, tenant_id: int, event_ids: list[str]) -> dict[str, set[str]]:
@@ -288,9 +315,13 @@ class StateCache:
 CACHE = StateCache()
 
 
-async def load_states(conn: Conn, shipment_ids: Iterable[str]) -> dict[str, Loaded]:
-    """Lock the shipments' state rows for this transaction; each with its decoded state."""
-    locked = await tuples(conn, LOCK_STATES, (sorted(set(shipment_ids)),))
+async def load_states(
+    conn: Conn, shipment_ids: Iterable[str], locked: list[tuple[Any, ...]] | None = None
+) -> dict[str, Loaded]:
+    """Lock the shipments' state rows for this transaction (unless `locked` holds those rows, as
+    `LOCK_STATES` returns them); each with its decoded state."""
+    if locked is None:
+        locked = await tuples(conn, LOCK_STATES, (sorted(set(shipment_ids)),))
     db = conn.info.dbname
     out: dict[str, Loaded] = {}
     tokens: dict[str, tuple[Any, ...]] = {}
@@ -377,11 +408,12 @@ async def update_shipments(
     retracted: dict[str, set[str]] | None = None,
     *,
     emitting: bool = False,
+    locked: list[tuple[Any, ...]] | None = None,
 ) -> list[Message]:
     """Fold events into each shipment's state and save it; returns the messages (without seq), or
     when `emitting` writes them to the outbox in the same statement and returns them with their seq."""
     retracted = retracted or {}
-    loaded = await load_states(conn, set(by_shipment) | set(retracted))
+    loaded = await load_states(conn, set(by_shipment) | set(retracted), locked)
     messages: list[Message] = []
     saves: list[dict[str, Any]] = []
     states: dict[str, State] = {}
@@ -426,7 +458,9 @@ async def write_events(
 ) -> WriteResult:
     result = WriteResult(accepted=len(events))
     unique = list({e.event_id: e for e in reversed(events)}.values())[::-1]
-    new = await insert_events(conn, tenant_id, unique, received_at)
+    # Without retractions in play (DCSA only), the events statement also locks the state rows.
+    locked: list[tuple[Any, ...]] | None = None if any(e.source == "dcsa" or e.retracts for e in unique) else []
+    new = await insert_events(conn, tenant_id, unique, received_at, locked)
     result.stored, result.new_ids = len(new), set(new)
     result.duplicates = len(events) - len(new)
     fresh = [(e, new[e.event_id]) for e in unique if e.event_id in new]
@@ -453,6 +487,6 @@ async def write_events(
             by_shipment.setdefault(sid, []).append(e)
     if by_shipment or retracted:
         result.messages = await update_shipments(
-            conn, tenant_id, by_shipment, received_at, evaluator, retracted, emitting=True
+            conn, tenant_id, by_shipment, received_at, evaluator, retracted, emitting=True, locked=locked
         )
     return result
