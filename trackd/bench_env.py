@@ -154,16 +154,16 @@ class BenchEnv:
         with psycopg.connect(self.settings.dsn()) as conn:
             conn.execute(SEED_SHIPMENTS.encode(), {"idp": idp, "tenant": self.tenant_id, "trk": trk, "n": n})
             conn.execute(SEED_STATES.encode(), (self.tenant_id,))
-        self.analyze()
+        self.vacuum()
         self.shipments = [(f"{idp}{i:06d}", f"{trk}{i:06d}") for i in range(n)]
         return time.monotonic() - started
 
     def fill_trails(self, until: datetime) -> None:
         """Give every shipment of the run a full trail ending at `until`."""
         self.sql(FILL_TRAILS, {"until": until, "tenant": self.tenant_id})
-        self.analyze()
+        self.vacuum()
 
-    def analyze(self) -> None:
+    def vacuum(self) -> None:
         """Fresh planner statistics after a bulk load, and the dead rows of earlier runs' clean-up
         cleared, as autovacuum would within a minute (where it runs: a server with it off keeps
         both until someone runs VACUUM)."""

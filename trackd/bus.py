@@ -136,11 +136,11 @@ class MemoryBus:
 
     async def publish(self, tenant_id: int, messages: list[Message], last: int | None = None) -> None:
         stream = self._streams.setdefault(tenant_id, deque(maxlen=self._maxlen))
-        last = stream[-1]["seq"] if stream else 0
+        top = stream[-1]["seq"] if stream else 0  # the stream itself says, whatever `last` says
         for m in messages:
-            if m["seq"] > last:
+            if m["seq"] > top:
                 stream.append(m)
-                last = m["seq"]
+                top = m["seq"]
         async with self._changed:
             self._changed.notify_all()
 

@@ -36,7 +36,7 @@ class Evaluator(Protocol):
 # same statement finds each event's shipment (the first of its identifiers that names one, the oldest
 # shipment winning a shared identifier; else the shipment its device was attached to when the event
 # occurred) and writes the position rows of the events it inserted (not of duplicates).
-INSERT_EVENTS = """
+EVENTS_CTE = """
 WITH e AS (
   SELECT r.*, COALESCE(
     (SELECT k.shipment_id FROM unnest(r.match_keys) WITH ORDINALITY AS mk(key, ord)
@@ -65,26 +65,19 @@ WITH e AS (
          (data ->> 'lon')::float8, (data ->> 'speed_kmh')::float8, (data ->> 'heading')::float8,
          (data ->> 'accuracy_m')::float8, (data ->> 'altitude_m')::float8
   FROM ins WHERE kind = 'position'
-)
-SELECT event_id, shipment_id FROM ins
-"""
-
+)"""
+INSERT_EVENTS = f"{EVENTS_CTE}\nSELECT event_id, shipment_id FROM ins"
 # The same, and in the same statement what `LOCK_STATES` does for the shipments the new events
 # belong to: one round trip fewer for a batch without retractions. Rows of `ins` come with nulls
 # after the shipment id; rows of the lock with a null event id.
-INSERT_EVENTS_LOCKING = INSERT_EVENTS.replace(
-    "\nSELECT event_id, shipment_id FROM ins\n",
-    """, lk AS (
+INSERT_EVENTS_LOCKING = f"""{EVENTS_CTE}, lk AS (
   SELECT st.shipment_id, st.xmin::text AS sx, st.version::bigint AS sv, s.xmin::text AS hx, s.version::bigint AS hv
   FROM shipment_state st JOIN shipments s ON s.id = st.shipment_id
   WHERE st.shipment_id IN (SELECT shipment_id FROM ins WHERE retracts IS NULL)
   ORDER BY st.shipment_id FOR UPDATE OF st
 )
 SELECT event_id, shipment_id, NULL::text, NULL::bigint, NULL::text, NULL::bigint FROM ins
-UNION ALL SELECT NULL, shipment_id, sx, sv, hx, hv FROM lk
-""",
-)
-assert INSERT_EVENTS_LOCKING != INSERT_EVENTS
+UNION ALL SELECT NULL, shipment_id, sx, sv, hx, hv FROM lk"""
 
 # Locks a batch's state rows (in id order, so concurrent writers cannot deadlock) and reads only
 # what tells whether the in-memory copy is still current.

@@ -23,7 +23,6 @@ import time
 from typing import Any
 
 import psycopg
-from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool
 
 from trackd.bus import Bus, BusUnavailable
@@ -109,7 +108,7 @@ class Relay:
                 self.leading = False
 
     async def _follow_then_lead(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        while not await _scalar(conn, "SELECT pg_try_advisory_lock(%s)", (RELAY_LOCK,)):  # noqa: ASYNC110
+        while not (await tuples(conn, "SELECT pg_try_advisory_lock(%s)", (RELAY_LOCK,)))[0][0]:  # noqa: ASYNC110
             await asyncio.sleep(self._poll_s)
         await conn.execute("SET synchronous_commit = off")
         await conn.execute(f"LISTEN {CHANNEL}")
@@ -178,13 +177,6 @@ class Relay:
             self._marks[tid] = int(payloads[-1]["seq"])
             self._known.add(tid)
         return sum(len(p) for p in by_tenant.values())
-
-
-async def _scalar(conn: psycopg.AsyncConnection[Any], query: str, params: Any) -> Any:
-    async with conn.cursor(row_factory=tuple_row) as cur:
-        await cur.execute(query, params)
-        row = await cur.fetchone()
-        return row[0] if row else None
 
 
 def _first_line(exc: BaseException) -> str:
