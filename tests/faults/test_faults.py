@@ -69,9 +69,13 @@ async def scenario(
     publisher = Publisher(faults.svc.broker.port)
     run = Run(faults, srv, [srv.url], watcher, WebhookLog(), publisher)
     try:
-        posting = asyncio.create_task(post_until_accepted(faults, run.urls, batches, run.log))
+        posting = asyncio.create_task(post_until_accepted(faults, run.urls, batches, run.log, pace_s=0.02))
         publishing = asyncio.create_task(asyncio.to_thread(publish_paced, publisher, topic, mq))
-        await asyncio.sleep(1.0)  # well under way
+        # Well under way, with most of both streams still to come whatever the machine's speed: the
+        # fault must land while both senders are sending (a fixed sleep once let a fast machine post
+        # every batch before the kill).
+        await asyncio.to_thread(wait_for, lambda: len(run.log.accepted) >= WEBHOOK_EVENTS // 4, 15, 0.01)
+        assert not posting.done()
         assert 0 < faults.count() < WEBHOOK_EVENTS + MQTT_EVENTS
         await inject(run)
         await publishing
