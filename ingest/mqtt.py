@@ -1,28 +1,24 @@
 """The MQTT ingester: QoS 1, a persistent session (optionally a shared subscription), acks after commit.
 
-paho-mqtt runs its network loop in its own thread (reconnecting with backoff by itself); messages
-are handed to asyncio, written in batches through the pipeline, and acknowledged only once their
-transaction has committed. A message redelivered after a crash has the same event ids, so it is
-stored once. Input that cannot be understood goes to quarantine (no one can be answered) and is
-then acknowledged.
+The connection runs on the event loop (ingest/mqtt_wire.py): whatever the broker sent is read in
+one call and parsed from that buffer, messages are written in batches through the pipeline, and
+acknowledged only once their transaction has committed, a batch's acknowledgements in one write.
+A message redelivered after a crash or a reconnect has the same event ids, so it is stored once.
+Input that cannot be understood goes to quarantine (no one can be answered) and is then
+acknowledged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlparse
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.subscribeoptions import SubscribeOptions
-
+from ingest import mqtt_wire
+from ingest.mqtt_wire import Connection, Message, MqttError
 from ingest.pipeline import Pipeline
 from trackd import store
 from trackd.errors import TrackdError, Unavailable, ValidationError
@@ -31,10 +27,16 @@ from trackd.settings import Settings
 
 log = logging.getLogger("trackd.mqtt")
 MAX_BATCH = 2000
-MAX_WAITING = 50_000
+MAX_WAITING = 50_000  # messages received and not yet in a batch: past this, reading stops
 BATCH_WINDOW_S = 0.005
 BATCHES_IN_FLIGHT = 4
 SESSION_EXPIRY_S = 7 * 24 * 3600
+# Unacknowledged messages a v5 broker may send us. Acknowledgements wait for the commit, so this is
+# what may be on the way while batches are written; what is past it waits in the broker's queue,
+# which a broker with default limits keeps short (Mosquitto: 1,000, then it drops QoS 1 messages).
+RECEIVE_MAXIMUM = 10_000
+KEEPALIVE_S = 30
+RECONNECT_S = (1.0, 30.0)  # the first wait after a lost connection, and the longest
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,129 +71,90 @@ def subscriptions(prefix: str, group: str) -> list[str]:
     ]
 
 
-@dataclass(slots=True)
-class Inbound:
-    mid: int
-    qos: int
-    topic: str
-    payload: bytes
-
-
 class MqttIngester:
     def __init__(self, settings: Settings, pipeline: Pipeline) -> None:
         self.settings = settings
         self.pipeline = pipeline
-        self.queue: asyncio.Queue[Inbound] = asyncio.Queue()
-        self._room = threading.Semaphore(MAX_WAITING)
-        self._inbox: list[Inbound] = []  # from paho's thread, not yet on the queue
-        self._inbox_lock = threading.Lock()
-        self._closing = threading.Event()
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.client: mqtt.Client | None = None
+        self.queue: asyncio.Queue[Message] = asyncio.Queue()
+        self.conn: Connection | None = None
         self.connected = asyncio.Event()
         self.subscribed = asyncio.Event()
+        self._connections = 0
         self._tenants: dict[str, tuple[float, store.Tenant | None]] = {}
 
-    # -- paho thread side --------------------------------------------------------------------
-    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any = None) -> None:
-        if reason.is_failure:
-            log.warning("MQTT connect refused: %s", reason)
-            return
-        topics = subscriptions(self.settings.mqtt_topic_prefix, self.settings.mqtt_share_group)
-        if self.settings.mqtt_protocol == "5":
-            client.subscribe([(t, SubscribeOptions(qos=1)) for t in topics])
-        else:
-            client.subscribe([(t, 1) for t in topics])
-        log.info("MQTT connected as %s", self.settings.mqtt_client_id)
-        if self.loop:
-            self.loop.call_soon_threadsafe(self.connected.set)
+    def _on_message(self, msg: Message) -> None:
+        self.queue.put_nowait(msg)
+        if self.queue.qsize() >= MAX_WAITING and self.conn is not None:
+            self.conn.pause()  # backpressure: the broker holds the rest until we read again
 
-    def _on_subscribe(self, _c: Any, _u: Any, _mid: Any, reasons: Any, _p: Any = None) -> None:
-        if all(not r.is_failure for r in reasons) and self.loop:
-            log.info("MQTT subscribed")
-            self.loop.call_soon_threadsafe(self.subscribed.set)
-        elif any(r.is_failure for r in reasons):
-            log.error("MQTT subscription refused: %s", reasons)
-
-    def _on_disconnect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any = None) -> None:
-        log.warning("MQTT disconnected (%s); reconnecting", reason)
-        if self.loop:
-            self.loop.call_soon_threadsafe(self.connected.clear)
-            self.loop.call_soon_threadsafe(self.subscribed.clear)
-
-    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        item = Inbound(msg.mid, msg.qos, msg.topic, bytes(msg.payload))
-        assert self.loop is not None
-        # Blocks paho's thread while too much is waiting (backpressure to the broker), but never
-        # past shutdown: a message dropped then is unacknowledged, so the broker sends it again.
-        while not self._room.acquire(timeout=0.2):
-            if self._closing.is_set():
-                return
-        if self._closing.is_set():
-            return
-        # Hand over in bunches: one wake-up of the event loop for whatever arrived meanwhile.
-        with self._inbox_lock:
-            self._inbox.append(item)
-            first = len(self._inbox) == 1
-        if first:
-            try:
-                self.loop.call_soon_threadsafe(self._drain_inbox)
-            except RuntimeError:  # the loop has closed
-                return
-
-    def _drain_inbox(self) -> None:  # on the event loop
-        with self._inbox_lock:
-            items, self._inbox = self._inbox, []
-        for item in items:
-            self.queue.put_nowait(item)
-
-    def _client(self) -> mqtt.Client:
-        url = urlparse(self.settings.mqtt())
-        v5 = self.settings.mqtt_protocol == "5"
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self.settings.mqtt_client_id,
-            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-            clean_session=None if v5 else False,
-            manual_ack=True,
-        )
-        if url.username:
-            client.username_pw_set(unquote(url.username), unquote(url.password or ""))
-        if url.scheme == "mqtts":
-            client.tls_set()
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        client.on_subscribe = self._on_subscribe
-        client.reconnect_delay_set(1, 30)
-        client.max_queued_messages_set(0)
-        host, port = url.hostname or "127.0.0.1", url.port or 1883
-        if not v5:  # a persistent session is clean_session=False in 3.1.1
-            client.connect_async(host, port, keepalive=30)
-            return client
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = SESSION_EXPIRY_S
-        props.ReceiveMaximum = 1000
-        client.connect_async(host, port, keepalive=30, clean_start=False, properties=props)
-        return client
-
-    # -- asyncio side ------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.client = self._client()
-        self.client.loop_start()
+        session = asyncio.create_task(self._session(stop), name="mqtt-session")
+        worker = asyncio.create_task(self._consume(), name="mqtt-consume")
         try:
-            worker = asyncio.create_task(self._consume())
             await stop.wait()
-            worker.cancel()
-            try:
-                await worker
-            except asyncio.CancelledError:
-                pass
         finally:
-            self._closing.set()
-            self.client.disconnect()
-            await asyncio.to_thread(self.client.loop_stop)  # joins paho's thread off the event loop
+            worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+            await session
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        """Connect, subscribe, keep the connection alive; reconnect with backoff until `stop`."""
+        v5 = self.settings.mqtt_protocol == "5"
+        ep = mqtt_wire.endpoint(self.settings.mqtt())
+        topics = subscriptions(self.settings.mqtt_topic_prefix, self.settings.mqtt_share_group)
+        stopping = asyncio.create_task(stop.wait())
+        backoff = RECONNECT_S[0]
+        try:
+            while not stop.is_set():
+                self._connections += 1
+                conn: Connection | None = None
+                reason: object = None
+                try:
+                    conn, _present = await mqtt_wire.open_connection(
+                        ep,
+                        self.settings.mqtt_client_id,
+                        v5=v5,
+                        clean=False,  # a persistent session: what arrives while we are away waits
+                        keepalive=KEEPALIVE_S,
+                        on_message=self._on_message,
+                        number=self._connections,
+                        session_expiry=SESSION_EXPIRY_S if v5 else 0,
+                        receive_maximum=RECEIVE_MAXIMUM if v5 else 0,
+                    )
+                    self.conn = conn
+                    self.connected.set()
+                    log.info("MQTT connected as %s", self.settings.mqtt_client_id)
+                    await mqtt_wire.subscribe(conn, 1, topics)
+                    self.subscribed.set()
+                    log.info("MQTT subscribed")
+                    backoff = RECONNECT_S[0]
+                    pinger = asyncio.create_task(mqtt_wire.keep_alive(conn, KEEPALIVE_S))
+                    ends: list[asyncio.Future[Any]] = [conn.lost, stopping]
+                    await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
+                    pinger.cancel()
+                    reason = conn.lost.result() if conn.lost.done() else None
+                except MqttError as exc:
+                    reason = exc
+                    log.error("MQTT: %s", exc)
+                except (OSError, TimeoutError) as exc:
+                    reason = str(exc) or type(exc).__name__
+                finally:
+                    self.connected.clear()
+                    self.subscribed.clear()
+                    if conn is not None and conn.transport is not None:
+                        if stop.is_set():
+                            conn.send(mqtt_wire.BYE)
+                            conn.transport.close()
+                        else:
+                            conn.transport.abort()
+                if stop.is_set():
+                    return
+                log.warning("MQTT disconnected (%s); reconnecting in %.0f s", reason or "closed", backoff)
+                await asyncio.wait([stopping], timeout=backoff)
+                backoff = min(backoff * 2, RECONNECT_S[1])
+        finally:
+            stopping.cancel()
 
     async def _tenant(self, name: str) -> store.Tenant | None:
         hit = self._tenants.get(name)
@@ -222,8 +185,8 @@ class MqttIngester:
                         if time.monotonic() >= deadline:
                             break
                         await asyncio.sleep(0.001)
-                for _ in batch:
-                    self._room.release()
+                if self.conn is not None and self.conn.paused and self.queue.qsize() < MAX_WAITING // 2:
+                    self.conn.resume()
                 await slots.acquire()
                 previous = asyncio.create_task(self._store_then_ack(batch, previous, slots))
                 storing.add(previous)
@@ -234,7 +197,7 @@ class MqttIngester:
             await asyncio.gather(*storing, return_exceptions=True)
 
     async def _store_then_ack(
-        self, batch: list[Inbound], before: asyncio.Task[None] | None, slots: asyncio.Semaphore
+        self, batch: list[Message], before: asyncio.Task[None] | None, slots: asyncio.Semaphore
     ) -> None:
         try:
             stored, backoff = False, 0.2
@@ -252,15 +215,17 @@ class MqttIngester:
                     break
             if before is not None:
                 await asyncio.wait([before])  # acknowledgements go in the order of the messages
-            assert self.client is not None
-            if stored:
-                for item in batch:
-                    if item.qos > 0:
-                        self.client.ack(item.mid, item.qos)
+            conn = self.conn
+            if stored and conn is not None:
+                # On the connection they came on only: after a reconnect the broker sends what was
+                # not acknowledged again, and the copies are stored once and acknowledged then.
+                acks = [mqtt_wire.puback_packet(m.pid) for m in batch if m.qos and m.conn == conn.number]
+                if acks:
+                    conn.send(b"".join(acks))
         finally:
             slots.release()
 
-    async def _handle(self, batch: list[Inbound]) -> None:
+    async def _handle(self, batch: list[Message]) -> None:
         now = self.pipeline.clock()
         per_tenant: dict[str, tuple[store.Tenant, list[Event]]] = {}
         for item in batch:

@@ -26,6 +26,7 @@ from typing import Any, TextIO
 import orjson
 import psycopg
 
+from ingest.mqtt import RECEIVE_MAXIMUM
 from trackd.bench import Figure
 from trackd.bench_env import BenchEnv, Server
 from trackd.bench_load import mqtt_publisher, raw_broker, webhook_sender
@@ -33,7 +34,10 @@ from trackd.settings import Settings
 
 BATCH = 1000
 CONNECTIONS_PER_SERVER = 3
-WINDOW_PER_INGESTER = 1000  # under Mosquitto's default per-client queue (1,000 + 20 in flight)
+# Published and not yet stored, at most: what the broker may have in flight to one ingester (its
+# receive maximum, ingest/mqtt.py), so that nothing waits in the broker's queue (Mosquitto's default
+# keeps 1,000 and drops QoS 1 messages past that).
+WINDOW_PER_INGESTER = RECEIVE_MAXIMUM
 MAX_COPY_ROWS = 2_000_000
 CTX = mp.get_context("spawn")
 

@@ -146,81 +146,134 @@ async def _webhook(conf: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- MQTT ----------------------------------------------------------------------------------------
-def _mqtt_client(conf: dict[str, Any], client_id: str) -> Any:
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
+# The load goes over the same lean connection as the ingester (ingest/mqtt_wire.py): a general
+# client's per-packet system calls would make the load generator, not the broker, the ceiling.
+class MqttLoad:
+    """One QoS 1 publishing connection that counts the broker's PUBACKs (MQTT 3.1.1, which has no
+    receive maximum: the broker takes what it is sent, and `inflight` bounds what is unacknowledged)."""
 
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-    if conf.get("username"):
-        c.username_pw_set(conf["username"], conf.get("password"))
-    c.max_inflight_messages_set(conf.get("inflight", 1000))
-    return c
+    def __init__(self, conf: dict[str, Any], client_id: str) -> None:
+        self.conf, self.client_id = conf, client_id
+        self.acked = self.sent = 0
+        self.conn: Any = None
+        self._pid = 0
+
+    async def open(self) -> None:
+        from ingest import mqtt_wire
+
+        ep = mqtt_wire.Endpoint(self.conf["host"], self.conf["port"], False, self.conf.get("username"),
+                                self.conf.get("password"))
+        self.conn, _ = await mqtt_wire.open_connection(
+            ep, self.client_id, v5=False, clean=True, keepalive=120, on_message=lambda _m: None
+        )
+        self.conn.on_puback = self._on_puback
+
+    def _on_puback(self, _pid: int) -> None:
+        self.acked += 1
+
+    def packet(self, topic: bytes, payload: bytes) -> bytes:
+        from ingest.mqtt_wire import publish_packet
+
+        self._pid = self._pid % 65535 + 1
+        self.sent += 1
+        return publish_packet(topic, payload, 1, self._pid, v5=False)
+
+    async def settle(self, within_s: float) -> None:
+        deadline = time.monotonic() + within_s
+        while self.acked < self.sent and time.monotonic() < deadline:  # noqa: ASYNC110  # counted in a callback
+            await asyncio.sleep(0.005)
+
+    def close(self) -> None:
+        from ingest.mqtt_wire import BYE
+
+        if self.conn is not None and self.conn.transport is not None:
+            self.conn.send(BYE)
+            self.conn.transport.close()
 
 
 def mqtt_publisher(conf: dict[str, Any], consumed: Any, out: Any) -> None:
     """QoS 1 publishes, one event each, for `duration` s (at most `rate`/s when given), never more
     than `window` ahead of `consumed` (the broker drops QoS 1 messages beyond a client's queue)."""
+    out.put(_run(_mqtt_publish(conf, consumed)))
+
+
+async def _mqtt_publish(conf: dict[str, Any], consumed: Any) -> dict[str, Any]:
     events = Events(conf["trackings"], conf["base"])
-    c = _mqtt_client(conf, f"bench-pub-{conf['run']}")
-    c.connect(conf["host"], conf["port"])
-    c.loop_start()
-    topics = [conf["topic"].format(device=f"dev{i}") for i in range(100)]
+    pub = MqttLoad(conf, f"bench-pub-{conf['run']}")
+    await pub.open()
+    topics = [conf["topic"].format(device=f"dev{i}").encode() for i in range(100)]
     window, rate, n, first = conf["window"], conf.get("rate"), 0, 0.0
+    inflight = conf.get("inflight", 5000)
+    stamp = conf.get("stamp", False)
     start = time.monotonic()
     end = start + conf["duration"]
-    info = None
     try:
         while (now := time.monotonic()) < end:
-            room = consumed.value + window - n
+            room = min(consumed.value + window - n, inflight - (n - pub.acked))
             if rate:  # paced: no more than `rate` per second so far
                 room = min(room, int(rate * (now - start)) + 1 - n)
             if room <= 0:
-                time.sleep(0.001)
+                await asyncio.sleep(0.001)
                 continue
             if not first:
                 first = time.monotonic()
-            for _ in range(min(room, 100)):
+            chunk = []
+            for _ in range(min(room, 200)):
                 payload = events.one(n)
-                if conf.get("stamp"):
+                if stamp:
                     payload = b"%.6f|" % time.monotonic() + payload
-                info = c.publish(topics[n % 100], payload, qos=1)
+                chunk.append(pub.packet(topics[n % 100], payload))
                 n += 1
-        if info is not None:
-            info.wait_for_publish(30)
+            pub.conn.send(b"".join(chunk))
+            await asyncio.sleep(0)  # read the acknowledgements that came meanwhile
+        await pub.settle(30)
     finally:
-        c.disconnect()
-        c.loop_stop()
-    out.put({"published": n, "first": first, "last": time.monotonic()})
+        pub.close()
+    return {"published": n, "first": first, "last": time.monotonic()}
 
 
 def raw_subscriber(conf: dict[str, Any], consumed: Any, last_at: Any, ready: Any, stop: Any, out: Any) -> None:
-    """The minimal QoS 1 subscriber: counts messages (paho acks each on receipt); with `stamp`,
-    also the latency from the publisher's stamp to receipt."""
-    from paho.mqtt.subscribeoptions import SubscribeOptions
+    """The minimal QoS 1 subscriber: counts messages and acknowledges each on receipt (those of one
+    read in one write); with `stamp`, also the latency from the publisher's stamp to receipt."""
+    out.put(_run(_raw_subscribe(conf, consumed, last_at, ready, stop)))
+
+
+async def _raw_subscribe(conf: dict[str, Any], consumed: Any, last_at: Any, ready: Any, stop: Any) -> dict[str, Any]:
+    from ingest import mqtt_wire
 
     lat = array("d")
     stamp = conf.get("stamp", False)
+    pending: list[int] = []
+    loop = asyncio.get_running_loop()
+    conn: Any = None
 
-    def on_message(_c: Any, _u: Any, msg: Any) -> None:
+    def flush() -> None:
+        conn.send(b"".join(mqtt_wire.puback_packet(p) for p in pending))
+        pending.clear()
+
+    def on_message(msg: Any) -> None:
         now = time.monotonic()
         if stamp:
             lat.append(now - float(msg.payload[: msg.payload.index(b"|")]))
         consumed.value += 1
         last_at.value = now
+        pending.append(msg.pid)
+        if len(pending) == 1:
+            loop.call_soon(flush)
 
-    def on_subscribe(*_a: Any) -> None:
-        ready.set()
-
-    c = _mqtt_client(conf, f"bench-sub-{conf['run']}")
-    c.on_message = on_message
-    c.on_subscribe = on_subscribe
-    c.on_connect = lambda cl, *_a: cl.subscribe(conf["filter"], options=SubscribeOptions(qos=1))
-    c.connect(conf["host"], conf["port"], clean_start=True)
-    c.loop_start()
-    stop.wait(conf["duration"] + 120)
-    c.disconnect()
-    c.loop_stop()
-    out.put({"latency_s": lat})
+    ep = mqtt_wire.Endpoint(conf["host"], conf["port"], False, conf.get("username"), conf.get("password"))
+    conn, _ = await mqtt_wire.open_connection(
+        ep, f"bench-sub-{conf['run']}", v5=True, clean=True, keepalive=120, on_message=on_message,
+        receive_maximum=65535,
+    )
+    await mqtt_wire.subscribe(conn, 1, [conf["filter"]])
+    ready.set()
+    deadline = time.monotonic() + conf["duration"] + 120
+    while not stop.is_set() and time.monotonic() < deadline:  # noqa: ASYNC110  # a process-wide event
+        await asyncio.sleep(0.02)
+    conn.send(mqtt_wire.BYE)
+    conn.transport.close()
+    return {"latency_s": lat}
 
 
 # -- e2e: a paced mix of MQTT and webhook publishes, and websocket clients ---------------------
@@ -232,9 +285,9 @@ def e2e_publisher(conf: dict[str, Any], out: Any) -> None:
 
 async def _e2e_publish(conf: dict[str, Any]) -> dict[str, Any]:
     events = Events(conf["trackings"], conf["base"], seed=2)
-    c = _mqtt_client(conf, f"bench-e2e-{conf['run']}")
-    c.connect(conf["host"], conf["port"])
-    c.loop_start()
+    mq = MqttLoad(conf, f"bench-e2e-{conf['run']}")
+    await mq.open()
+    topics = [conf["topic"].format(device=f"dev{i}").encode() for i in range(100)]
     sent = array("d")
     path, secret = f"/v1/ingest/{conf['tenant']}/native", conf["secret"]
     conns = [HttpConn("127.0.0.1", p) for p in conf["ports"] for _ in range(4)]
@@ -256,15 +309,18 @@ async def _e2e_publish(conf: dict[str, Any]) -> dict[str, Any]:
     rate, counter, started = conf["rate"], 0, time.monotonic()
     while (elapsed := time.monotonic() - started) < conf["duration"]:
         batch: list[bytes] = []
+        packets: list[bytes] = []
         for _ in range(int(rate * elapsed) - counter):
             payload = events.one(counter)
             now = time.monotonic()
             sent.append(now)
             if counter % 2 == 0:
-                c.publish(conf["topic"].format(device=f"dev{counter % 100}"), payload, qos=1)
+                packets.append(mq.packet(topics[counter % 100], payload))
             else:
                 batch.append(payload)
             counter += 1
+        if packets:
+            mq.conn.send(b"".join(packets))
         if batch:
             body = b"[" + b",".join(batch) + b"]"
             task = asyncio.create_task(post(body))
@@ -274,8 +330,8 @@ async def _e2e_publish(conf: dict[str, Any]) -> dict[str, Any]:
     produced = time.monotonic() - started
     if tasks:
         await asyncio.gather(*tasks)
-    c.disconnect()
-    c.loop_stop()
+    await mq.settle(10)
+    mq.close()
     for conn in conns:
         conn.close()
     return {"sent": sent, "produced_s": produced, "errors": errors}

@@ -1,0 +1,112 @@
+"""The MQTT codec of the ingester: packets split anywhere across reads come out whole and exact."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ingest import mqtt_wire
+from ingest.mqtt_wire import MqttError, Reader
+
+
+@pytest.mark.parametrize(
+    ("n", "encoded"),
+    [
+        (0, b"\x00"),
+        (127, b"\x7f"),
+        (128, b"\x80\x01"),
+        (16_383, b"\xff\x7f"),
+        (16_384, b"\x80\x80\x01"),
+        (2_097_151, b"\xff\xff\x7f"),
+        (2_097_152, b"\x80\x80\x80\x01"),
+        (268_435_455, b"\xff\xff\xff\x7f"),
+    ],
+)
+def test_remaining_length_encoding_is_the_standard_one(n: int, encoded: bytes) -> None:
+    assert mqtt_wire.varint(n) == encoded
+
+
+def test_connect_packet_bytes() -> None:
+    # 3.1.1, persistent session, keep-alive 30, user and password
+    got = mqtt_wire.connect_packet("c1", v5=False, clean=False, keepalive=30, username="u", password="p")
+    body = b"\x00\x04MQTT\x04\xc0\x00\x1e" + b"\x00\x02c1" + b"\x00\x01u" + b"\x00\x01p"
+    assert got == b"\x10" + bytes([len(body)]) + body
+    # 5, session expiry and receive maximum as properties
+    got5 = mqtt_wire.connect_packet("c1", v5=True, clean=False, keepalive=30, session_expiry=3600, receive_maximum=500)
+    props = b"\x11\x00\x00\x0e\x10" + b"\x21\x01\xf4"
+    body5 = b"\x00\x04MQTT\x05\x00\x00\x1e" + bytes([len(props)]) + props + b"\x00\x02c1"
+    assert got5 == b"\x10" + bytes([len(body5)]) + body5
+
+
+def test_subscribe_and_puback_bytes() -> None:
+    assert mqtt_wire.subscribe_packet(7, ["a/+"], 1, v5=False) == b"\x82\x08\x00\x07\x00\x03a/+\x01"
+    assert mqtt_wire.subscribe_packet(7, ["a/+"], 1, v5=True) == b"\x82\x09\x00\x07\x00\x00\x03a/+\x01"
+    assert mqtt_wire.puback_packet(0x1234) == b"\x40\x02\x12\x34"
+
+
+@pytest.mark.parametrize("v5", [False, True])
+def test_publish_round_trip(v5: bool) -> None:
+    raw = mqtt_wire.publish_packet(b"t/x", b'{"a":1}', 1, 42, v5=v5, dup=True)
+    [(kind, flags, body)] = Reader().feed(raw)
+    assert (kind, flags) == (mqtt_wire.PUBLISH, 0x0A)
+    assert mqtt_wire.parse_publish(flags, body, v5=v5) == ("t/x", b'{"a":1}', 1, 42)
+
+
+def test_v5_publish_properties_are_skipped() -> None:
+    props = b"\x02\x00\x00\x00\x3c" + b"\x26\x00\x01k\x00\x01v"  # message expiry, a user property
+    body = b"\x00\x01t" + b"\x00\x09" + mqtt_wire.varint(len(props)) + props + b"payload"
+    assert mqtt_wire.parse_publish(0x02, body, v5=True) == ("t", b"payload", 1, 9)
+
+
+def test_qos0_publish_has_no_packet_id() -> None:
+    raw = mqtt_wire.publish_packet(b"t", b"x", 0, 0, v5=False)
+    assert raw == b"\x30\x04\x00\x01tx"
+    [(_, flags, body)] = Reader().feed(raw)
+    assert mqtt_wire.parse_publish(flags, body, v5=False) == ("t", b"x", 0, 0)
+
+
+packets = st.lists(
+    st.tuples(st.text(min_size=1, max_size=40), st.binary(max_size=300), st.integers(0, 1), st.integers(1, 65535)),
+    min_size=1,
+    max_size=20,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(packets, st.lists(st.integers(1, 64), min_size=1, max_size=50), st.booleans())
+def test_packets_split_anywhere_come_out_whole(items, cuts, v5) -> None:
+    stream = b"".join(mqtt_wire.publish_packet(t.encode(), p, q, pid, v5=v5) for t, p, q, pid in items)
+    stream += mqtt_wire.PING
+    reader, got, at, i = Reader(), [], 0, 0
+    while at < len(stream):
+        step = cuts[i % len(cuts)]
+        got += reader.feed(stream[at : at + step])
+        at, i = at + step, i + 1
+    assert got[-1][0] == 12  # PINGREQ, whole
+    parsed = [mqtt_wire.parse_publish(f, b, v5=v5) for k, f, b in got[:-1]]
+    assert parsed == [(t, p, q, pid if q else 0) for t, p, q, pid in items]
+
+
+def test_large_packet_with_a_four_byte_length() -> None:
+    payload = b"x" * 3_000_000
+    raw = mqtt_wire.publish_packet(b"big", payload, 1, 1, v5=False)
+    reader = Reader()
+    assert reader.feed(raw[:4]) == []  # not even the length is complete
+    assert reader.feed(raw[4:1000]) == []
+    [(_, flags, body)] = reader.feed(raw[1000:])
+    assert mqtt_wire.parse_publish(flags, body, v5=False)[1] == payload
+
+
+def test_malformed_and_oversized_lengths_are_refused() -> None:
+    with pytest.raises(MqttError, match="malformed"):
+        Reader().feed(b"\x30\xff\xff\xff\xff\x01")
+    with pytest.raises(MqttError, match="limit"):
+        Reader().feed(b"\x30" + mqtt_wire.varint(mqtt_wire.MAX_PACKET + 1))
+
+
+def test_endpoint_from_url() -> None:
+    ep = mqtt_wire.endpoint("mqtts://dev%40x:p%3Ass@broker.example:8884")
+    assert (ep.host, ep.port, ep.tls, ep.username, ep.password) == ("broker.example", 8884, True, "dev@x", "p:ss")
+    ep = mqtt_wire.endpoint("mqtt://127.0.0.1")
+    assert (ep.port, ep.tls, ep.username, ep.password) == (1883, False, None, None)
