@@ -34,7 +34,7 @@ SESSION_EXPIRY_S = 7 * 24 * 3600
 # Unacknowledged messages a v5 broker may send us. Acknowledgements wait for the commit, so this is
 # what may be on the way while batches are written; what is past it waits in the broker's queue,
 # which a broker with default limits keeps short (Mosquitto: 1,000, then it drops QoS 1 messages).
-RECEIVE_MAXIMUM = 10_000
+RECEIVE_MAXIMUM = 20_000
 KEEPALIVE_S = 30
 RECONNECT_S = (1.0, 30.0)  # the first wait after a lost connection, and the longest
 
