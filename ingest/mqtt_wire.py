@@ -274,6 +274,7 @@ class Connection(asyncio.Protocol):
     def resume(self) -> None:
         if self.transport is not None and self.paused:
             self.paused = False
+            self.heard = asyncio.get_running_loop().time()  # silence while paused was ours
             self.transport.resume_reading()
 
 
@@ -337,7 +338,7 @@ async def keep_alive(conn: Connection, keepalive: int) -> None:
         await asyncio.wait([conn.lost], timeout=keepalive / 2)
         if conn.lost.done():
             return
-        if loop.time() - conn.heard > keepalive * 1.5:
+        if not conn.paused and loop.time() - conn.heard > keepalive * 1.5:  # paused: we are not reading
             log.warning("MQTT: no word from the broker in %.0f s; reconnecting", keepalive * 1.5)
             if conn.transport is not None:
                 conn.transport.abort()

@@ -1,18 +1,27 @@
 """The ingester's MQTT connection against the real Mosquitto: a persistent session hands back
-exactly what was not acknowledged, and acknowledgements written in one go all count."""
+exactly what was not acknowledged, acknowledgements written in one go all count, and the ingester
+stops reading while too much waits."""
 
 from __future__ import annotations
 
 import asyncio
 import secrets
+from datetime import UTC, datetime
 
+import orjson
 import paho.mqtt.client as mqtt
+import psycopg
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from ingest import mqtt as ingester_mod
 from ingest import mqtt_wire
 from ingest.mqtt_wire import Message
+from ingest.pipeline import Pipeline
 from tests.conftest import MQTT_URL
+from trackd import db, registry, store
+from trackd.settings import Settings
+from trackd.shipment import Shipment
 
 
 def publish(topic: str, payloads: list[bytes]) -> None:
@@ -85,3 +94,66 @@ async def test_unacknowledged_messages_come_back_and_acknowledged_ones_do_not(v5
     conn3.send(mqtt_wire.BYE)
     assert conn3.transport is not None
     conn3.transport.close()
+
+
+async def test_the_ingester_stops_reading_while_too_much_waits_and_loses_nothing(testenv, monkeypatch) -> None:
+    """Backpressure: with the database holding the batches up, the ingester stops reading at
+    MAX_WAITING (the broker keeps the rest); once they go through, every message is stored once."""
+    monkeypatch.setattr(ingester_mod, "MAX_WAITING", 40)
+    run = secrets.token_hex(4)
+    name, prefix = f"bp-{run}", f"bp{run}/"
+    pool = await db.open_pool(testenv.dsn, 4)
+    stop = asyncio.Event()
+    task = None
+    try:
+        await store.create_tenant(pool, name, None)
+        tenant = await store.tenant_with_secret(pool, name, None)
+        assert tenant is not None
+        sid = store.new_id("shp")
+        async with store.transaction(pool) as conn:
+            await registry.create_shipment(conn, tenant[0].id, Shipment(sid, "BP-1"), [], datetime.now(UTC), None)
+        settings = Settings(
+            database_url=testenv.dsn, mqtt_url=MQTT_URL, mqtt_topic_prefix=prefix, mqtt_client_id=f"bp-{run}"
+        )
+        ingester = ingester_mod.MqttIngester(settings, Pipeline(pool))
+        task = asyncio.create_task(ingester.run(stop))
+        await asyncio.wait_for(ingester.subscribed.wait(), 10)
+        with psycopg.connect(testenv.dsn) as blocker:  # holds the shipment's state row
+            blocker.execute("SELECT 1 FROM shipment_state WHERE shipment_id = %s FOR UPDATE", (sid,))
+            payloads = [
+                orjson.dumps({"occurred_at": f"2026-11-01T00:{i // 60:02d}:{i % 60:02d}Z", "shipment": "BP-1",
+                              "position": {"lat": 10 + i / 1000, "lon": 20.0}})
+                for i in range(600)
+            ]  # fmt: skip
+            topic = f"{prefix}trackd/{name}/devices/d1/events"
+            await asyncio.to_thread(publish, topic, payloads)
+            await until(lambda: ingester.conn is not None and ingester.conn.paused)
+            waiting = ingester.queue.qsize()
+            assert 40 <= waiting < 600
+            await asyncio.sleep(0.3)
+            assert ingester.queue.qsize() == waiting  # not reading: the broker holds the rest
+            blocker.rollback()
+
+        async def stored() -> int:
+            async with store.transaction(pool) as conn:
+                row = await (
+                    await conn.execute("SELECT count(*) AS n FROM events WHERE tenant_id = %s", (tenant[0].id,))
+                ).fetchone()
+            return int(row["n"]) if row else 0
+
+        for _ in range(250):
+            if await stored() == 600:
+                break
+            await asyncio.sleep(0.04)
+        assert await stored() == 600
+        assert ingester.conn is not None
+        assert not ingester.conn.paused
+    finally:
+        stop.set()
+        if task is not None:
+            await asyncio.wait_for(task, 10)
+        end = await session(f"bp-{run}", True, [], clean=True)  # the persistent session goes too
+        end.send(mqtt_wire.BYE)
+        if end.transport is not None:
+            end.transport.close()
+        await pool.close()
