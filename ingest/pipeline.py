@@ -1,9 +1,10 @@
 """normalize -> one transaction -> publish after commit. Every transport goes through here.
 
-Deliveries of one tenant that arrive while its writes are in flight are written together, in one
-transaction (group commit): each caller still returns only once its own events are durable, with
-its own counts, and a delivery that makes the shared transaction fail is retried alone, so it
-cannot fail the others.
+A tenant's events are written in `PARTS` lanes by shipment reference (or device), one transaction
+in flight per lane, so that the lanes' transactions lock different state rows. Deliveries of a
+lane that arrive while its write is in flight are written together in its next transaction (group
+commit): each caller still returns only once all its events are durable, with its own counts, and
+a delivery that makes the shared transaction fail is retried alone, so it cannot fail the others.
 """
 
 from __future__ import annotations
@@ -80,9 +81,18 @@ class Pipeline:
         if len(parts) == 1:
             part, evs = parts.popitem()
             return await self._enqueue(tenant, part, evs, transport)
-        results = await asyncio.gather(*(self._enqueue(tenant, p, evs, transport) for p, evs in parts.items()))
+        # Every part is settled before the caller hears: an error for any part is the delivery's,
+        # the database's own (503) first, and the parts that were stored are found again as
+        # duplicates when the sender retries.
+        results = await asyncio.gather(
+            *(self._enqueue(tenant, p, evs, transport) for p, evs in parts.items()), return_exceptions=True
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise next((e for e in errors if isinstance(e, Unavailable)), errors[0])
         total = ledger.WriteResult()
         for r in results:
+            assert isinstance(r, ledger.WriteResult)
             total.accepted += r.accepted
             total.stored += r.stored
             total.duplicates += r.duplicates

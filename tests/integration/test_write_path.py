@@ -233,3 +233,37 @@ async def test_a_shared_identifier_goes_to_the_oldest_shipment(pool: AsyncConnec
         row = await (await conn.execute(query, (new,))).fetchone()
     assert row is not None
     assert row["last_lat"] is None
+
+
+async def test_a_delivery_across_lanes_fails_if_any_part_fails(pool: AsyncConnectionPool) -> None:
+    """A delivery split into write lanes answers only once every part is settled: the counts of all
+    parts when they are stored, the error when one is not (the sender retries; the rest dedupes)."""
+    from ingest.pipeline import Pipeline, lane
+
+    tenant_id = await _tenant(pool)
+    good = next(f"WP-SPLIT-{i}" for i in range(100) if lane(f"WP-SPLIT-{i}") == 0)
+    bad = next(f"WP-SPLIT-BAD-{i}" for i in range(100) if lane(f"WP-SPLIT-BAD-{i}") == 1)
+    async with store.transaction(pool) as conn:
+        for name in (good, bad):
+            await registry.create_shipment(conn, tenant_id, Shipment(store.new_id("shp"), name), [], T0, None)
+    failing = {bad}
+
+    async def evaluator(conn, row, _before, state, _now):  # type: ignore[no-untyped-def]
+        if row["tracking_number"] in failing:
+            raise ValueError("this part cannot be folded")
+        return state, []
+
+    pipeline = Pipeline(pool, evaluator)
+    tenant = store.Tenant(tenant_id, "wp")
+    delivery = _events(tenant_id, _position(good, 1, 51.0), _position(bad, 1, 51.0), _position(good, 2, 51.1))
+    with pytest.raises(ValueError, match="cannot be folded"):
+        await pipeline.store_events(tenant, delivery, "api")
+    async with store.transaction(pool) as conn:
+        rows = await (
+            await conn.execute("SELECT count(*) AS n FROM events WHERE tenant_id = %s", (tenant_id,))
+        ).fetchone()
+    assert rows is not None
+    assert rows["n"] == 2  # the good lane's part is stored
+    failing.clear()  # the sender tries again: the stored part is found as duplicates
+    result = await pipeline.store_events(tenant, delivery, "api")
+    assert (result.accepted, result.stored, result.duplicates) == (3, 1, 2)
