@@ -113,11 +113,15 @@ def _skip_properties(body: bytes, at: int) -> int:
     """The offset after a v5 property block starting at `at`."""
     length = shift = 0
     while True:
+        if at >= len(body):
+            raise MqttError("property length runs past the packet")
         byte = body[at]
         at += 1
         length |= (byte & 0x7F) << shift
         shift += 7
         if not byte & 0x80:
+            if at + length > len(body):
+                raise MqttError("properties run past the packet")
             return at + length
         if shift > 21:
             raise MqttError("malformed property length")
@@ -164,13 +168,20 @@ class Reader:
 
 
 def parse_publish(flags: int, body: bytes, *, v5: bool) -> tuple[str, bytes, int, int]:
-    """(topic, payload, qos, packet id) of a PUBLISH packet."""
+    """(topic, payload, qos, packet id) of a PUBLISH packet; MqttError if it is malformed."""
     qos = (flags >> 1) & 0x03
     if qos == 3:
         raise MqttError("PUBLISH with QoS 3")
+    if len(body) < 2:
+        raise MqttError("PUBLISH without a topic")
     n = struct.unpack_from("!H", body)[0]
-    topic = body[2 : 2 + n].decode()
     at = 2 + n
+    if len(body) < at + (2 if qos else 0):
+        raise MqttError("PUBLISH shorter than its topic and packet id")
+    try:
+        topic = body[2:at].decode()
+    except UnicodeDecodeError:
+        raise MqttError("PUBLISH topic is not UTF-8") from None
     pid = 0
     if qos:
         pid = struct.unpack_from("!H", body, at)[0]

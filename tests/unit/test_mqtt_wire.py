@@ -110,3 +110,30 @@ def test_endpoint_from_url() -> None:
     assert (ep.host, ep.port, ep.tls, ep.username, ep.password) == ("broker.example", 8884, True, "dev@x", "p:ss")
     ep = mqtt_wire.endpoint("mqtt://127.0.0.1")
     assert (ep.port, ep.tls, ep.username, ep.password) == (1883, False, None, None)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=600), st.booleans())
+def test_any_bytes_are_packets_or_a_clear_error(data: bytes, v5: bool) -> None:
+    """Whatever a broker (or something posing as one) sends, the reader and the PUBLISH parser
+    answer packets or MqttError, never another exception."""
+    try:
+        packets = Reader().feed(data)
+    except MqttError:
+        return
+    for kind, flags, body in packets:
+        assert 0 <= kind <= 15
+        if kind == mqtt_wire.PUBLISH:
+            try:
+                topic, payload, _qos, _pid = mqtt_wire.parse_publish(flags, body, v5=v5)
+            except MqttError:
+                continue
+            assert isinstance(topic, str)
+            assert len(payload) <= len(body)
+
+
+def test_truncated_publish_is_refused() -> None:
+    with pytest.raises(MqttError, match="shorter"):
+        mqtt_wire.parse_publish(0x02, b"\x00\x05ab", v5=False)
+    with pytest.raises(MqttError, match="past the packet"):
+        mqtt_wire.parse_publish(0x00, b"\x00\x01t\x05ab", v5=True)
