@@ -1,12 +1,19 @@
 """The ingester's MQTT connection against the real Mosquitto: a persistent session hands back
 exactly what was not acknowledged, acknowledgements written in one go all count, and the ingester
-stops reading while too much waits."""
+stops reading while too much waits; over TLS the broker's certificate is checked."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
-from datetime import UTC, datetime
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import orjson
 import paho.mqtt.client as mqtt
@@ -18,7 +25,7 @@ from ingest import mqtt as ingester_mod
 from ingest import mqtt_wire
 from ingest.mqtt_wire import Message
 from ingest.pipeline import Pipeline
-from tests.conftest import MQTT_URL
+from tests.conftest import MQTT_URL, free_port
 from trackd import db, registry, store
 from trackd.settings import Settings
 from trackd.shipment import Shipment
@@ -157,3 +164,79 @@ async def test_the_ingester_stops_reading_while_too_much_waits_and_loses_nothing
         if end.transport is not None:
             end.transport.close()
         await pool.close()
+
+
+def _certificates(root: Path) -> tuple[Path, Path, Path]:
+    """A CA and a certificate for localhost that it signed: (ca, cert, key) PEM files."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.now(UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "trackd test CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        .serial_number(1).not_valid_before(now - timedelta(hours=1)).not_valid_after(now + timedelta(hours=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    cert = (
+        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name).public_key(key.public_key()).serial_number(2)
+        .not_valid_before(now - timedelta(hours=1)).not_valid_after(now + timedelta(hours=2))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    paths = root / "ca.pem", root / "cert.pem", root / "key.pem"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    for p in paths:
+        p.chmod(0o644)
+    return paths
+
+
+def _tls_broker(root: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """A Mosquitto of this test's with a TLS listener: (process, port, CA file), once it listens."""
+    ca, cert, key = _certificates(root)
+    port = free_port()
+    conf = root / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\ncertfile {cert}\nkeyfile {key}\n"
+        + ("user root\n" if os.geteuid() == 0 else "")
+    )
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc, port, ca
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("the TLS broker did not start")
+
+
+async def test_mqtts_verifies_the_broker_and_carries_messages(tmp_path: Path, monkeypatch) -> None:
+    """`mqtts://`: TLS with the system's trust store (here SSL_CERT_FILE names the test CA); a
+    broker whose certificate is not trusted is refused."""
+    broker, port, ca = await asyncio.to_thread(_tls_broker, tmp_path)
+    try:
+        ep = mqtt_wire.endpoint(f"mqtts://localhost:{port}")
+        with pytest.raises(ssl.SSLCertVerificationError):  # the test CA is not trusted yet
+            await mqtt_wire.open_connection(ep, "tls-a", v5=True, clean=True, keepalive=30, on_message=print)
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+        got: list[Message] = []
+        conn, _ = await mqtt_wire.open_connection(ep, "tls-b", v5=True, clean=True, keepalive=30, on_message=got.append)
+        await mqtt_wire.subscribe(conn, 1, ["tls/t"])
+        conn.send(mqtt_wire.publish_packet(b"tls/t", b"over tls", 1, 7, v5=True))
+        await until(lambda: len(got) == 1)
+        assert (got[0].topic, got[0].payload) == ("tls/t", b"over tls")
+        assert conn.transport is not None
+        conn.transport.close()
+    finally:
+        broker.terminate()
+        await asyncio.to_thread(broker.wait, 10)
