@@ -18,6 +18,8 @@ import time
 from array import array
 from typing import Any
 
+from ingest import mqtt_wire
+
 EVENT = b'{"occurred_at":%.3f,"shipment":"%s","position":{"lat":%.4f,"lon":%.4f,"speed_kmh":%.1f}}'
 
 
@@ -155,14 +157,13 @@ class MqttLoad:
     def __init__(self, conf: dict[str, Any], client_id: str) -> None:
         self.conf, self.client_id = conf, client_id
         self.acked = self.sent = 0
-        self.conn: Any = None
+        self.conn: mqtt_wire.Connection | None = None
         self._pid = 0
 
     async def open(self) -> None:
-        from ingest import mqtt_wire
-
-        ep = mqtt_wire.Endpoint(self.conf["host"], self.conf["port"], False, self.conf.get("username"),
-                                self.conf.get("password"))
+        ep = mqtt_wire.Endpoint(
+            self.conf["host"], self.conf["port"], False, self.conf.get("username"), self.conf.get("password")
+        )
         self.conn, _ = await mqtt_wire.open_connection(
             ep, self.client_id, v5=False, clean=True, keepalive=120, on_message=lambda _m: None
         )
@@ -171,12 +172,14 @@ class MqttLoad:
     def _on_puback(self, _pid: int) -> None:
         self.acked += 1
 
-    def packet(self, topic: bytes, payload: bytes) -> bytes:
-        from ingest.mqtt_wire import publish_packet
+    def send(self, packets: bytes) -> None:
+        assert self.conn is not None, "open() first"
+        self.conn.send(packets)
 
+    def packet(self, topic: bytes, payload: bytes) -> bytes:
         self._pid = self._pid % 65535 + 1
         self.sent += 1
-        return publish_packet(topic, payload, 1, self._pid, v5=False)
+        return mqtt_wire.publish_packet(topic, payload, 1, self._pid, v5=False)
 
     async def settle(self, within_s: float) -> None:
         deadline = time.monotonic() + within_s
@@ -184,10 +187,8 @@ class MqttLoad:
             await asyncio.sleep(0.005)
 
     def close(self) -> None:
-        from ingest.mqtt_wire import BYE
-
         if self.conn is not None and self.conn.transport is not None:
-            self.conn.send(BYE)
+            self.conn.send(mqtt_wire.BYE)
             self.conn.transport.close()
 
 
@@ -224,7 +225,7 @@ async def _mqtt_publish(conf: dict[str, Any], consumed: Any) -> dict[str, Any]:
                     payload = b"%.6f|" % time.monotonic() + payload
                 chunk.append(pub.packet(topics[n % 100], payload))
                 n += 1
-            pub.conn.send(b"".join(chunk))
+            pub.send(b"".join(chunk))
             await asyncio.sleep(0)  # read the acknowledgements that came meanwhile
         await pub.settle(30)
     finally:
@@ -239,8 +240,6 @@ def raw_subscriber(conf: dict[str, Any], consumed: Any, last_at: Any, ready: Any
 
 
 async def _raw_subscribe(conf: dict[str, Any], consumed: Any, last_at: Any, ready: Any, stop: Any) -> dict[str, Any]:
-    from ingest import mqtt_wire
-
     lat = array("d")
     stamp = conf.get("stamp", False)
     pending: list[int] = []
@@ -320,7 +319,7 @@ async def _e2e_publish(conf: dict[str, Any]) -> dict[str, Any]:
                 batch.append(payload)
             counter += 1
         if packets:
-            mq.conn.send(b"".join(packets))
+            mq.send(b"".join(packets))
         if batch:
             body = b"[" + b",".join(batch) + b"]"
             task = asyncio.create_task(post(body))
