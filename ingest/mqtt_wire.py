@@ -208,7 +208,7 @@ def endpoint(url: str) -> Endpoint:
         u.port or (8883 if tls else 1883),
         tls,
         unquote(u.username) if u.username else None,
-        unquote(u.password) if u.password is not None else None,
+        unquote(u.password) if u.username and u.password is not None else None,  # 3.1.1: no password alone
     )
 
 

@@ -110,6 +110,7 @@ def test_endpoint_from_url() -> None:
     assert (ep.host, ep.port, ep.tls, ep.username, ep.password) == ("broker.example", 8884, True, "dev@x", "p:ss")
     ep = mqtt_wire.endpoint("mqtt://127.0.0.1")
     assert (ep.port, ep.tls, ep.username, ep.password) == (1883, False, None, None)
+    assert mqtt_wire.endpoint("mqtt://:secret@127.0.0.1").password is None  # a password needs a user name
 
 
 @settings(max_examples=500, deadline=None)
