@@ -87,17 +87,6 @@ class MqttIngester:
         if self.queue.qsize() >= MAX_WAITING and self.conn is not None:
             self.conn.pause()  # backpressure: the broker holds the rest until we read again
 
-    def _forget_older(self, number: int) -> None:
-        """Drop QoS 1 messages of earlier connections that wait for a batch: they were not
-        acknowledged, so the broker sends them again on this one (a persistent session)."""
-        waiting = []
-        while not self.queue.empty():
-            msg = self.queue.get_nowait()
-            if msg.qos == 0 or msg.conn == number:
-                waiting.append(msg)
-        for msg in waiting:
-            self.queue.put_nowait(msg)
-
     async def run(self, stop: asyncio.Event) -> None:
         session = asyncio.create_task(self._session(stop), name="mqtt-session")
         worker = asyncio.create_task(self._consume(), name="mqtt-consume")
@@ -134,7 +123,6 @@ class MqttIngester:
                         receive_maximum=RECEIVE_MAXIMUM if v5 else 0,
                     )
                     self.conn = conn
-                    self._forget_older(conn.number)
                     self.connected.set()
                     log.info("MQTT connected as %s", self.settings.mqtt_client_id)
                     await mqtt_wire.subscribe(conn, 1, topics)

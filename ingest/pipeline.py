@@ -77,7 +77,7 @@ class Pipeline:
 
     async def store_events(self, tenant: Tenant, events: list[Event], transport: str) -> ledger.WriteResult:
         """Write a delivery (with others of the tenant waiting then); returns once it is durable."""
-        parts = split(events) if events else {0: events}
+        parts = split(events)
         if len(parts) == 1:
             part, evs = parts.popitem()
             return await self._enqueue(tenant, part, evs, transport)
@@ -203,7 +203,7 @@ class Pipeline:
 def split(events: list[Event]) -> dict[int, list[Event]]:
     """A delivery's events by lane, in their order: the same shipment reference (else device) is
     always in the same lane. A delivery with DCSA events, which may withdraw others, stays whole."""
-    if any(e.source == "dcsa" or e.retracts for e in events):
+    if not events or any(e.source == "dcsa" or e.retracts for e in events):
         return {0: events}
     parts: dict[int, list[Event]] = {}
     for e in events:
