@@ -21,7 +21,7 @@ from trackd.store import Conn, Tenant
 
 @dataclass
 class AppState:
-    """Everything the api role holds open for its lifetime (see `api.app.lifespan`)."""
+    """Everything the api role holds open for its lifetime (see `serve.app.lifespan`)."""
 
     settings: Settings
     pool: AsyncConnectionPool

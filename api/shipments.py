@@ -235,4 +235,3 @@ async def shipment_positions(
 async def shipment_eta_history(shipment_id: str, tenant: CurrentTenant, db: Db) -> list[dict[str, Any]]:
     await registry.require_shipment(db, tenant.id, shipment_id)
     return await store.eta_history(db, shipment_id)
-

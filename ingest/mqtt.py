@@ -1,6 +1,6 @@
 """The MQTT ingester: QoS 1, a persistent session (optionally a shared subscription), acks after commit.
 
-The connection runs on the event loop (ingest/mqtt_wire.py): whatever the broker sent is read in
+The connection runs on the event loop (ingest/mqtt_conn.py): whatever the broker sent is read in
 one call and parsed from that buffer, messages are written in batches through the pipeline, and
 acknowledged only once their transaction has committed, a batch's acknowledgements in one write.
 A message redelivered after a crash or a reconnect has the same event ids, so it is stored once.
@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ingest import mqtt_wire
-from ingest.mqtt_wire import Connection, Message, MqttError
+from ingest import mqtt_conn as mqtt_wire
+from ingest.mqtt_conn import Connection, Message, MqttError
 from ingest.pipeline import Pipeline
 from trackd import store
 from trackd.errors import TrackdError, Unavailable, ValidationError

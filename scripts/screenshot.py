@@ -51,9 +51,22 @@ def start_demo(state_dir: Path, shipments: int, speed: float, log: Path) -> tupl
     env |= {"PYTHONPATH": str(ROOT), "TRACKD_HTTP_PORT": str(free_port()), "PYTHONUNBUFFERED": "1"}
     with open(log, "w") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "trackd.cli", "demo", "--state-dir", str(state_dir),
-             "--shipments", str(shipments), "--speed", str(speed)],
-            env=env, stdout=subprocess.PIPE, stderr=err, text=True,
+            [
+                sys.executable,
+                "-m",
+                "serve.cli",
+                "demo",
+                "--state-dir",
+                str(state_dir),
+                "--shipments",
+                str(shipments),
+                "--speed",
+                str(speed),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
         )
     assert proc.stdout is not None
     url = key = None
@@ -79,7 +92,9 @@ def capture(page: Page, url: str, key: str, want: int, moving: int, out: Path) -
     page.wait_for_function(
         "n => [...window.trackd.shipments.values()].filter((s) => s.last_position"
         " && ['in_transit', 'customs', 'out_for_delivery'].includes(s.status)).length >= n",
-        arg=moving, timeout=900_000, polling=1000,
+        arg=moving,
+        timeout=900_000,
+        polling=1000,
     )
     # Frame every marker in what the side panel leaves of the map.
     page.evaluate("""() => {
@@ -113,8 +128,13 @@ def main() -> int:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(
                 executable_path=CHROMIUM,
-                args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                      "--disable-component-update"],
+                args=[
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                ],
             )
             try:
                 page = browser.new_page(viewport={"width": 1280, "height": 800})

@@ -21,9 +21,9 @@ from psycopg_pool import AsyncConnectionPool
 from starlette.websockets import WebSocketDisconnect
 
 from stream import protocol
-from stream.client import Client, ClientClosed
 from stream.hub import Hub
 from stream.protocol import Message, Ping, ProtocolError, Selector, Subscribe
+from stream.session import Client, ClientClosed
 from trackd import store
 from trackd.errors import TrackdError
 

@@ -28,8 +28,8 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from stream import protocol
-from stream.client import CLOSE_TRY_AGAIN_LATER, Client, TenantClients
 from stream.protocol import Message, ProtocolError, Selector, Subscribe
+from stream.session import CLOSE_TRY_AGAIN_LATER, Client, TenantClients
 from trackd.bus import Bus, BusUnavailable
 from trackd.errors import TrackdError
 

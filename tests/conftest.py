@@ -48,7 +48,7 @@ class RunEnv:
         self, *args: str, extra: dict[str, str] | None = None, timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "trackd.cli", *args],
+            [sys.executable, "-m", "serve.cli", *args],
             env={**self.env, **(extra or {})},
             capture_output=True,
             text=True,
@@ -61,14 +61,14 @@ class RunEnv:
     ) -> subprocess.Popen[bytes]:
         if log is None:
             return subprocess.Popen(
-                [sys.executable, "-m", "trackd.cli", *args],
+                [sys.executable, "-m", "serve.cli", *args],
                 env={**self.env, **(extra or {})},
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
         with open(log, "ab") as out:
             return subprocess.Popen(
-                [sys.executable, "-m", "trackd.cli", *args], env={**self.env, **(extra or {})}, stdout=out, stderr=out
+                [sys.executable, "-m", "serve.cli", *args], env={**self.env, **(extra or {})}, stdout=out, stderr=out
             )
 
     def sql(self, query: str, *params: Any) -> list[tuple[Any, ...]]:

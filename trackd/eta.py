@@ -362,9 +362,7 @@ def eta_changed(old: Eta | None, new: Eta, threshold: timedelta = timedelta(minu
     return abs(new.earliest - old.earliest) >= material or abs(new.latest - old.latest) >= material
 
 
-def _append(
-    table: Mapping[str, tuple[_T, ...]], key: str, items: Iterable[_T], keep: int
-) -> dict[str, tuple[_T, ...]]:
+def _append(table: Mapping[str, tuple[_T, ...]], key: str, items: Iterable[_T], keep: int) -> dict[str, tuple[_T, ...]]:
     out = dict(table)
     out[key] = (*table.get(key, ()), *items)[-keep:]
     return out
@@ -376,8 +374,7 @@ def learn(stats: LaneStats, completed: CompletedJourney) -> LaneStats:
     transit = dict(stats.transit_h)
     key = lane_key(s)
     if key is not None:
-        transit = _append(stats.transit_h, key, [hours(completed.delivered_at - completed.started_at)],
-                          KEEP["transit"])
+        transit = _append(stats.transit_h, key, [hours(completed.delivered_at - completed.started_at)], KEEP["transit"])
     dwell = dict(stats.dwell_h)
     for place, h in places.dwells(completed.milestones):
         dwell = _append(dwell, place, [h], KEEP["dwell"])

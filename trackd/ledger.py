@@ -377,9 +377,7 @@ def state_row(shipment_id: str, s: State, before: State | None = None) -> dict[s
         "delivered_at": s.delivered_at,
         "started_at": s.started_at,
         "milestones": changed(list(s.milestones), before and list(before.milestones)),
-        "recent": None
-        if before is not None and s.recent is before.recent
-        else [p.to_dict() for p in s.recent],
+        "recent": None if before is not None and s.recent is before.recent else [p.to_dict() for p in s.recent],
     }
 
 

@@ -57,8 +57,9 @@ def _mode(journey: eta_engine.Journey, now: datetime) -> Mode | None:
     return journey.shipment.main_mode
 
 
-def _no_signal(journey: eta_engine.Journey, now: datetime, last_event_at: datetime | None,
-               status: StatusState) -> tuple[bool, datetime, str]:
+def _no_signal(
+    journey: eta_engine.Journey, now: datetime, last_event_at: datetime | None, status: StatusState
+) -> tuple[bool, datetime, str]:
     limit = NO_SIGNAL_AFTER[_mode(journey, now) or Mode.ROAD]
     if last_event_at is None or status.status not in MOVING:
         return False, last_event_at or now, "signal resumed"
@@ -68,8 +69,9 @@ def _no_signal(journey: eta_engine.Journey, now: datetime, last_event_at: dateti
     return False, last_event_at, "signal resumed"
 
 
-def _dwell(journey: eta_engine.Journey, stats: eta_engine.LaneStats, now: datetime,
-           status: StatusState) -> tuple[bool, datetime, str]:
+def _dwell(
+    journey: eta_engine.Journey, stats: eta_engine.LaneStats, now: datetime, status: StatusState
+) -> tuple[bool, datetime, str]:
     """Stationary (fixes within 500 m, or an arrival milestone with no departure since) for
     longer than twice the usual dwell at that kind of place."""
     pos = journey.position
@@ -95,8 +97,9 @@ def _dwell(journey: eta_engine.Journey, stats: eta_engine.LaneStats, now: dateti
     return False, moved_at, "moving again"
 
 
-def _usual_dwell_h(journey: eta_engine.Journey, stats: eta_engine.LaneStats, now: datetime,
-                   status: StatusState) -> float:
+def _usual_dwell_h(
+    journey: eta_engine.Journey, stats: eta_engine.LaneStats, now: datetime, status: StatusState
+) -> float:
     if status.status is Status.CUSTOMS:
         return eta_engine.CUSTOMS_HOLD_H if status.substatus == "customs.hold" else eta_engine.CUSTOMS_H
     legs = eta_engine.resolved_legs(journey.shipment)
@@ -123,8 +126,9 @@ def _off_route(journey: eta_engine.Journey) -> tuple[bool, datetime | None, str]
     return False, pos.at, "back on route"
 
 
-def _temperature(journey: eta_engine.Journey, sensor: Mapping[str, Any] | None,
-                 now: datetime) -> tuple[bool | None, datetime, str]:
+def _temperature(
+    journey: eta_engine.Journey, sensor: Mapping[str, Any] | None, now: datetime
+) -> tuple[bool | None, datetime, str]:
     rng = journey.shipment.temperature_range_c
     temp = sensor.get("temperature_c") if sensor else None
     if rng is None or sensor is None or not isinstance(temp, int | float):
@@ -171,8 +175,9 @@ def evaluate(
     final_at = status.status_at or now
     out: list[RuleChange] = []
 
-    def decide(kind: ExceptionKind, active: bool | None, at: datetime | None, detail: str,
-               *, closes: bool = True) -> None:
+    def decide(
+        kind: ExceptionKind, active: bool | None, at: datetime | None, detail: str, *, closes: bool = True
+    ) -> None:
         if final and closes:
             active, at, detail = False, final_at, f"shipment {status.status.value}"
         if active is None or at is None:

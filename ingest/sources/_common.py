@@ -176,8 +176,9 @@ def classifier(value: Any, table: dict[str, str], where: str) -> Classifier:
     return Classifier(found)
 
 
-def check_time(where: str, occurred_at: datetime, info: MilestoneInfo | None, created_at: datetime | None,
-               ctx: SourceContext) -> None:
+def check_time(
+    where: str, occurred_at: datetime, info: MilestoneInfo | None, created_at: datetime | None, ctx: SourceContext
+) -> None:
     """No event is from the future; an estimate or plan is about the future, so its creation is checked."""
     if info is not None and info.classifier is not Classifier.ACTUAL:
         if created_at is not None:
@@ -214,8 +215,15 @@ def sensor(field: str, **fields: Any) -> Sensor:
         raise renamed(exc, field) from None
 
 
-def info(code: Milestone | None, raw_code: str, *, classifier: Classifier = Classifier.ACTUAL,
-         location: Location | None = None, mode: Mode | None = None,
-         description: str | None = None) -> MilestoneInfo:
-    return MilestoneInfo(code=code, classifier=classifier, location=location, mode=mode,
-                         raw_code=raw_code, description=description)
+def info(
+    code: Milestone | None,
+    raw_code: str,
+    *,
+    classifier: Classifier = Classifier.ACTUAL,
+    location: Location | None = None,
+    mode: Mode | None = None,
+    description: str | None = None,
+) -> MilestoneInfo:
+    return MilestoneInfo(
+        code=code, classifier=classifier, location=location, mode=mode, raw_code=raw_code, description=description
+    )

@@ -115,25 +115,54 @@ def normalize(payload: bytes, ctx: SourceContext) -> list[Event]:
         seen[event_id] = seen.get(event_id, 0) + 1
         if seen[event_id] > 1:  # two scans of one tag at one minute: keep both, stably
             event_id = f"{event_id}:{seen[event_id]}"
-        info = c.info(_code(tag, subtag), subtag or tag, location=place,
-                      description=c.text(cp.get("message"), where + "message", max_len=1000))
+        info = c.info(
+            _code(tag, subtag),
+            subtag or tag,
+            location=place,
+            description=c.text(cp.get("message"), where + "message", max_len=1000),
+        )
         carrier = c.text(cp.get("slug"), where + "slug") or slug
-        events.append(c.milestone_event(where, ctx, info=info, event_id=event_id, occurred_at=occurred_at,
-                                        raw=cp, **(common | {"carrier": carrier})))
+        events.append(
+            c.milestone_event(
+                where,
+                ctx,
+                info=info,
+                event_id=event_id,
+                occurred_at=occurred_at,
+                raw=cp,
+                **(common | {"carrier": carrier}),
+            )
+        )
     estimate = _estimate(msg)
     if estimate is not None:
         field, value = estimate
         info = c.info(Milestone.DELIVERED, field, classifier=Classifier.ESTIMATED)
-        events.append(c.milestone_event(
-            "msg.", ctx, info=info, event_id=f"{SOURCE}:{tracking}:edd:{value}"[:200],
-            occurred_at=c.estimate_time(value, "msg." + field), created_at=_created(msg, body),
-            raw={field: value}, **common,
-        ))
+        events.append(
+            c.milestone_event(
+                "msg.",
+                ctx,
+                info=info,
+                event_id=f"{SOURCE}:{tracking}:edd:{value}"[:200],
+                occurred_at=c.estimate_time(value, "msg." + field),
+                created_at=_created(msg, body),
+                raw={field: value},
+                **common,
+            )
+        )
     if not checkpoints:
         tag = c.req_text(msg.get("tag"), "msg.tag")
         when = msg.get("updated_at") or msg.get("created_at") or body.get("ts")
         info = c.info(_code(tag, c.text(msg.get("subtag"), "msg.subtag")), tag)
         event_id = f"{SOURCE}:{tracking}:{when}:{tag}"[:200]
-        events.append(c.milestone_event("msg.", ctx, info=info, event_id=event_id,
-                                        occurred_at=c.time_at(when, "msg.updated_at"), raw=msg, **common))
+        events.append(
+            c.milestone_event(
+                "msg.",
+                ctx,
+                info=info,
+                event_id=event_id,
+                occurred_at=c.time_at(when, "msg.updated_at"),
+                raw=msg,
+                **common,
+            )
+        )
     return events

@@ -67,13 +67,17 @@ def _references(body: dict[str, Any], where: str) -> tuple[str | None, tuple[str
         ref = c.text(body.get(key), where + key)
         if ref:
             typed.append((doc_type, ref))
-    for key, kind in (("transportDocumentReference", "TRD"), ("carrierBookingReference", "BKG"),
-                      ("carrierBookingRequestReference", "CBR")):
+    for key, kind in (
+        ("transportDocumentReference", "TRD"),
+        ("carrierBookingReference", "BKG"),
+        ("carrierBookingRequestReference", "CBR"),
+    ):
         ref = c.text(body.get(key), where + key)
         if ref:
             typed.append((kind, ref))
-    typed += _pairs(body.get("documentReferences"), where + "documentReferences",
-                    "documentReferenceType", "documentReferenceValue")
+    typed += _pairs(
+        body.get("documentReferences"), where + "documentReferences", "documentReferenceType", "documentReferenceValue"
+    )
     related = where + "relatedDocumentReferences"
     typed += _pairs(body.get("relatedDocumentReferences"), related, "type", "value")
     equipment = c.text(body.get("equipmentReference"), where + "equipmentReference")
@@ -95,9 +99,14 @@ def _location(value: Any, where: str) -> Location | None:
     unlocode = c.text(loc.get("UNLocationCode"), where + ".UNLocationCode")
     lat = optional_number(loc.get("latitude"), where + ".latitude")
     lon = optional_number(loc.get("longitude"), where + ".longitude")
-    return c.location(where, name=c.text(loc.get("locationName"), where + ".locationName"), unlocode=unlocode,
-                      country=unlocode[:2].upper() if unlocode and len(unlocode) == 5 else None,
-                      lat=lat, lon=lon)
+    return c.location(
+        where,
+        name=c.text(loc.get("locationName"), where + ".locationName"),
+        unlocode=unlocode,
+        country=unlocode[:2].upper() if unlocode and len(unlocode) == 5 else None,
+        lat=lat,
+        lon=lon,
+    )
 
 
 def _place(body: dict[str, Any], call: dict[str, Any] | None, where: str) -> Location | None:
@@ -109,8 +118,11 @@ def _place(body: dict[str, Any], call: dict[str, Any] | None, where: str) -> Loc
     if call.get("location") is not None:
         return _location(call["location"], where + "transportCall.location")
     unlocode = c.text(call.get("UNLocationCode"), where + "transportCall.UNLocationCode")
-    return c.location(where + "transportCall", unlocode=unlocode,
-                      country=unlocode[:2].upper() if unlocode and len(unlocode) == 5 else None)
+    return c.location(
+        where + "transportCall",
+        unlocode=unlocode,
+        country=unlocode[:2].upper() if unlocode and len(unlocode) == 5 else None,
+    )
 
 
 def _carrier(meta: dict[str, Any], call: dict[str, Any] | None, meta_where: str, where: str) -> str | None:
@@ -133,17 +145,23 @@ def _code(event_type: str, code: str, body: dict[str, Any], where: str) -> Any:
     return c.milestone(CODES[event_type], code)
 
 
-def _retraction(meta: dict[str, Any], item: dict[str, Any], retracted: str, where: str,
-                ctx: SourceContext) -> Event:
+def _retraction(meta: dict[str, Any], item: dict[str, Any], retracted: str, where: str, ctx: SourceContext) -> Event:
     event_id = c.text(meta.get("eventID"), where + "eventID")
     created = c.time_at(meta.get("eventCreatedDateTime"), where + "eventCreatedDateTime", require_offset=True)
     target = f"{SOURCE}:{retracted}"
     return c.milestone_event(
-        where, ctx, info=c.info(None, "RETRACTED"),
+        where,
+        ctx,
+        info=c.info(None, "RETRACTED"),
         event_id=f"{SOURCE}:{event_id}" if event_id else derive_event_id(SOURCE, item),
-        source=SOURCE, occurred_at=created, created_at=created, retracts=target,
+        source=SOURCE,
+        occurred_at=created,
+        created_at=created,
+        retracts=target,
         # The retraction names no shipment of its own; the retracted event's id is its only handle.
-        refs=(target,), carrier=_carrier(meta, None, where, where), raw=item,
+        refs=(target,),
+        carrier=_carrier(meta, None, where, where),
+        raw=item,
     )
 
 
@@ -163,28 +181,40 @@ def _parse(item: Any, where: str, ctx: SourceContext) -> Event:
         meta, meta_where, retracted, body, body_where = item, prefix, None, item, prefix
     declared = c.text(meta.get("eventType") or body.get("eventType"), meta_where + "eventType")
     event_type, code = _event_type(body, declared.upper() if declared else None, body_where)
-    classifier = c.classifier(body.get("eventClassifierCode"), CODES["classifier"],
-                              body_where + "eventClassifierCode")
+    classifier = c.classifier(body.get("eventClassifierCode"), CODES["classifier"], body_where + "eventClassifierCode")
     occurred_at = c.time_at(body.get("eventDateTime"), body_where + "eventDateTime", require_offset=True)
     created_raw = meta.get("eventCreatedDateTime")
-    created_at = None if created_raw is None else c.time_at(
-        created_raw, meta_where + "eventCreatedDateTime", require_offset=True)
+    created_at = (
+        None
+        if created_raw is None
+        else c.time_at(created_raw, meta_where + "eventCreatedDateTime", require_offset=True)
+    )
     call = c.opt_obj(body.get("transportCall"), body_where + "transportCall")
     shipment, all_refs = _references(body, body_where)
     event_id = c.text(meta.get("eventID"), meta_where + "eventID")
-    description = c.text(body.get("reason") or body.get("changeRemark") or body.get("remark"),
-                         body_where + "reason", max_len=1000)
+    description = c.text(
+        body.get("reason") or body.get("changeRemark") or body.get("remark"), body_where + "reason", max_len=1000
+    )
     info = c.info(
-        _code(event_type, code, body, body_where), code, classifier=classifier,
+        _code(event_type, code, body, body_where),
+        code,
+        classifier=classifier,
         location=_place(body, call, body_where),
         mode=c.mode((call or {}).get("modeOfTransport"), CODES["mode"], body_where + "transportCall"),
         description=description,
     )
     return c.milestone_event(
-        prefix, ctx, info=info,
+        prefix,
+        ctx,
+        info=info,
         event_id=f"{SOURCE}:{event_id}" if event_id else derive_event_id(SOURCE, item),
-        source=SOURCE, occurred_at=occurred_at, created_at=created_at, shipment=shipment, refs=all_refs,
-        carrier=_carrier(meta, call, meta_where, body_where), retracts=f"{SOURCE}:{retracted}" if retracted else None,
+        source=SOURCE,
+        occurred_at=occurred_at,
+        created_at=created_at,
+        shipment=shipment,
+        refs=all_refs,
+        carrier=_carrier(meta, call, meta_where, body_where),
+        retracts=f"{SOURCE}:{retracted}" if retracted else None,
         raw=item,
     )
 

@@ -57,7 +57,9 @@ def normalize(payload: bytes, ctx: SourceContext) -> list[Event]:
     tracker, w = found
     code = c.req_text(tracker.get("tracking_code"), w + "tracking_code")
     common: dict[str, Any] = {
-        "source": SOURCE, "shipment": code, "refs": c.refs(code),
+        "source": SOURCE,
+        "shipment": code,
+        "refs": c.refs(code),
         "carrier": c.text(tracker.get("carrier"), w + "carrier"),
     }
     details = tracker.get("tracking_details") or []
@@ -78,28 +80,51 @@ def normalize(payload: bytes, ctx: SourceContext) -> list[Event]:
         if seen[event_id] > 1:  # two scans of one status at one time: keep both, stably
             event_id = f"{event_id}:{seen[event_id]}"
         info = c.info(
-            _code(status, status_detail), status, location=_location(detail.get("tracking_location"),
-                                                                     where + "tracking_location"),
-            description=c.text(detail.get("message") or detail.get("description"), where + "message",
-                               max_len=1000),
+            _code(status, status_detail),
+            status,
+            location=_location(detail.get("tracking_location"), where + "tracking_location"),
+            description=c.text(detail.get("message") or detail.get("description"), where + "message", max_len=1000),
         )
-        events.append(c.milestone_event(where, ctx, info=info, event_id=event_id,
-                                        occurred_at=c.time_at(raw_time, where + "datetime"), raw=detail,
-                                        **common))
+        events.append(
+            c.milestone_event(
+                where,
+                ctx,
+                info=info,
+                event_id=event_id,
+                occurred_at=c.time_at(raw_time, where + "datetime"),
+                raw=detail,
+                **common,
+            )
+        )
     estimate = tracker.get("est_delivery_date")
     if estimate:
         made = tracker.get("updated_at") or body.get("updated_at") or body.get("created_at")
         info = c.info(Milestone.DELIVERED, "est_delivery_date", classifier=Classifier.ESTIMATED)
-        events.append(c.milestone_event(
-            w, ctx, info=info, event_id=f"{SOURCE}:{code}:est:{estimate}"[:200],
-            occurred_at=c.estimate_time(estimate, w + "est_delivery_date"),
-            created_at=None if made is None else c.time_at(made, w + "updated_at"),
-            raw={"est_delivery_date": estimate}, **common,
-        ))
+        events.append(
+            c.milestone_event(
+                w,
+                ctx,
+                info=info,
+                event_id=f"{SOURCE}:{code}:est:{estimate}"[:200],
+                occurred_at=c.estimate_time(estimate, w + "est_delivery_date"),
+                created_at=None if made is None else c.time_at(made, w + "updated_at"),
+                raw={"est_delivery_date": estimate},
+                **common,
+            )
+        )
     if not details and not estimate:
         status = c.req_text(tracker.get("status"), w + "status")
         when = tracker.get("updated_at") or tracker.get("created_at")
         info = c.info(_code(status, c.text(tracker.get("status_detail"), w + "status_detail")), status)
-        events.append(c.milestone_event(w, ctx, info=info, event_id=f"{SOURCE}:{code}:{when}:{status}"[:200],
-                                        occurred_at=c.time_at(when, w + "updated_at"), raw=tracker, **common))
+        events.append(
+            c.milestone_event(
+                w,
+                ctx,
+                info=info,
+                event_id=f"{SOURCE}:{code}:{when}:{status}"[:200],
+                occurred_at=c.time_at(when, w + "updated_at"),
+                raw=tracker,
+                **common,
+            )
+        )
     return events

@@ -96,7 +96,10 @@ def _location(value: Any, where: str) -> Location | None:
     if isinstance(address, dict):
         country = _term(_get(address, "country"), where + ".address.country")
     return c.location(
-        where, name=c.text(_get(node, "locationName"), where + ".locationName"), iata=iata, unlocode=unlocode,
+        where,
+        name=c.text(_get(node, "locationName"), where + ".locationName"),
+        iata=iata,
+        unlocode=unlocode,
         country=(country or (unlocode[:2] if unlocode else None)),
         lat=optional_number(_get(geo, "latitude"), where + ".geolocation.latitude"),
         lon=optional_number(_get(geo, "longitude"), where + ".geolocation.longitude"),
@@ -138,19 +141,29 @@ def _parse(item: Any, where: str, ctx: SourceContext) -> Event:
     if not all_refs:
         raise ValidationError(prefix + "eventFor", "names no air waybill or logistics object")
     info = c.info(
-        c.milestone(CODES["status"], code), code,
-        classifier=_classifier(_get(node, "eventTimeType") or _get(node, "eventTypeIndicator"),
-                               prefix + "eventTimeType"),
+        c.milestone(CODES["status"], code),
+        code,
+        classifier=_classifier(
+            _get(node, "eventTimeType") or _get(node, "eventTypeIndicator"), prefix + "eventTimeType"
+        ),
         location=_location(_get(node, "eventLocation") or _get(node, "location"), prefix + "eventLocation"),
-        mode=Mode.AIR, description=c.text(_get(node, "eventName"), prefix + "eventName", max_len=1000),
+        mode=Mode.AIR,
+        description=c.text(_get(node, "eventName"), prefix + "eventName", max_len=1000),
     )
     ident = c.text(node.get("@id"), prefix + "@id", max_len=1000)
     use_ident = ident is not None and len(ident) <= 180
     return c.milestone_event(
-        prefix, ctx, info=info,
+        prefix,
+        ctx,
+        info=info,
         event_id=f"{SOURCE}:{ident}" if use_ident else derive_event_id(SOURCE, node),
-        source=SOURCE, occurred_at=occurred_at, created_at=created_at, shipment=awb or all_refs[0],
-        refs=all_refs, carrier=_carrier(node, prefix), raw=node,
+        source=SOURCE,
+        occurred_at=occurred_at,
+        created_at=created_at,
+        shipment=awb or all_refs[0],
+        refs=all_refs,
+        carrier=_carrier(node, prefix),
+        raw=node,
     )
 
 

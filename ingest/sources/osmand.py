@@ -66,21 +66,53 @@ def _timestamp(value: Any, where: str) -> datetime:
     return parse_time(value, where, require_offset=False)
 
 
-def _events(where: str, ctx: SourceContext, fields: dict[str, Any], device: str, occurred_at: datetime,
-            lat: float, lon: float, speed_kmh: float | None, heading: float | None,
-            accuracy: float | None, altitude: float | None, battery: float | None,
-            battery_field: str = "batt") -> list[Event]:
-    pos = c.position(where, lat=lat, lon=lon, speed_kmh=speed_kmh, heading=heading, accuracy_m=accuracy,
-                     altitude_m=altitude)
+def _events(
+    where: str,
+    ctx: SourceContext,
+    fields: dict[str, Any],
+    device: str,
+    occurred_at: datetime,
+    lat: float,
+    lon: float,
+    speed_kmh: float | None,
+    heading: float | None,
+    accuracy: float | None,
+    altitude: float | None,
+    battery: float | None,
+    battery_field: str = "batt",
+) -> list[Event]:
+    pos = c.position(
+        where, lat=lat, lon=lon, speed_kmh=speed_kmh, heading=heading, accuracy_m=accuracy, altitude_m=altitude
+    )
     base = {"device": device, "item": fields}
-    out = [c.event(where, ctx, event_id=derive_event_id(SOURCE, base | {"kind": "position"}), source=SOURCE,
-                   occurred_at=occurred_at, kind=EventKind.POSITION, position=pos, device=device,
-                   raw=fields)]
+    out = [
+        c.event(
+            where,
+            ctx,
+            event_id=derive_event_id(SOURCE, base | {"kind": "position"}),
+            source=SOURCE,
+            occurred_at=occurred_at,
+            kind=EventKind.POSITION,
+            position=pos,
+            device=device,
+            raw=fields,
+        )
+    ]
     if battery is not None:
         reading = c.sensor(battery_field, battery_pct=battery)
-        out.append(c.event(where, ctx, event_id=derive_event_id(SOURCE, base | {"kind": "sensor"}),
-                           source=SOURCE, occurred_at=occurred_at, kind=EventKind.SENSOR, sensor=reading,
-                           device=device, raw=fields))
+        out.append(
+            c.event(
+                where,
+                ctx,
+                event_id=derive_event_id(SOURCE, base | {"kind": "sensor"}),
+                source=SOURCE,
+                occurred_at=occurred_at,
+                kind=EventKind.SENSOR,
+                sensor=reading,
+                device=device,
+                raw=fields,
+            )
+        )
     return out
 
 
@@ -97,7 +129,13 @@ def _query_form(fields: dict[str, Any], device: str, ctx: SourceContext) -> list
     knots = optional_number(fields.get("speed"), "speed")
     heading = optional_number(fields.get("bearing", fields.get("heading")), "bearing")
     return _events(
-        "", ctx, fields, device, _timestamp(fields.get("timestamp"), "timestamp"), lat, lon,
+        "",
+        ctx,
+        fields,
+        device,
+        _timestamp(fields.get("timestamp"), "timestamp"),
+        lat,
+        lon,
         speed_kmh=None if knots is None or knots < 0 else knots_to_kmh(knots),
         heading=None if heading is None or heading < 0 else heading,
         accuracy=optional_number(fields.get("accuracy"), "accuracy"),
@@ -117,14 +155,19 @@ def _json_form(body: dict[str, Any], device: str, ctx: SourceContext) -> list[Ev
     battery = c.opt_obj(loc.get("battery"), "location.battery") or {}
     level = optional_number(battery.get("level"), "location.battery.level")
     return _events(
-        "location.", ctx, body, device, _timestamp(loc.get("timestamp"), "location.timestamp"),
+        "location.",
+        ctx,
+        body,
+        device,
+        _timestamp(loc.get("timestamp"), "location.timestamp"),
         number(coords["latitude"], "location.coords.latitude"),
         number(coords["longitude"], "location.coords.longitude"),
         speed_kmh=None if speed_ms is None or speed_ms < 0 else ms_to_kmh(speed_ms),
         heading=None if heading is None or heading < 0 else heading,
         accuracy=None if accuracy is None or accuracy < 0 else accuracy,
         altitude=optional_number(coords.get("altitude"), "location.coords.altitude"),
-        battery=None if level is None or level < 0 else level * 100, battery_field="location.battery.level",
+        battery=None if level is None or level < 0 else level * 100,
+        battery_field="location.battery.level",
     )
 
 

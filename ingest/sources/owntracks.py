@@ -58,15 +58,33 @@ def _location(item: dict[str, Any], device: str, ctx: SourceContext) -> list[Eve
     )
     base = {"device": device, "item": item}
     out = [
-        c.event("", ctx, event_id=derive_event_id(SOURCE, base | {"kind": "position"}), source=SOURCE,
-                occurred_at=occurred_at, kind=EventKind.POSITION, position=pos, device=device, raw=item)
+        c.event(
+            "",
+            ctx,
+            event_id=derive_event_id(SOURCE, base | {"kind": "position"}),
+            source=SOURCE,
+            occurred_at=occurred_at,
+            kind=EventKind.POSITION,
+            position=pos,
+            device=device,
+            raw=item,
+        )
     ]
     battery = _non_negative(item, "batt")
     if battery is not None:
         reading = c.sensor("batt", battery_pct=battery)
         out.append(
-            c.event("", ctx, event_id=derive_event_id(SOURCE, base | {"kind": "sensor"}), source=SOURCE,
-                    occurred_at=occurred_at, kind=EventKind.SENSOR, sensor=reading, device=device, raw=item)
+            c.event(
+                "",
+                ctx,
+                event_id=derive_event_id(SOURCE, base | {"kind": "sensor"}),
+                source=SOURCE,
+                occurred_at=occurred_at,
+                kind=EventKind.SENSOR,
+                sensor=reading,
+                device=device,
+                raw=item,
+            )
         )
     return out
 
@@ -77,11 +95,18 @@ def _transition(item: dict[str, Any], device: str, ctx: SourceContext) -> list[E
     lat = optional_number(item.get("lat"), "lat")
     lon = optional_number(item.get("lon"), "lon")
     place = c.location("", name=c.text(item.get("desc"), "desc"), lat=lat, lon=lon)
-    info = c.info(c.milestone(_TRANSITIONS, raw_event.lower()), raw_event, location=place,
-                  description=c.text(item.get("desc"), "desc"))
+    info = c.info(
+        c.milestone(_TRANSITIONS, raw_event.lower()),
+        raw_event,
+        location=place,
+        description=c.text(item.get("desc"), "desc"),
+    )
     event_id = derive_event_id(SOURCE, {"device": device, "item": item})
-    return [c.milestone_event("", ctx, info=info, event_id=event_id, source=SOURCE,
-                              occurred_at=occurred_at, device=device, raw=item)]
+    return [
+        c.milestone_event(
+            "", ctx, info=info, event_id=event_id, source=SOURCE, occurred_at=occurred_at, device=device, raw=item
+        )
+    ]
 
 
 def normalize(payload: bytes, ctx: SourceContext) -> list[Event]:

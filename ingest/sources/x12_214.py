@@ -76,8 +76,7 @@ def _transaction_sets(segments: list[Segment]) -> list[list[Segment]]:
                 if _count(seg, 1, "group count") != groups:
                     raise EnvelopeError("IEA", f"counts {_el(seg, 1)} groups; the interchange has {groups}")
                 if _el(seg, 2) != _el(isa, 13):
-                    raise EnvelopeError("IEA", f"control number {_el(seg, 2)!r} does not match ISA13 "
-                                               f"{_el(isa, 13)!r}")
+                    raise EnvelopeError("IEA", f"control number {_el(seg, 2)!r} does not match ISA13 {_el(isa, 13)!r}")
                 pos += 1
                 break
             if seg[0] == "ISA":
@@ -102,8 +101,7 @@ def _group(segments: list[Segment], pos: int, sets: list[list[Segment]]) -> int:
             if _count(seg, 1, "set count") != count:
                 raise EnvelopeError("GE", f"counts {_el(seg, 1)} transaction sets; the group has {count}")
             if _el(seg, 2) != _el(gs, 6):
-                raise EnvelopeError("GE", f"control number {_el(seg, 2)!r} does not match GS06 "
-                                          f"{_el(gs, 6)!r}")
+                raise EnvelopeError("GE", f"control number {_el(seg, 2)!r} does not match GS06 {_el(gs, 6)!r}")
             return pos + 1
         if seg[0] in ("IEA", "ISA", "GS"):
             raise EnvelopeError("GE", f"is missing: {seg[0]} comes before the end of functional group {_el(gs, 6)!r}")
@@ -118,7 +116,7 @@ def _group(segments: list[Segment], pos: int, sets: list[list[Segment]]) -> int:
         if pos >= len(segments):
             raise EnvelopeError("SE", f"is missing for transaction set {_el(seg, 2)!r}")
         se = segments[pos]
-        body = segments[start:pos + 1]
+        body = segments[start : pos + 1]
         if _count(se, 1, "segment count") != len(body):
             raise EnvelopeError("SE", f"counts {_el(se, 1)} segments; the set has {len(body)}")
         if _el(se, 2) != _el(seg, 2):
@@ -156,8 +154,7 @@ def _place(ms1: Segment | None, where: str) -> tuple[Location | None, tzinfo | N
         lon = _degrees(_el(ms1, 4), _el(ms1, 6), where + "MS104", 180)
         lat = _degrees(_el(ms1, 5), _el(ms1, 7), where + "MS105", 90)
     name = ", ".join(p for p in (city.title(), state) if p) or None
-    place = c.location(where + "MS1", name=name[:200] if name else None, country=country[:3] or None,
-                       lat=lat, lon=lon)
+    place = c.location(where + "MS1", name=name[:200] if name else None, country=country[:3] or None, lat=lat, lon=lon)
     found: tzinfo | None = None
     if lat is not None and lon is not None:
         found = c.zone_at(lat, lon)
@@ -229,24 +226,35 @@ def _parse_set(body: list[Segment], where: str, ctx: SourceContext) -> list[Even
             estimated = code in CODES["estimated"]
             table = CODES["estimated"] if estimated else CODES["status"]
             equipment = _el(ms2, 2) if ms2 else ""
-            all_refs = c.refs(_el(b10, 1), _el(b10, 2), *(_el(s, 1) for s in header_l11 + loop["L11"]),
-                              equipment)
+            all_refs = c.refs(_el(b10, 1), _el(b10, 2), *(_el(s, 1) for s in header_l11 + loop["L11"]), equipment)
             all_refs = tuple(r[:200] for r in all_refs)
             if not all_refs:
                 raise ValidationError(where + "B10", "names no shipment (B1001, B1002 or L11)")
             item = {"B10": b10, "L11": header_l11 + loop["L11"], "AT7": at7, "MS1": ms1, "MS2": ms2}
             reason = _el(at7, 2) or _el(at7, 4)
             reason = "" if reason == "NS" else reason  # NS: normal status, nothing to tell
-            info = c.info(c.milestone(table, code), code,
-                          classifier=Classifier.ESTIMATED if estimated else Classifier.ACTUAL,
-                          location=place, mode=Mode.ROAD, description=f"reason {reason}" if reason else None)
-            events.append(c.milestone_event(
-                here, ctx, info=info, event_id=derive_event_id(SOURCE, item), source=SOURCE,
-                occurred_at=_when(at7, local, here),
-                shipment=all_refs[0], refs=all_refs,
-                carrier=((_el(ms2, 1) if ms2 else "") or _el(b10, 3))[:200] or None,
-                raw=item | {"LX": loop["LX"]},
-            ))
+            info = c.info(
+                c.milestone(table, code),
+                code,
+                classifier=Classifier.ESTIMATED if estimated else Classifier.ACTUAL,
+                location=place,
+                mode=Mode.ROAD,
+                description=f"reason {reason}" if reason else None,
+            )
+            events.append(
+                c.milestone_event(
+                    here,
+                    ctx,
+                    info=info,
+                    event_id=derive_event_id(SOURCE, item),
+                    source=SOURCE,
+                    occurred_at=_when(at7, local, here),
+                    shipment=all_refs[0],
+                    refs=all_refs,
+                    carrier=((_el(ms2, 1) if ms2 else "") or _el(b10, 3))[:200] or None,
+                    raw=item | {"LX": loop["LX"]},
+                )
+            )
     return events
 
 

@@ -28,8 +28,13 @@ def chromium_page() -> Iterator[Page]:
     with sync_playwright() as pw:
         browser = pw.chromium.launch(
             executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update"],
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+            ],
         )
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 800})
@@ -51,13 +56,20 @@ def test_live_map(server: Server, tenant: Tenant) -> None:
 
 def check_live_map(server: Server, tenant: Tenant, page: Page) -> None:
     number = f"BRW-{tenant.name.upper()}"
-    created = tenant.http.post("/v1/shipments", json={
-        "tracking_number": number,
-        "carrier": "Browser Haulage",
-        "legs": [{"mode": "road",
-                  "origin": {"name": "Lyon", "country": "FR", "lat": 45.76, "lon": 4.84},
-                  "destination": {"name": "Milan", "country": "IT", "lat": 45.46, "lon": 9.19}}],
-    })
+    created = tenant.http.post(
+        "/v1/shipments",
+        json={
+            "tracking_number": number,
+            "carrier": "Browser Haulage",
+            "legs": [
+                {
+                    "mode": "road",
+                    "origin": {"name": "Lyon", "country": "FR", "lat": 45.76, "lon": 4.84},
+                    "destination": {"name": "Milan", "country": "IT", "lat": 45.46, "lon": 9.19},
+                }
+            ],
+        },
+    )
     assert created.status_code == 201, created.text
     sid = created.json()["id"]
 
@@ -75,11 +87,20 @@ def check_live_map(server: Server, tenant: Tenant, page: Page) -> None:
 
     now = datetime.now(UTC)
     events: list[dict[str, Any]] = [
-        {"shipment": number, "occurred_at": iso(now - timedelta(minutes=2)),
-         "milestone": {"code": "picked_up", "classifier": "actual",
-                       "location": {"name": "Lyon", "country": "FR", "lat": 45.76, "lon": 4.84}}},
-        {"shipment": number, "occurred_at": iso(now - timedelta(minutes=1)),
-         "position": {"lat": 45.57, "lon": 6.92, "speed_kmh": 84, "heading": 95}},
+        {
+            "shipment": number,
+            "occurred_at": iso(now - timedelta(minutes=2)),
+            "milestone": {
+                "code": "picked_up",
+                "classifier": "actual",
+                "location": {"name": "Lyon", "country": "FR", "lat": 45.76, "lon": 4.84},
+            },
+        },
+        {
+            "shipment": number,
+            "occurred_at": iso(now - timedelta(minutes=1)),
+            "position": {"lat": 45.57, "lon": 6.92, "speed_kmh": 84, "heading": 95},
+        },
     ]
     res = tenant.signed("native", orjson.dumps(events))
     assert res.status_code == 202, res.text
@@ -87,7 +108,8 @@ def check_live_map(server: Server, tenant: Tenant, page: Page) -> None:
     page.wait_for_function(
         "id => { const p = window.trackd.markers.get(id).getLatLng();"
         " return Math.abs(p.lat - 45.57) < 1e-6 && Math.abs(p.lng - 6.92) < 1e-6; }",
-        arg=sid, timeout=WITHIN_MS,
+        arg=sid,
+        timeout=WITHIN_MS,
     )
     page.wait_for_selector("#panel-status [data-status=in_transit]", timeout=WITHIN_MS)
     page.wait_for_function(

@@ -21,13 +21,21 @@ import orjson
 import pytest
 from websockets.sync.client import connect
 
+from lab import embedded
 from tests.conftest import ROOT, free_port, wait_for
-from trackd import embedded
 
 CARRIER_SOURCES = {"dcsa", "aftership", "easypost", "onerecord", "x12-214"}
 DEVICE_SOURCES = {"native", "owntracks"}  # trackers publish over MQTT
-LIVE_TYPES = {"position", "positions", "status.changed", "eta.changed", "exception.raised", "exception.cleared",
-              "shipment.created", "shipment.updated"}
+LIVE_TYPES = {
+    "position",
+    "positions",
+    "status.changed",
+    "eta.changed",
+    "exception.raised",
+    "exception.cleared",
+    "shipment.created",
+    "shipment.updated",
+}
 
 
 @dataclass
@@ -69,9 +77,24 @@ def demo(tmp_path: Path) -> Iterator[Demo]:
     err = tmp_path / "demo.err"
     with open(err, "w") as stderr:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "trackd.cli", "demo", "--duration", "40", "--speed", "20000",
-             "--shipments", "20", "--state-dir", str(state)],
-            env=demo_env(), stdout=subprocess.PIPE, stderr=stderr, text=True,
+            [
+                sys.executable,
+                "-m",
+                "serve.cli",
+                "demo",
+                "--duration",
+                "40",
+                "--speed",
+                "20000",
+                "--shipments",
+                "20",
+                "--state-dir",
+                str(state),
+            ],
+            env=demo_env(),
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
         )
     d = Demo(proc, state, err)
     reader = threading.Thread(target=d.read, daemon=True)

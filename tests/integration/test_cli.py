@@ -13,7 +13,7 @@ from tests.conftest import PG_ADMIN, RunEnv, _drop_database, _make_database
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "trackd.cli", *args], env=env, capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-m", "serve.cli", *args], env=env, capture_output=True, text=True, timeout=60, check=False
     )
 
 
@@ -44,7 +44,7 @@ def test_concurrent_migrations_are_safe() -> None:
         env = {**__import__("os").environ, "TRACKD_DATABASE_URL": dsn}
         procs = [
             subprocess.Popen(
-                [sys.executable, "-m", "trackd.cli", "migrate"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+                [sys.executable, "-m", "serve.cli", "migrate"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
             )
             for _ in range(3)
         ]

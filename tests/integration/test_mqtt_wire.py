@@ -22,8 +22,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from ingest import mqtt as ingester_mod
-from ingest import mqtt_wire
-from ingest.mqtt_wire import Message
+from ingest import mqtt_conn as mqtt_wire
+from ingest.mqtt_conn import Message
 from ingest.pipeline import Pipeline
 from tests.conftest import MQTT_URL, free_port
 from trackd import db, registry, store

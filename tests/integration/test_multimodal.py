@@ -64,8 +64,12 @@ class Ids:
     def references(self) -> list[str]:
         """As a user types them: matching ignores case, spaces and hyphens."""
         p, t, c, q = self.pro, self.trd, self.container, self.parcel
-        return [f"{p[:3].lower()} {p[3:7]}-{p[7:]}", f"{t[:4].lower()}-{t[4:8]} {t[8:]}", f"{c[:4]} {c[4:8]}-{c[8:]}",
-                f"{q[:4]} {q[4:8]} {q[8:12]} {q[12:16]} {q[16:]}"]
+        return [
+            f"{p[:3].lower()} {p[3:7]}-{p[7:]}",
+            f"{t[:4].lower()}-{t[4:8]} {t[8:]}",
+            f"{c[:4]} {c[4:8]}-{c[8:]}",
+            f"{q[:4]} {q[4:8]} {q[8:12]} {q[12:16]} {q[16:]}",
+        ]
 
 
 _SERIALS = itertools.count(secrets.randbelow(80000) + 10000)
@@ -85,26 +89,43 @@ def at(text: str) -> datetime:
 def x12(ids: Ids, control: int, statuses: list[tuple[str, str, str, str]]) -> bytes:
     """An X12 214 interchange, one LX loop per (AT7 code, CCYYMMDD, HHMM, MS1 city*state*country)."""
     isa = (
-        "ISA*00*          *00*          *02*ODFL           *ZZ*ACMEIMPORTS    *261021*1600*U*00401"
-        f"*{control:09d}*0*P*>"
+        f"ISA*00*          *00*          *02*ODFL           *ZZ*ACMEIMPORTS    *261021*1600*U*00401*{control:09d}*0*P*>"
     )
     assert len(isa) == 105
     body = [f"ST*214*{control % 10000:04d}", f"B10*{ids.pro}*{ids.bol}*ODFL", f"L11*{ids.tracking}*PO"]
     for n, (code, day, clock, place) in enumerate(statuses, 1):
         body += [f"LX*{n}", f"AT7*{code}*NS***{day}*{clock}*LT", f"MS1*{place}", "MS2*ODFL*T77120"]
     body.append(f"SE*{len(body) + 1}*{control % 10000:04d}")
-    segments = [isa, f"GS*QM*ODFL*ACMEIMPORTS*20261021*1600*{control}*X*004010", *body,
-                f"GE*1*{control}", f"IEA*1*{control:09d}"]
+    segments = [
+        isa,
+        f"GS*QM*ODFL*ACMEIMPORTS*20261021*1600*{control}*X*004010",
+        *body,
+        f"GE*1*{control}",
+        f"IEA*1*{control:09d}",
+    ]
     return ("~\n".join(segments) + "~\n").encode()
 
 
-_TYPE_FIELD = {"TRANSPORT": "transportEventTypeCode", "EQUIPMENT": "equipmentEventTypeCode",
-               "SHIPMENT": "shipmentEventTypeCode"}
+_TYPE_FIELD = {
+    "TRANSPORT": "transportEventTypeCode",
+    "EQUIPMENT": "equipmentEventTypeCode",
+    "SHIPMENT": "shipmentEventTypeCode",
+}
 _PORTS = {"USEWR": "Port Newark Container Terminal", "DEHAM": "Hamburg, Container Terminal Burchardkai"}
 
 
-def dcsa(ids: Ids, event_type: str, code: str, when: str, *, port: str | None = None, classifier: str = "ACT",
-         created: str | None = None, mode: str = "VESSEL", reason: str | None = None) -> dict[str, Any]:
+def dcsa(
+    ids: Ids,
+    event_type: str,
+    code: str,
+    when: str,
+    *,
+    port: str | None = None,
+    classifier: str = "ACT",
+    created: str | None = None,
+    mode: str = "VESSEL",
+    reason: str | None = None,
+) -> dict[str, Any]:
     """One DCSA v3 event ({metadata, payload}), about this journey's booking and container."""
     payload: dict[str, Any] = {
         "eventType": event_type,
@@ -114,8 +135,12 @@ def dcsa(ids: Ids, event_type: str, code: str, when: str, *, port: str | None = 
         "relatedDocumentReferences": [{"type": "BKG", "value": ids.bkg}, {"type": "TRD", "value": ids.trd}],
     }
     if event_type == "EQUIPMENT":
-        payload |= {"equipmentReference": ids.container, "ISOEquipmentCode": "45G1", "emptyIndicatorCode": "LADEN",
-                    "references": [{"type": "EQ", "value": ids.container}]}
+        payload |= {
+            "equipmentReference": ids.container,
+            "ISOEquipmentCode": "45G1",
+            "emptyIndicatorCode": "LADEN",
+            "references": [{"type": "EQ", "value": ids.container}],
+        }
     if port is not None:
         call: dict[str, Any] = {
             "transportCallReference": f"TC-{port}",
@@ -123,9 +148,17 @@ def dcsa(ids: Ids, event_type: str, code: str, when: str, *, port: str | None = 
             "location": {"locationType": "UNLO", "locationName": _PORTS[port], "UNLocationCode": port},
         }
         if mode == "VESSEL":
-            call |= {"carrierServiceCode": "TA2", "carrierExportVoyageNumber": "643W",
-                     "vessel": {"vesselIMONumber": "9778791", "name": "Maersk Elba", "flag": "DK",
-                                "operatorCarrierCode": "MAEU", "operatorCarrierCodeListProvider": "NMFTA"}}
+            call |= {
+                "carrierServiceCode": "TA2",
+                "carrierExportVoyageNumber": "643W",
+                "vessel": {
+                    "vesselIMONumber": "9778791",
+                    "name": "Maersk Elba",
+                    "flag": "DK",
+                    "operatorCarrierCode": "MAEU",
+                    "operatorCarrierCodeListProvider": "NMFTA",
+                },
+            }
         payload["transportCall"] = call
     if event_type == "SHIPMENT":  # a customs hold/release is about the customs document of the TRD
         payload |= {"documentTypeCode": "CUS", "documentReference": ids.trd, "reason": reason}
@@ -155,8 +188,11 @@ def retraction(of: dict[str, Any], created: str) -> dict[str, Any]:
 
 
 _CHECKPOINTS = {
-    "OutForDelivery": ("2026-11-11T07:40:00+01:00", "OutForDelivery_001", "Die Sendung wurde in das Zustellfahrzeug "
-                                                                          "geladen"),
+    "OutForDelivery": (
+        "2026-11-11T07:40:00+01:00",
+        "OutForDelivery_001",
+        "Die Sendung wurde in das Zustellfahrzeug geladen",
+    ),
     "Delivered": ("2026-11-11T12:15:00+01:00", "Delivered_001", "Die Sendung wurde erfolgreich zugestellt"),
 }
 
@@ -181,26 +217,31 @@ def aftership(ids: Ids, *tags: str) -> bytes:
         for tag in tags
     ]
     last = tags[-1]
-    return orjson.dumps({
-        "event": "tracking_update",
-        "event_id": str(uuid.uuid4()),
-        "is_tracking_first_tag": len(tags) == 1,
-        "msg": {
-            "id": "4c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f",
-            "tracking_number": ids.parcel,
-            "slug": "dhl-germany",
-            "active": last != "Delivered",
-            "tag": last,
-            "subtag": _CHECKPOINTS[last][1],
-            "order_number": ids.tracking,
-            "checkpoints": checkpoints,
-            "latest_estimated_delivery": {"type": "specific", "source": "Carrier EDD",
-                                          "datetime": "2026-11-11T18:00:00+01:00"},
-            "created_at": "2026-11-10T09:00:00+00:00",
-            "updated_at": _CHECKPOINTS[last][0],
-        },
-        "ts": int(at(_CHECKPOINTS[last][0]).timestamp()),
-    })
+    return orjson.dumps(
+        {
+            "event": "tracking_update",
+            "event_id": str(uuid.uuid4()),
+            "is_tracking_first_tag": len(tags) == 1,
+            "msg": {
+                "id": "4c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f",
+                "tracking_number": ids.parcel,
+                "slug": "dhl-germany",
+                "active": last != "Delivered",
+                "tag": last,
+                "subtag": _CHECKPOINTS[last][1],
+                "order_number": ids.tracking,
+                "checkpoints": checkpoints,
+                "latest_estimated_delivery": {
+                    "type": "specific",
+                    "source": "Carrier EDD",
+                    "datetime": "2026-11-11T18:00:00+01:00",
+                },
+                "created_at": "2026-11-10T09:00:00+00:00",
+                "updated_at": _CHECKPOINTS[last][0],
+            },
+            "ts": int(at(_CHECKPOINTS[last][0]).timestamp()),
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -216,24 +257,52 @@ def journey(ids: Ids) -> dict[str, Delivery]:
     rels = dcsa(ids, "SHIPMENT", "RELS", "2026-11-09T14:30:00+01:00", reason="Released by customs")
     disc = dcsa(ids, "EQUIPMENT", "DISC", "2026-11-05T18:45:00+01:00", port="DEHAM")
     parts = [
-        Delivery("truck", "x12-214", x12(ids, ids.n, [("AF", "20261019", "0730", "CHICAGO*IL*US"),
-                                                ("X1", "20261021", "1510", "NEWARK*NJ*US")])),
-        Delivery("export", "dcsa", orjson.dumps([
-            dcsa(ids, "EQUIPMENT", "GTIN", "2026-10-22T08:40:00-04:00", port="USEWR"),
-            dcsa(ids, "EQUIPMENT", "LOAD", "2026-10-24T11:15:00-04:00", port="USEWR"),
-            dcsa(ids, "TRANSPORT", "DEPA", "2026-10-24T23:50:00-04:00", port="USEWR"),
-            dcsa(ids, "TRANSPORT", "ARRI", "2026-11-05T06:00:00+01:00", port="DEHAM", classifier="EST",
-                 created="2026-10-25T04:10:00Z"),
-        ])),
-        Delivery("import", "dcsa", orjson.dumps([
-            dcsa(ids, "TRANSPORT", "ARRI", "2026-11-05T09:20:00+01:00", port="DEHAM"),
-            disc,
-        ])),
+        Delivery(
+            "truck",
+            "x12-214",
+            x12(ids, ids.n, [("AF", "20261019", "0730", "CHICAGO*IL*US"), ("X1", "20261021", "1510", "NEWARK*NJ*US")]),
+        ),
+        Delivery(
+            "export",
+            "dcsa",
+            orjson.dumps(
+                [
+                    dcsa(ids, "EQUIPMENT", "GTIN", "2026-10-22T08:40:00-04:00", port="USEWR"),
+                    dcsa(ids, "EQUIPMENT", "LOAD", "2026-10-24T11:15:00-04:00", port="USEWR"),
+                    dcsa(ids, "TRANSPORT", "DEPA", "2026-10-24T23:50:00-04:00", port="USEWR"),
+                    dcsa(
+                        ids,
+                        "TRANSPORT",
+                        "ARRI",
+                        "2026-11-05T06:00:00+01:00",
+                        port="DEHAM",
+                        classifier="EST",
+                        created="2026-10-25T04:10:00Z",
+                    ),
+                ]
+            ),
+        ),
+        Delivery(
+            "import",
+            "dcsa",
+            orjson.dumps(
+                [
+                    dcsa(ids, "TRANSPORT", "ARRI", "2026-11-05T09:20:00+01:00", port="DEHAM"),
+                    disc,
+                ]
+            ),
+        ),
         Delivery("hold", "dcsa", orjson.dumps([hold])),
         Delivery("release", "dcsa", orjson.dumps([rels])),
-        Delivery("gate_out", "dcsa", orjson.dumps([
-            dcsa(ids, "EQUIPMENT", "GTOT", "2026-11-10T07:05:00+01:00", port="DEHAM", mode="TRUCK"),
-        ])),
+        Delivery(
+            "gate_out",
+            "dcsa",
+            orjson.dumps(
+                [
+                    dcsa(ids, "EQUIPMENT", "GTOT", "2026-11-10T07:05:00+01:00", port="DEHAM", mode="TRUCK"),
+                ]
+            ),
+        ),
         Delivery("out_for_delivery", "aftership", aftership(ids, "OutForDelivery")),
         Delivery("delivered", "aftership", aftership(ids, "OutForDelivery", "Delivered")),
         # for the retraction tests
@@ -289,11 +358,17 @@ def create(t: Tenant, ids: Ids) -> dict[str, Any]:
             "tracking_number": ids.tracking,
             "references": ids.references(),
             "legs": [
-                {"mode": "road", "origin": {"name": "Chicago", "lat": 41.8781, "lon": -87.6298},
-                 "destination": {"unlocode": "USEWR"}},
+                {
+                    "mode": "road",
+                    "origin": {"name": "Chicago", "lat": 41.8781, "lon": -87.6298},
+                    "destination": {"unlocode": "USEWR"},
+                },
                 {"mode": "sea", "origin": {"unlocode": "USEWR"}, "destination": {"unlocode": "DEHAM"}},
-                {"mode": "road", "origin": {"unlocode": "DEHAM"},
-                 "destination": {"name": "Hamburg-Altona", "lat": 53.5503, "lon": 9.9353}},
+                {
+                    "mode": "road",
+                    "origin": {"unlocode": "DEHAM"},
+                    "destination": {"name": "Hamburg-Altona", "lat": 53.5503, "lon": 9.9353},
+                },
             ],
         },
     )

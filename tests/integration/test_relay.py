@@ -110,9 +110,7 @@ async def test_one_relay_leads_woken_by_commits_and_a_follower_takes_over(
 
     async def marked() -> bool:  # written when the relay is idle
         async with store.transaction(own_pool) as conn:
-            r = await (
-                await conn.execute("SELECT seq FROM relay_marks WHERE tenant_id = %s", (tenant_id,))
-            ).fetchone()
+            r = await (await conn.execute("SELECT seq FROM relay_marks WHERE tenant_id = %s", (tenant_id,))).fetchone()
         return r is not None and r["seq"] == 6
 
     await until(marked)

@@ -68,8 +68,9 @@ SCHEMES = {
 }
 
 
-def deliver(t: Tenant, source: str, body: bytes, content_type: str = "application/json",
-            secret: str | None = None) -> httpx.Response:
+def deliver(
+    t: Tenant, source: str, body: bytes, content_type: str = "application/json", secret: str | None = None
+) -> httpx.Response:
     scheme = SCHEMES[source]
     value = scheme.sign(t.ingest_secret if secret is None else secret, body)
     return t.signed(source, body, header=scheme.header, value=value, content_type=content_type)
@@ -118,8 +119,12 @@ def view(t: Tenant, shipment_id: str) -> dict[str, Any]:
     """What a redelivery must not change: the state and every event of the shipment."""
     shp = t.http.get(f"/v1/shipments/{shipment_id}").json()
     events = [(e["id"], e["code"], e["occurred_at"], e["retracted"]) for e in events_of(t, shipment_id)]
-    return {"status": shp["status"], "substatus": shp["substatus"], "last_position": shp["last_position"],
-            "events": events}
+    return {
+        "status": shp["status"],
+        "substatus": shp["substatus"],
+        "last_position": shp["last_position"],
+        "events": events,
+    }
 
 
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
@@ -158,8 +163,9 @@ def test_owntracks_over_mqtt(tenant: Tenant, testenv: RunEnv, server: Server) ->
     prefix = testenv.env["TRACKD_MQTT_TOPIC_PREFIX"]
     assert tenant.http.post("/v1/devices", json={"id": "truck-42", "key": f"ot-{tenant.name}"}).status_code == 201
     shp = create_shipment(tenant, "OT-TRUCK-42")
-    r = tenant.http.post(f"/v1/shipments/{shp['id']}/devices",
-                         json={"device_id": "truck-42", "from": "2024-05-01T00:00:00Z"})
+    r = tenant.http.post(
+        f"/v1/shipments/{shp['id']}/devices", json={"device_id": "truck-42", "from": "2024-05-01T00:00:00Z"}
+    )
     assert r.status_code == 201, r.text
     base = f"{prefix}owntracks/{tenant.name}/truck-42"
     hover = fixture_json("owntracks", "transition_enter.json") | {"event": "hover", "tst": 1717239600}
@@ -236,8 +242,9 @@ def test_osmand_query_form_and_json(tenant: Tenant, testenv: RunEnv, server: Ser
     fixture_key = "867530912345678"
     assert tenant.http.post("/v1/devices", json={"id": "phone-7", "key": key}).status_code == 201
     shp = create_shipment(tenant, "OSM-PHONE-7")
-    r = tenant.http.post(f"/v1/shipments/{shp['id']}/devices",
-                         json={"device_id": "phone-7", "from": "2024-05-01T00:00:00Z"})
+    r = tenant.http.post(
+        f"/v1/shipments/{shp['id']}/devices", json={"device_id": "phone-7", "from": "2024-05-01T00:00:00Z"}
+    )
     assert r.status_code == 201, r.text
     osm = httpx.Client(base_url=server.url, timeout=30)
 
@@ -251,8 +258,12 @@ def test_osmand_query_form_and_json(tenant: Tenant, testenv: RunEnv, server: Ser
             osm.get("/v1/osmand?" + query("query.txt")),
             osm.get("/v1/osmand?" + query("query_iso.txt")),
             osm.get("/v1/osmand?" + query("query_ms.txt")),
-            osm.post("/v1/osmand", params={"id": key}, content=form,
-                     headers={"content-type": "application/x-www-form-urlencoded"}),
+            osm.post(
+                "/v1/osmand",
+                params={"id": key},
+                content=form,
+                headers={"content-type": "application/x-www-form-urlencoded"},
+            ),
             osm.post("/v1/osmand", content=client9, headers={"content-type": "application/json"}),
         ]
         assert [s.status_code for s in sent] == [200] * 5, [s.text for s in sent]
@@ -272,8 +283,13 @@ def test_osmand_query_form_and_json(tenant: Tenant, testenv: RunEnv, server: Ser
         assert positions[at("2024-06-01T11:06:40Z")]["heading"] == pytest.approx(135.5)
         times = sorted(at(e["occurred_at"]) for e in events_of(tenant, shp["id"], "position"))
         # the same fix time in epoch seconds (query.txt) and milliseconds (query_ms.txt)
-        assert times == [at("2024-06-01T10:50:00Z"), at("2024-06-01T11:00:00Z"), at("2024-06-01T11:06:40Z"),
-                         at("2024-06-01T11:06:40Z"), at("2024-06-01T11:30:00Z")]
+        assert times == [
+            at("2024-06-01T10:50:00Z"),
+            at("2024-06-01T11:00:00Z"),
+            at("2024-06-01T11:06:40Z"),
+            at("2024-06-01T11:06:40Z"),
+            at("2024-06-01T11:30:00Z"),
+        ]
         batteries = sorted(e["data"]["battery_pct"] for e in events_of(tenant, shp["id"], "sensor"))
         assert batteries == [pytest.approx(42), pytest.approx(64), pytest.approx(75)]
         assert all(e["device_id"] == "phone-7" and e["source"] == "osmand" for e in events_of(tenant, shp["id"]))
@@ -282,8 +298,12 @@ def test_osmand_query_form_and_json(tenant: Tenant, testenv: RunEnv, server: Ser
         again = [
             osm.get("/v1/osmand?" + query("query.txt")),
             osm.post("/v1/osmand", content=client9, headers={"content-type": "application/json"}),
-            osm.post("/v1/osmand", params={"id": key}, content=form,
-                     headers={"content-type": "application/x-www-form-urlencoded"}),
+            osm.post(
+                "/v1/osmand",
+                params={"id": key},
+                content=form,
+                headers={"content-type": "application/x-www-form-urlencoded"},
+            ),
         ]
         assert [s.status_code for s in again] == [200] * 3
         assert count_events(testenv, tenant.name) == 8
@@ -296,8 +316,12 @@ def test_osmand_query_form_and_json(tenant: Tenant, testenv: RunEnv, server: Ser
         no_time = osm.get("/v1/osmand", params={"id": key, "lat": "50.1", "lon": "8.6"})
         assert no_time.status_code == 422
         assert "timestamp" in no_time.json()["detail"]
-        broken_json = osm.post("/v1/osmand", params={"id": key}, content=b'{"location": {"coords": ',
-                               headers={"content-type": "application/json"})
+        broken_json = osm.post(
+            "/v1/osmand",
+            params={"id": key},
+            content=b'{"location": {"coords": ',
+            headers={"content-type": "application/json"},
+        )
         assert broken_json.status_code == 422
         q = quarantine(tenant, "osmand")
         assert len(q) == 3
@@ -314,15 +338,17 @@ def test_osmand_query_form_and_json(tenant: Tenant, testenv: RunEnv, server: Ser
 def test_osmand_unknown_or_missing_device_key_is_refused_and_quarantined(testenv: RunEnv, server: Server) -> None:
     stranger = f"unregistered-{secrets.token_hex(6)}"
     with httpx.Client(base_url=server.url, timeout=30) as osm:
-        r = osm.get("/v1/osmand?" + fixture("osmand", "query.txt").decode().strip().replace("867530912345678",
-                                                                                              stranger))
+        r = osm.get(
+            "/v1/osmand?" + fixture("osmand", "query.txt").decode().strip().replace("867530912345678", stranger)
+        )
         assert r.status_code == 404, r.text
         assert r.json()["error"] == "NotFound"
         body = fixture("osmand", "client9.json").replace(b"867530912345678", stranger.encode())
         r = osm.post("/v1/osmand", content=body, headers={"content-type": "application/json"})
         assert r.status_code == 404
-        missing = osm.get("/v1/osmand", params={"lat": "50.1", "lon": "8.6", "timestamp": "1717240000",
-                                                "note": stranger})
+        missing = osm.get(
+            "/v1/osmand", params={"lat": "50.1", "lon": "8.6", "timestamp": "1717240000", "note": stranger}
+        )
         assert missing.status_code == 422
         assert "id" in missing.json()["detail"]
     # Nobody can be told which tenant this was for: kept in quarantine without a tenant.
@@ -334,8 +360,10 @@ def test_osmand_unknown_or_missing_device_key_is_refused_and_quarantined(testenv
     reasons = sorted(reason for reason, _ in rows)
     assert sum(stranger in reason for reason in reasons) == 2  # the unknown key is named
     assert any(reason.startswith("ValidationError: id") for reason in reasons)
-    assert testenv.sql("SELECT count(*) FROM events WHERE device_id IS NULL AND raw::text LIKE %s",
-                       f"%{stranger}%")[0][0] == 0
+    assert (
+        testenv.sql("SELECT count(*) FROM events WHERE device_id IS NULL AND raw::text LIKE %s", f"%{stranger}%")[0][0]
+        == 0
+    )
 
 
 # -- carrier webhooks ---------------------------------------------------------------------------------
@@ -391,8 +419,12 @@ class Case:
 CASES = [
     Case(
         source="dcsa",
-        bodies=(fixture("dcsa", "v2_events.json"), fixture("dcsa", "v2_2_gate_out.json"),
-                fixture("dcsa", "v3_events.json"), fixture("dcsa", "v3_truck.json")),
+        bodies=(
+            fixture("dcsa", "v2_events.json"),
+            fixture("dcsa", "v2_2_gate_out.json"),
+            fixture("dcsa", "v3_events.json"),
+            fixture("dcsa", "v3_truck.json"),
+        ),
         shipments={"maeu-2405 12345": ("abc 709951",), "msc2405881": (), "Cmdu-Sha 0512793": ()},
         milestones={
             "maeu-2405 12345": [
@@ -410,8 +442,11 @@ CASES = [
             ],
             "msc2405881": [("departed", "DEPA", "planned", at("2024-06-03T06:00:00Z"))],
         },
-        status={"maeu-2405 12345": ("in_transit", None), "Cmdu-Sha 0512793": ("in_transit", None),
-                "msc2405881": ("pending", None)},
+        status={
+            "maeu-2405 12345": ("in_transit", None),
+            "Cmdu-Sha 0512793": ("in_transit", None),
+            "msc2405881": ("pending", None),
+        },
         stored=11,
         unattached=1,  # the v3 retraction of an event this tenant never had
         unknown=("ISSU",),
@@ -421,8 +456,11 @@ CASES = [
     ),
     Case(
         source="onerecord",
-        bodies=(fixture("onerecord", "dep_compact.json"), fixture("onerecord", "graph_arrival.json"),
-                fixture("onerecord", "legacy_linked_object.json")),
+        bodies=(
+            fixture("onerecord", "dep_compact.json"),
+            fixture("onerecord", "graph_arrival.json"),
+            fixture("onerecord", "legacy_linked_object.json"),
+        ),
         shipments={"020-1234 5675": (), "160 2222-3333": ()},
         milestones={
             "020-1234 5675": [
@@ -445,8 +483,11 @@ CASES = [
     ),
     Case(
         source="x12-214",
-        bodies=(fixture("x12-214", "ltl_status.edi"), fixture("x12-214", "cross_border.edi"),
-                fixture("x12-214", "pipe_separated.edi")),
+        bodies=(
+            fixture("x12-214", "ltl_status.edi"),
+            fixture("x12-214", "cross_border.edi"),
+            fixture("x12-214", "pipe_separated.edi"),
+        ),
         shipments={"1234567890": ("bol-778812",), "rx 44120": (), "mx-555-0012": ()},
         milestones={
             "1234567890": [
@@ -465,20 +506,27 @@ CASES = [
                 ("arrived", "X2", "estimated", at("2024-06-05T02:00:00Z")),  # Toronto, local time
             ],
         },
-        status={"1234567890": ("in_transit", None), "mx-555-0012": ("delivered", None),
-                "rx 44120": ("in_transit", None)},
+        status={
+            "1234567890": ("in_transit", None),
+            "mx-555-0012": ("delivered", None),
+            "rx 44120": ("in_transit", None),
+        },
         stored=9,
         unknown=("ZZ",),
-        malformed=fixture("x12-214", "ltl_status.edi").replace(b"AT7*AF*NS***20240531*1645*LT",
-                                                               b"AT7*AF*NS***2024053X*1645*LT"),
+        malformed=fixture("x12-214", "ltl_status.edi").replace(
+            b"AT7*AF*NS***20240531*1645*LT", b"AT7*AF*NS***2024053X*1645*LT"
+        ),
         malformed_field="AT705",
         content_type="text/plain",
     ),
     Case(
         source="aftership",
-        bodies=(fixture("aftership", "delivered_2024.json"), fixture("aftership", "tracking_update_legacy.json"),
-                fixture("aftership", "pending_no_checkpoints.json"),
-                _edit("aftership", "pending_no_checkpoints.json", _held)),
+        bodies=(
+            fixture("aftership", "delivered_2024.json"),
+            fixture("aftership", "tracking_update_legacy.json"),
+            fixture("aftership", "pending_no_checkpoints.json"),
+            _edit("aftership", "pending_no_checkpoints.json", _held),
+        ),
         shipments={"1z999aa1 0123456784": (), "lx 123 456 789 cn": (), "0034-0434-1881-9123-4567": ()},
         milestones={
             "0034-0434-1881-9123-4567": [
@@ -497,9 +545,11 @@ CASES = [
                 (None, "Held", "actual", at("2024-05-31T05:00:00Z")),
             ],
         },
-        status={"0034-0434-1881-9123-4567": ("delivered", None),
-                "1z999aa1 0123456784": ("customs", "customs.submitted"),
-                "lx 123 456 789 cn": ("info_received", None)},
+        status={
+            "0034-0434-1881-9123-4567": ("delivered", None),
+            "1z999aa1 0123456784": ("customs", "customs.submitted"),
+            "lx 123 456 789 cn": ("info_received", None),
+        },
         stored=9,
         unknown=("Held",),
         malformed=_edit("aftership", "delivered_2024.json", _bad_checkpoint_time),
@@ -507,8 +557,11 @@ CASES = [
     ),
     Case(
         source="easypost",
-        bodies=(fixture("easypost", "tracker_updated.json"), fixture("easypost", "batch_created.json"),
-                fixture("easypost", "tracker_created.json")),
+        bodies=(
+            fixture("easypost", "tracker_updated.json"),
+            fixture("easypost", "batch_created.json"),
+            fixture("easypost", "tracker_created.json"),
+        ),
         shipments={"9400 1118 9922 3197 4284 90": (), "ez-4000000004": ()},
         milestones={
             "9400 1118 9922 3197 4284 90": [
@@ -554,18 +607,27 @@ def test_webhook_source_end_to_end(case: Case, hooks: Tenant, testenv: RunEnv, s
     wrong = deliver(t, case.source, first, case.content_type, secret=t.ingest_secret + "x")
     assert wrong.status_code == 401, wrong.text
     assert wrong.json()["error"] == "Unauthorized"
-    missing = t.http.post(f"/v1/ingest/{t.name}/{case.source}", content=first,
-                          headers={"content-type": case.content_type, "authorization": ""})
+    missing = t.http.post(
+        f"/v1/ingest/{t.name}/{case.source}",
+        content=first,
+        headers={"content-type": case.content_type, "authorization": ""},
+    )
     assert missing.status_code == 401
     scheme = SCHEMES[case.source]
-    other = t.signed(case.source, first + b" ", header=scheme.header, value=scheme.sign(t.ingest_secret, first),
-                     content_type=case.content_type)
+    other = t.signed(
+        case.source,
+        first + b" ",
+        header=scheme.header,
+        value=scheme.sign(t.ingest_secret, first),
+        content_type=case.content_type,
+    )
     assert other.status_code == 401
     assert count_events(testenv, t.name, mine) == 0
     assert quarantine(t, case.source) == []
 
-    unknown_before = {code: metric(server, "trackd_unknown_codes_total", source=case.source, code=code)
-                      for code in case.unknown}
+    unknown_before = {
+        code: metric(server, "trackd_unknown_codes_total", source=case.source, code=code) for code in case.unknown
+    }
     stored = 0
     for body in case.bodies:
         r = deliver(t, case.source, body, case.content_type)
@@ -646,8 +708,9 @@ LTL = fixture("x12-214", "ltl_status.edi").decode()
     ],
     ids=["se-count", "se-control", "iea-control", "ge-count", "cut-in-set", "no-iea", "no-ge", "not-isa", "short-isa"],
 )
-def test_x12_broken_envelope_is_400_naming_the_segment(broken: str, segment: str, hooks: Tenant,
-                                                       testenv: RunEnv) -> None:
+def test_x12_broken_envelope_is_400_naming_the_segment(
+    broken: str, segment: str, hooks: Tenant, testenv: RunEnv
+) -> None:
     before = count_events(testenv, hooks.name)
     r = deliver(hooks, "x12-214", broken.encode(), "text/plain")
     assert r.status_code == 400, r.text

@@ -7,10 +7,10 @@ from array import array
 
 import pytest
 
-from trackd.bench import Figure, check_args, fmt, percentile, ratio, render
-from trackd.bench_e2e import latencies
-from trackd.bench_load import Events
-from trackd.cli import build_parser
+from lab.bench import Figure, check_args, fmt, percentile, ratio, render
+from lab.bench_e2e import latencies
+from lab.bench_load import Events
+from serve.cli import build_parser
 from trackd.errors import ConfigError
 
 

@@ -70,8 +70,10 @@ def test_sea_worked_example() -> None:
 
 
 def test_multi_leg_total_and_unknowns() -> None:
-    legs = (Leg(Mode.ROAD, Location(lat=0, lon=0), Location(lat=0, lon=1)),
-            Leg(Mode.AIR, Location(lat=0, lon=1), Location(lat=0, lon=11)))
+    legs = (
+        Leg(Mode.ROAD, Location(lat=0, lon=0), Location(lat=0, lon=1)),
+        Leg(Mode.AIR, Location(lat=0, lon=1), Location(lat=0, lon=11)),
+    )
     out = emissions.compute(Shipment("s1", "TN1", legs=legs, weight_kg=1000))
     assert out["co2e_kg"] == pytest.approx(sum(leg["co2e_kg"] for leg in out["legs"]), abs=2e-3)
     no_weight = emissions.compute(Shipment("s1", "TN1", legs=legs))
@@ -79,7 +81,10 @@ def test_multi_leg_total_and_unknowns() -> None:
     assert no_weight["legs"][0]["tonne_km"] is None
     assert no_weight["legs"][0]["distance_km"] == pytest.approx(145.9, abs=0.05)
     assert emissions.compute(Shipment("s1", "TN1", mode=Mode.SEA, weight_kg=5)) == {
-        "co2e_kg": None, "method": emissions.default_factors().method, "legs": []}
+        "co2e_kg": None,
+        "method": emissions.default_factors().method,
+        "legs": [],
+    }
 
 
 def test_bundled_file_names_source_and_version() -> None:

@@ -99,8 +99,10 @@ def test_sea_leg_from_departure() -> None:
 
 
 def test_hand_over_dwell_and_customs_release() -> None:
-    legs = (Leg(Mode.ROAD, Location(unlocode="MXMEX"), Location(unlocode="MXNLD")),
-            Leg(Mode.ROAD, Location(unlocode="USLRD"), Location(unlocode="USCHI")))
+    legs = (
+        Leg(Mode.ROAD, Location(unlocode="MXMEX"), Location(unlocode="MXNLD")),
+        Leg(Mode.ROAD, Location(unlocode="USLRD"), Location(unlocode="USCHI")),
+    )
     s = Shipment("s5", "TN5", legs=legs, created_at=T0)
     at_border = ((T0, Milestone.PICKED_UP, legs[0].origin), (T0 + h(20), Milestone.ARRIVED, legs[0].destination))
     before = eta.predict(eta.Journey(s, milestones=at_border), eta.LaneStats.empty(), T0 + h(20))
@@ -160,8 +162,13 @@ def test_conformal_bounds_and_calibrated_interval() -> None:
 def test_learn_adds_transit_dwell_and_stage_residuals() -> None:
     s = road()
     rows = ((T0, Milestone.PICKED_UP, A), (T0 + h(1), Milestone.ARRIVED, B), (T0 + h(3), Milestone.DELIVERED, B))
-    done = eta.CompletedJourney(s, T0, T0 + h(10), (rows[0], (T0 + h(1), Milestone.GATE_IN, A), rows[1]),
-                                (eta.Forecast(T0 + h(1), T0 + h(8)), eta.Forecast(T0 + h(6), T0 + h(9))))
+    done = eta.CompletedJourney(
+        s,
+        T0,
+        T0 + h(10),
+        (rows[0], (T0 + h(1), Milestone.GATE_IN, A), rows[1]),
+        (eta.Forecast(T0 + h(1), T0 + h(8)), eta.Forecast(T0 + h(6), T0 + h(9))),
+    )
     stats = eta.learn(eta.LaneStats.empty(), done)
     assert stats.transit_h == {eta.lane_key(s): (10.0,)}
     assert stats.dwell_h == {"0.00,0.00": (1.0,)}

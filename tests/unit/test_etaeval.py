@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from trackd import etaeval
+from lab import etaeval
 from trackd.codes import Milestone
 from trackd.errors import ValidationError
 from trackd.model import Location
@@ -174,7 +174,7 @@ def test_carrier_estimate_picks_the_latest_made() -> None:
 def test_cli_reads_a_jsonl_file_and_prints_json(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     import orjson
 
-    from trackd.cli import main
+    from serve.cli import main
 
     path = tmp_path / "events.jsonl"
     path.write_bytes(b"\n".join(orjson.dumps(line) for line in lines()))

@@ -60,8 +60,12 @@ def test_project_on_path_remaining() -> None:
 
 def test_stationary_since() -> None:
     t = datetime(2024, 1, 1, tzinfo=UTC)
-    fixes = [(t, (0.0, 0.0)), (t + timedelta(hours=1), (0.0, 0.1)), (t + timedelta(hours=2), (0.0, 0.1001)),
-             (t + timedelta(hours=3), (0.0, 0.1002))]
+    fixes = [
+        (t, (0.0, 0.0)),
+        (t + timedelta(hours=1), (0.0, 0.1)),
+        (t + timedelta(hours=2), (0.0, 0.1001)),
+        (t + timedelta(hours=3), (0.0, 0.1002)),
+    ]
     assert geo.stationary_since(fixes) == t + timedelta(hours=1)
     assert geo.stationary_since([]) is None
 
@@ -87,8 +91,12 @@ def test_places_keys_countries_and_dwells() -> None:
     assert places.with_coordinates(Location(unlocode="DEHAM")).country == "DE"
     t = datetime(2024, 1, 1, tzinfo=UTC)
     port, dest = Location(unlocode="NLRTM"), Location(unlocode="DEBER")
-    rows = [(t, Milestone.ARRIVED, port), (t + timedelta(hours=30), Milestone.DEPARTED, port),
-            (t + timedelta(hours=40), Milestone.ARRIVED, dest), (t + timedelta(hours=41), Milestone.DELIVERED, dest)]
+    rows = [
+        (t, Milestone.ARRIVED, port),
+        (t + timedelta(hours=30), Milestone.DEPARTED, port),
+        (t + timedelta(hours=40), Milestone.ARRIVED, dest),
+        (t + timedelta(hours=41), Milestone.DELIVERED, dest),
+    ]
     assert places.dwells(rows) == [("NLRTM", 30.0)]
 
 

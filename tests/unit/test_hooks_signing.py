@@ -11,9 +11,10 @@ import orjson
 import pytest
 import standardwebhooks
 
-from stream import hooks
-from trackd import keys, ssrf
-from trackd.hooks_store import Attempt
+from notify import delivery as hooks
+from notify import ssrf
+from notify.store import Attempt
+from trackd import keys
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 MESSAGE = {

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest import mqtt_wire
-from ingest.mqtt_wire import MqttError, Reader
+from ingest import mqtt_conn as mqtt_wire
+from ingest.mqtt_conn import MqttError, Reader
 
 
 @pytest.mark.parametrize(

@@ -36,8 +36,9 @@ def run(
     sensor: dict[str, Any] | None = None,
     status: StatusState = MOVING,
 ) -> list[rules.RuleChange]:
-    return rules.evaluate(journey, estimate, open_ or {}, now, last_event_at=last_event_at,
-                          last_sensor=sensor, status=status)
+    return rules.evaluate(
+        journey, estimate, open_ or {}, now, last_event_at=last_event_at, last_sensor=sensor, status=status
+    )
 
 
 def opened(*changes: rules.RuleChange) -> dict[str, OpenException]:
@@ -96,8 +97,14 @@ def test_long_dwell_from_positions_en_route() -> None:
     fixes = tuple(PositionFix(0.0, 1.0 + 0.0005 * (i % 2), T0 + h(2 + i), speed_kmh=0) for i in range(14))
     j = started(ship(), position=fixes[-1], recent_positions=fixes)
     now = T0 + h(15)
-    assert run(eta.Journey(j.shipment, j.milestones, fixes[9], recent_positions=fixes[:10]), T0 + h(11),
-               last_event_at=T0 + h(11)) == []
+    assert (
+        run(
+            eta.Journey(j.shipment, j.milestones, fixes[9], recent_positions=fixes[:10]),
+            T0 + h(11),
+            last_event_at=T0 + h(11),
+        )
+        == []
+    )
     raised = run(j, now, last_event_at=now)
     # road en-route usual stop 6 h, long dwell after twice that: 2 h + 12 h
     assert kinds(raised) == [("raise", "long_dwell")]
@@ -110,21 +117,32 @@ def test_long_dwell_from_positions_en_route() -> None:
 
 
 def test_long_dwell_from_milestones_at_a_port_uses_learned_dwell() -> None:
-    legs = (Leg(Mode.SEA, Location(unlocode="CNSHA"), Location(unlocode="NLRTM")),
-            Leg(Mode.ROAD, Location(unlocode="NLRTM"), Location(unlocode="DEBER")))
+    legs = (
+        Leg(Mode.SEA, Location(unlocode="CNSHA"), Location(unlocode="NLRTM")),
+        Leg(Mode.ROAD, Location(unlocode="NLRTM"), Location(unlocode="DEBER")),
+    )
     s = Shipment("s2", "TN2", legs=legs, created_at=T0)
     rows = ((T0, Milestone.DEPARTED, legs[0].origin), (T0 + h(700), Milestone.DISCHARGED, legs[0].destination))
     j = eta.Journey(s, milestones=rows)
     # prior port dwell 72 h -> long after 144 h; learned 10 h -> long after 20 h
     assert run(j, T0 + h(730), last_event_at=T0 + h(729)) == []
     stats = eta.LaneStats(dwell_h={"NLRTM": (10.0,) * 5})
-    raised = rules.evaluate(j, None, {}, T0 + h(730), last_event_at=T0 + h(729), last_sensor=None,
-                            status=MOVING, stats=stats)
+    raised = rules.evaluate(
+        j, None, {}, T0 + h(730), last_event_at=T0 + h(729), last_sensor=None, status=MOVING, stats=stats
+    )
     assert kinds(raised) == [("raise", "long_dwell")]
     assert raised[0].at == T0 + h(720)
     gone = eta.Journey(s, milestones=(*rows, (T0 + h(731), Milestone.GATE_OUT, legs[0].destination)))
-    cleared = rules.evaluate(gone, None, opened(*raised), T0 + h(731), last_event_at=T0 + h(731),
-                             last_sensor=None, status=MOVING, stats=stats)
+    cleared = rules.evaluate(
+        gone,
+        None,
+        opened(*raised),
+        T0 + h(731),
+        last_event_at=T0 + h(731),
+        last_sensor=None,
+        status=MOVING,
+        stats=stats,
+    )
     assert kinds(cleared) == [("clear", "long_dwell")]
 
 
@@ -142,11 +160,16 @@ def test_customs_hold_raises_and_release_clears() -> None:
     assert run(j, T0 + h(1.5), status=submitted, last_event_at=T0 + h(1)) == []
 
 
-@pytest.mark.parametrize(("mode", "off_deg", "expect"), [
-    (Mode.ROAD, 0.3, False), (Mode.ROAD, 0.6, True),   # 33 km / 67 km vs a 50 km corridor
-    (Mode.RAIL, 0.6, True), (Mode.AIR, 1.5, False),    # 167 km vs 200 km
-    (Mode.AIR, 2.0, True),
-])
+@pytest.mark.parametrize(
+    ("mode", "off_deg", "expect"),
+    [
+        (Mode.ROAD, 0.3, False),
+        (Mode.ROAD, 0.6, True),  # 33 km / 67 km vs a 50 km corridor
+        (Mode.RAIL, 0.6, True),
+        (Mode.AIR, 1.5, False),  # 167 km vs 200 km
+        (Mode.AIR, 2.0, True),
+    ],
+)
 def test_off_route_corridors(mode: Mode, off_deg: float, expect: bool) -> None:
     fix = PositionFix(off_deg, 1.0, T0 + h(1), speed_kmh=50)
     out = run(started(ship(mode), position=fix), T0 + h(1), last_event_at=T0 + h(1))
@@ -200,9 +223,10 @@ def test_final_status_raises_nothing_and_closes_watch_rules() -> None:
     done = StatusState(Status.DELIVERED, None, T0 + h(9))
     at_delivery = Eta(T0 + h(9), T0 + h(9), T0 + h(9), "delivered", T0 + h(10))
     assert run(j, T0 + h(10), estimate=at_delivery, sensor={"temperature_c": 30.0}, status=done) == []
-    everything = {k.value: OpenException(k.value, T0 + h(1)) for k in (K.DELAYED, K.TEMPERATURE_EXCURSION,
-                                                                        K.OFF_ROUTE, K.LONG_DWELL)}
-    cleared = run(j, T0 + h(10), estimate=at_delivery, sensor={"temperature_c": 30.0}, status=done,
-                  open_=everything)
+    everything = {
+        k.value: OpenException(k.value, T0 + h(1))
+        for k in (K.DELAYED, K.TEMPERATURE_EXCURSION, K.OFF_ROUTE, K.LONG_DWELL)
+    }
+    cleared = run(j, T0 + h(10), estimate=at_delivery, sensor={"temperature_c": 30.0}, status=done, open_=everything)
     assert sorted(kinds(cleared)) == sorted(("clear", k) for k in everything)
     assert all(c.at == T0 + h(9) for c in cleared)

@@ -8,7 +8,7 @@ import weakref
 
 import pytest
 
-from api import runtime
+from serve import roles as runtime
 
 
 class Node:

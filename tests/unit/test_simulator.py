@@ -14,11 +14,11 @@ from functools import cache
 
 import pytest
 
-from trackd.carrier_payloads import encode, signature_headers
-from trackd.carrier_x12 import x12_214
+from lab.carrier_payloads import encode, signature_headers
+from lab.carrier_x12 import x12_214
+from lab.simulator import HISTORY_CADENCE, Scenario, history, simulate
+from lab.simulator_lanes import LANES, Path, haversine_km, leg_path
 from trackd.codes import Classifier, EventKind, Milestone, Mode
-from trackd.simulator import HISTORY_CADENCE, Scenario, history, simulate
-from trackd.simulator_lanes import LANES, Path, haversine_km, leg_path
 
 START = datetime(2025, 3, 1, 6, 0, tzinfo=UTC)
 SECRET = "whsec-ünïcode-key"
@@ -61,8 +61,11 @@ def test_timeline_is_ordered_and_numbered() -> None:
 
 
 def _actual_milestones(s: Scenario) -> list[Milestone]:
-    return [ev.milestone for ev in sorted(s.events, key=lambda e: e.occurred_at)
-            if ev.milestone is not None and ev.classifier is Classifier.ACTUAL]
+    return [
+        ev.milestone
+        for ev in sorted(s.events, key=lambda e: e.occurred_at)
+        if ev.milestone is not None and ev.classifier is Classifier.ACTUAL
+    ]
 
 
 def test_every_shipment_ends_delivered_or_returned() -> None:
@@ -100,8 +103,11 @@ def test_durations_and_dwell_are_plausible() -> None:
         days = (s.completed_at - s.start).total_seconds() / 86400
         sea = any(leg.plan.mode is Mode.SEA for leg in s.legs)
         assert (20 < days < 70) if sea else (1 < days < 16), (s.lane, days)
-        times = {ev.milestone: ev.occurred_at for ev in s.events
-                 if ev.leg == 0 and ev.classifier is Classifier.ACTUAL and ev.milestone}
+        times = {
+            ev.milestone: ev.occurred_at
+            for ev in s.events
+            if ev.leg == 0 and ev.classifier is Classifier.ACTUAL and ev.milestone
+        }
         if sea:
             dwell = times[Milestone.LOADED] - times[Milestone.GATE_IN]
             assert timedelta(days=2) <= dwell <= timedelta(days=5)
@@ -203,8 +209,7 @@ def test_every_event_encodes_to_a_signed_payload() -> None:
             d = encode(s, ev, tenant="acme", secret=SECRET, topic_prefix="t1/")
             seen[d.source] += 1
             if d.transport == "mqtt":
-                assert d.target in (f"t1/trackd/acme/devices/{s.device_id}/events",
-                                    f"t1/owntracks/acme/{s.device_id}")
+                assert d.target in (f"t1/trackd/acme/devices/{s.device_id}/events", f"t1/owntracks/acme/{s.device_id}")
                 assert isinstance(json.loads(d.body), dict)
                 continue
             assert d.target == f"/v1/ingest/acme/{d.source}"
@@ -275,8 +280,12 @@ def test_history_lines_in_the_order_they_became_known() -> None:
         assert sum(k in ev for k in ("position", "milestone", "sensor")) == 1
         known.append(datetime.fromisoformat(ev.get("created_at") or ev["occurred_at"]))
     assert known == sorted(known)
-    delivered = [ln for ln in lines if ln.get("event", {}).get("milestone", {}).get("code") == "delivered"
-                 and ln["event"]["milestone"]["classifier"] == "actual"]
+    delivered = [
+        ln
+        for ln in lines
+        if ln.get("event", {}).get("milestone", {}).get("code") == "delivered"
+        and ln["event"]["milestone"]["classifier"] == "actual"
+    ]
     assert len(delivered) >= 10
     starts = sorted(datetime.fromisoformat(ln["event"]["occurred_at"]) for ln in delivered)
     assert starts[-1] - starts[0] > timedelta(days=30)  # spread over months

@@ -11,12 +11,12 @@ import orjson
 import pytest
 
 from ingest import signatures
-from trackd import etaeval
-from trackd.carrier_payloads import Delivery, encode
+from lab import etaeval
+from lab.carrier_payloads import Delivery, encode
+from lab.simulator import PlannedEvent, Scenario, history, simulate
 from trackd.codes import Classifier, EventKind, Milestone
 from trackd.errors import Unauthorized
 from trackd.model import Event, SourceContext, ref_key
-from trackd.simulator import PlannedEvent, Scenario, history, simulate
 
 START = datetime(2025, 3, 1, 6, 0, tzinfo=UTC)
 SECRET = "ingest-secret"
@@ -36,9 +36,12 @@ def module(source: str) -> ModuleType:
 
 def parse(s: Scenario, ev: PlannedEvent) -> tuple[Delivery, list[Event]]:
     d = encode(s, ev, tenant="acme", secret=SECRET)
-    ctx = SourceContext(tenant="acme", received_at=ev.send_at + timedelta(seconds=2),
-                        device=s.device_id if d.transport == "mqtt" else None,
-                        content_type=d.headers.get("Content-Type"))
+    ctx = SourceContext(
+        tenant="acme",
+        received_at=ev.send_at + timedelta(seconds=2),
+        device=s.device_id if d.transport == "mqtt" else None,
+        content_type=d.headers.get("Content-Type"),
+    )
     return d, module(d.source).normalize(d.body, ctx)
 
 
@@ -69,8 +72,14 @@ def test_every_payload_parses_to_the_planned_event(source: str) -> None:
             continue
         assert ev.milestone is not None
         want = COARSER.get((source, ev.milestone), ev.milestone)
-        found = [e for e in events if e.milestone is not None and e.milestone.code is want
-                 and e.milestone.classifier is ev.classifier and e.occurred_at == ev.occurred_at]
+        found = [
+            e
+            for e in events
+            if e.milestone is not None
+            and e.milestone.code is want
+            and e.milestone.classifier is ev.classifier
+            and e.occurred_at == ev.occurred_at
+        ]
         assert found, (source, ev.milestone, ev.classifier, [(e.milestone, e.occurred_at) for e in events])
         shipment_keys = {ref_key(s.tracking_number), *(ref_key(r) for r in s.body["references"])}
         assert set(found[0].match_keys()) & shipment_keys, (source, found[0].match_keys())
@@ -93,8 +102,12 @@ def test_parcel_estimates_reach_trackd() -> None:
         if ev.classifier is not Classifier.ESTIMATED:
             continue
         _, events = parse(s, ev)
-        assert any(e.milestone is not None and e.milestone.classifier is Classifier.ESTIMATED
-                   and e.occurred_at == ev.occurred_at for e in events)
+        assert any(
+            e.milestone is not None
+            and e.milestone.classifier is Classifier.ESTIMATED
+            and e.occurred_at == ev.occurred_at
+            for e in events
+        )
         estimates += 1
     assert estimates
 

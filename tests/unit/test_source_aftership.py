@@ -68,14 +68,17 @@ def test_tracking_without_checkpoints_gives_its_tag() -> None:
     assert event.occurred_at == datetime(2024, 5, 31, 2, 0, 5, tzinfo=UTC)
 
 
-@pytest.mark.parametrize(("tag", "subtag", "code"), [
-    ("AttemptFail", "AttemptFail_001", Milestone.DELIVERY_ATTEMPTED),
-    ("Exception", "Exception_004", Milestone.CUSTOMS_HOLD),
-    ("Exception", "Exception_011", Milestone.RETURNED),
-    ("Exception", "Exception_013", Milestone.EXCEPTION),
-    ("AvailableForPickup", None, Milestone.AVAILABLE_FOR_PICKUP),
-    ("Pending", None, None),
-])
+@pytest.mark.parametrize(
+    ("tag", "subtag", "code"),
+    [
+        ("AttemptFail", "AttemptFail_001", Milestone.DELIVERY_ATTEMPTED),
+        ("Exception", "Exception_004", Milestone.CUSTOMS_HOLD),
+        ("Exception", "Exception_011", Milestone.RETURNED),
+        ("Exception", "Exception_013", Milestone.EXCEPTION),
+        ("AvailableForPickup", None, Milestone.AVAILABLE_FOR_PICKUP),
+        ("Pending", None, None),
+    ],
+)
 def test_tags_and_subtags(tag: str, subtag: str | None, code: Milestone | None) -> None:
     body = load("tracking_update_legacy.json")
     body["msg"]["checkpoints"][0] |= {"tag": tag, "subtag": subtag}
@@ -91,13 +94,16 @@ def test_two_scans_of_one_tag_at_one_time_both_stay() -> None:
     assert ids == [e.event_id for e in run(body)]
 
 
-@pytest.mark.parametrize(("path", "value", "field"), [
-    (("tracking_number",), None, "msg.tracking_number"),
-    (("checkpoints", 0, "checkpoint_time"), "31/05/2024", "msg.checkpoints[0].checkpoint_time"),
-    (("checkpoints", 0, "tag"), None, "msg.checkpoints[0].tag"),
-    (("checkpoints", 0, "coordinates"), [1.0], "msg.checkpoints[0].coordinates"),
-    (("expected_delivery",), "soon", "msg.expected_delivery"),
-])
+@pytest.mark.parametrize(
+    ("path", "value", "field"),
+    [
+        (("tracking_number",), None, "msg.tracking_number"),
+        (("checkpoints", 0, "checkpoint_time"), "31/05/2024", "msg.checkpoints[0].checkpoint_time"),
+        (("checkpoints", 0, "tag"), None, "msg.checkpoints[0].tag"),
+        (("checkpoints", 0, "coordinates"), [1.0], "msg.checkpoints[0].coordinates"),
+        (("expected_delivery",), "soon", "msg.expected_delivery"),
+    ],
+)
 def test_errors_name_the_field(path: tuple[Any, ...], value: Any, field: str) -> None:
     body = load("tracking_update_legacy.json")
     node = body["msg"]

@@ -37,7 +37,12 @@ def test_v2_transport_departure() -> None:
     assert dep.milestone.mode is Mode.SEA
     loc = dep.milestone.location
     assert (loc.unlocode, loc.country, loc.name, loc.lat, loc.lon) == (
-        "NLRTM", "NL", "Port of Rotterdam", 51.9225, 4.47917)
+        "NLRTM",
+        "NL",
+        "Port of Rotterdam",
+        51.9225,
+        4.47917,
+    )
     assert dep.shipment == "MAEU240512345"  # the transport document wins over the booking
     assert set(dep.refs) == {"ABC709951", "MAEU240512345", "FWD-2024-0042"}
     assert dep.carrier == "MAEU"
@@ -52,8 +57,7 @@ def test_estimated_arrival_is_the_carrier_eta_even_weeks_ahead() -> None:
     assert eta.created_at == datetime(2024, 5, 21, 6, 0, tzinfo=UTC)
 
 
-@pytest.mark.parametrize(("index", "code"), [(2, Milestone.LOADED), (3, Milestone.BOOKED),
-                                             (4, Milestone.CUSTOMS_HOLD)])
+@pytest.mark.parametrize(("index", "code"), [(2, Milestone.LOADED), (3, Milestone.BOOKED), (4, Milestone.CUSTOMS_HOLD)])
 def test_v2_equipment_and_shipment_codes(index: int, code: Milestone) -> None:
     assert run(load("v2_events.json"))[index].milestone.code is code
 
@@ -119,11 +123,14 @@ def test_unknown_codes_are_kept_not_refused() -> None:
     assert event.milestone.raw_code == "XRAY"
 
 
-@pytest.mark.parametrize(("doc_type", "reason", "code"), [
-    ("TRD", "Freight unpaid", Milestone.EXCEPTION),
-    ("TRD", "Held by customs for inspection", Milestone.CUSTOMS_HOLD),
-    ("CUS", None, Milestone.CUSTOMS_HOLD),
-])
+@pytest.mark.parametrize(
+    ("doc_type", "reason", "code"),
+    [
+        ("TRD", "Freight unpaid", Milestone.EXCEPTION),
+        ("TRD", "Held by customs for inspection", Milestone.CUSTOMS_HOLD),
+        ("CUS", None, Milestone.CUSTOMS_HOLD),
+    ],
+)
 def test_only_a_customs_hold_is_a_customs_hold(doc_type: str, reason: str | None, code: Milestone) -> None:
     item = load("v2_events.json")[4] | {"documentTypeCode": doc_type, "reason": reason}
     assert run([item])[0].milestone.code is code
@@ -136,14 +143,17 @@ def test_events_without_id_get_a_stable_derived_one() -> None:
     assert run([item])[0].event_id.startswith("dcsa:")
 
 
-@pytest.mark.parametrize(("mutate", "field"), [
-    (lambda i: i.update(eventClassifierCode="GUESS"), "[1].eventClassifierCode"),
-    (lambda i: i.pop("eventDateTime"), "[1].eventDateTime"),
-    (lambda i: i.update(eventDateTime="2024-06-01T10:00:00"), "[1].eventDateTime"),
-    (lambda i: i.pop("transportEventTypeCode"), "[1].transportEventTypeCode"),
-    (lambda i: i.update(eventType="CARGO"), "[1].eventType"),
-    (lambda i: i.update(documentReferences=None), "[1].shipment"),
-])
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda i: i.update(eventClassifierCode="GUESS"), "[1].eventClassifierCode"),
+        (lambda i: i.pop("eventDateTime"), "[1].eventDateTime"),
+        (lambda i: i.update(eventDateTime="2024-06-01T10:00:00"), "[1].eventDateTime"),
+        (lambda i: i.pop("transportEventTypeCode"), "[1].transportEventTypeCode"),
+        (lambda i: i.update(eventType="CARGO"), "[1].eventType"),
+        (lambda i: i.update(documentReferences=None), "[1].shipment"),
+    ],
+)
 def test_errors_name_the_field(mutate: Any, field: str) -> None:
     items = load("v2_events.json")[:2]
     mutate(items[1])

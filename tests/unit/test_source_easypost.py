@@ -65,16 +65,20 @@ def test_a_bare_tracker_is_accepted() -> None:
 
 def test_redelivery_gives_the_same_ids() -> None:
     assert [e.event_id for e in run(load("tracker_updated.json"))] == [
-        e.event_id for e in run(load("tracker_updated.json"))]
+        e.event_id for e in run(load("tracker_updated.json"))
+    ]
 
 
-@pytest.mark.parametrize(("path", "value", "field"), [
-    (("tracking_code",), None, "result.tracking_code"),
-    (("tracking_details", 1, "datetime"), "yesterday", "result.tracking_details[1].datetime"),
-    (("tracking_details", 1, "status"), None, "result.tracking_details[1].status"),
-    (("tracking_details",), {"status": "x"}, "result.tracking_details"),
-    (("est_delivery_date",), "next week", "result.est_delivery_date"),
-])
+@pytest.mark.parametrize(
+    ("path", "value", "field"),
+    [
+        (("tracking_code",), None, "result.tracking_code"),
+        (("tracking_details", 1, "datetime"), "yesterday", "result.tracking_details[1].datetime"),
+        (("tracking_details", 1, "status"), None, "result.tracking_details[1].status"),
+        (("tracking_details",), {"status": "x"}, "result.tracking_details"),
+        (("est_delivery_date",), "next week", "result.est_delivery_date"),
+    ],
+)
 def test_errors_name_the_field(path: tuple[Any, ...], value: Any, field: str) -> None:
     body = load("tracker_updated.json")
     node = body["result"]

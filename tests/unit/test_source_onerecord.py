@@ -62,10 +62,17 @@ def test_older_linked_object_form_and_unknown_code() -> None:
     assert unknown.milestone.raw_code == "XYZ"
 
 
-@pytest.mark.parametrize(("code", "milestone"), [("DEP", Milestone.DEPARTED), ("ARR", Milestone.ARRIVED),
-                                                 ("NFD", Milestone.AVAILABLE_FOR_PICKUP),
-                                                 ("DLV", Milestone.DELIVERED), ("BKD", Milestone.BOOKED),
-                                                 ("RCF", Milestone.DISCHARGED)])
+@pytest.mark.parametrize(
+    ("code", "milestone"),
+    [
+        ("DEP", Milestone.DEPARTED),
+        ("ARR", Milestone.ARRIVED),
+        ("NFD", Milestone.AVAILABLE_FOR_PICKUP),
+        ("DLV", Milestone.DELIVERED),
+        ("BKD", Milestone.BOOKED),
+        ("RCF", Milestone.DISCHARGED),
+    ],
+)
 def test_pinned_status_codes(code: str, milestone: Milestone) -> None:
     item = load("dep_compact.json")
     item["cargo:eventCode"]["cargo:code"] = code
@@ -74,15 +81,19 @@ def test_pinned_status_codes(code: str, milestone: Milestone) -> None:
 
 def test_redelivery_gives_the_same_ids() -> None:
     assert [e.event_id for e in run(load("graph_arrival.json"))] == [
-        e.event_id for e in run(load("graph_arrival.json"))]
+        e.event_id for e in run(load("graph_arrival.json"))
+    ]
 
 
-@pytest.mark.parametrize(("key", "value", "field"), [
-    ("cargo:eventCode", None, "eventCode"),
-    ("cargo:eventDate", "not a date", "eventDate"),
-    ("cargo:eventTimeType", {"@id": "cargo:GUESSED"}, "eventTimeType"),
-    ("cargo:eventFor", None, "eventFor"),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "field"),
+    [
+        ("cargo:eventCode", None, "eventCode"),
+        ("cargo:eventDate", "not a date", "eventDate"),
+        ("cargo:eventTimeType", {"@id": "cargo:GUESSED"}, "eventTimeType"),
+        ("cargo:eventFor", None, "eventFor"),
+    ],
+)
 def test_errors_name_the_field(key: str, value: Any, field: str) -> None:
     item = load("dep_compact.json")
     if value is None:

@@ -112,9 +112,15 @@ def test_redelivery_gives_the_same_ids() -> None:
 
 @pytest.mark.parametrize(
     ("change", "field"),
-    [({"lat": "north"}, "lat"), ({"lat": "95"}, "lat"), ({"timestamp": "yesterday"}, "timestamp"),
-     ({"timestamp": ""}, "timestamp"), ({"speed": "fast"}, "speed"), ({"batt": "150"}, "batt"),
-     ({"timestamp": "2030-01-01T00:00:00Z"}, "occurred_at")],
+    [
+        ({"lat": "north"}, "lat"),
+        ({"lat": "95"}, "lat"),
+        ({"timestamp": "yesterday"}, "timestamp"),
+        ({"timestamp": ""}, "timestamp"),
+        ({"speed": "fast"}, "speed"),
+        ({"batt": "150"}, "batt"),
+        ({"timestamp": "2030-01-01T00:00:00Z"}, "occurred_at"),
+    ],
 )
 def test_bad_query_fields_are_named(change: dict[str, str], field: str) -> None:
     with pytest.raises(ValidationError) as err:

@@ -61,8 +61,9 @@ def test_without_any_device_the_message_is_refused() -> None:
     assert err.value.field == "device"
 
 
-@pytest.mark.parametrize(("name", "code"), [("transition_enter.json", Milestone.ARRIVED),
-                                            ("transition_leave.json", Milestone.DEPARTED)])
+@pytest.mark.parametrize(
+    ("name", "code"), [("transition_enter.json", Milestone.ARRIVED), ("transition_leave.json", Milestone.DEPARTED)]
+)
 def test_transitions_are_arrivals_and_departures(name: str, code: Milestone) -> None:
     [event] = owntracks.normalize(load(name), ctx())
     assert event.milestone is not None
@@ -91,8 +92,13 @@ def test_the_same_fix_from_another_device_is_another_event() -> None:
 
 @pytest.mark.parametrize(
     ("change", "field"),
-    [({"tst": None}, "tst"), ({"lat": 123.0}, "lat"), ({"lon": "east"}, "lon"), ({"batt": 140}, "batt"),
-     ({"tst": 1917240375}, "occurred_at")],
+    [
+        ({"tst": None}, "tst"),
+        ({"lat": 123.0}, "lat"),
+        ({"lon": "east"}, "lon"),
+        ({"batt": 140}, "batt"),
+        ({"tst": 1917240375}, "occurred_at"),
+    ],
 )
 def test_bad_locations_name_the_field(change: dict[str, object], field: str) -> None:
     item = orjson.loads(load("location.json")) | change

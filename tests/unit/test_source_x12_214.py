@@ -79,22 +79,26 @@ def test_local_time_without_a_known_place_is_utc() -> None:
 
 def test_resent_interchange_with_new_control_numbers_keeps_ids() -> None:
     first = run(load("ltl_status.edi"))
-    again = run(load("ltl_status.edi").replace("000000905", "000000906").replace("*905*", "*906*")
-                .replace("*905~", "*906~"))
+    again = run(
+        load("ltl_status.edi").replace("000000905", "000000906").replace("*905*", "*906*").replace("*905~", "*906~")
+    )
     assert [e.event_id for e in first] == [e.event_id for e in again]
 
 
-@pytest.mark.parametrize(("edit", "segment"), [
-    (lambda t: t.replace("IEA*1*000000905~\n", ""), "IEA"),
-    (lambda t: t.replace("IEA*1*000000905", "IEA*1*000000999"), "IEA"),
-    (lambda t: t.replace("GE*1*905", "GE*2*905"), "GE"),
-    (lambda t: t.replace("SE*19*0001", "SE*18*0001"), "SE"),
-    (lambda t: t.replace("SE*19*0001", "SE*19*0002"), "SE"),
-    (lambda t: t.replace("SE*19*0001~\n", ""), "SE"),
-    (lambda t: t[4:], "ISA"),
-    (lambda t: t[:60], "ISA"),
-    (lambda t: t.replace("GS*QM", "XX*QM"), "XX"),
-])
+@pytest.mark.parametrize(
+    ("edit", "segment"),
+    [
+        (lambda t: t.replace("IEA*1*000000905~\n", ""), "IEA"),
+        (lambda t: t.replace("IEA*1*000000905", "IEA*1*000000999"), "IEA"),
+        (lambda t: t.replace("GE*1*905", "GE*2*905"), "GE"),
+        (lambda t: t.replace("SE*19*0001", "SE*18*0001"), "SE"),
+        (lambda t: t.replace("SE*19*0001", "SE*19*0002"), "SE"),
+        (lambda t: t.replace("SE*19*0001~\n", ""), "SE"),
+        (lambda t: t[4:], "ISA"),
+        (lambda t: t[:60], "ISA"),
+        (lambda t: t.replace("GS*QM", "XX*QM"), "XX"),
+    ],
+)
 def test_broken_envelopes_name_the_segment(edit, segment: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(EnvelopeError) as err:
         run(edit(load("ltl_status.edi")))
@@ -102,12 +106,15 @@ def test_broken_envelopes_name_the_segment(edit, segment: str) -> None:  # type:
     assert err.value.status == 400
 
 
-@pytest.mark.parametrize(("edit", "field"), [
-    (lambda t: t.replace("ST*214*0001", "ST*210*0001"), "ST01"),
-    (lambda t: t.replace("AT7*AF*NS***20240531*1645*LT", "AT7*AF*NS***20241331*1645*LT"), "LX[1].AT705"),
-    (lambda t: t.replace("AT7*AF*NS***20240531*1645*LT", "AT7*AF*NS***20240531*1645*QQ"), "LX[1].AT707"),
-    (lambda t: t.replace("*0873900*415100*W*N", "*0873900*999999*W*N"), "LX[3].MS105"),
-])
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        (lambda t: t.replace("ST*214*0001", "ST*210*0001"), "ST01"),
+        (lambda t: t.replace("AT7*AF*NS***20240531*1645*LT", "AT7*AF*NS***20241331*1645*LT"), "LX[1].AT705"),
+        (lambda t: t.replace("AT7*AF*NS***20240531*1645*LT", "AT7*AF*NS***20240531*1645*QQ"), "LX[1].AT707"),
+        (lambda t: t.replace("*0873900*415100*W*N", "*0873900*999999*W*N"), "LX[3].MS105"),
+    ],
+)
 def test_content_errors_are_validation_errors(edit, field: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValidationError) as err:
         run(edit(load("ltl_status.edi")))

@@ -21,15 +21,30 @@ from trackd.model import Event, SourceContext
 PAYLOADS = Path(__file__).parents[1] / "payloads"
 NOW = datetime(2024, 6, 1, 16, 0, tzinfo=UTC)
 ADAPTERS: dict[str, ModuleType] = {
-    "native": native, "owntracks": owntracks, "osmand": osmand, "dcsa": dcsa, "onerecord": onerecord,
-    "x12-214": x12_214, "aftership": aftership, "easypost": easypost,
+    "native": native,
+    "owntracks": owntracks,
+    "osmand": osmand,
+    "dcsa": dcsa,
+    "onerecord": onerecord,
+    "x12-214": x12_214,
+    "aftership": aftership,
+    "easypost": easypost,
 }
-NATIVE_SAMPLE = orjson.dumps([
-    {"occurred_at": "2024-06-01T10:00:00Z", "shipment": "ABC123",
-     "milestone": {"code": "departed", "classifier": "actual", "location": {"name": "Rotterdam", "unlocode": "NLRTM"}}},
-    {"occurred_at": 1717236000, "device": "dev-1", "position": {"lat": 51.9, "lon": 4.4, "speed_kmh": 40}},
-    {"occurred_at": "2024-06-01T10:05:00+02:00", "device": "dev-1", "sensor": {"temperature_c": 4.5}},
-])
+NATIVE_SAMPLE = orjson.dumps(
+    [
+        {
+            "occurred_at": "2024-06-01T10:00:00Z",
+            "shipment": "ABC123",
+            "milestone": {
+                "code": "departed",
+                "classifier": "actual",
+                "location": {"name": "Rotterdam", "unlocode": "NLRTM"},
+            },
+        },
+        {"occurred_at": 1717236000, "device": "dev-1", "position": {"lat": 51.9, "lon": 4.4, "speed_kmh": 40}},
+        {"occurred_at": "2024-06-01T10:05:00+02:00", "device": "dev-1", "sensor": {"temperature_c": 4.5}},
+    ]
+)
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -53,9 +68,26 @@ def check(call: Callable[[], Any]) -> None:
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**63) | st.floats(allow_nan=False)
-    | st.text(max_size=30) | st.sampled_from(["", "ACT", "EST", "DEP", "InTransit", "2024-06-01T10:00:00Z",
-                                              "2024-06-01", "9999-12-31T23:59:59Z", "-1", "1e400", "nan"]),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=30)
+    | st.sampled_from(
+        [
+            "",
+            "ACT",
+            "EST",
+            "DEP",
+            "InTransit",
+            "2024-06-01T10:00:00Z",
+            "2024-06-01",
+            "9999-12-31T23:59:59Z",
+            "-1",
+            "1e400",
+            "nan",
+        ]
+    ),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
     max_leaves=8,
 )

@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from trackd import ssrf
+from notify import ssrf
 
 
 def resolver_for(table: dict[str, list[str]]) -> ssrf.Resolver:

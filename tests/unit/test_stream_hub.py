@@ -11,9 +11,9 @@ import orjson
 import pytest
 
 from stream import protocol
-from stream.client import Client, ClientClosed
 from stream.hub import Hub
 from stream.protocol import BBox, Message, ProtocolError, Selector, Subscribe
+from stream.session import Client, ClientClosed
 from trackd.bus import BusUnavailable, MemoryBus
 
 EUROPE = BBox(-10, 35, 30, 60)

@@ -53,7 +53,7 @@ def _run(coro: Any) -> Any:
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     roles = parse_roles(args.roles)
     db.check_schema(settings.dsn())
-    runtime = importlib.import_module("api.runtime")
+    runtime = importlib.import_module("serve.roles")
     _run(runtime.run_roles(settings, roles))
     return 0
 
@@ -112,13 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--speed", type=float, default=1800.0, help="simulated seconds per real second")
     d.add_argument("--state-dir", default=None)
     d.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    d.set_defaults(func=cmd_module("trackd.demo"))
+    d.set_defaults(func=cmd_module("lab.demo"))
     e = sub.add_parser("eta-eval", help="replay completed shipments and score the ETA against baselines")
     e.add_argument("--events", default=None, help="JSON-lines file; default: the configured database")
     e.add_argument("--simulate", type=int, default=None, metavar="N", help="score N simulated shipments instead")
     e.add_argument("--seed", type=int, default=7)
     e.add_argument("--json", action="store_true")
-    e.set_defaults(func=cmd_module("trackd.etaeval_cli"))
+    e.set_defaults(func=cmd_module("lab.etaeval_cli"))
     b = sub.add_parser("bench", help="benchmarks against the configured services")
     b.add_argument("kind", choices=["ingest", "e2e", "query", "stream", "soak"])
     b.add_argument("--transport", choices=["webhook", "mqtt"], default="webhook")
@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--clients", type=int, default=1000)
     b.add_argument("--shipments", type=int, default=10_000)
     b.add_argument("--positions", type=int, default=10_000_000)
-    b.set_defaults(func=cmd_module("trackd.bench"))
+    b.set_defaults(func=cmd_module("lab.bench"))
     return p
 
 

@@ -27,9 +27,9 @@ import orjson
 import psycopg
 
 from ingest.mqtt import BATCHES_IN_FLIGHT, MAX_BATCH, RECEIVE_MAXIMUM
-from trackd.bench import Figure
-from trackd.bench_env import BenchEnv, Server
-from trackd.bench_load import mqtt_publisher, raw_broker, webhook_sender
+from lab.bench import Figure
+from lab.bench_env import BenchEnv, Server
+from lab.bench_load import mqtt_publisher, raw_broker, webhook_sender
 from trackd.settings import Settings
 
 BATCH = 1000
@@ -138,10 +138,14 @@ def _mqtt(
     proc.join(10)
     if res is None or not done_at:
         published = f"{res['published']:,}" if res else "?"
-        return None, env.count_events(), [
-            f"MQTT: the ingesters stored {consumed.value:,} of {published} published events (a broker that drops QoS 1"
-            " messages past its queue limit loses the rest)"
-        ]
+        return (
+            None,
+            env.count_events(),
+            [
+                f"MQTT: the ingesters stored {consumed.value:,} of {published} published events"
+                " (a broker that drops QoS 1 messages past its queue limit loses the rest)"
+            ],
+        )
     stored = env.count_events()
     elapsed = done_at - res["first"]
     notes = [
@@ -199,9 +203,7 @@ def copy_ceiling(env: BenchEnv, n: int) -> float:
     return n / elapsed
 
 
-def publisher_conf(
-    env: BenchEnv, run: str, base: float, window: int, duration: float, **topics: str
-) -> dict[str, Any]:
+def publisher_conf(env: BenchEnv, run: str, base: float, window: int, duration: float, **topics: str) -> dict[str, Any]:
     """What `mqtt_publisher` (and `raw_subscriber`) need: the broker, the run's shipments, how far
     ahead of what is consumed to publish, for how long, and the topics."""
     return {

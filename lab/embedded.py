@@ -57,8 +57,16 @@ class EmbeddedPostgres:
         # Files, not pipes: the server started by pg_ctl could hold a pipe open forever.
         with tempfile.TemporaryFile("w+") as out:
             try:
-                subprocess.run([str(_bin_dir() / tool), *args], check=True, stdout=out, stderr=out, text=True,
-                               timeout=timeout, user=self.user, cwd=self.pgdata.parent)
+                subprocess.run(
+                    [str(_bin_dir() / tool), *args],
+                    check=True,
+                    stdout=out,
+                    stderr=out,
+                    text=True,
+                    timeout=timeout,
+                    user=self.user,
+                    cwd=self.pgdata.parent,
+                )
             except subprocess.CalledProcessError as exc:
                 out.seek(0)
                 exc.stderr = out.read()[-2000:]
@@ -124,12 +132,33 @@ def start_postgres(state_dir: Path, reset: bool = False) -> EmbeddedPostgres:
     else:
         server = EmbeddedPostgres(pgdata, free_port(), user)
         if not (pgdata / "PG_VERSION").exists():
-            server._run("initdb", "-D", str(pgdata), "-U", PG_USER, "--auth=trust", "--encoding=UTF8",
-                        "--no-instructions", timeout=120)
+            server._run(
+                "initdb",
+                "-D",
+                str(pgdata),
+                "-U",
+                PG_USER,
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-instructions",
+                timeout=120,
+            )
         options = f"-h 127.0.0.1 -p {server.port} -c unix_socket_directories='' -c max_connections=200"
         try:
-            server._run("pg_ctl", "-D", str(pgdata), "-l", str(pgdata / "server.log"), "-o", options,
-                        "-w", "-t", "60", "start", timeout=90)
+            server._run(
+                "pg_ctl",
+                "-D",
+                str(pgdata),
+                "-l",
+                str(pgdata / "server.log"),
+                "-o",
+                options,
+                "-w",
+                "-t",
+                "60",
+                "start",
+                timeout=90,
+            )
         except subprocess.CalledProcessError as exc:
             log = pgdata / "server.log"
             tail = log.read_text()[-2000:] if log.exists() else ""

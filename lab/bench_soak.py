@@ -16,9 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from trackd.bench import Figure, percentile
-from trackd.bench_env import BenchEnv
-from trackd.bench_load import Events, HttpConn, _run, signed_headers
+from lab.bench import Figure, percentile
+from lab.bench_env import BenchEnv
+from lab.bench_load import Events, HttpConn, _run, signed_headers
 from trackd.settings import Settings
 
 BATCH = 100

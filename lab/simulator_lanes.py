@@ -170,30 +170,80 @@ class Lane:
 _L = LegPlan
 _SEA = ("Maersk", "MSC", "CMA CGM", "COSCO", "Hapag-Lloyd", "ONE", "Evergreen", "HMM")
 LANES: tuple[Lane, ...] = (
-    Lane("CNYTN-NLRTM-DEBER", (_L(Mode.SEA, "CNYTN", "NLRTM", "dcsa", _SEA),
-                               _L(Mode.ROAD, "NLRTM", "DEBER", "aftership", ("dhl-freight", "dachser"))),
-         3.0, 0.10, (("consumer electronics", 4000, 18000), ("furniture", 6000, 14000))),
-    Lane("HKG-FRA-FRPAR", (_L(Mode.AIR, "HKG", "FRA", "onerecord", ("Cathay Cargo", "Lufthansa Cargo")),
-                           _L(Mode.ROAD, "FRA", "FRPAR", "easypost", ("DHLExpress", "UPS"))),
-         2.0, 0.15, (("smartphones", 80, 900), ("pharmaceuticals", 50, 600))),
-    Lane("MXMTY-USLRD-USDAL", (_L(Mode.ROAD, "MXMTY", "USLRD", "x12-214", ("TRMX", "FXMX")),
-                               _L(Mode.ROAD, "USLRD", "USDAL", "x12-214", ("JBHT", "SWFT", "KNGT"))),
-         2.5, 0.30, (("auto parts", 8000, 20000), ("fresh produce", 9000, 19000))),
-    Lane("MXMEX-USLRD-USCHI", (_L(Mode.ROAD, "MXMEX", "USLRD", "x12-214", ("TRMX", "FXMX")),
-                               _L(Mode.ROAD, "USLRD", "USCHI", "x12-214", ("JBHT", "SWFT", "SNDR"))),
-         2.0, 0.20, (("appliances", 7000, 18000), ("avocados", 9000, 19000))),
-    Lane("VNSGN-USLAX-USCHI", (_L(Mode.SEA, "VNSGN", "USLAX", "dcsa", _SEA),
-                               _L(Mode.RAIL, "USLAX", "USCHI", "x12-214", ("BNSF",))),
-         2.5, 0.35, (("frozen seafood", 12000, 24000), ("apparel", 5000, 12000))),
-    Lane("KRPUS-DEHAM-DEMUC", (_L(Mode.SEA, "KRPUS", "DEHAM", "dcsa", _SEA),
-                               _L(Mode.ROAD, "DEHAM", "DEMUC", "aftership", ("dhl-freight", "db-schenker"))),
-         2.0, 0.15, (("auto parts", 8000, 20000), ("batteries", 6000, 16000))),
-    Lane("CNNGB-GBFXT-GBLON", (_L(Mode.SEA, "CNNGB", "GBFXT", "dcsa", _SEA),
-                               _L(Mode.ROAD, "GBFXT", "GBLON", "easypost", ("DPDUK", "UPS"))),
-         2.0, 0.10, (("textiles", 3000, 12000), ("toys", 3000, 9000))),
-    Lane("SIN-JFK-USNYC", (_L(Mode.AIR, "SIN", "JFK", "onerecord", ("Singapore Airlines Cargo",)),
-                           _L(Mode.ROAD, "JFK", "USNYC", "aftership", ("fedex", "ups"))),
-         1.5, 0.30, (("pharmaceuticals", 40, 500), ("semiconductors", 20, 300))),
+    Lane(
+        "CNYTN-NLRTM-DEBER",
+        (
+            _L(Mode.SEA, "CNYTN", "NLRTM", "dcsa", _SEA),
+            _L(Mode.ROAD, "NLRTM", "DEBER", "aftership", ("dhl-freight", "dachser")),
+        ),
+        3.0,
+        0.10,
+        (("consumer electronics", 4000, 18000), ("furniture", 6000, 14000)),
+    ),
+    Lane(
+        "HKG-FRA-FRPAR",
+        (
+            _L(Mode.AIR, "HKG", "FRA", "onerecord", ("Cathay Cargo", "Lufthansa Cargo")),
+            _L(Mode.ROAD, "FRA", "FRPAR", "easypost", ("DHLExpress", "UPS")),
+        ),
+        2.0,
+        0.15,
+        (("smartphones", 80, 900), ("pharmaceuticals", 50, 600)),
+    ),
+    Lane(
+        "MXMTY-USLRD-USDAL",
+        (
+            _L(Mode.ROAD, "MXMTY", "USLRD", "x12-214", ("TRMX", "FXMX")),
+            _L(Mode.ROAD, "USLRD", "USDAL", "x12-214", ("JBHT", "SWFT", "KNGT")),
+        ),
+        2.5,
+        0.30,
+        (("auto parts", 8000, 20000), ("fresh produce", 9000, 19000)),
+    ),
+    Lane(
+        "MXMEX-USLRD-USCHI",
+        (
+            _L(Mode.ROAD, "MXMEX", "USLRD", "x12-214", ("TRMX", "FXMX")),
+            _L(Mode.ROAD, "USLRD", "USCHI", "x12-214", ("JBHT", "SWFT", "SNDR")),
+        ),
+        2.0,
+        0.20,
+        (("appliances", 7000, 18000), ("avocados", 9000, 19000)),
+    ),
+    Lane(
+        "VNSGN-USLAX-USCHI",
+        (_L(Mode.SEA, "VNSGN", "USLAX", "dcsa", _SEA), _L(Mode.RAIL, "USLAX", "USCHI", "x12-214", ("BNSF",))),
+        2.5,
+        0.35,
+        (("frozen seafood", 12000, 24000), ("apparel", 5000, 12000)),
+    ),
+    Lane(
+        "KRPUS-DEHAM-DEMUC",
+        (
+            _L(Mode.SEA, "KRPUS", "DEHAM", "dcsa", _SEA),
+            _L(Mode.ROAD, "DEHAM", "DEMUC", "aftership", ("dhl-freight", "db-schenker")),
+        ),
+        2.0,
+        0.15,
+        (("auto parts", 8000, 20000), ("batteries", 6000, 16000)),
+    ),
+    Lane(
+        "CNNGB-GBFXT-GBLON",
+        (_L(Mode.SEA, "CNNGB", "GBFXT", "dcsa", _SEA), _L(Mode.ROAD, "GBFXT", "GBLON", "easypost", ("DPDUK", "UPS"))),
+        2.0,
+        0.10,
+        (("textiles", 3000, 12000), ("toys", 3000, 9000)),
+    ),
+    Lane(
+        "SIN-JFK-USNYC",
+        (
+            _L(Mode.AIR, "SIN", "JFK", "onerecord", ("Singapore Airlines Cargo",)),
+            _L(Mode.ROAD, "JFK", "USNYC", "aftership", ("fedex", "ups")),
+        ),
+        1.5,
+        0.30,
+        (("pharmaceuticals", 40, 500), ("semiconductors", 20, 300)),
+    ),
 )
 
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from lab.simulator_lanes import LegPlan, Path, Place, leg_path
+from lab.simulator_track import Builder
 from trackd.codes import Milestone, Mode
-from trackd.simulator_lanes import LegPlan, Path, Place, leg_path
-from trackd.simulator_track import Builder
 
 M = Milestone
 
@@ -59,8 +59,15 @@ def next_local(t: datetime, tz: str, rng: random.Random, start_h: float, end_h: 
     return t + timedelta(days=1)
 
 
-def customs(j: Journey, leg: int, place: Place, arrived: datetime, *, submit_h: tuple[float, float],
-            clear_h: tuple[float, float]) -> datetime:
+def customs(
+    j: Journey,
+    leg: int,
+    place: Place,
+    arrived: datetime,
+    *,
+    submit_h: tuple[float, float],
+    clear_h: tuple[float, float],
+) -> datetime:
     """Import customs at `place` through the broker's feed; returns the release time."""
     b = j.b
     submitted = max(arrived - hours(j.u(*submit_h)), j.start + hours(1))
@@ -125,9 +132,17 @@ def sea(j: Journey, i: int) -> None:
     made.append(arrived - hours(j.u(20, 30)))
     for when in made:
         known = weather_at is not None and when >= weather_at
-        b.estimate(when, arrived, M.ARRIVED, d, i, src, bias=j.bias,
-                   unknown_delay_h=0.0 if known or weather_at is None else weather_h,
-                   detail="weather" if known else None)
+        b.estimate(
+            when,
+            arrived,
+            M.ARRIVED,
+            d,
+            i,
+            src,
+            bias=j.bias,
+            unknown_delay_h=0.0 if known or weather_at is None else weather_h,
+            detail="weather" if known else None,
+        )
 
     discharged = arrived + hours(j.u(8, 36))
     b.stay_until(discharged)
@@ -161,8 +176,16 @@ def air(j: Journey, i: int) -> None:
     arrived = b.move(Mode.AIR, path, 0.0, path.length_km, path.length_km / j.u(800, 880) + j.u(0.3, 0.8))
     b.milestone(arrived, M.ARRIVED, d, i, src)
     for when in (booked, received, departed):
-        b.estimate(when, arrived, M.ARRIVED, d, i, src, bias=j.bias / 4,
-                   unknown_delay_h=offload_h if when < departed - hours(offload_h) else 0.0)
+        b.estimate(
+            when,
+            arrived,
+            M.ARRIVED,
+            d,
+            i,
+            src,
+            bias=j.bias / 4,
+            unknown_delay_h=offload_h if when < departed - hours(offload_h) else 0.0,
+        )
     unloaded = arrived + hours(j.u(2, 6))
     b.stay_until(unloaded)
     b.milestone(unloaded, M.DISCHARGED, d, i, src)
@@ -260,8 +283,10 @@ def parcel(j: Journey, i: int) -> None:
     b.milestone(hub, M.AT_FACILITY, d, i, src)
     made = [pickup, departed, hub]
     angle, dist = j.u(0, 2 * math.pi), j.u(3, 12)
-    home = (d.lat + dist / 111.0 * math.cos(angle), d.lon + dist / 111.0 * math.sin(angle) / math.cos(
-        math.radians(d.lat)))
+    home = (
+        d.lat + dist / 111.0 * math.cos(angle),
+        d.lon + dist / 111.0 * math.sin(angle) / math.cos(math.radians(d.lat)),
+    )
     out, back = Path((d.point, home)), Path((home, d.point))
     failures = j.failed_attempts
     attempts: list[datetime] = []

@@ -19,13 +19,23 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from lab.simulator_lanes import LANES, Lane, LegPlan, leg_path
+from lab.simulator_legs import Journey, run_leg
+from lab.simulator_track import HISTORY_CADENCE, LIVE_CADENCE, Builder, Cadence, PlannedEvent
 from trackd.codes import EventKind, Milestone, Mode
-from trackd.simulator_lanes import LANES, Lane, LegPlan, leg_path
-from trackd.simulator_legs import Journey, run_leg
-from trackd.simulator_track import HISTORY_CADENCE, LIVE_CADENCE, Builder, Cadence, PlannedEvent
 
-__all__ = ["HISTORY_CADENCE", "LIVE_CADENCE", "LegRun", "PlannedEvent", "Scenario", "history",
-           "iso", "native_event", "scenarios", "simulate"]
+__all__ = [
+    "HISTORY_CADENCE",
+    "LIVE_CADENCE",
+    "LegRun",
+    "PlannedEvent",
+    "Scenario",
+    "history",
+    "iso",
+    "native_event",
+    "scenarios",
+    "simulate",
+]
 
 SEA_LINES = {  # carrier: (SCAC, container owner code, vessels)
     "Maersk": ("MAEU", "MSKU", ("MAERSK HANGZHOU", "MAERSK ESSEN")),
@@ -37,10 +47,13 @@ SEA_LINES = {  # carrier: (SCAC, container owner code, vessels)
     "Evergreen": ("EGLV", "EGHU", ("EVER ACE", "EVER GIVEN")),
     "HMM": ("HDMU", "HMMU", ("HMM ALGECIRAS", "HMM OSLO")),
 }
-AIRLINES = {"Cathay Cargo": ("160", "CX"), "Lufthansa Cargo": ("020", "LH"),
-            "Singapore Airlines Cargo": ("618", "SQ")}
-REEFER_CARGO = {"frozen seafood": (-25.0, -18.0), "fresh produce": (2.0, 8.0), "avocados": (5.0, 8.0),
-                "pharmaceuticals": (2.0, 8.0)}
+AIRLINES = {"Cathay Cargo": ("160", "CX"), "Lufthansa Cargo": ("020", "LH"), "Singapore Airlines Cargo": ("618", "SQ")}
+REEFER_CARGO = {
+    "frozen seafood": (-25.0, -18.0),
+    "fresh produce": (2.0, 8.0),
+    "avocados": (5.0, 8.0),
+    "pharmaceuticals": (2.0, 8.0),
+}
 
 
 def iso(t: datetime) -> str:
@@ -123,17 +136,31 @@ def _legs(rng: random.Random, lane: Lane, po: str) -> tuple[LegRun, ...]:
         if plan.mode is Mode.SEA:
             scac, owner, vessels = SEA_LINES[carrier]
             container = container_number(rng, owner)
-            ids |= {"scac": scac, "container": container, "booking": _digits(rng, 9),
-                    "bl": scac + _digits(rng, 10), "vessel": rng.choice(vessels), "imo": imo_number(rng),
-                    "voyage": f"{rng.randint(100, 499)}{rng.choice('WE')}",
-                    "service": rng.choice(("AE7", "FAL1", "NEU4", "TP6", "PSW2"))}
+            ids |= {
+                "scac": scac,
+                "container": container,
+                "booking": _digits(rng, 9),
+                "bl": scac + _digits(rng, 10),
+                "vessel": rng.choice(vessels),
+                "imo": imo_number(rng),
+                "voyage": f"{rng.randint(100, 499)}{rng.choice('WE')}",
+                "service": rng.choice(("AE7", "FAL1", "NEU4", "TP6", "PSW2")),
+            }
         elif plan.mode is Mode.AIR:
             prefix, code = AIRLINES[carrier]
-            ids |= {"awb": awb_number(rng, prefix), "flight": f"{code}{rng.randint(100, 999)}",
-                    "hawb": "HAWB" + _digits(rng, 8)}
+            ids |= {
+                "awb": awb_number(rng, prefix),
+                "flight": f"{code}{rng.randint(100, 999)}",
+                "hawb": "HAWB" + _digits(rng, 8),
+            }
         elif plan.source == "x12-214":
-            ids |= {"scac": carrier, "pro": _digits(rng, 10), "bol": "BOL" + _digits(rng, 8),
-                    "equipment": container or _digits(rng, 6), "equipment_kind": "CN" if container else "TL"}
+            ids |= {
+                "scac": carrier,
+                "pro": _digits(rng, 10),
+                "bol": "BOL" + _digits(rng, 8),
+                "equipment": container or _digits(rng, 6),
+                "equipment_kind": "CN" if container else "TL",
+            }
         else:
             ids |= {"tracking": parcel_number(rng, carrier), "tracker": "trk_" + rng.randbytes(16).hex()}
         out.append(LegRun(plan, carrier, ids))
@@ -154,15 +181,18 @@ def _promised(rng: random.Random, lane: Lane, start: datetime) -> datetime:
     nominal_h = 0.0
     for plan in lane.legs:
         km = leg_path(plan.mode, plan.origin, plan.destination).length_km
-        nominal_h += {Mode.SEA: km / 35 + 8 * 24, Mode.AIR: km / 840 + 60, Mode.RAIL: km / 52 + 72,
-                      Mode.ROAD: km / 70 * 2.1 + 30}[plan.mode]
+        nominal_h += {
+            Mode.SEA: km / 35 + 8 * 24,
+            Mode.AIR: km / 840 + 60,
+            Mode.RAIL: km / 52 + 72,
+            Mode.ROAD: km / 70 * 2.1 + 30,
+        }[plan.mode]
     at = start + timedelta(hours=nominal_h * (1 + rng.gauss(0.08, 0.12)))
     local = at.astimezone(ZoneInfo(lane.legs[-1].to_place.tz))
     return local.replace(hour=18, minute=0, second=0, microsecond=0).astimezone(UTC)
 
 
-def simulate(index: int, start: datetime, *, seed: int, tag: str = "",
-             cadence: Cadence = LIVE_CADENCE) -> Scenario:
+def simulate(index: int, start: datetime, *, seed: int, tag: str = "", cadence: Cadence = LIVE_CADENCE) -> Scenario:
     """Scenario number `index` of the run `seed`, booked at `start`; the same inputs give the same scenario.
 
     `tag` namespaces identifiers (shipment, device, tracking numbers) so that runs can share a tenant.
@@ -180,8 +210,15 @@ def simulate(index: int, start: datetime, *, seed: int, tag: str = "",
     if rng.random() < 0.05:
         failures = 2 if rng.random() < 0.15 else 1
     b = Builder(rng, cadence, device_source, start, lane.legs[0].from_place.point)
-    j = Journey(b, rng, lane.legs, start, customs_hold=rng.random() < 0.10, failed_attempts=failures,
-                bias=rng.choice((0.0, -0.03, -0.06, 0.02)))
+    j = Journey(
+        b,
+        rng,
+        lane.legs,
+        start,
+        customs_hold=rng.random() < 0.10,
+        failed_attempts=failures,
+        bias=rng.choice((0.0, -0.03, -0.06, 0.02)),
+    )
     for i in range(len(lane.legs)):
         run_leg(j, i)
     assert j.end is not None
@@ -199,8 +236,10 @@ def simulate(index: int, start: datetime, *, seed: int, tag: str = "",
         "tracking_number": number,
         "carrier": legs[0].carrier,
         "references": refs,
-        "legs": [{"mode": p.mode.value, "origin": p.from_place.location(),
-                  "destination": p.to_place.location()} for p in lane.legs],
+        "legs": [
+            {"mode": p.mode.value, "origin": p.from_place.location(), "destination": p.to_place.location()}
+            for p in lane.legs
+        ],
         "promised_at": iso(_promised(rng, lane, start)),
         "weight_kg": round(rng.uniform(lo_kg, hi_kg), 1),
     }
@@ -208,33 +247,50 @@ def simulate(index: int, start: datetime, *, seed: int, tag: str = "",
         body["temperature_range_c"] = list(temp_range)
     device_id = f"{prefix.replace('sim-', 'trk-', 1)}{index:05d}"
     return Scenario(
-        index=index, shipment_id=f"{prefix}{index:05d}", tracking_number=number, carrier=legs[0].carrier,
-        lane=lane.name, body=body, device_id=device_id, device_key=f"{device_id}-{rng.getrandbits(48):012x}",
-        device_source=device_source, start=start, legs=legs, events=b.finish(), outcome=j.outcome,
+        index=index,
+        shipment_id=f"{prefix}{index:05d}",
+        tracking_number=number,
+        carrier=legs[0].carrier,
+        lane=lane.name,
+        body=body,
+        device_id=device_id,
+        device_key=f"{device_id}-{rng.getrandbits(48):012x}",
+        device_source=device_source,
+        start=start,
+        legs=legs,
+        events=b.finish(),
+        outcome=j.outcome,
         flags=frozenset(j.flags),
     )
 
 
 def native_event(s: Scenario, ev: PlannedEvent, *, with_shipment: bool = True) -> dict[str, Any]:
     """The trackd event JSON of a planned event (what eta-eval reads and the native feeds send)."""
-    out: dict[str, Any] = {"event_id": s.event_id(ev), "occurred_at": iso(ev.occurred_at),
-                           "created_at": iso(ev.send_at)}
+    out: dict[str, Any] = {
+        "event_id": s.event_id(ev),
+        "occurred_at": iso(ev.occurred_at),
+        "created_at": iso(ev.send_at),
+    }
     if with_shipment:
         out["shipment"] = s.tracking_number
     if ev.kind is EventKind.POSITION:
         out["device"] = s.device_id
-        out["position"] = {"lat": round(ev.lat or 0.0, 6), "lon": round(ev.lon or 0.0, 6),
-                           "speed_kmh": ev.speed_kmh, "heading": ev.heading}
+        out["position"] = {
+            "lat": round(ev.lat or 0.0, 6),
+            "lon": round(ev.lon or 0.0, 6),
+            "speed_kmh": ev.speed_kmh,
+            "heading": ev.heading,
+        }
     elif ev.kind is EventKind.SENSOR:
         out["device"] = s.device_id
-        out["sensor"] = {k: v for k, v in (("temperature_c", ev.temperature_c),
-                                           ("battery_pct", ev.battery_pct)) if v is not None}
+        out["sensor"] = {
+            k: v for k, v in (("temperature_c", ev.temperature_c), ("battery_pct", ev.battery_pct)) if v is not None
+        }
     else:
         assert ev.milestone is not None
         leg = s.legs[ev.leg or 0]
         out["carrier"] = leg.carrier
-        out["milestone"] = {"code": ev.milestone.value, "classifier": ev.classifier.value,
-                            "mode": leg.plan.mode.value}
+        out["milestone"] = {"code": ev.milestone.value, "classifier": ev.classifier.value, "mode": leg.plan.mode.value}
         if ev.place is not None:
             out["milestone"]["location"] = ev.place.location()
         if ev.detail:
@@ -242,8 +298,9 @@ def native_event(s: Scenario, ev: PlannedEvent, *, with_shipment: bool = True) -
     return out
 
 
-def scenarios(n: int, seed: int, start: datetime, *, span_days: float = 120.0, tag: str = "",
-              cadence: Cadence = LIVE_CADENCE) -> Iterator[Scenario]:
+def scenarios(
+    n: int, seed: int, start: datetime, *, span_days: float = 120.0, tag: str = "", cadence: Cadence = LIVE_CADENCE
+) -> Iterator[Scenario]:
     """`n` scenarios booked one after another, spread over about `span_days`."""
     rng = random.Random(f"starts:{seed}:{tag}")
     gap_h = span_days * 24 / max(n, 1)
@@ -253,8 +310,9 @@ def scenarios(n: int, seed: int, start: datetime, *, span_days: float = 120.0, t
         at += timedelta(hours=rng.expovariate(1 / gap_h))
 
 
-def history(n: int, seed: int, start: datetime, *, span_days: float = 120.0,
-            cadence: Cadence = HISTORY_CADENCE) -> Iterator[dict[str, Any]]:
+def history(
+    n: int, seed: int, start: datetime, *, span_days: float = 120.0, cadence: Cadence = HISTORY_CADENCE
+) -> Iterator[dict[str, Any]]:
     """The eta-eval JSON lines of `n` shipments, in the order things became known.
 
     Each shipment is `{"shipment": body + "id"}` at its booking, then `{"event": ...}` as each

@@ -27,9 +27,9 @@ from array import array
 from dataclasses import asdict
 from typing import Any, TextIO
 
-from trackd.bench import Figure, percentile
-from trackd.bench_env import BenchEnv
-from trackd.bench_load import e2e_publisher, raw_broker, ws_clients
+from lab.bench import Figure, percentile
+from lab.bench_env import BenchEnv
+from lab.bench_load import e2e_publisher, raw_broker, ws_clients
 from trackd.settings import Settings
 
 PER_CLIENT = 20

@@ -129,10 +129,10 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 RUNNERS = {
-    "ingest": "trackd.bench_ingest",
-    "e2e": "trackd.bench_e2e",
-    "query": "trackd.bench_query",
-    "soak": "trackd.bench_soak",
+    "ingest": "lab.bench_ingest",
+    "e2e": "lab.bench_e2e",
+    "query": "lab.bench_query",
+    "soak": "lab.bench_soak",
 }
 
 
@@ -149,12 +149,12 @@ def main(settings: Settings, args: argparse.Namespace, out: TextIO | None = None
 
 
 def _stream(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
-    """The websocket fan-out benchmark of `stream.bench`, against a server started here."""
+    """The websocket fan-out benchmark of `lab.bench_stream`, against a server started here."""
     import asyncio
 
-    from trackd.bench_env import BenchEnv
+    from lab.bench_env import BenchEnv
 
-    stream_bench = importlib.import_module("stream.bench")
+    stream_bench = importlib.import_module("lab.bench_stream")
     with BenchEnv(settings, out) as env:
         servers = env.start_servers("api", 1)
         asyncio.run(

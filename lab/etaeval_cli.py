@@ -16,7 +16,7 @@ import orjson
 import psycopg
 from psycopg.rows import dict_row
 
-from trackd import etaeval
+from lab import etaeval
 from trackd.errors import ConfigError
 from trackd.settings import Settings
 
@@ -93,7 +93,7 @@ def main(settings: Settings, args: argparse.Namespace) -> int:
     if args.events:
         lines: Any = from_file(args.events)
     elif getattr(args, "simulate", None):
-        from trackd import simulator
+        from lab import simulator
 
         lines = simulator.history(args.simulate, args.seed, datetime(2025, 1, 1, tzinfo=UTC))
     else:

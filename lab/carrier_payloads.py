@@ -20,16 +20,26 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
-from trackd.carrier_x12 import x12_214
+from lab.carrier_x12 import x12_214
+from lab.simulator import PlannedEvent, Scenario, iso, native_event
+from lab.simulator_lanes import Place
 from trackd.codes import Classifier, EventKind, Milestone
-from trackd.simulator import PlannedEvent, Scenario, iso, native_event
-from trackd.simulator_lanes import Place
 
 M = Milestone
-ISO3 = {"CN": "CHN", "NL": "NLD", "DE": "DEU", "HK": "HKG", "FR": "FRA", "MX": "MEX", "US": "USA",
-        "VN": "VNM", "KR": "KOR", "GB": "GBR", "SG": "SGP"}
-COUNTRY_NAMES = {"DE": "Germany", "FR": "France", "GB": "United Kingdom", "US": "United States",
-                 "NL": "Netherlands"}
+ISO3 = {
+    "CN": "CHN",
+    "NL": "NLD",
+    "DE": "DEU",
+    "HK": "HKG",
+    "FR": "FRA",
+    "MX": "MEX",
+    "US": "USA",
+    "VN": "VNM",
+    "KR": "KOR",
+    "GB": "GBR",
+    "SG": "SGP",
+}
+COUNTRY_NAMES = {"DE": "Germany", "FR": "France", "GB": "United Kingdom", "US": "United States", "NL": "Netherlands"}
 CONTENT_TYPES = {"x12-214": "text/plain", "onerecord": "application/ld+json"}
 
 
@@ -80,39 +90,67 @@ _DCSA_CLASSIFIER = {Classifier.ACTUAL: "ACT", Classifier.ESTIMATED: "EST", Class
 def dcsa_event(s: Scenario, ev: PlannedEvent) -> dict[str, Any]:
     place, leg = _place(ev), s.legs[ev.leg or 0]
     ids = leg.ids
-    out: dict[str, Any] = {"eventID": _uuid(s, ev), "eventCreatedDateTime": iso(ev.send_at),
-                           "eventDateTime": iso(ev.occurred_at),
-                           "eventClassifierCode": _DCSA_CLASSIFIER[ev.classifier]}
-    documents = [{"documentReferenceType": "BKG", "documentReferenceValue": ids["booking"]},
-                 {"documentReferenceType": "TRD", "documentReferenceValue": ids["bl"]}]
+    out: dict[str, Any] = {
+        "eventID": _uuid(s, ev),
+        "eventCreatedDateTime": iso(ev.send_at),
+        "eventDateTime": iso(ev.occurred_at),
+        "eventClassifierCode": _DCSA_CLASSIFIER[ev.classifier],
+    }
+    documents = [
+        {"documentReferenceType": "BKG", "documentReferenceValue": ids["booking"]},
+        {"documentReferenceType": "TRD", "documentReferenceValue": ids["bl"]},
+    ]
     references = [{"referenceType": "PO", "referenceValue": ids["po"]}]
-    location = {"locationName": place.name, "latitude": f"{place.lat:.4f}", "longitude": f"{place.lon:.4f}",
-                "UNLocationCode": place.unlocode}
+    location = {
+        "locationName": place.name,
+        "latitude": f"{place.lat:.4f}",
+        "longitude": f"{place.lon:.4f}",
+        "UNLocationCode": place.unlocode,
+    }
     at_origin = place == leg.plan.from_place
     call = {
         "transportCallID": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{ids['bl']}:{place.unlocode}")),
-        "carrierServiceCode": ids["service"], "exportVoyageNumber": ids["voyage"],
-        "importVoyageNumber": ids["voyage"], "transportCallSequenceNumber": 1 if at_origin else 2,
-        "UNLocationCode": place.unlocode, "facilityTypeCode": "POTE", "modeOfTransport": "VESSEL",
+        "carrierServiceCode": ids["service"],
+        "exportVoyageNumber": ids["voyage"],
+        "importVoyageNumber": ids["voyage"],
+        "transportCallSequenceNumber": 1 if at_origin else 2,
+        "UNLocationCode": place.unlocode,
+        "facilityTypeCode": "POTE",
+        "modeOfTransport": "VESSEL",
         "location": location,
-        "vessel": {"vesselIMONumber": ids["imo"], "vesselName": ids["vessel"], "vesselFlag": "DK",
-                   "vesselOperatorCarrierCode": ids["scac"], "vesselOperatorCarrierCodeListProvider": "NMFTA"},
+        "vessel": {
+            "vesselIMONumber": ids["imo"],
+            "vesselName": ids["vessel"],
+            "vesselFlag": "DK",
+            "vesselOperatorCarrierCode": ids["scac"],
+            "vesselOperatorCarrierCodeListProvider": "NMFTA",
+        },
     }
     code = ev.milestone
     if code is M.BOOKED:
-        out.update(eventType="SHIPMENT", eventDateTime=iso(ev.occurred_at),
-                   eventCreatedDateTime=iso(ev.occurred_at), shipmentEventTypeCode="CONF",
-                   documentTypeCode="BKG", documentID=ids["booking"])
+        out.update(
+            eventType="SHIPMENT",
+            eventDateTime=iso(ev.occurred_at),
+            eventCreatedDateTime=iso(ev.occurred_at),
+            shipmentEventTypeCode="CONF",
+            documentTypeCode="BKG",
+            documentID=ids["booking"],
+        )
     elif code in _DCSA_TRANSPORT:
         out.update(eventType="TRANSPORT", transportEventTypeCode=_DCSA_TRANSPORT[code], transportCall=call)
         if ev.detail == "weather":
             out.update(delayReasonCode="WEA", changeRemark="Heavy weather en route")
     elif code in _DCSA_EQUIPMENT:
-        out.update(eventType="EQUIPMENT", equipmentEventTypeCode=_DCSA_EQUIPMENT[code],
-                   equipmentReference=ids["container"],
-                   ISOEquipmentCode="45R1" if "temperature_range_c" in s.body else "45G1",
-                   emptyIndicatorCode="LADEN", eventLocation=location, transportCall=call,
-                   seals=[{"sealNumber": ids["booking"][-6:], "sealSource": "CAR", "sealType": "BLT"}])
+        out.update(
+            eventType="EQUIPMENT",
+            equipmentEventTypeCode=_DCSA_EQUIPMENT[code],
+            equipmentReference=ids["container"],
+            ISOEquipmentCode="45R1" if "temperature_range_c" in s.body else "45G1",
+            emptyIndicatorCode="LADEN",
+            eventLocation=location,
+            transportCall=call,
+            seals=[{"sealNumber": ids["booking"][-6:], "sealSource": "CAR", "sealType": "BLT"}],
+        )
     else:
         raise ValueError(f"no DCSA event for {code}")
     out.update(documentReferences=documents, references=references)
@@ -120,10 +158,15 @@ def dcsa_event(s: Scenario, ev: PlannedEvent) -> dict[str, Any]:
 
 
 # -- IATA ONE Record LogisticsEvent ------------------------------------------------------------
-_ONE_RECORD = {M.BOOKED: ("BKD", "Booked"), M.PICKED_UP: ("RCS", "Received from shipper"),
-               M.DEPARTED: ("DEP", "Departed"), M.ARRIVED: ("ARR", "Arrived"),
-               M.DISCHARGED: ("RCF", "Received from flight"),
-               M.AVAILABLE_FOR_PICKUP: ("NFD", "Notified for delivery"), M.DELIVERED: ("DLV", "Delivered")}
+_ONE_RECORD = {
+    M.BOOKED: ("BKD", "Booked"),
+    M.PICKED_UP: ("RCS", "Received from shipper"),
+    M.DEPARTED: ("DEP", "Departed"),
+    M.ARRIVED: ("ARR", "Arrived"),
+    M.DISCHARGED: ("RCF", "Received from flight"),
+    M.AVAILABLE_FOR_PICKUP: ("NFD", "Notified for delivery"),
+    M.DELIVERED: ("DLV", "Delivered"),
+}
 
 
 def onerecord_event(s: Scenario, ev: PlannedEvent) -> dict[str, Any]:
@@ -134,26 +177,40 @@ def onerecord_event(s: Scenario, ev: PlannedEvent) -> dict[str, Any]:
     server = "https://1r." + leg.carrier.lower().replace(" ", "") + ".example"
     waybill = f"{server}/logistics-objects/awb-{prefix}-{serial}"
     return {
-        "@context": {"cargo": "https://onerecord.iata.org/ns/cargo#",
-                     "xsd": "http://www.w3.org/2001/XMLSchema#"},
+        "@context": {"cargo": "https://onerecord.iata.org/ns/cargo#", "xsd": "http://www.w3.org/2001/XMLSchema#"},
         "@type": "cargo:LogisticsEvent",
         "@id": f"{waybill}/logistics-events/{_uuid(s, ev)}",
-        "cargo:eventCode": {"@type": "cargo:CodeListElement", "cargo:code": code,
-                            "cargo:codeDescription": name, "cargo:codeListName": "IATA Cargo-IMP status codes"},
+        "cargo:eventCode": {
+            "@type": "cargo:CodeListElement",
+            "cargo:code": code,
+            "cargo:codeDescription": name,
+            "cargo:codeListName": "IATA Cargo-IMP status codes",
+        },
         "cargo:eventName": name,
         "cargo:eventDate": {"@type": "xsd:dateTime", "@value": iso(ev.occurred_at)},
         "cargo:creationDate": {"@type": "xsd:dateTime", "@value": iso(ev.send_at)},
         "cargo:eventTimeType": {"@id": f"cargo:{ev.classifier.value.upper()}"},
         "cargo:partialEventIndicator": False,
         "cargo:eventLocation": {
-            "@type": "cargo:Location", "cargo:locationName": place.name, "cargo:locationType": "Airport",
-            "cargo:locationCodes": [{"@type": "cargo:CodeListElement", "cargo:code": place.iata,
-                                     "cargo:codeListName": "IATA airport codes"}],
-            "cargo:geolocation": {"@type": "cargo:Geolocation", "cargo:latitude": place.lat,
-                                  "cargo:longitude": place.lon},
+            "@type": "cargo:Location",
+            "cargo:locationName": place.name,
+            "cargo:locationType": "Airport",
+            "cargo:locationCodes": [
+                {"@type": "cargo:CodeListElement", "cargo:code": place.iata, "cargo:codeListName": "IATA airport codes"}
+            ],
+            "cargo:geolocation": {
+                "@type": "cargo:Geolocation",
+                "cargo:latitude": place.lat,
+                "cargo:longitude": place.lon,
+            },
         },
-        "cargo:eventFor": {"@type": "cargo:Waybill", "@id": waybill, "cargo:waybillType": {"@id": "cargo:MASTER"},
-                           "cargo:waybillPrefix": prefix, "cargo:waybillNumber": serial},
+        "cargo:eventFor": {
+            "@type": "cargo:Waybill",
+            "@id": waybill,
+            "cargo:waybillType": {"@id": "cargo:MASTER"},
+            "cargo:waybillPrefix": prefix,
+            "cargo:waybillNumber": serial,
+        },
         "cargo:recordingOrganization": {"@type": "cargo:Organization", "cargo:name": leg.carrier},
     }
 
@@ -198,29 +255,55 @@ def aftership_webhook(s: Scenario, ev: PlannedEvent) -> dict[str, Any]:
         assert cp.place is not None
         tag, subtag, message = _AFTERSHIP[cp.milestone]
         p = cp.place
-        checkpoints.append({
-            "slug": leg.carrier, "city": p.city, "state": p.state, "zip": p.postal_code,
-            "country_iso3": ISO3[p.country], "country_name": COUNTRY_NAMES.get(p.country, p.country),
-            "location": f"{p.city}, {ISO3[p.country]}", "message": cp.detail or message, "tag": tag,
-            "subtag": subtag, "subtag_message": message, "checkpoint_time": _local(cp.occurred_at, p),
-            "created_at": iso(cp.send_at), "coordinates": [p.lat, p.lon],
-            "raw_tag": subtag,
-        })
+        checkpoints.append(
+            {
+                "slug": leg.carrier,
+                "city": p.city,
+                "state": p.state,
+                "zip": p.postal_code,
+                "country_iso3": ISO3[p.country],
+                "country_name": COUNTRY_NAMES.get(p.country, p.country),
+                "location": f"{p.city}, {ISO3[p.country]}",
+                "message": cp.detail or message,
+                "tag": tag,
+                "subtag": subtag,
+                "subtag_message": message,
+                "checkpoint_time": _local(cp.occurred_at, p),
+                "created_at": iso(cp.send_at),
+                "coordinates": [p.lat, p.lon],
+                "raw_tag": subtag,
+            }
+        )
     latest = actual[-1].milestone if actual else None
     tag, subtag, message = _AFTERSHIP[latest] if latest else ("Pending", "Pending_001", "No information yet")
     dest = leg.plan.to_place
     first_tag = len(checkpoints) >= 1 and all(c["tag"] != tag for c in checkpoints[:-1])
     msg = {
-        "id": leg.ids["tracker"][4:36], "tracking_number": leg.ids["tracking"], "slug": leg.carrier,
-        "active": tag not in ("Delivered", "Exception"), "tag": tag, "subtag": subtag,
-        "subtag_message": message, "title": s.tracking_number, "order_id": leg.ids["po"],
-        "origin_country_iso3": ISO3[leg.plan.from_place.country], "destination_country_iso3": ISO3[dest.country],
-        "shipment_weight": s.body["weight_kg"], "shipment_weight_unit": "kg",
+        "id": leg.ids["tracker"][4:36],
+        "tracking_number": leg.ids["tracking"],
+        "slug": leg.carrier,
+        "active": tag not in ("Delivered", "Exception"),
+        "tag": tag,
+        "subtag": subtag,
+        "subtag_message": message,
+        "title": s.tracking_number,
+        "order_id": leg.ids["po"],
+        "origin_country_iso3": ISO3[leg.plan.from_place.country],
+        "destination_country_iso3": ISO3[dest.country],
+        "shipment_weight": s.body["weight_kg"],
+        "shipment_weight_unit": "kg",
         "expected_delivery": _local(estimate.occurred_at, dest) if estimate else None,
-        "checkpoints": checkpoints, "created_at": iso(s.start), "updated_at": iso(ev.send_at),
+        "checkpoints": checkpoints,
+        "created_at": iso(s.start),
+        "updated_at": iso(ev.send_at),
     }
-    return {"event": "tracking_update", "event_id": _uuid(s, ev), "is_tracking_first_tag": first_tag,
-            "msg": msg, "ts": int(ev.send_at.timestamp())}
+    return {
+        "event": "tracking_update",
+        "event_id": _uuid(s, ev),
+        "is_tracking_first_tag": first_tag,
+        "msg": msg,
+        "ts": int(ev.send_at.timestamp()),
+    }
 
 
 _EASYPOST = {
@@ -247,47 +330,85 @@ def easypost_event(s: Scenario, ev: PlannedEvent) -> dict[str, Any]:
         assert cp.place is not None
         status, detail, message = _EASYPOST[cp.milestone]
         p = cp.place
-        details.append({
-            "object": "TrackingDetail", "message": cp.detail or message, "description": message,
-            "status": status, "status_detail": detail, "datetime": iso(cp.occurred_at),
-            "source": leg.carrier, "carrier_code": cp.milestone.value.upper(),
-            "tracking_location": {"object": "TrackingLocation", "city": p.city.upper(), "state": p.state,
-                                  "country": p.country, "zip": p.postal_code},
-        })
+        details.append(
+            {
+                "object": "TrackingDetail",
+                "message": cp.detail or message,
+                "description": message,
+                "status": status,
+                "status_detail": detail,
+                "datetime": iso(cp.occurred_at),
+                "source": leg.carrier,
+                "carrier_code": cp.milestone.value.upper(),
+                "tracking_location": {
+                    "object": "TrackingLocation",
+                    "city": p.city.upper(),
+                    "state": p.state,
+                    "country": p.country,
+                    "zip": p.postal_code,
+                },
+            }
+        )
     status = details[-1]["status"] if details else "pre_transit"
     previous = details[-2]["status"] if len(details) > 1 else "unknown"
     dest, origin = leg.plan.to_place, leg.plan.from_place
     est = estimate.occurred_at.astimezone(ZoneInfo(dest.tz)) if estimate else None
     tracker = {
-        "id": leg.ids["tracker"], "object": "Tracker", "mode": "production",
-        "tracking_code": leg.ids["tracking"], "status": status,
+        "id": leg.ids["tracker"],
+        "object": "Tracker",
+        "mode": "production",
+        "tracking_code": leg.ids["tracking"],
+        "status": status,
         "status_detail": details[-1]["status_detail"] if details else "label_created",
-        "created_at": iso(s.start), "updated_at": iso(ev.send_at),
+        "created_at": iso(s.start),
+        "updated_at": iso(ev.send_at),
         "signed_by": "RECEPTION" if status == "delivered" else None,
-        "weight": round(float(s.body["weight_kg"]) * 35.274, 1), "shipment_id": None,
-        "est_delivery_date": iso(estimate.occurred_at) if estimate else None, "carrier": leg.carrier,
+        "weight": round(float(s.body["weight_kg"]) * 35.274, 1),
+        "shipment_id": None,
+        "est_delivery_date": iso(estimate.occurred_at) if estimate else None,
+        "carrier": leg.carrier,
         "tracking_details": details,
         "carrier_detail": {
-            "object": "CarrierDetail", "service": "Express", "container_type": None,
+            "object": "CarrierDetail",
+            "service": "Express",
+            "container_type": None,
             "est_delivery_date_local": est.date().isoformat() if est else None,
             "est_delivery_time_local": est.strftime("%H:%M:%S") if est else None,
             "origin_location": f"{origin.city.upper()} {origin.country}",
             "destination_location": f"{dest.city.upper()} {dest.country}",
         },
-        "public_url": f"https://track.easypost.com/{leg.ids['tracker'][4:]}", "fees": [],
+        "public_url": f"https://track.easypost.com/{leg.ids['tracker'][4:]}",
+        "fees": [],
     }
-    return {"object": "Event", "id": "evt_" + _uuid(s, ev).replace("-", ""), "mode": "production",
-            "description": "tracker.updated", "previous_attributes": {"status": previous},
-            "created_at": iso(ev.send_at), "updated_at": iso(ev.send_at), "pending_urls": [],
-            "completed_urls": [], "result": tracker}
+    return {
+        "object": "Event",
+        "id": "evt_" + _uuid(s, ev).replace("-", ""),
+        "mode": "production",
+        "description": "tracker.updated",
+        "previous_attributes": {"status": previous},
+        "created_at": iso(ev.send_at),
+        "updated_at": iso(ev.send_at),
+        "pending_urls": [],
+        "completed_urls": [],
+        "result": tracker,
+    }
 
 
 # -- devices ----------------------------------------------------------------------------------
 def owntracks_location(s: Scenario, ev: PlannedEvent) -> dict[str, Any]:
-    return {"_type": "location", "tid": s.device_id[-2:], "lat": round(ev.lat or 0.0, 6),
-            "lon": round(ev.lon or 0.0, 6), "tst": int(ev.occurred_at.timestamp()),
-            "vel": round(ev.speed_kmh or 0.0), "cog": round(ev.heading or 0.0) % 360, "acc": 5 + ev.seq % 20,
-            "batt": round(ev.battery_pct or 0.0), "conn": "m", "created_at": int(ev.send_at.timestamp())}
+    return {
+        "_type": "location",
+        "tid": s.device_id[-2:],
+        "lat": round(ev.lat or 0.0, 6),
+        "lon": round(ev.lon or 0.0, 6),
+        "tst": int(ev.occurred_at.timestamp()),
+        "vel": round(ev.speed_kmh or 0.0),
+        "cog": round(ev.heading or 0.0) % 360,
+        "acc": 5 + ev.seq % 20,
+        "batt": round(ev.battery_pct or 0.0),
+        "conn": "m",
+        "created_at": int(ev.send_at.timestamp()),
+    }
 
 
 def _json_body(s: Scenario, ev: PlannedEvent) -> Any:
@@ -317,9 +438,10 @@ def encode(s: Scenario, ev: PlannedEvent, *, tenant: str, secret: str, topic_pre
     if ev.kind is not EventKind.MILESTONE:
         raise ValueError(f"{ev.kind} events travel over MQTT")
     body = x12_214(s, ev).encode("ascii") if ev.source == "x12-214" else orjson.dumps(_json_body(s, ev))
-    headers = {"Content-Type": CONTENT_TYPES.get(ev.source, "application/json"),
-               **signature_headers(ev.source, body, secret)}
+    headers = {
+        "Content-Type": CONTENT_TYPES.get(ev.source, "application/json"),
+        **signature_headers(ev.source, body, secret),
+    }
     if ev.source == "dcsa":
         headers["API-Version"] = "2.2.0"
     return Delivery("webhook", ev.source, f"/v1/ingest/{tenant}/{ev.source}", body, headers)
-

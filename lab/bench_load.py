@@ -18,7 +18,7 @@ import time
 from array import array
 from typing import Any
 
-from ingest import mqtt_wire
+from ingest import mqtt_conn as mqtt_wire
 
 EVENT = b'{"occurred_at":%.3f,"shipment":"%s","position":{"lat":%.4f,"lon":%.4f,"speed_kmh":%.1f}}'
 
@@ -148,7 +148,7 @@ async def _webhook(conf: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- MQTT ----------------------------------------------------------------------------------------
-# The load goes over the same lean connection as the ingester (ingest/mqtt_wire.py): a general
+# The load goes over the same lean connection as the ingester (ingest/mqtt_conn.py): a general
 # client's per-packet system calls would make the load generator, not the broker, the ceiling.
 class MqttLoad:
     """One QoS 1 publishing connection that counts the broker's PUBACKs (MQTT 3.1.1, which has no
@@ -262,7 +262,12 @@ async def _raw_subscribe(conf: dict[str, Any], consumed: Any, last_at: Any, read
 
     ep = mqtt_wire.Endpoint(conf["host"], conf["port"], False, conf.get("username"), conf.get("password"))
     conn, _ = await mqtt_wire.open_connection(
-        ep, f"bench-sub-{conf['run']}", v5=True, clean=True, keepalive=120, on_message=on_message,
+        ep,
+        f"bench-sub-{conf['run']}",
+        v5=True,
+        clean=True,
+        keepalive=120,
+        on_message=on_message,
         receive_maximum=65535,
     )
     await mqtt_wire.subscribe(conn, 1, [conf["filter"]])

@@ -203,7 +203,7 @@ class BenchEnv:
             path = self.logs / f"server-{port}.log"
             with open(path, "ab") as logf:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "trackd.cli", "serve", "--roles", roles],
+                    [sys.executable, "-m", "serve.cli", "serve", "--roles", roles],
                     # without the api role, readiness is read from the log (see _wait_ready)
                     env={**self.server_env(port, client_id), **({} if http else {"TRACKD_LOG_LEVEL": "info"})},
                     stdout=logf,

@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import CurrentTenant, State
 from dashboards import trackpage
-from trackd import hooks_store, registry, store
+from notify import store as notify_store
+from trackd import registry, store
 from trackd.errors import NotFound
 
 router = APIRouter(tags=["tracking links"])
@@ -86,10 +87,10 @@ def zone_at(destination: dict[str, Any] | None) -> str:
 async def public_track(state: State, token: str) -> dict[str, Any]:
     """The public JSON for a live token, or NotFound."""
     async with store.transaction(state.pool) as conn:
-        target = await hooks_store.shared_shipment(conn, token, state.pipeline.clock())
+        target = await notify_store.shared_shipment(conn, token, state.pipeline.clock())
         if target is None:
             raise NotFound("no such tracking link, or it has expired")
-        rows = await hooks_store.track_rows(conn, *target, _SQL_POINTS)
+        rows = await notify_store.track_rows(conn, *target, _SQL_POINTS)
     if rows is None:
         raise NotFound("no such tracking link, or it has expired")
     shipment, milestones, positions = rows
@@ -130,7 +131,7 @@ async def share_shipment(
     expires_at = state.pipeline.clock() + timedelta(seconds=ttl)
     async with store.transaction(state.pool) as conn:
         await registry.require_shipment(conn, tenant.id, shipment_id)
-        await hooks_store.create_share(conn, tenant.id, shipment_id, token, expires_at)
+        await notify_store.create_share(conn, tenant.id, shipment_id, token, expires_at)
     base = str(request.base_url).rstrip("/")
     return {"token": token, "url": f"{base}/track/{token}", "expires_at": expires_at.isoformat()}
 

@@ -10,7 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.deps import CurrentTenant, Cursor, Db, Limit, State
 from api.errors import JSONBody
-from trackd import hooks_store, ssrf, store
+from notify import ssrf
+from notify import store as notify_store
+from trackd import store
 from trackd.errors import NotFound, ValidationError
 from trackd.keys import SecretBox
 from trackd.store import Conn
@@ -25,16 +27,16 @@ MAX_REPLAY = timedelta(days=31)
 def _events(v: list[str] | None) -> list[str] | None:
     if v is None:
         return None
-    unknown = [e for e in v if e not in hooks_store.EVENT_TYPES]
+    unknown = [e for e in v if e not in notify_store.EVENT_TYPES]
     if unknown:
-        raise ValueError(f"unknown event type {unknown[0]!r}; one of {', '.join(hooks_store.EVENT_TYPES)}")
+        raise ValueError(f"unknown event type {unknown[0]!r}; one of {', '.join(notify_store.EVENT_TYPES)}")
     return list(dict.fromkeys(v))
 
 
 class WebhookIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     url: str = Field(min_length=8, max_length=2000)
-    events: list[str] = Field(min_length=1, max_length=len(hooks_store.EVENT_TYPES))
+    events: list[str] = Field(min_length=1, max_length=len(notify_store.EVENT_TYPES))
     shipment_ids: list[ShipmentId] = Field(default_factory=list, max_length=1000)
     description: str | None = Field(None, max_length=500)
     enabled: bool = True
@@ -45,7 +47,7 @@ class WebhookIn(BaseModel):
 class WebhookPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
     url: str | None = Field(None, min_length=8, max_length=2000)
-    events: list[str] | None = Field(None, min_length=1, max_length=len(hooks_store.EVENT_TYPES))
+    events: list[str] | None = Field(None, min_length=1, max_length=len(notify_store.EVENT_TYPES))
     shipment_ids: list[ShipmentId] | None = Field(None, max_length=1000)
     description: str | None = Field(None, max_length=500)
     enabled: bool | None = None
@@ -70,13 +72,13 @@ async def _box(conn: Conn, state: State) -> SecretBox:
 
 
 async def _check_shipments(conn: Conn, tenant_id: int, shipment_ids: list[str] | None) -> None:
-    missing = await hooks_store.unknown_shipments(conn, tenant_id, shipment_ids or [])
+    missing = await notify_store.unknown_shipments(conn, tenant_id, shipment_ids or [])
     if missing:
         raise ValidationError("shipment_ids", f"no shipment {missing[0]!r}")
 
 
 async def _require(conn: Conn, tenant_id: int, webhook_id: str) -> store.Row:
-    row = await hooks_store.get_webhook(conn, tenant_id, webhook_id)
+    row = await notify_store.get_webhook(conn, tenant_id, webhook_id)
     if row is None:
         raise NotFound(f"no webhook {webhook_id!r}")
     return row
@@ -94,19 +96,19 @@ async def create_webhook(body: WebhookIn, tenant: CurrentTenant, state: State) -
     await ssrf.check_url(body.url, state.settings.webhook_allow_private)
     async with store.transaction(state.pool) as conn:
         await _check_shipments(conn, tenant.id, body.shipment_ids)
-        row, secret = await hooks_store.create_webhook(conn, tenant.id, await _box(conn, state), body.model_dump())
-    return {**hooks_store.webhook_json(row), "secret": secret}
+        row, secret = await notify_store.create_webhook(conn, tenant.id, await _box(conn, state), body.model_dump())
+    return {**notify_store.webhook_json(row), "secret": secret}
 
 
 @router.get("")
 async def list_webhooks(tenant: CurrentTenant, db: Db, limit: Limit = 50, cursor: Cursor = None) -> dict[str, Any]:
-    rows, nxt = await hooks_store.list_webhooks(db, tenant.id, limit, cursor)
-    return {"items": [hooks_store.webhook_json(r) for r in rows], "next_cursor": nxt}
+    rows, nxt = await notify_store.list_webhooks(db, tenant.id, limit, cursor)
+    return {"items": [notify_store.webhook_json(r) for r in rows], "next_cursor": nxt}
 
 
 @router.get("/{webhook_id}")
 async def get_webhook(webhook_id: str, tenant: CurrentTenant, db: Db) -> dict[str, Any]:
-    return hooks_store.webhook_json(await _require(db, tenant.id, webhook_id))
+    return notify_store.webhook_json(await _require(db, tenant.id, webhook_id))
 
 
 @router.patch("/{webhook_id}")
@@ -120,16 +122,16 @@ async def patch_webhook(webhook_id: str, body: WebhookPatch, tenant: CurrentTena
         await ssrf.check_url(changes["url"], state.settings.webhook_allow_private)
     async with store.transaction(state.pool) as conn:
         await _check_shipments(conn, tenant.id, changes.get("shipment_ids"))
-        row = await hooks_store.update_webhook(conn, tenant.id, webhook_id, changes)
+        row = await notify_store.update_webhook(conn, tenant.id, webhook_id, changes)
     if row is None:
         raise NotFound(f"no webhook {webhook_id!r}")
-    return hooks_store.webhook_json(row)
+    return notify_store.webhook_json(row)
 
 
 @router.delete("/{webhook_id}", status_code=204)
 async def delete_webhook(webhook_id: str, tenant: CurrentTenant, state: State) -> Response:
     async with store.transaction(state.pool) as conn:
-        if not await hooks_store.delete_webhook(conn, tenant.id, webhook_id):
+        if not await notify_store.delete_webhook(conn, tenant.id, webhook_id):
             raise NotFound(f"no webhook {webhook_id!r}")
     return Response(status_code=204)
 
@@ -142,11 +144,11 @@ async def rotate_secret(
     grace = body.grace_s if body else DEFAULT_GRACE_S
     async with store.transaction(state.pool) as conn:
         until = state.pipeline.clock() + timedelta(seconds=grace)
-        got = await hooks_store.rotate_secret(conn, tenant.id, webhook_id, await _box(conn, state), until)
+        got = await notify_store.rotate_secret(conn, tenant.id, webhook_id, await _box(conn, state), until)
     if got is None:
         raise NotFound(f"no webhook {webhook_id!r}")
     row, secret = got
-    return {**hooks_store.webhook_json(row), "secret": secret}
+    return {**notify_store.webhook_json(row), "secret": secret}
 
 
 @router.get("/{webhook_id}/deliveries")
@@ -160,7 +162,7 @@ async def list_deliveries(
 ) -> dict[str, Any]:
     """Messages sent or to be sent, newest first, each with its attempts."""
     await _require(db, tenant.id, webhook_id)
-    items, nxt = await hooks_store.list_deliveries(db, webhook_id, status, limit, cursor)
+    items, nxt = await notify_store.list_deliveries(db, webhook_id, status, limit, cursor)
     return {"items": items, "next_cursor": nxt}
 
 
@@ -169,7 +171,7 @@ async def retry_delivery(webhook_id: str, delivery_id: str, tenant: CurrentTenan
     """Send a message again (same `webhook-id`), now, with a fresh retry schedule."""
     async with store.transaction(state.pool) as conn:
         await _require(conn, tenant.id, webhook_id)
-        if not await hooks_store.retry_delivery(conn, webhook_id, delivery_id, state.pipeline.clock()):
+        if not await notify_store.retry_delivery(conn, webhook_id, delivery_id, state.pipeline.clock()):
             raise NotFound(f"no delivery {delivery_id!r}")
     return JSONBody({"id": delivery_id, "status": "pending"}, status_code=202)
 
@@ -185,5 +187,5 @@ async def replay(webhook_id: str, body: ReplayIn, tenant: CurrentTenant, state: 
         raise ValidationError("until", f"a replay covers at most {MAX_REPLAY.days} days")
     async with store.transaction(state.pool) as conn:
         await _require(conn, tenant.id, webhook_id)
-        count = await hooks_store.replay(conn, tenant.id, webhook_id, since, until, state.pipeline.clock())
+        count = await notify_store.replay(conn, tenant.id, webhook_id, since, until, state.pipeline.clock())
     return JSONBody({"count": count}, status_code=202)

@@ -29,9 +29,11 @@ import httpx
 import orjson
 from psycopg_pool import AsyncConnectionPool
 
-from trackd import hooks_store, keys, ssrf, store
+from notify import ssrf
+from notify import store as notify_store
+from notify.store import Attempt
+from trackd import keys, store
 from trackd.errors import TrackdError
-from trackd.hooks_store import Attempt
 from trackd.settings import Settings
 
 log = logging.getLogger("trackd.hooks")
@@ -170,7 +172,7 @@ async def send(
                 chunks = bytearray()
                 async for chunk in response.aiter_bytes():
                     chunks += chunk
-                    if len(chunks) >= hooks_store.MAX_RESPONSE_BODY:
+                    if len(chunks) >= notify_store.MAX_RESPONSE_BODY:
                         break
             finally:
                 await response.aclose()
@@ -178,7 +180,7 @@ async def send(
         return Attempt(now, None, took(), f"timeout: no answer within {TIMEOUT_S:g} s")
     except httpx.HTTPError as exc:
         return Attempt(now, None, took(), f"connection failed: {_error(exc)}")
-    text = bytes(chunks[: hooks_store.MAX_RESPONSE_BODY]).decode("utf-8", errors="replace").replace("\x00", "")
+    text = bytes(chunks[: notify_store.MAX_RESPONSE_BODY]).decode("utf-8", errors="replace").replace("\x00", "")
     code = response.status_code
     error = None
     if 300 <= code < 400:
@@ -270,7 +272,7 @@ class Deliverer:
         while not stop.is_set():
             try:
                 async with store.transaction(self.pool) as conn:
-                    n = await hooks_store.purge(conn, self.clock() - timedelta(seconds=KEEP_LOG_S))
+                    n = await notify_store.purge(conn, self.clock() - timedelta(seconds=KEEP_LOG_S))
                 if n:
                     log.info("webhook log: removed %d finished deliveries", n)
             except Exception as exc:
@@ -281,12 +283,12 @@ class Deliverer:
         if self._box is None:
             key = self.settings.secret_key.get_secret_value() if self.settings.secret_key else None
             self._box = await store.box_for(conn, key)
-        return hooks_store.signing_secrets(row, self._box, now)
+        return notify_store.signing_secrets(row, self._box, now)
 
     async def deliver_one(self, client: httpx.AsyncClient) -> bool:
         """Send one due delivery and record the attempt; False when nothing is due."""
         async with store.transaction(self.pool) as conn:
-            row = await hooks_store.claim(conn, self.clock())
+            row = await notify_store.claim(conn, self.clock())
             if row is None:
                 return False
             now = self.clock()
@@ -313,8 +315,8 @@ class Deliverer:
                 self.rng,
                 self.disable_after_s,
             )
-            await hooks_store.record(conn, row["id"], attempt, step.status, step.tries, step.next_attempt_at)
-            await hooks_store.endpoint_result(conn, row["webhook_id"], attempt.ok, attempt.at, step.disable_reason)
+            await notify_store.record(conn, row["id"], attempt, step.status, step.tries, step.next_attempt_at)
+            await notify_store.endpoint_result(conn, row["webhook_id"], attempt.ok, attempt.at, step.disable_reason)
         if step.disable_reason:
             log.warning("webhook %s %s", row["webhook_id"], step.disable_reason)
         return True

@@ -13,8 +13,8 @@ import unicodedata
 from datetime import UTC
 from zoneinfo import ZoneInfo
 
+from lab.simulator import PlannedEvent, Scenario
 from trackd.codes import Classifier, Milestone
-from trackd.simulator import PlannedEvent, Scenario
 
 M = Milestone
 SEGMENT_TERMINATOR = "~"

@@ -51,7 +51,7 @@ def redact_logs() -> None:
 
 def build_evaluator(settings: Settings) -> Any:
     try:
-        mod = importlib.import_module("trackd.evaluation")
+        mod = importlib.import_module("trackd.assessment")
     except ModuleNotFoundError:
         return None
     return mod.Evaluator(settings)
@@ -130,7 +130,7 @@ async def run_roles(
     ready: asyncio.Event | None = None,
 ) -> None:
     """Run the given roles in this process until `stop` is set (or SIGINT/SIGTERM)."""
-    from api.app import create_app
+    from serve.app import create_app
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -149,7 +149,7 @@ async def run_roles(
             res.state.extras["mqtt_subscribed"] = ingester.subscribed
             tasks.append(asyncio.create_task(ingester.run(stop), name="mqtt"))
         if "worker" in roles:
-            from api.worker import Worker
+            from serve.worker import Worker
 
             tasks.append(asyncio.create_task(Worker(res.state).run(stop), name="worker"))
         if "api" in roles:

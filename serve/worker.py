@@ -31,7 +31,7 @@ class Worker:
             self._every(stop, self.retention_s, self.retention, "retention"),
         ]
         try:
-            hooks: Any = importlib.import_module("stream.hooks")
+            hooks: Any = importlib.import_module("notify.delivery")
         except ModuleNotFoundError:
             hooks = None
         if hooks is not None:

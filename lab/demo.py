@@ -32,7 +32,8 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from trackd import db, embedded, feeder, store
+from lab import embedded, feeder
+from trackd import db, store
 from trackd.bus import MemoryBus
 from trackd.errors import ConfigError, Conflict
 from trackd.settings import Settings, has_database_config, load_settings
@@ -53,10 +54,13 @@ SAMPLE_DEVICE = "my-phone"
 SAMPLE_SHIPMENT = {
     "tracking_number": "MY-PHONE-1",
     "carrier": "Demo Haulage",
-    "legs": [{"mode": "road",
-              "origin": {"name": "Rotterdam", "unlocode": "NLRTM", "country": "NL", "lat": 51.95, "lon": 4.14},
-              "destination": {"name": "Duisburg", "unlocode": "DEDUI", "country": "DE", "lat": 51.43,
-                              "lon": 6.76}}],
+    "legs": [
+        {
+            "mode": "road",
+            "origin": {"name": "Rotterdam", "unlocode": "NLRTM", "country": "NL", "lat": 51.95, "lon": 4.14},
+            "destination": {"name": "Duisburg", "unlocode": "DEDUI", "country": "DE", "lat": 51.43, "lon": 6.76},
+        }
+    ],
     "devices": [SAMPLE_DEVICE],
 }
 
@@ -107,7 +111,7 @@ def say(line: str, *, err: bool = False) -> None:
 
 
 async def _run(settings: Settings, args: argparse.Namespace, dsn: str, state_dir: Path) -> None:
-    from api.runtime import run_roles  # trackd/ never imports api/ at module level
+    from serve.roles import run_roles  # trackd/ never imports api/ at module level
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -117,8 +121,11 @@ async def _run(settings: Settings, args: argparse.Namespace, dsn: str, state_dir
 
     creds = await _credentials(dsn, settings, state_dir)
     broker = await embedded.start_broker() if settings.mqtt_url is None else None
-    overrides: dict[str, Any] = {"database_url": dsn, "http_port": _http_port(settings),
-                                 "log_level": settings.log_level}
+    overrides: dict[str, Any] = {
+        "database_url": dsn,
+        "http_port": _http_port(settings),
+        "log_level": settings.log_level,
+    }
     if broker is not None:
         # amqtt has no shared subscriptions; the demo is one process, so plain ones do.
         overrides |= {"mqtt_url": broker.url, "mqtt_share_group": "", "mqtt_protocol": "3.1.1"}
@@ -138,9 +145,18 @@ async def _run(settings: Settings, args: argparse.Namespace, dsn: str, state_dir
         await _sample_device(base_url, creds)
         _announce(base_url, creds, run_settings)
         feeding = _FeederThread(
-            base_url, creds.tenant, creds.api_key, creds.ingest_secret, run_settings.mqtt(),
-            shipments=args.shipments, speed=args.speed, log=_feeder_log, backfill=_backfill(args.speed),
-            topic_prefix=run_settings.mqtt_topic_prefix, report_every=300.0)
+            base_url,
+            creds.tenant,
+            creds.api_key,
+            creds.ingest_secret,
+            run_settings.mqtt(),
+            shipments=args.shipments,
+            speed=args.speed,
+            log=_feeder_log,
+            backfill=_backfill(args.speed),
+            topic_prefix=run_settings.mqtt_topic_prefix,
+            report_every=300.0,
+        )
         feed = feeding.start()
         await _first(stop.wait(), roles, feed)
     finally:
@@ -297,8 +313,9 @@ async def _credentials(dsn: str, settings: Settings, state_dir: Path) -> Credent
     finally:
         await pool.close()
     creds = Credentials(made["tenant"], made["api_key"], made["ingest_secret"])
-    path.write_text(json.dumps({"tenant": creds.tenant, "api_key": creds.api_key,
-                                "ingest_secret": creds.ingest_secret}))
+    path.write_text(
+        json.dumps({"tenant": creds.tenant, "api_key": creds.api_key, "ingest_secret": creds.ingest_secret})
+    )
     path.chmod(0o600)
     return creds
 
@@ -331,8 +348,10 @@ def _announce(base_url: str, creds: Credentials, settings: Settings) -> None:
         cmd += ["-u", unquote(u.username), "-P", unquote(u.password or "")]
     cmd += ["-t", topic, "-m"]
     # `date +%s` makes each run a new event; an unchanged body would be a redelivery of the same one.
-    body = ("'{\"occurred_at\": '\"$(date +%s)\"', \"position\": "
-            "{\"lat\": 51.84, \"lon\": 5.86, \"speed_kmh\": 72, \"heading\": 95}}'")
+    body = (
+        '\'{"occurred_at": \'"$(date +%s)"\', "position": '
+        '{"lat": 51.84, "lon": 5.86, "speed_kmh": 72, "heading": 95}}\''
+    )
     say(f"dashboard at {base_url}/#key={creds.api_key}")
     say("(or sign in at that address with this API key:)")
     print(creds.api_key, flush=True)

@@ -13,8 +13,8 @@ import random
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
+from lab.simulator_lanes import LatLon, Path, Place
 from trackd.codes import Classifier, EventKind, Milestone, Mode
-from trackd.simulator_lanes import LatLon, Path, Place
 
 # Reporting lag of each carrier feed, in minutes (min, max): EDI batches, polling, mailboxes.
 SOURCE_LAG_MIN: dict[str, tuple[float, float]] = {
@@ -135,8 +135,17 @@ class Builder:
         lo, hi = SOURCE_LAG_MIN[source]
         lag = timedelta(minutes=self.rng.uniform(lo, hi))
         self.events.append(
-            PlannedEvent(at + lag, at, EventKind.MILESTONE, "webhook", source, leg=leg, milestone=code,
-                         place=place, detail=detail)
+            PlannedEvent(
+                at + lag,
+                at,
+                EventKind.MILESTONE,
+                "webhook",
+                source,
+                leg=leg,
+                milestone=code,
+                place=place,
+                detail=detail,
+            )
         )
 
     def estimate(
@@ -162,8 +171,18 @@ class Builder:
         est = actual - timedelta(hours=unknown_delay_h - error_h)
         est = max(est, made_at + timedelta(minutes=30))
         self.events.append(
-            PlannedEvent(made_at, est, EventKind.MILESTONE, "webhook", source, leg=leg, milestone=code,
-                         classifier=Classifier.ESTIMATED, place=place, detail=detail)
+            PlannedEvent(
+                made_at,
+                est,
+                EventKind.MILESTONE,
+                "webhook",
+                source,
+                leg=leg,
+                milestone=code,
+                classifier=Classifier.ESTIMATED,
+                place=place,
+                detail=detail,
+            )
         )
 
     # -- rendering --------------------------------------------------------------------------
@@ -189,14 +208,26 @@ class Builder:
 
     def _fix(self, at: datetime, lat: float, lon: float, kmh: float, heading: float) -> None:
         self.events.append(
-            PlannedEvent(at + timedelta(seconds=self.rng.uniform(0, 60)), at, EventKind.POSITION, "mqtt",
-                         self.device_source, lat=max(-90.0, min(90.0, lat)),
-                         lon=((lon + 180.0) % 360.0) - 180.0, speed_kmh=round(kmh, 1),
-                         heading=round(heading % 360.0, 1))
+            PlannedEvent(
+                at + timedelta(seconds=self.rng.uniform(0, 60)),
+                at,
+                EventKind.POSITION,
+                "mqtt",
+                self.device_source,
+                lat=max(-90.0, min(90.0, lat)),
+                lon=((lon + 180.0) % 360.0) - 180.0,
+                speed_kmh=round(kmh, 1),
+                heading=round(heading % 360.0, 1),
+            )
         )
 
-    def render_sensors(self, start: datetime, end: datetime, temp_range: tuple[float, float] | None,
-                       excursion: tuple[datetime, datetime, float] | None) -> None:
+    def render_sensors(
+        self,
+        start: datetime,
+        end: datetime,
+        temp_range: tuple[float, float] | None,
+        excursion: tuple[datetime, datetime, float] | None,
+    ) -> None:
         """Battery for every tracker; temperature for reefers, with an optional excursion.
 
         OwnTracks trackers report their battery inside location messages instead.
@@ -223,9 +254,15 @@ class Builder:
                     temp = max(temp, temp_range[1] + peak * min(1.0, ramp))
             if self.device_source == "native":
                 self.events.append(
-                    PlannedEvent(at + timedelta(seconds=self.rng.uniform(0, 60)), at, EventKind.SENSOR,
-                                 "mqtt", "native", temperature_c=None if temp is None else round(temp, 2),
-                                 battery_pct=round(level, 1))
+                    PlannedEvent(
+                        at + timedelta(seconds=self.rng.uniform(0, 60)),
+                        at,
+                        EventKind.SENSOR,
+                        "mqtt",
+                        "native",
+                        temperature_c=None if temp is None else round(temp, 2),
+                        battery_pct=round(level, 1),
+                    )
                 )
 
     def finish(self) -> tuple[PlannedEvent, ...]:
@@ -240,8 +277,15 @@ class Builder:
             battery = ev.battery_pct
             if ev.source == "owntracks" and battery is None:
                 battery = self._battery_at(ev.occurred_at)
-            out.append(replace(ev, seq=seq, occurred_at=_truncate(ev.occurred_at, unit),
-                               send_at=_truncate(ev.send_at, "second"), battery_pct=battery))
+            out.append(
+                replace(
+                    ev,
+                    seq=seq,
+                    occurred_at=_truncate(ev.occurred_at, unit),
+                    send_at=_truncate(ev.send_at, "second"),
+                    battery_pct=battery,
+                )
+            )
         return tuple(out)
 
     def _battery_at(self, at: datetime) -> float:

@@ -20,8 +20,8 @@ from typing import Any, TextIO
 
 import httpx
 
-from trackd.bench import Figure, percentile
-from trackd.bench_env import BenchEnv
+from lab.bench import Figure, percentile
+from lab.bench_env import BenchEnv
 from trackd.settings import Settings
 
 SAMPLES = 500

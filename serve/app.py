@@ -18,12 +18,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api import devices, errors, health, quarantine, shipments
 from api.deps import AppState
 from api.errors import error_response
-from ingest import webhooks
+from ingest import routes as webhooks
 from trackd.settings import Settings
 
 log = logging.getLogger("trackd.api")
 
-OPTIONAL_ROUTERS = ("stream.gateway", "api.hooks", "api.track")
+OPTIONAL_ROUTERS = ("stream.gateway", "notify.routes", "notify.links")
 
 
 def static_dir() -> str:
@@ -85,7 +85,7 @@ def create_app(settings: Settings, state: AppState | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from api.runtime import Resources
+        from serve.roles import Resources
 
         if state is not None:
             app.state.trackd = state

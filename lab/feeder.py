@@ -27,8 +27,8 @@ import httpx
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from trackd.carrier_payloads import Delivery, encode
-from trackd.simulator import Scenario, iso, simulate
+from lab.carrier_payloads import Delivery, encode
+from lab.simulator import Scenario, iso, simulate
 
 ERROR_LINES_PER_MINUTE = 20
 
@@ -74,9 +74,21 @@ class _Publisher:
 class Feeder:
     """The scheduler: a heap of planned events keyed by send time, against a simulation clock."""
 
-    def __init__(self, http: httpx.AsyncClient, mqtt_pub: _Publisher, *, tenant: str, secret: str, seed: int,
-                 speed: float, backfill: timedelta, tag: str, topic_prefix: str, concurrency: int,
-                 log: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        mqtt_pub: _Publisher,
+        *,
+        tenant: str,
+        secret: str,
+        seed: int,
+        speed: float,
+        backfill: timedelta,
+        tag: str,
+        topic_prefix: str,
+        concurrency: int,
+        log: Callable[[str], None],
+    ) -> None:
         self.http, self.mqtt, self.tenant, self.secret = http, mqtt_pub, tenant, secret
         self.seed, self.speed, self.tag, self.topic_prefix, self.log = seed, speed, tag, topic_prefix, log
         self.wall0 = datetime.now(UTC)
@@ -122,14 +134,21 @@ class Feeder:
 
     async def start_scenario(self, index: int, at: datetime) -> None:
         s = simulate(index, at, seed=self.seed, tag=self.tag)
-        await self._request("devices", "/v1/devices", {"id": s.device_id, "key": s.device_key,
-                                                       "name": f"{s.lane} tracker {index}"}, ok_conflict=True)
+        await self._request(
+            "devices",
+            "/v1/devices",
+            {"id": s.device_id, "key": s.device_key, "name": f"{s.lane} tracker {index}"},
+            ok_conflict=True,
+        )
         live = at >= datetime.now(UTC) - timedelta(minutes=5)
         body = {**s.body, "devices": [s.device_id]} if live else s.body
         created = await self._request("shipments", "/v1/shipments", body, ok_conflict=True)
         if not live and isinstance(created, dict) and "id" in created:
-            await self._request("shipments", f"/v1/shipments/{created['id']}/devices",
-                                {"device_id": s.device_id, "from": iso(s.start - timedelta(minutes=1))})
+            await self._request(
+                "shipments",
+                f"/v1/shipments/{created['id']}/devices",
+                {"device_id": s.device_id, "from": iso(s.start - timedelta(minutes=1))},
+            )
         self.stats.created += 1
         self.remaining[index] = len(s.events)
         for ev in s.events:
@@ -192,8 +211,10 @@ class Feeder:
         st = self.stats
         sent = " ".join(f"{k}={v}" for k, v in sorted(st.sent.items())) or "none"
         errors = " ".join(f"{k}={v}" for k, v in sorted(st.errors.items())) or "none"
-        self.log(f"feeder: sim {self.now():%Y-%m-%d %H:%M} active={len(self.remaining)} created={st.created} "
-                 f"completed={st.completed} sent[{sent}] errors[{errors}]")
+        self.log(
+            f"feeder: sim {self.now():%Y-%m-%d %H:%M} active={len(self.remaining)} created={st.created} "
+            f"completed={st.completed} sent[{sent}] errors[{errors}]"
+        )
         st.sent.clear()
         st.errors.clear()
         st.error_lines = 0
@@ -203,11 +224,24 @@ class Feeder:
             await asyncio.wait(set(self.tasks), timeout=grace_s)
 
 
-async def run(base_url: str, tenant: str, api_key: str, ingest_secret: str, mqtt_url: str, *,
-              shipments: int = 300, speed: float = 1800.0, seed: int = 7, stop: asyncio.Event | None = None,
-              log: Callable[[str], None] | None = None, backfill: timedelta = timedelta(days=45),
-              topic_prefix: str = "", tag: str | None = None, concurrency: int = 32,
-              report_every: float = 60.0) -> None:
+async def run(
+    base_url: str,
+    tenant: str,
+    api_key: str,
+    ingest_secret: str,
+    mqtt_url: str,
+    *,
+    shipments: int = 300,
+    speed: float = 1800.0,
+    seed: int = 7,
+    stop: asyncio.Event | None = None,
+    log: Callable[[str], None] | None = None,
+    backfill: timedelta = timedelta(days=45),
+    topic_prefix: str = "",
+    tag: str | None = None,
+    concurrency: int = 32,
+    report_every: float = 60.0,
+) -> None:
     """Feed `shipments` concurrent simulated shipments to trackd at `base_url` until `stop` is set.
 
     As a shipment completes, a new one is booked. `tag` namespaces identifiers (default: derived
@@ -221,9 +255,19 @@ async def run(base_url: str, tenant: str, api_key: str, ingest_secret: str, mqtt
     headers = {"Authorization": f"Bearer {api_key}"}
     try:
         async with httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers, timeout=15.0) as http:
-            feeder = Feeder(http, publisher, tenant=tenant, secret=ingest_secret, seed=seed, speed=speed,
-                            backfill=backfill, tag=tag, topic_prefix=topic_prefix, concurrency=concurrency,
-                            log=say)
+            feeder = Feeder(
+                http,
+                publisher,
+                tenant=tenant,
+                secret=ingest_secret,
+                seed=seed,
+                speed=speed,
+                backfill=backfill,
+                tag=tag,
+                topic_prefix=topic_prefix,
+                concurrency=concurrency,
+                log=say,
+            )
             spread = min(backfill, timedelta(days=5)) / max(shipments, 1)
             for k in range(shipments):
                 feeder.plan_start(feeder.sim0 + spread * k)
