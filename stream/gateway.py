@@ -3,8 +3,8 @@
 The handshake is authenticated (`Authorization: Bearer <api_key>` or `?token=`); a missing or
 wrong key is answered with an HTTP 401 before the upgrade. After that the socket has two tasks:
 the receiver parses client operations (`stream.protocol`) and applies them to this process's
-`Hub`; the relay sends what the hub queued for the client, in order, and closes the socket
-when the hub closes the client (1013 for a client too far behind, 1008 after too many bad
+`Hub`; the relay sends what the hub queued for the client's `Session`, in order, and closes the
+socket when the hub closes the session (1013 for a client too far behind, 1008 after too many bad
 frames in a row, 1001 at shutdown).
 """
 
@@ -23,7 +23,7 @@ from starlette.websockets import WebSocketDisconnect
 from stream import protocol
 from stream.hub import Hub
 from stream.protocol import Message, Ping, ProtocolError, Selector, Subscribe
-from stream.session import Client, ClientClosed
+from stream.session import Session, SessionClosed
 from trackd import store
 from trackd.errors import TrackdError
 
@@ -81,15 +81,15 @@ async def stream(websocket: WebSocket) -> None:
         detail = "unknown API key" if key else "missing Authorization: Bearer <api_key> (or ?token=)"
         await deny(websocket, 401, "Unauthorized", detail)
         return
-    hub: Hub = state.hub
+    hub: Hub = websocket.app.state.hub  # put there by serve.app
     await websocket.accept()
-    client = hub.connect(tenant.id)
-    receiver = asyncio.create_task(receive(websocket, hub, client, StoreSource(state.pool)))
-    sender = asyncio.create_task(relay(websocket, client))
+    session = hub.connect(tenant.id)
+    receiver = asyncio.create_task(receive(websocket, hub, session, StoreSource(state.pool)))
+    sender = asyncio.create_task(relay(websocket, session))
     try:
         await asyncio.wait({receiver, sender}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        hub.disconnect(client)
+        hub.disconnect(session)
         for task in (receiver, sender):
             task.cancel()
         for task in (receiver, sender):
@@ -97,7 +97,7 @@ async def stream(websocket: WebSocket) -> None:
                 await task
 
 
-async def receive(websocket: WebSocket, hub: Hub, client: Client, source: StoreSource) -> None:
+async def receive(websocket: WebSocket, hub: Hub, session: Session, source: StoreSource) -> None:
     """Apply the client's operations in order until it goes away."""
     bad = 0
     while True:
@@ -113,32 +113,34 @@ async def receive(websocket: WebSocket, hub: Hub, client: Client, source: StoreS
             op = protocol.parse(frame)
         except ProtocolError as exc:
             bad += 1
-            client.push(protocol.error(exc.code, exc.detail))
+            session.push(protocol.error(exc.code, exc.detail))
             if bad > MAX_BAD_FRAMES:
-                hub.close(client, CLOSE_POLICY_VIOLATION, f"more than {MAX_BAD_FRAMES} bad frames in a row", drain=True)
+                hub.close(
+                    session, CLOSE_POLICY_VIOLATION, f"more than {MAX_BAD_FRAMES} bad frames in a row", drain=True
+                )
             continue
         bad = 0
         try:
             if isinstance(op, Ping):
-                client.push(protocol.pong())
+                session.push(protocol.pong())
             elif isinstance(op, Subscribe):
-                await hub.subscribe(client, op, source)
+                await hub.subscribe(session, op, source)
             else:
-                hub.unsubscribe(client, op.selector)
+                hub.unsubscribe(session, op.selector)
         except TrackdError as exc:
-            client.push(protocol.error(exc.code, exc.detail))
+            session.push(protocol.error(exc.code, exc.detail))
         except Exception:
             log.exception("stream: operation failed")
-            client.push(protocol.error("InternalError", "the operation failed; try again"))
+            session.push(protocol.error("InternalError", "the operation failed; try again"))
 
 
-async def relay(websocket: WebSocket, client: Client) -> None:
-    """Send what the hub queued for this client, in order; close the socket when the hub says."""
+async def relay(websocket: WebSocket, session: Session) -> None:
+    """Send what the hub queued for this session, in order; close the socket when the hub says."""
     try:
         while True:
-            for frame in await client.next_batch():
+            for frame in await session.next_batch():
                 await websocket.send_text(frame)
-    except ClientClosed as closed:
+    except SessionClosed as closed:
         with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
             await websocket.close(code=closed.code, reason=closed.reason)
     except (WebSocketDisconnect, OSError):

@@ -2,9 +2,11 @@
 
 One reader task per process reads the bus for the tenants that have clients here and routes each
 message to the clients whose subscriptions match; one tick task turns the positions gathered for
-map clients (`all`, `bbox`) into one `positions` message per tick. Each client has a bounded
-queue that its relay (the gateway's sender) drains with `Client.next_batch()`; the hub itself
-never touches a socket.
+map clients (`all`, `bbox`) into one `positions` message per tick. Each client has a
+`stream.session.Session` with a bounded queue that its relay (the gateway's sender) drains with
+`Session.next_batch()`; the hub itself never touches a socket. The hub drives a session through
+its public methods, and a session calls back only through `stream.session.HubLink`, which the
+hub implements (`now`, `encode`, `check_backlog`, `flush_at_tick`, `close`, `wake`).
 
 What a client can rely on:
 - after a snapshot of seq S, every message of its subscriptions with seq > S, no gap and no
@@ -29,7 +31,7 @@ from typing import Any, Protocol
 
 from stream import protocol
 from stream.protocol import Message, ProtocolError, Selector, Subscribe
-from stream.session import CLOSE_TRY_AGAIN_LATER, Client, TenantClients
+from stream.session import CLOSE_TRY_AGAIN_LATER, TOO_FAR_BEHIND, Session, TenantSessions
 from trackd.bus import Bus, BusUnavailable
 from trackd.errors import TrackdError
 
@@ -87,9 +89,9 @@ class Hub:
         self.lag_s = lag_s
         self.block_ms = block_ms
         self._clock = clock
-        self._tenants: dict[int, TenantClients] = {}
-        self._pending: set[Client] = set()
-        self._over: set[Client] = set()
+        self._tenants: dict[int, TenantSessions] = {}
+        self._pending: set[Session] = set()
+        self._over: set[Session] = set()
         self._encoded: dict[int, str | None] = {}
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -113,49 +115,49 @@ class Hub:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for t in list(self._tenants.values()):
-            for c in list(t.clients):
-                self._close(c, CLOSE_GOING_AWAY, "server shutting down")
+            for s in list(t.sessions):
+                self._close(s, CLOSE_GOING_AWAY, "server shutting down")
 
-    # -- clients ---------------------------------------------------------------------------------
+    # -- sessions --------------------------------------------------------------------------------
 
-    def connect(self, tenant_id: int) -> Client:
+    def connect(self, tenant_id: int) -> Session:
         tenant = self._tenants.get(tenant_id)
         if tenant is None:
-            tenant = self._tenants[tenant_id] = TenantClients(tenant_id)
-        client = Client(self, tenant)
-        tenant.clients.add(client)
+            tenant = self._tenants[tenant_id] = TenantSessions(tenant_id)
+        session = Session(self, tenant)
+        tenant.sessions.add(session)
         if self.degraded is not None:
-            client.push(protocol.error("StreamDegraded", DEGRADED_DETAIL))
-        return client
+            session.push(protocol.error("StreamDegraded", DEGRADED_DETAIL))
+        return session
 
-    def disconnect(self, client: Client) -> None:
-        if client.closed is None:
-            client.closed = (1000, "")
-        self._detach(client)
+    def disconnect(self, session: Session) -> None:
+        if session.closed is None:
+            session.closed = (1000, "")
+        self._detach(session)
 
-    async def subscribe(self, client: Client, op: Subscribe, source: Source) -> None:
+    async def subscribe(self, session: Session, op: Subscribe, source: Source) -> None:
         """Subscribe: a snapshot then live messages, or with `resume_from` the missed messages then
         live ones (a snapshot with `reset` when they are no longer kept)."""
         if self.source is None:
             self.source = source
-        async with client._joining:
-            if client.closed is None:
-                await self._subscribe(client, op, source)
+        async with session.joining:
+            if session.closed is None:
+                await self._subscribe(session, op, source)
 
-    async def _subscribe(self, client: Client, op: Subscribe, source: Source) -> None:
+    async def _subscribe(self, session: Session, op: Subscribe, source: Source) -> None:
         reset = False
         if op.resume_from is not None:
-            if await self._resume(client, op, source):
+            if await self._resume(session, op, source):
                 return
             reset = True
-        tenant_id = client.tenant_id
-        client._hold()
+        tenant_id = session.tenant_id
+        session.hold()
         try:
             for attempt in range(6):
                 seq, ships = await source.snapshot(tenant_id, op.selector)
-                if client.closed is not None:
+                if session.closed is not None:
                     return
-                gap = client._gap(seq)
+                gap = session.gap(seq)
                 if gap is False:
                     # Read before this client's latest message: a fresh read is newer than it.
                     await asyncio.sleep(0.01 * attempt)
@@ -166,56 +168,58 @@ class Hub:
                     if got is None:
                         continue
                     extra = got
-                if client.closed is not None:
+                if session.closed is not None:
                     return
-                client._activate(seq, op.selector, extra, protocol.snapshot(seq, ships, reset=reset), ships)
+                session.activate(seq, op.selector, extra, protocol.snapshot(seq, ships, reset=reset), ships)
+                self._encoded.clear()
                 return
             raise StreamError("could not line a snapshot up with the live stream; subscribe again")
         finally:
-            if client.holding:
-                client._release()
+            if session.holding:
+                session.release()
+                self._encoded.clear()
 
-    def unsubscribe(self, client: Client, selector: Selector) -> None:
-        client._remove(selector)
+    def unsubscribe(self, session: Session, selector: Selector) -> None:
+        session.remove(selector)
 
-    def close(self, client: Client, code: int, reason: str, *, drain: bool = False) -> None:
-        """Close a client: at once, or with `drain` after what is already queued (such as a last
+    def close(self, session: Session, code: int, reason: str, *, drain: bool = False) -> None:
+        """Close a session: at once, or with `drain` after what is already queued (such as a last
         error frame) has been sent. It gets nothing new either way."""
-        if drain and client.closed is None:
-            client._closing = (code, reason)
-            client._flush_pending()
-            client._ready.set()
-            self._detach(client)
+        if drain and session.closed is None:
+            session.close_after_queued(code, reason)
+            self._detach(session)
         else:
-            self._close(client, code, reason)
+            self._close(session, code, reason)
 
-    async def _resume(self, client: Client, op: Subscribe, source: Source) -> bool:
+    async def _resume(self, session: Session, op: Subscribe, source: Source) -> bool:
         assert op.resume_from is not None
         resume_from = op.resume_from
-        if client.subscribed and resume_from < client.cursor:
+        if session.subscribed and resume_from < session.cursor:
             raise ProtocolError(
                 "ValidationError",
                 f"resume_from {resume_from} is behind what this connection was already sent "
-                f"({client.cursor}); subscribe without it",
+                f"({session.cursor}); subscribe without it",
             )
-        latest, _ = await source.snapshot(client.tenant_id, Selector(shipments=frozenset()))
+        latest, _ = await source.snapshot(session.tenant_id, Selector(shipments=frozenset()))
         if resume_from > latest:
             raise ProtocolError("ValidationError", f"resume_from {resume_from} is ahead of the stream ({latest})")
-        client._hold()
+        session.hold()
         try:
-            t = client._tenant
+            t = session.tenant
             after = resume_from
-            if client.subscribed and t.cursor is not None:
+            if session.subscribed and t.cursor is not None:
                 after = min(after, t.cursor)  # existing subscriptions need what comes before it too
-            msgs = await self._fetch(source, client.tenant_id, after, None)
+            msgs = await self._fetch(source, session.tenant_id, after, None)
             if msgs is None:
                 return False
-            if client.closed is None:
-                client._activate(resume_from, op.selector, msgs, None, [])
+            if session.closed is None:
+                session.activate(resume_from, op.selector, msgs, None, [])
+                self._encoded.clear()
             return True
         finally:
-            if client.holding:
-                client._release()
+            if session.holding:
+                session.release()
+                self._encoded.clear()
 
     async def _fetch(self, source: Source, tenant_id: int, after: int, upto: int | None) -> list[Message] | None:
         """Messages in (after, upto] (upto None: all kept), from the bus if it has them all, else
@@ -247,11 +251,8 @@ class Hub:
 
     # -- the reader ------------------------------------------------------------------------------
 
-    def _anchor(self, tenant: TenantClients, seq: int) -> None:
-        tenant.cursor = seq
-        for c in tenant.holding:
-            if c._held_from is None:
-                c._held_from = seq
+    def wake(self) -> None:
+        """A tenant's cursor was just anchored (by a session joining): read the bus for it now."""
         self._wake.set()
 
     async def _read_loop(self) -> None:
@@ -269,8 +270,8 @@ class Hub:
                 if self.degraded is None:
                     self.degraded = str(exc) or "unavailable"
                     log.warning("stream: bus unavailable (%s); retrying", self.degraded)
-                    for c in self._clients():
-                        c.push(protocol.error("StreamDegraded", DEGRADED_DETAIL))
+                    for s in self._sessions():
+                        s.push(protocol.error("StreamDegraded", DEGRADED_DETAIL))
                 backoff = min(5.0, max(0.1, backoff * 2))
                 await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
                 continue
@@ -325,16 +326,16 @@ class Hub:
                 t.cursor = seq
                 t.observe(msg)
                 if t.holding:
-                    for c in list(t.holding):
-                        c._keep(msg)
-                for c in self._targets(t, msg):
-                    if not c.holding:
-                        c._route(msg)
+                    for s in list(t.holding):
+                        s.keep(msg)
+                for s in self._targets(t, msg):
+                    if not s.holding:
+                        s.route(msg)
             return None
         finally:
             self._encoded.clear()
 
-    def _targets(self, t: TenantClients, msg: Message) -> list[Client]:
+    def _targets(self, t: TenantSessions, msg: Message) -> list[Session]:
         sid = msg.get("shipment_id")
         out = list(t.all)
         if isinstance(sid, str):
@@ -342,10 +343,12 @@ class Hub:
         if t.boxed:
             loc = t.locate(msg)
             if loc is not None:
-                out.extend(c for c in t.boxed if c._in_boxes(loc))
+                out.extend(s for s in t.boxed if s.in_boxes(loc))
         return out
 
-    def _encode(self, msg: Message) -> str | None:
+    def encode(self, msg: Message) -> str | None:
+        """`msg` as the stream sends it, encoded once for all the sessions it is routed to (until
+        the dispatch, or the join, that routes it is over)."""
         key = id(msg)
         if key not in self._encoded:
             self._encoded[key] = protocol.message(msg)
@@ -361,56 +364,61 @@ class Hub:
     def tick(self) -> None:
         """Send the positions gathered since the last tick; close clients stuck over the limit."""
         pending, self._pending = self._pending, set()
-        for c in pending:
-            c._flush_pending()
-        for c in list(self._over):
-            self._check_slow(c)
+        for s in pending:
+            s.flush()
+        for s in list(self._over):
+            self.check_backlog(s)
 
-    def _check_slow(self, client: Client) -> None:
-        if client._fixed <= self.queue_limit:
-            if client._over_since is not None:
-                client._over_since = None
-                self._over.discard(client)
+    def now(self) -> float:
+        """This hub's clock (monotonic seconds)."""
+        return self._clock()
+
+    def flush_at_tick(self, session: Session) -> None:
+        """The session gathered positions: flush them at the next tick."""
+        self._pending.add(session)
+
+    def check_backlog(self, session: Session) -> None:
+        """Close a session whose undroppable backlog stays over `queue_limit` for `slow_close_s`."""
+        if session.backlog <= self.queue_limit:
+            if session.over_since is not None:
+                session.over_since = None
+                self._over.discard(session)
             return
         now = self._clock()
-        if client._over_since is None:
-            client._over_since = now
-            self._over.add(client)
-        elif now - client._over_since >= self.slow_close_s:
-            self._close(client, CLOSE_TRY_AGAIN_LATER, "too far behind; reconnect with resume_from")
+        if session.over_since is None:
+            session.over_since = now
+            self._over.add(session)
+        elif now - session.over_since >= self.slow_close_s:
+            self._close(session, CLOSE_TRY_AGAIN_LATER, TOO_FAR_BEHIND)
 
-    def _close(self, client: Client, code: int, reason: str) -> None:
-        if client.closed is None:
-            client.closed = (code, reason)
-            log.info("stream: closing a client of tenant %s (%s %s)", client.tenant_id, code, reason)
-        client._queue.clear()
-        client._pending.clear()
-        client._ready.set()
-        self._detach(client)
+    def _close(self, session: Session, code: int, reason: str) -> None:
+        if session.close_now(code, reason):
+            log.info("stream: closing a client of tenant %s (%s %s)", session.tenant_id, code, reason)
+        self._detach(session)
 
-    def _detach(self, client: Client) -> None:
-        t = client._tenant
-        if client in t.clients:
-            if client.shipments:
-                client._remove(Selector(shipments=frozenset(client.shipments)))
-            t.all.discard(client)
-            t.boxed.discard(client)
-            t.holding.discard(client)
-            t.clients.discard(client)
-        self._pending.discard(client)
-        self._over.discard(client)
-        if not t.clients and self._tenants.get(t.id) is t:
+    def _detach(self, session: Session) -> None:
+        t = session.tenant
+        if session in t.sessions:
+            if session.shipments:
+                session.remove(Selector(shipments=frozenset(session.shipments)))
+            t.all.discard(session)
+            t.boxed.discard(session)
+            t.holding.discard(session)
+            t.sessions.discard(session)
+        self._pending.discard(session)
+        self._over.discard(session)
+        if not t.sessions and self._tenants.get(t.id) is t:
             del self._tenants[t.id]
 
-    def _clients(self) -> list[Client]:
-        return [c for t in self._tenants.values() for c in t.clients]
+    def _sessions(self) -> list[Session]:
+        return [s for t in self._tenants.values() for s in t.sessions]
 
     def stats(self) -> dict[str, Any]:
-        clients = self._clients()
+        sessions = self._sessions()
         return {
             "tenants": len(self._tenants),
-            "clients": len(clients),
+            "clients": len(sessions),
             "degraded": self.degraded is not None,
-            "backlog": sum(c.backlog for c in clients),
-            "coalesced": sum(c.coalesced for c in clients),
+            "backlog": sum(s.backlog for s in sessions),
+            "coalesced": sum(s.coalesced for s in sessions),
         }

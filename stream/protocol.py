@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from trackd.errors import TrackdError
-from trackd.state import MESSAGE_TYPES
+from trackd.messages import MESSAGE_TYPES
 
 Message = dict[str, Any]
 

@@ -1,6 +1,10 @@
-"""One websocket's side of the hub (`Client`): its subscriptions, cursor and bounded queue, and
-the per-tenant index (`TenantClients`) the hub routes with. Only the hub changes them; the gateway's
-relay calls `Client.next_batch()` and `Client.push()`.
+"""One websocket's side of the hub (`Session`): its subscriptions, cursor and bounded queue, and
+the per-tenant index (`TenantSessions`) the hub routes with. Only the hub changes them; the gateway's
+relay calls `Session.next_batch()` and `Session.push()`.
+
+This module does not import the hub. What a session needs from the hub is the `HubLink` protocol
+(its limits, clock and shared encoder, and the few calls a session makes back); the hub drives a
+session only through the public methods of `Session` and `TenantSessions`.
 """
 
 from __future__ import annotations
@@ -9,19 +13,60 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from stream import protocol
 from stream.protocol import BBox, Message, Selector
 
-if TYPE_CHECKING:
-    from stream.hub import Hub
-
 CLOSE_TRY_AGAIN_LATER = 1013
+TOO_FAR_BEHIND = "too far behind; reconnect with resume_from"
 
 
-class ClientClosed(Exception):
-    """The hub closed this client; the relay closes the socket with `code`."""
+class HubLink(Protocol):
+    """What a session needs from the hub that owns it; `stream.hub.Hub` is the implementation."""
+
+    @property
+    def queue_limit(self) -> int:
+        """The undroppable backlog a session may keep; ten times it held during a subscribe closes it."""
+        ...
+
+    @property
+    def coalesce_at(self) -> int:
+        """Queued entries from which a session is behind (its positions are then coalesced)."""
+        ...
+
+    @property
+    def lag_s(self) -> float:
+        """Seconds a queue may stay non-empty before its session is behind."""
+        ...
+
+    def now(self) -> float:
+        """The hub's monotonic clock, in seconds."""
+        ...
+
+    def encode(self, msg: Message) -> str | None:
+        """`msg` as the stream sends it (None: it is not sent), encoded once for every session."""
+        ...
+
+    def check_backlog(self, session: Session) -> None:
+        """The session's undroppable backlog changed: the hub closes it if it stays over the limit."""
+        ...
+
+    def flush_at_tick(self, session: Session) -> None:
+        """The session gathered positions: the next tick flushes them as one `positions` message."""
+        ...
+
+    def close(self, session: Session, code: int, reason: str) -> None:
+        """Close the session at once; it gets nothing more."""
+        ...
+
+    def wake(self) -> None:
+        """A tenant's cursor was just anchored: the bus reader has it to read."""
+        ...
+
+
+class SessionClosed(Exception):
+    """The hub closed this session; the relay closes the socket with `code`."""
 
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(code, reason)
@@ -58,7 +103,7 @@ class _Single(_Entry):
 
 
 class _Batch(_Entry):
-    """A tick's positions for a map client, latest per shipment; items may be coalesced away."""
+    """A tick's positions for a map session, latest per shipment; items may be coalesced away."""
 
     __slots__ = ("items",)
 
@@ -67,20 +112,28 @@ class _Batch(_Entry):
         self.items = items
 
 
-class TenantClients:
-    """One tenant's clients here, indexed for routing, and where its shipments were last seen."""
+class TenantSessions:
+    """One tenant's sessions here, indexed for routing, and where its shipments were last seen."""
 
     def __init__(self, tenant_id: int) -> None:
         self.id = tenant_id
-        self.cursor: int | None = None  # highest seq dispatched; None until a client anchors it
-        self.clients: set[Client] = set()
-        self.by_ship: dict[str, set[Client]] = {}
-        self.all: set[Client] = set()
-        self.boxed: set[Client] = set()
-        self.holding: set[Client] = set()
+        self.cursor: int | None = None  # highest seq dispatched; None until a session anchors it
+        self.sessions: set[Session] = set()
+        self.by_ship: dict[str, set[Session]] = {}
+        self.all: set[Session] = set()
+        self.boxed: set[Session] = set()
+        self.holding: set[Session] = set()
         self.where: dict[str, tuple[int, float, float]] = {}  # shipment -> (seq, lat, lon)
 
+    def anchor(self, seq: int) -> None:
+        """Start the tenant's cursor at `seq`; sessions that were holding without one hold from it."""
+        self.cursor = seq
+        for s in self.holding:
+            if s._held_from is None:
+                s._held_from = seq
+
     def observe(self, msg: Message) -> None:
+        """Remember where a message places its shipment (for `bbox` routing)."""
         sid = msg.get("shipment_id")
         loc = protocol.location_of(msg)
         if loc is None or not isinstance(sid, str):
@@ -91,6 +144,7 @@ class TenantClients:
             self.where[sid] = (seq, loc[0], loc[1])
 
     def learn(self, seq: int, shipments: Iterable[Message]) -> None:
+        """Remember where a snapshot at `seq` places its shipments."""
         for s in shipments:
             last = s.get("last_position")
             sid = s.get("id")
@@ -104,6 +158,7 @@ class TenantClients:
                 self.where[sid] = (seq, float(lat), float(lon))
 
     def locate(self, msg: Message) -> tuple[float, float] | None:
+        """Where a message happens: its own position, else where its shipment was last seen."""
         loc = protocol.location_of(msg)
         if loc is not None:
             return loc
@@ -111,34 +166,35 @@ class TenantClients:
         return (seen[1], seen[2]) if seen else None
 
 
-class Client:
+class Session:
     """One websocket's side of the hub: its subscriptions, cursor and bounded queue.
 
-    Only the hub changes it; the relay calls `next_batch()` and `push()`.
+    Only the hub changes it, with the methods under "the hub's side"; the relay calls
+    `next_batch()` and `push()`.
     """
 
-    def __init__(self, hub: Hub, tenant: TenantClients) -> None:
+    def __init__(self, hub: HubLink, tenant: TenantSessions) -> None:
         self._hub = hub
-        self._tenant = tenant
+        self.tenant = tenant
         self.tenant_id = tenant.id
-        self.cursor = 0  # highest seq queued (or pending) for this client
+        self.cursor = 0  # highest seq queued (or pending) for this session
         self.shipments: set[str] = set()
         self.all = False
         self.boxes: list[BBox] = []
         self.closed: tuple[int, str] | None = None
         self.coalesced = 0  # positions dropped because a newer one replaced them
+        self.over_since: float | None = None  # the hub's: since when the backlog is over its limit
+        self.joining = asyncio.Lock()  # one subscribe at a time; the hub holds it while subscribing
         self._queue: deque[_Entry] = deque()
         self._live = 0  # alive entries in the queue
         self._fixed = 0  # undroppable entries in the queue
         self._queued_pos: dict[str, _Single | _Batch] = {}
         self._pending: dict[str, Message] = {}
         self._ready = asyncio.Event()
-        self._over_since: float | None = None
         self._held: list[Message] | None = None
         self._held_from: int | None = None
         self._closing: tuple[int, str] | None = None  # close once what is queued has been sent
         self._behind_since: float | None = None  # when the queue last went from empty to not
-        self._joining = asyncio.Lock()  # one subscribe at a time
 
     # -- the relay's side ------------------------------------------------------------------------
 
@@ -148,6 +204,7 @@ class Client:
 
     @property
     def holding(self) -> bool:
+        """Between `hold()` and `activate()` or `release()`: messages are kept aside, unrouted."""
         return self._held is not None
 
     @property
@@ -156,10 +213,10 @@ class Client:
         return self._fixed
 
     async def next_batch(self, max_frames: int = 256) -> list[str]:
-        """The next encoded frames to send, in order; waits for some; raises `ClientClosed`."""
+        """The next encoded frames to send, in order; waits for some; raises `SessionClosed`."""
         while True:
             if self.closed is not None:
-                raise ClientClosed(*self.closed)
+                raise SessionClosed(*self.closed)
             out: list[str] = []
             while self._queue and len(out) < max_frames:
                 entry = self._queue.popleft()
@@ -168,11 +225,11 @@ class Client:
             if out:
                 if not self._queue:
                     self._behind_since = None
-                self._hub._check_slow(self)
+                self._hub.check_backlog(self)
                 return out
             if self._closing is not None:
                 self.closed = self._closing
-                raise ClientClosed(*self._closing)
+                raise SessionClosed(*self._closing)
             self._ready.clear()
             await self._ready.wait()
 
@@ -181,6 +238,29 @@ class Client:
         if self.closed is None:
             self._append(_Fixed(text))
             self._fixed += 1
+
+    # -- the hub's side: ticks and closing -------------------------------------------------------
+
+    def flush(self) -> None:
+        """Queue the positions gathered since the last tick, as one `positions` message."""
+        self._flush_pending()
+
+    def close_now(self, code: int, reason: str) -> bool:
+        """Close at once, dropping what is queued; the relay closes the socket with `code`. True
+        when this closed it, False when it was closed already."""
+        newly = self.closed is None
+        if newly:
+            self.closed = (code, reason)
+        self._queue.clear()
+        self._pending.clear()
+        self._ready.set()
+        return newly
+
+    def close_after_queued(self, code: int, reason: str) -> None:
+        """Close once what is already queued, and what was gathered for the tick, has been sent."""
+        self._closing = (code, reason)
+        self._flush_pending()
+        self._ready.set()
 
     # -- queue -----------------------------------------------------------------------------------
 
@@ -203,7 +283,7 @@ class Client:
         if self._pending and not isinstance(entry, _Batch):
             self._flush_pending()  # the gathered positions have lower seqs: they go first
         if self._behind_since is None:
-            self._behind_since = self._hub._clock()
+            self._behind_since = self._hub.now()
         self._queue.append(entry)
         self._live += 1
         self._ready.set()
@@ -232,14 +312,14 @@ class Client:
     def _put_fixed(self, text: str) -> None:
         self._append(_Fixed(text))
         self._fixed += 1
-        self._hub._check_slow(self)
+        self._hub.check_backlog(self)
 
     def _lagging(self) -> bool:
         """Behind: the queue has not been emptied for `lag_s`, or holds `coalesce_at` entries."""
         if self._live >= self._hub.coalesce_at:
             return True
         since = self._behind_since
-        return since is not None and self._hub._clock() - since >= self._hub.lag_s
+        return since is not None and self._hub.now() - since >= self._hub.lag_s
 
     def _put_single(self, sid: str, text: str) -> None:
         if sid in self._queued_pos and self._lagging():
@@ -249,18 +329,20 @@ class Client:
         self._queued_pos[sid] = entry
 
     def _put_batched(self, sid: str, msg: Message) -> None:
-        # An unsent position from an earlier tick means this client is behind: keep the latest.
+        # An unsent position from an earlier tick means this session is behind: keep the latest.
         self._unqueue(sid)
         self._pending.pop(sid, None)
         self._pending[sid] = msg
-        self._hub._pending.add(self)
+        self._hub.flush_at_tick(self)
 
-    # -- routing ---------------------------------------------------------------------------------
+    # -- the hub's side: routing -----------------------------------------------------------------
 
-    def _in_boxes(self, loc: tuple[float, float] | None) -> bool:
+    def in_boxes(self, loc: tuple[float, float] | None) -> bool:
+        """Whether `loc` is inside one of this session's `bbox` subscriptions."""
         return loc is not None and any(b.contains(loc[0], loc[1]) for b in self.boxes)
 
-    def _route(self, msg: Message) -> None:
+    def route(self, msg: Message) -> None:
+        """Queue a message if the subscriptions want it and it is newer than what was queued."""
         seq = int(msg["seq"])
         if seq <= self.cursor:
             return
@@ -269,26 +351,26 @@ class Client:
             if not isinstance(sid, str):
                 return
             if sid in self.shipments:
-                text = self._hub._encode(msg)
+                text = self._hub.encode(msg)
                 if text is None:
                     return
                 self._put_single(sid, text)
-            elif self.all or self._in_boxes(protocol.location_of(msg)):
+            elif self.all or self.in_boxes(protocol.location_of(msg)):
                 self._put_batched(sid, msg)
             else:
                 return
         else:
             wanted = self.all or (isinstance(sid, str) and sid in self.shipments)
-            if not wanted and not (self.boxes and self._in_boxes(self._tenant.locate(msg))):
+            if not wanted and not (self.boxes and self.in_boxes(self.tenant.locate(msg))):
                 return
-            text = self._hub._encode(msg)
+            text = self._hub.encode(msg)
             if text is None:
                 return
             self._put_fixed(text)
         self.cursor = seq
 
     def _add(self, selector: Selector) -> None:
-        t = self._tenant
+        t = self.tenant
         if selector.shipments is not None:
             for sid in selector.shipments:
                 self.shipments.add(sid)
@@ -301,8 +383,9 @@ class Client:
                 self.boxes.append(selector.bbox)
             t.boxed.add(self)
 
-    def _remove(self, selector: Selector) -> None:
-        t = self._tenant
+    def remove(self, selector: Selector) -> None:
+        """Unsubscribe: take the selector's parts out of the subscriptions and the tenant's index."""
+        t = self.tenant
         if selector.shipments is not None:
             for sid in selector.shipments:
                 self.shipments.discard(sid)
@@ -320,42 +403,43 @@ class Client:
             if not self.boxes:
                 t.boxed.discard(self)
 
-    # -- joining the live stream -----------------------------------------------------------------
+    # -- the hub's side: joining the live stream -------------------------------------------------
 
-    def _hold(self) -> None:
-        """From now until `_activate`, messages for this client are kept aside, unrouted."""
+    def hold(self) -> None:
+        """From now until `activate` (or `release`), messages for this session are kept aside."""
         self._held = []
-        self._held_from = self._tenant.cursor
-        self._tenant.holding.add(self)
+        self._held_from = self.tenant.cursor
+        self.tenant.holding.add(self)
 
-    def _keep(self, msg: Message) -> None:
+    def keep(self, msg: Message) -> None:
+        """Keep a message aside while holding; holding too many closes the session (1013)."""
         assert self._held is not None
         self._held.append(msg)
         if len(self._held) > 10 * self._hub.queue_limit:
-            self._hub._close(self, CLOSE_TRY_AGAIN_LATER, "too far behind; reconnect with resume_from")
+            self._hub.close(self, CLOSE_TRY_AGAIN_LATER, TOO_FAR_BEHIND)
 
     def _unhold(self) -> list[Message]:
         held = self._held or []
         self._held = None
         self._held_from = None
-        self._tenant.holding.discard(self)
+        self.tenant.holding.discard(self)
         return held
 
-    def _release(self) -> None:
-        """Give up a subscribe: route what was held with the subscriptions as they are."""
+    def release(self) -> None:
+        """Give up a subscribe: route what was held with the subscriptions as they are. (The hub
+        forgets the messages it encoded for this afterwards.)"""
         held = self._unhold()
         if self.closed is not None or self._closing is not None:
             return
         for msg in held:
-            self._route(msg)
-        self._hub._encoded.clear()
+            self.route(msg)
 
-    def _gap(self, seq: int) -> tuple[int, int] | bool | None:
+    def gap(self, seq: int) -> tuple[int, int] | bool | None:
         """What must be fetched to join at snapshot `seq`: a (after, upto] range, None, or False
-        when the snapshot is older than what this client was already sent."""
+        when the snapshot is older than what this session was already sent."""
         if seq < self.cursor:
             return False
-        t = self._tenant
+        t = self.tenant
         if t.cursor is None:
             return None
         start = self._held_from if self._held_from is not None else t.cursor
@@ -365,7 +449,7 @@ class Client:
             return (t.cursor, seq)  # existing subscriptions need what comes before the snapshot
         return None
 
-    def _activate(
+    def activate(
         self,
         anchor: int,
         selector: Selector,
@@ -374,10 +458,12 @@ class Client:
         ships: list[Message],
     ) -> None:
         """Join the live stream at `anchor`: messages up to it follow the old subscriptions, then the
-        snapshot (if any), then messages after it follow old and new subscriptions together."""
-        t = self._tenant
+        snapshot (if any), then messages after it follow old and new subscriptions together. (The
+        hub forgets the messages it encoded for this afterwards.)"""
+        t = self.tenant
         if t.cursor is None:
-            self._hub._anchor(t, max([anchor, *(int(m["seq"]) for m in extra)]))
+            t.anchor(max([anchor, *(int(m["seq"]) for m in extra)]))
+            self._hub.wake()
         t.learn(anchor, ships)
         for m in extra:
             t.observe(m)
@@ -391,10 +477,9 @@ class Client:
             if not joined and seq > anchor:
                 self._join(anchor, selector, snapshot)
                 joined = True
-            self._route(merged[seq])
+            self.route(merged[seq])
         if not joined:
             self._join(anchor, selector, snapshot)
-        self._hub._encoded.clear()
 
     def _join(self, anchor: int, selector: Selector, snapshot: str | None) -> None:
         self._flush_pending()

@@ -13,7 +13,7 @@ import pytest
 from stream import protocol
 from stream.hub import Hub
 from stream.protocol import BBox, Message, ProtocolError, Selector, Subscribe
-from stream.session import Client, ClientClosed
+from stream.session import Session, SessionClosed
 from trackd.bus import BusUnavailable, MemoryBus
 
 EUROPE = BBox(-10, 35, 30, 60)
@@ -101,11 +101,11 @@ class World:
     async def publish_pending(self, tenant: int) -> None:
         await self.bus.publish(tenant, self.ledger.outbox.get(tenant, []))
 
-    async def subscribe(self, client: Client, resume_from: int | None = None, **selector: Any) -> None:
+    async def subscribe(self, client: Session, resume_from: int | None = None, **selector: Any) -> None:
         await self.hub.subscribe(client, Subscribe(Selector(**selector), resume_from), self.ledger)
 
 
-async def recv(client: Client, quiet: float = 0.15, limit: float = 3.0) -> list[dict[str, Any]]:
+async def recv(client: Session, quiet: float = 0.15, limit: float = 3.0) -> list[dict[str, Any]]:
     """Everything the client gets until nothing arrives for `quiet` seconds."""
     out: list[dict[str, Any]] = []
     deadline = asyncio.get_running_loop().time() + limit
@@ -322,7 +322,7 @@ async def test_client_stuck_over_the_limit_is_closed_1013() -> None:
         got = await recv(ok)  # drains quickly: over the limit only briefly
         assert len(by_type(got, "status.changed")) == 10
         await asyncio.sleep(0.35)
-        with pytest.raises(ClientClosed) as closed:
+        with pytest.raises(SessionClosed) as closed:
             await asyncio.wait_for(stuck.next_batch(), 1)
         assert closed.value.code == 1013
         await w.emit(1, status("a", "later"))
@@ -438,7 +438,7 @@ async def test_stop_closes_clients_going_away() -> None:
     await hub.start()
     client = hub.connect(1)
     await hub.stop()
-    with pytest.raises(ClientClosed) as closed:
+    with pytest.raises(SessionClosed) as closed:
         await client.next_batch()
     assert closed.value.code == 1001
 
