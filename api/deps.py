@@ -2,34 +2,35 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request
 from psycopg_pool import AsyncConnectionPool
 
-from ingest.pipeline import Pipeline
 from trackd import store
+from trackd.assessment import Evaluator
 from trackd.bus import Bus
 from trackd.errors import Unauthorized
-from trackd.ledger import Evaluator
 from trackd.relay import Relay
 from trackd.settings import Settings
 from trackd.store import Conn, Tenant
+from trackd.times import utcnow
 
 
 @dataclass
 class AppState:
-    """Everything the api role holds open for its lifetime (see `serve.app.lifespan`)."""
+    """The core resources every role of a process shares, opened and closed by `serve.roles`. Edges
+    keep their own resources (the ingest pipeline, the stream hub) and their own dependencies."""
 
     settings: Settings
     pool: AsyncConnectionPool
     bus: Bus
     relay: Relay
-    pipeline: Pipeline
-    evaluator: Evaluator | None = None
-    hub: Any = None
+    evaluator: Evaluator
+    clock: Callable[[], datetime] = utcnow
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -38,7 +39,8 @@ async def get_state(request: Request) -> AppState:  # async: a plain def would r
     return state
 
 
-State = Annotated[AppState, Depends(get_state)]
+# The process state a handler reads (named apart from `trackd.state.State`, a shipment's state).
+Shared = Annotated[AppState, Depends(get_state)]
 
 
 def bearer(request: Request) -> str | None:
@@ -49,7 +51,7 @@ def bearer(request: Request) -> str | None:
     return None
 
 
-async def get_tenant(request: Request, state: State) -> Tenant:
+async def get_tenant(request: Request, state: Shared) -> Tenant:
     token = bearer(request)
     if token is None:
         raise Unauthorized("missing Authorization: Bearer <api_key>")
@@ -62,7 +64,7 @@ async def get_tenant(request: Request, state: State) -> Tenant:
 CurrentTenant = Annotated[Tenant, Depends(get_tenant)]
 
 
-async def get_conn(state: State) -> AsyncIterator[Conn]:
+async def get_conn(state: Shared) -> AsyncIterator[Conn]:
     async with store.transaction(state.pool) as conn:
         yield conn
 

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import CurrentTenant, Cursor, Db, Limit, State
+from api.deps import CurrentTenant, Cursor, Db, Limit, Shared
 from trackd import registry, store
 from trackd.errors import NotFound
 
@@ -23,7 +23,7 @@ class DeviceIn(BaseModel):
 
 
 @router.post("", status_code=201)
-async def create_device(body: DeviceIn, tenant: CurrentTenant, state: State) -> dict[str, Any]:
+async def create_device(body: DeviceIn, tenant: CurrentTenant, state: Shared) -> dict[str, Any]:
     async with store.transaction(state.pool) as conn:
         row = await registry.create_device(conn, tenant.id, body.id, body.key, body.name)
     return store.device_json(row)
@@ -31,30 +31,22 @@ async def create_device(body: DeviceIn, tenant: CurrentTenant, state: State) -> 
 
 @router.get("")
 async def list_devices(tenant: CurrentTenant, db: Db, limit: Limit = 50, cursor: Cursor = None) -> dict[str, Any]:
-    order: store.Order = (("id", "id", "text"),)
-    query, where = "SELECT * FROM devices", ["tenant_id = %s"]
-    rows, nxt = await store.keyset_page(db, query, where, [tenant.id], order, limit, cursor)
+    rows, nxt = await store.list_devices(db, tenant.id, limit, cursor)
     return {"items": [store.device_json(r) for r in rows], "next_cursor": nxt}
 
 
 @router.get("/{device_id}")
 async def get_device(device_id: str, tenant: CurrentTenant, db: Db) -> dict[str, Any]:
-    row = await (
-        await db.execute("SELECT * FROM devices WHERE tenant_id = %s AND id = %s", (tenant.id, device_id))
-    ).fetchone()
+    row = await store.get_device(db, tenant.id, device_id)
     if row is None:
         raise NotFound(f"no device {device_id!r}")
     return store.device_json(row)
 
 
 @router.delete("/{device_id}", status_code=204)
-async def delete_device(device_id: str, tenant: CurrentTenant, state: State) -> Response:
+async def delete_device(device_id: str, tenant: CurrentTenant, state: Shared) -> Response:
     async with store.transaction(state.pool) as conn:
-        row = await (
-            await conn.execute(
-                "DELETE FROM devices WHERE tenant_id = %s AND id = %s RETURNING id", (tenant.id, device_id)
-            )
-        ).fetchone()
-    if row is None:
+        deleted = await registry.delete_device(conn, tenant.id, device_id)
+    if not deleted:
         raise NotFound(f"no device {device_id!r}")
     return Response(status_code=204)

@@ -9,9 +9,9 @@ from urllib.parse import urlparse
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api.deps import State
+from api.deps import Shared
 from api.errors import JSONBody
-from trackd import metrics
+from trackd import db, metrics
 
 router = APIRouter(tags=["health"])
 
@@ -32,11 +32,10 @@ async def _broker_ok(url: str) -> bool:
 
 
 @router.get("/readyz")
-async def readyz(state: State) -> JSONBody:
+async def readyz(state: Shared) -> JSONBody:
     checks: dict[str, Any] = {}
     try:
-        async with state.pool.connection(timeout=2) as conn:
-            await conn.execute("SELECT 1")
+        await db.ping(state.pool, timeout_s=2)
         checks["database"] = "ok"
     except Exception as exc:
         checks["database"] = f"down: {type(exc).__name__}"

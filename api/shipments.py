@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import CurrentTenant, Cursor, Db, Limit, State
+from api.deps import CurrentTenant, Cursor, Db, Limit, Shared
 from trackd import registry, store
 from trackd.codes import EventKind, Mode, Status
 from trackd.errors import NotFound, ValidationError
@@ -105,12 +105,10 @@ def to_domain(shipment_id: str, body: dict[str, Any]) -> Shipment:
 
 
 @router.post("", status_code=201)
-async def create_shipment(body: ShipmentIn, tenant: CurrentTenant, state: State) -> dict[str, Any]:
+async def create_shipment(body: ShipmentIn, tenant: CurrentTenant, state: Shared) -> dict[str, Any]:
     shipment = to_domain(store.new_id("shp"), body.model_dump())
     async with store.transaction(state.pool) as conn:
-        out = await registry.create_shipment(
-            conn, tenant.id, shipment, body.devices, state.pipeline.clock(), state.evaluator
-        )
+        out = await registry.create_shipment(conn, tenant.id, shipment, body.devices, state.clock(), state.evaluator)
     return out
 
 
@@ -145,7 +143,7 @@ async def get_shipment(shipment_id: str, tenant: CurrentTenant, db: Db) -> dict[
 
 
 @router.patch("/{shipment_id}")
-async def patch_shipment(shipment_id: str, body: ShipmentPatch, tenant: CurrentTenant, state: State) -> dict[str, Any]:
+async def patch_shipment(shipment_id: str, body: ShipmentPatch, tenant: CurrentTenant, state: Shared) -> dict[str, Any]:
     async with store.transaction(state.pool) as conn:
         current = await registry.require_shipment(conn, tenant.id, shipment_id)
         merged = {**current, **body.model_dump(exclude_unset=True)}
@@ -156,13 +154,13 @@ async def patch_shipment(shipment_id: str, body: ShipmentPatch, tenant: CurrentT
         if "promised_at" not in body.model_fields_set and current["promised_at"]:
             merged["promised_at"] = datetime.fromisoformat(current["promised_at"])
         out = await registry.update_shipment(
-            conn, tenant.id, to_domain(shipment_id, merged), state.pipeline.clock(), state.evaluator
+            conn, tenant.id, to_domain(shipment_id, merged), state.clock(), state.evaluator
         )
     return out
 
 
 @router.delete("/{shipment_id}", status_code=204)
-async def delete_shipment(shipment_id: str, tenant: CurrentTenant, state: State) -> Response:
+async def delete_shipment(shipment_id: str, tenant: CurrentTenant, state: Shared) -> Response:
     async with store.transaction(state.pool) as conn:
         if not await registry.delete_shipment(conn, tenant.id, shipment_id):
             raise NotFound(f"no shipment {shipment_id!r}")
@@ -170,8 +168,8 @@ async def delete_shipment(shipment_id: str, tenant: CurrentTenant, state: State)
 
 
 @router.post("/{shipment_id}/devices", status_code=201)
-async def attach_device(shipment_id: str, body: AttachIn, tenant: CurrentTenant, state: State) -> dict[str, Any]:
-    now = state.pipeline.clock()
+async def attach_device(shipment_id: str, body: AttachIn, tenant: CurrentTenant, state: Shared) -> dict[str, Any]:
+    now = state.clock()
     async with store.transaction(state.pool) as conn:
         await registry.require_shipment(conn, tenant.id, shipment_id)
         start = _aware("from", body.from_) or now

@@ -16,7 +16,7 @@ import zlib
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -25,12 +25,9 @@ from trackd import ledger, metrics, store
 from trackd.errors import TrackdError, Unavailable, ValidationError
 from trackd.model import Event, SourceContext
 from trackd.store import Tenant
+from trackd.times import utcnow
 
 log = logging.getLogger("trackd.ingest")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 GROUP_MAX_EVENTS = 2000  # events of waiting deliveries written in one transaction
@@ -202,13 +199,19 @@ class Pipeline:
 
 def split(events: list[Event]) -> dict[int, list[Event]]:
     """A delivery's events by lane, in their order: the same shipment reference (else device) is
-    always in the same lane. A delivery with DCSA events, which may withdraw others, stays whole."""
-    if not events or any(e.source == "dcsa" or e.retracts for e in events):
+    always in the same lane. A delivery of a source that keeps its deliveries whole (DCSA: one
+    event may withdraw another), or one that withdraws events, stays whole."""
+    if not events or any(e.retracts or _whole(e.source) for e in events):
         return {0: events}
     parts: dict[int, list[Event]] = {}
     for e in events:
         parts.setdefault(lane(e.shipment or (e.refs[0] if e.refs else None) or e.device or ""), []).append(e)
     return parts
+
+
+def _whole(source: str) -> bool:
+    adapter = sources.ADAPTERS.get(source)
+    return adapter is not None and adapter.whole
 
 
 def lane(ref: str) -> int:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 
-from api.deps import CurrentTenant, State
+from api.deps import CurrentTenant, Shared
 from api.errors import JSONBody
-from ingest import signatures, sources
+from ingest import sources
+from ingest.pipeline import Pipeline
+from ingest.sources import osmand as osmand_source
 from trackd import store
 from trackd.errors import NotFound, PayloadTooLarge, Unauthorized, ValidationError
 from trackd.model import SourceContext
@@ -20,8 +22,17 @@ from trackd.ratelimit import check_rate
 
 router = APIRouter(tags=["ingest"])
 
-SourceName = Annotated[str, Path(pattern=r"^(native|dcsa|onerecord|x12-214|aftership|easypost)$")]
+SourceName = Annotated[str, Path(pattern=f"^({'|'.join(sources.WEBHOOK_SOURCES)})$")]
 TenantName = Annotated[str, Path(min_length=1, max_length=64)]
+
+
+async def get_pipeline(request: Request) -> Pipeline:
+    """The process's ingest pipeline, which `serve.app` puts on the app's state."""
+    pipeline: Pipeline = request.app.state.pipeline
+    return pipeline
+
+
+IngestPipeline = Annotated[Pipeline, Depends(get_pipeline)]
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -46,64 +57,64 @@ def _accepted(result: Any, status: int = 202) -> Response:
     )
 
 
-def _secret_key(state: State) -> str | None:
+def _secret_key(state: Shared) -> str | None:
     return state.settings.secret_key.get_secret_value() if state.settings.secret_key else None
 
 
 @router.post("/v1/ingest/{tenant}/{source}", status_code=202)
-async def ingest_webhook(tenant: TenantName, source: SourceName, request: Request, state: State) -> Response:
+async def ingest_webhook(
+    tenant: TenantName, source: SourceName, request: Request, state: Shared, pipeline: IngestPipeline
+) -> Response:
     """A signed delivery from a carrier or a system of the tenant's; 202 (DCSA: 204) once durable."""
     body = await read_body(request, state.settings.max_body_bytes)
     found = await store.tenant_with_secret(state.pool, tenant, _secret_key(state))
     if found is None:
         raise Unauthorized("unknown tenant or bad signature")
     tenant_obj, secret = found
-    signatures.verify(source, secret, body, request.headers)
+    adapter = sources.get(source)
+    sources.verify(source, secret, body, request.headers)
     check_rate(tenant_obj.id, state.settings.ingest_rate_per_s)
-    if not sources.available(source):
-        raise NotFound(f"source {source!r} is not available in this build")
     ctx = SourceContext(
-        tenant=tenant_obj.name, received_at=state.pipeline.clock(), content_type=request.headers.get("content-type")
+        tenant=tenant_obj.name, received_at=pipeline.clock(), content_type=request.headers.get("content-type")
     )
-    result = await state.pipeline.ingest(tenant_obj, source, body, ctx, "webhook")
-    return _accepted(result, 204 if source == "dcsa" else 202)
+    result = await pipeline.ingest(tenant_obj, source, body, ctx, "webhook")
+    return _accepted(result, adapter.status)
 
 
 @router.post("/v1/events", status_code=202)
-async def post_events(request: Request, tenant: CurrentTenant, state: State) -> Response:
+async def post_events(request: Request, tenant: CurrentTenant, state: Shared, pipeline: IngestPipeline) -> Response:
     """trackd event JSON (one object or an array) with the API key."""
     body = await read_body(request, state.settings.max_body_bytes)
     check_rate(tenant.id, state.settings.ingest_rate_per_s)
-    ctx = SourceContext(tenant=tenant.name, received_at=state.pipeline.clock())
-    result = await state.pipeline.ingest(tenant, "native", body, ctx, "api")
+    ctx = SourceContext(tenant=tenant.name, received_at=pipeline.clock())
+    result = await pipeline.ingest(tenant, "native", body, ctx, "api")
     return _accepted(result)
 
 
 @router.api_route("/v1/osmand", methods=["GET", "POST"], status_code=200)
-async def osmand(request: Request, state: State) -> Response:
+async def osmand(request: Request, state: Shared, pipeline: IngestPipeline) -> Response:
     """Traccar Client / OsmAnd: `id` is a registered device key. Answers 200 once durable."""
     body = await read_body(request, state.settings.max_body_bytes) if request.method == "POST" else b""
     params = {k: v for k, v in request.query_params.items()}
-    adapter = sources.get("osmand")
     try:
-        key = adapter.device_key(body, params)
+        key = osmand_source.device_key(body, params)
     except ValidationError as exc:
-        await state.pipeline.reject(None, "osmand", "http", exc, body or str(request.url.query).encode())
+        await pipeline.reject(None, "osmand", "http", exc, body or str(request.url.query).encode())
         raise
     found = await store.device_for_key(state.pool, key)
     if found is None:
         exc2 = NotFound(f"no device with key {key!r}: register it with POST /v1/devices")
-        await state.pipeline.reject(None, "osmand", "http", exc2, body or str(request.url.query).encode())
+        await pipeline.reject(None, "osmand", "http", exc2, body or str(request.url.query).encode())
         raise exc2
     tenant_id, tenant_name, device_id = found
     check_rate(tenant_id, state.settings.ingest_rate_per_s)
     ctx = SourceContext(
         tenant=tenant_name,
-        received_at=state.pipeline.clock(),
+        received_at=pipeline.clock(),
         device=device_id,
         params=params,
         content_type=request.headers.get("content-type"),
     )
     raw = body or str(request.url.query).encode()
-    await state.pipeline.ingest(store.Tenant(tenant_id, tenant_name), "osmand", body, ctx, "http", raw=raw)
+    await pipeline.ingest(store.Tenant(tenant_id, tenant_name), "osmand", body, ctx, "http", raw=raw)
     return Response(status_code=200)

@@ -1,6 +1,6 @@
-"""Inbound webhook signatures, one published scheme per source, keyed by the ingest secret.
-
-Every comparison is constant-time. The secret is used as UTF-8 bytes.
+"""Inbound webhook signatures: a scheme (header, prefix, encoding of an HMAC-SHA256 of the raw body,
+keyed by the ingest secret) and its constant-time check. Each source adapter declares its scheme;
+`ingest.sources.verify` checks a delivery against its source's. The secret is used as UTF-8 bytes.
 """
 
 from __future__ import annotations
@@ -26,20 +26,11 @@ class Scheme:
         return self.prefix + text
 
 
-NATIVE = Scheme("X-Trackd-Signature", "sha256=", "hex")
-SCHEMES: dict[str, Scheme] = {
-    "native": NATIVE,
-    "dcsa": Scheme("Notification-Signature", "sha256=", "hex"),
-    "easypost": Scheme("X-Hmac-Signature", "hmac-sha256-hex=", "hex"),
-    "aftership": Scheme("aftership-hmac-sha256", "", "base64"),
-    "x12-214": NATIVE,
-    "onerecord": NATIVE,
-}
+NATIVE = Scheme("X-Trackd-Signature", "sha256=", "hex")  # trackd's own, for sources with no published scheme
 
 
-def verify(source: str, secret: str, body: bytes, headers: Mapping[str, str]) -> None:
-    """Raise `Unauthorized` unless the request carries the right signature for `source`."""
-    scheme = SCHEMES[source]
+def check(scheme: Scheme, secret: str, body: bytes, headers: Mapping[str, str]) -> None:
+    """Raise `Unauthorized` unless the request carries the right signature under `scheme`."""
     given = headers.get(scheme.header) or headers.get(scheme.header.lower())
     if not given:
         raise Unauthorized(f"missing {scheme.header} signature header")

@@ -5,103 +5,23 @@ subprocesses on free loopback ports (with their own MQTT topic prefix, client id
 group), drives them from load-generator processes, measures in the same run the ceiling the figure
 is bounded by, prints one table, and then stops its processes and deletes the tenant's rows.
 
-This module holds the pure parts (percentiles, ratios, the table, argument checks) and the
-dispatcher; the runs live in `bench_ingest`, `bench_e2e` and `bench_query`, the processes and data
+This module holds the argument checks and the dispatcher; the figures and their table are in
+`bench_figures`, the runs live in `bench_ingest`, `bench_e2e` and `bench_query`, the processes and data
 they share in `bench_env`, the load generators in `bench_load`.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import math
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TextIO
 
+from lab.bench_figures import Figure, render
 from trackd.errors import ConfigError
 from trackd.settings import Settings
 
 MAX_DURATION_S = 600.0
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The `q` quantile (0..1) by linear interpolation between closest ranks; None when empty."""
-    if not 0.0 <= q <= 1.0:
-        raise ValueError("q must be within 0..1")
-    if not values:
-        return None
-    ordered = sorted(values)
-    pos = q * (len(ordered) - 1)
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-
-def ratio(value: float | None, ceiling: float | None, *, lower_is_better: bool = False) -> str:
-    """trackd's figure as a share of its ceiling: `value/ceiling` for rates, `ceiling/value` for
-    latencies (so 100% always means "as good as the ceiling")."""
-    if value is None or ceiling is None or value <= 0 or ceiling <= 0:
-        return "-"
-    share = ceiling / value if lower_is_better else value / ceiling
-    return f"{share * 100:.0f}%" if share >= 0.1 else f"{share * 100:.1f}%"
-
-
-def fmt(value: float | None, unit: str) -> str:
-    """A figure with its unit: rates as whole numbers with thousands separators, ms to 0.1."""
-    if value is None:
-        return "-"
-    if unit == "ms":
-        return f"{value:.1f} ms" if value < 1000 else f"{value:,.0f} ms"
-    if unit == "s":
-        return f"{value:.1f} s"
-    return f"{value:,.0f} {unit}".rstrip()
-
-
-@dataclass(frozen=True, slots=True)
-class Figure:
-    """One line of the report: trackd's figure, the ceiling it is bounded by, and a target."""
-
-    name: str
-    value: float | None
-    unit: str
-    ceiling: float | None = None
-    ceiling_name: str = ""
-    target: str = ""
-    lower_is_better: bool = False
-
-    def met(self) -> str:
-        """'yes'/'no' against a target written as '>= N' or '< N', '' without one."""
-        if not self.target or self.value is None:
-            return ""
-        op, _, num = self.target.partition(" ")
-        bound = float(num.replace(",", "").replace("_", ""))
-        ok = {">=": self.value >= bound, ">": self.value > bound, "<": self.value < bound, "<=": self.value <= bound}
-        return "yes" if ok.get(op, False) else "no"
-
-
-def render(title: str, figures: Sequence[Figure], notes: Sequence[str] = ()) -> str:
-    """The report as a fixed-width table."""
-    head = ("figure", "trackd", "ceiling", "ratio", "target", "met")
-    rows = [
-        (
-            f.name,
-            fmt(f.value, f.unit),
-            f"{fmt(f.ceiling, f.unit)} ({f.ceiling_name})" if f.ceiling is not None else "-",
-            ratio(f.value, f.ceiling, lower_is_better=f.lower_is_better),
-            f"{f.target} {f.unit}".strip() if f.target else "",
-            f.met(),
-        )
-        for f in figures
-    ]
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    line = "  ".join("-" * w for w in widths)
-    out = [title, line, "  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)), line]
-    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    out.append(line)
-    out += [f"  {n}" for n in notes]
-    return "\n".join(out)
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -128,12 +48,26 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError("bench --positions: 1,000 to 100,000,000")
 
 
-RUNNERS = {
-    "ingest": "lab.bench_ingest",
-    "e2e": "lab.bench_e2e",
-    "query": "lab.bench_query",
-    "soak": "lab.bench_soak",
-}
+Runner = Callable[[Settings, argparse.Namespace, TextIO], tuple[str, list[Figure], list[str]]]
+
+
+def _runner(kind: str) -> Runner:
+    """The run function of one benchmark kind, imported only when that benchmark runs."""
+    if kind == "ingest":
+        from lab import bench_ingest
+
+        return bench_ingest.run
+    if kind == "e2e":
+        from lab import bench_e2e
+
+        return bench_e2e.run
+    if kind == "query":
+        from lab import bench_query
+
+        return bench_query.run
+    from lab import bench_soak
+
+    return bench_soak.run
 
 
 def main(settings: Settings, args: argparse.Namespace, out: TextIO | None = None) -> int:
@@ -142,8 +76,7 @@ def main(settings: Settings, args: argparse.Namespace, out: TextIO | None = None
     out = out or sys.stdout
     if args.kind == "stream":
         return _stream(settings, args, out)
-    runner = importlib.import_module(RUNNERS[args.kind])
-    title, figures, notes = runner.run(settings, args, out)
+    title, figures, notes = _runner(args.kind)(settings, args, out)
     print(render(title, figures, notes), file=out, flush=True)
     return 0
 
@@ -152,9 +85,9 @@ def _stream(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
     """The websocket fan-out benchmark of `lab.bench_stream`, against a server started here."""
     import asyncio
 
+    from lab import bench_stream as stream_bench
     from lab.bench_env import BenchEnv
 
-    stream_bench = importlib.import_module("lab.bench_stream")
     with BenchEnv(settings, out) as env:
         servers = env.start_servers("api", 1)
         asyncio.run(

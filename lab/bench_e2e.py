@@ -27,8 +27,8 @@ from array import array
 from dataclasses import asdict
 from typing import Any, TextIO
 
-from lab.bench import Figure, percentile
 from lab.bench_env import BenchEnv
+from lab.bench_figures import Figure, percentile
 from lab.bench_load import e2e_publisher, raw_broker, ws_clients
 from trackd.settings import Settings
 

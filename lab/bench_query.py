@@ -20,8 +20,8 @@ from typing import Any, TextIO
 
 import httpx
 
-from lab.bench import Figure, percentile
 from lab.bench_env import BenchEnv
+from lab.bench_figures import Figure, percentile
 from trackd.settings import Settings
 
 SAMPLES = 500

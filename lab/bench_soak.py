@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from lab.bench import Figure, percentile
 from lab.bench_env import BenchEnv
+from lab.bench_figures import Figure, percentile
 from lab.bench_load import Events, HttpConn, _run, signed_headers
 from trackd.settings import Settings
 

@@ -9,9 +9,6 @@ secret (UTF-8) exactly as each source's scheme says.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,6 +17,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
+from ingest import signatures, sources
 from lab.carrier_x12 import x12_214
 from lab.simulator import PlannedEvent, Scenario, iso, native_event
 from lab.simulator_lanes import Place
@@ -56,14 +54,8 @@ class Delivery:
 
 def signature_headers(source: str, body: bytes, secret: str) -> dict[str, str]:
     """The signature header of `source` over the raw body, keyed with the ingest secret."""
-    mac = hmac.new(secret.encode("utf-8"), body, hashlib.sha256)
-    if source == "dcsa":
-        return {"Notification-Signature": f"sha256={mac.hexdigest()}"}
-    if source == "easypost":
-        return {"X-Hmac-Signature": f"hmac-sha256-hex={mac.hexdigest()}"}
-    if source == "aftership":
-        return {"aftership-hmac-sha256": base64.b64encode(mac.digest()).decode("ascii")}
-    return {"X-Trackd-Signature": f"sha256={mac.hexdigest()}"}
+    scheme = sources.get(source).signature or signatures.NATIVE
+    return {scheme.header: scheme.sign(secret, body)}
 
 
 def _uuid(s: Scenario, ev: PlannedEvent) -> str:

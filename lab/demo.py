@@ -23,18 +23,19 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 import httpx
 
 from lab import embedded, feeder
+from lab.net import free_port
 from trackd import db, store
-from trackd.bus import MemoryBus
+from trackd.bus import Bus, MemoryBus
 from trackd.errors import ConfigError, Conflict
 from trackd.settings import Settings, has_database_config, load_settings
 
@@ -72,7 +73,21 @@ class Credentials:
     ingest_secret: str
 
 
-def main(settings: Settings, args: argparse.Namespace) -> int:
+class RunRoles(Protocol):
+    """`serve.roles.run_roles`, which the `trackd demo` command passes in (lab/ imports no wiring)."""
+
+    def __call__(
+        self,
+        settings: Settings,
+        roles: list[str],
+        *,
+        bus: Bus | None = None,
+        stop: asyncio.Event | None = None,
+        ready: asyncio.Event | None = None,
+    ) -> Coroutine[Any, Any, None]: ...
+
+
+def main(settings: Settings, args: argparse.Namespace, run_roles: RunRoles) -> int:
     """Run the demo until interrupted or `args.duration` seconds have passed; 0 on a clean stop."""
     if "TRACKD_LOG_LEVEL" not in os.environ:
         settings = settings.model_copy(update={"log_level": "warning"})
@@ -92,7 +107,7 @@ def main(settings: Settings, args: argparse.Namespace) -> int:
         elif args.reset:
             say("--reset: the configured database is kept; only the demo's saved login is forgotten", err=True)
         db.migrate(dsn, settings.retention_days)
-        asyncio.run(_run(settings, args, dsn, state_dir))
+        asyncio.run(_run(settings, args, dsn, state_dir, run_roles))
     except KeyboardInterrupt:
         say("interrupted while starting", err=True)
     finally:
@@ -110,9 +125,7 @@ def say(line: str, *, err: bool = False) -> None:
     print(f"trackd demo: {line}", file=sys.stderr if err else sys.stdout, flush=True)
 
 
-async def _run(settings: Settings, args: argparse.Namespace, dsn: str, state_dir: Path) -> None:
-    from serve.roles import run_roles  # trackd/ never imports api/ at module level
-
+async def _run(settings: Settings, args: argparse.Namespace, dsn: str, state_dir: Path, run_roles: RunRoles) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     _on_signals(loop, stop)
@@ -278,7 +291,7 @@ def _http_port(settings: Settings) -> int:
         try:
             sock.bind((settings.http_host, settings.http_port))
         except OSError:
-            return embedded.free_port(settings.http_host)
+            return free_port(settings.http_host)
     return settings.http_port
 
 

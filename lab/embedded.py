@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import warnings
@@ -22,16 +21,11 @@ from typing import Any
 from amqtt.plugins.base import BaseAuthPlugin
 from amqtt.session import Session
 
+from lab.net import free_port
+
 DATABASE = "trackd"
 PG_USER = "postgres"
 SYSTEM_USER = "embedded_postgres"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _bin_dir() -> Path:

@@ -193,14 +193,15 @@ async def send(
 # -- the worker ----------------------------------------------------------------------------------
 
 
-class _Pipeline(Protocol):
-    clock: Callable[[], datetime]
-
-
 class Resources(Protocol):
-    pool: AsyncConnectionPool
-    settings: Settings
-    pipeline: _Pipeline
+    """What the deliverer reads of the process's state (`api.deps.AppState`)."""
+
+    @property
+    def pool(self) -> AsyncConnectionPool: ...
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def clock(self) -> Callable[[], datetime]: ...
 
 
 class Deliverer:
@@ -220,7 +221,7 @@ class Deliverer:
     ) -> None:
         self.pool = state.pool
         self.settings = state.settings
-        self.clock = clock or state.pipeline.clock
+        self.clock = clock or state.clock
         self.client = client
         self.concurrency = max(1, concurrency)
         self.poll_s = poll_s

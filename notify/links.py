@@ -18,7 +18,7 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import CurrentTenant, State
+from api.deps import CurrentTenant, Shared
 from dashboards import trackpage
 from notify import store as notify_store
 from trackd import registry, store
@@ -84,10 +84,10 @@ def zone_at(destination: dict[str, Any] | None) -> str:
     return str(name) if name else "UTC"
 
 
-async def public_track(state: State, token: str) -> dict[str, Any]:
+async def public_track(state: Shared, token: str) -> dict[str, Any]:
     """The public JSON for a live token, or NotFound."""
     async with store.transaction(state.pool) as conn:
-        target = await notify_store.shared_shipment(conn, token, state.pipeline.clock())
+        target = await notify_store.shared_shipment(conn, token, state.clock())
         if target is None:
             raise NotFound("no such tracking link, or it has expired")
         rows = await notify_store.track_rows(conn, *target, _SQL_POINTS)
@@ -123,12 +123,12 @@ async def public_track(state: State, token: str) -> dict[str, Any]:
 
 @router.post("/v1/shipments/{shipment_id}/share", status_code=201)
 async def share_shipment(
-    shipment_id: str, tenant: CurrentTenant, state: State, request: Request, body: ShareIn | None = None
+    shipment_id: str, tenant: CurrentTenant, state: Shared, request: Request, body: ShareIn | None = None
 ) -> dict[str, Any]:
     """A public, read-only tracking link to the shipment, valid for `expires_in_s` (default 30 days)."""
     ttl = body.expires_in_s if body else DEFAULT_EXPIRY_S
     token = secrets.token_urlsafe(24)
-    expires_at = state.pipeline.clock() + timedelta(seconds=ttl)
+    expires_at = state.clock() + timedelta(seconds=ttl)
     async with store.transaction(state.pool) as conn:
         await registry.require_shipment(conn, tenant.id, shipment_id)
         await notify_store.create_share(conn, tenant.id, shipment_id, token, expires_at)
@@ -137,14 +137,14 @@ async def share_shipment(
 
 
 @router.get("/v1/track/{token}")
-async def track_json(token: str, state: State) -> dict[str, Any]:
+async def track_json(token: str, state: Shared) -> dict[str, Any]:
     """What a tracking link shows: status, actual milestones, ETA, route so far. No authentication."""
     return await public_track(state, token)
 
 
 @router.get("/track/{token}", include_in_schema=False, response_class=HTMLResponse)
 async def track_page(
-    token: str, state: State, accept_language: str | None = Header(None, alias="accept-language")
+    token: str, state: Shared, accept_language: str | None = Header(None, alias="accept-language")
 ) -> HTMLResponse:
     try:
         track = await public_track(state, token)

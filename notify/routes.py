@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from api.deps import CurrentTenant, Cursor, Db, Limit, State
+from api.deps import CurrentTenant, Cursor, Db, Limit, Shared
 from api.errors import JSONBody
 from notify import ssrf
 from notify import store as notify_store
@@ -66,7 +66,7 @@ class ReplayIn(BaseModel):
     until: datetime
 
 
-async def _box(conn: Conn, state: State) -> SecretBox:
+async def _box(conn: Conn, state: Shared) -> SecretBox:
     key = state.settings.secret_key.get_secret_value() if state.settings.secret_key else None
     return await store.box_for(conn, key)
 
@@ -91,7 +91,7 @@ def _aware(name: str, d: datetime) -> datetime:
 
 
 @router.post("", status_code=201)
-async def create_webhook(body: WebhookIn, tenant: CurrentTenant, state: State) -> dict[str, Any]:
+async def create_webhook(body: WebhookIn, tenant: CurrentTenant, state: Shared) -> dict[str, Any]:
     """Subscribe. The answer holds the signing `secret`; it is not shown again."""
     await ssrf.check_url(body.url, state.settings.webhook_allow_private)
     async with store.transaction(state.pool) as conn:
@@ -112,7 +112,7 @@ async def get_webhook(webhook_id: str, tenant: CurrentTenant, db: Db) -> dict[st
 
 
 @router.patch("/{webhook_id}")
-async def patch_webhook(webhook_id: str, body: WebhookPatch, tenant: CurrentTenant, state: State) -> dict[str, Any]:
+async def patch_webhook(webhook_id: str, body: WebhookPatch, tenant: CurrentTenant, state: Shared) -> dict[str, Any]:
     """Change any field; `"enabled": true` also re-enables an endpoint that was disabled for failing."""
     changes = body.model_dump(exclude_unset=True)
     for name in ("url", "events", "enabled"):
@@ -129,7 +129,7 @@ async def patch_webhook(webhook_id: str, body: WebhookPatch, tenant: CurrentTena
 
 
 @router.delete("/{webhook_id}", status_code=204)
-async def delete_webhook(webhook_id: str, tenant: CurrentTenant, state: State) -> Response:
+async def delete_webhook(webhook_id: str, tenant: CurrentTenant, state: Shared) -> Response:
     async with store.transaction(state.pool) as conn:
         if not await notify_store.delete_webhook(conn, tenant.id, webhook_id):
             raise NotFound(f"no webhook {webhook_id!r}")
@@ -138,12 +138,12 @@ async def delete_webhook(webhook_id: str, tenant: CurrentTenant, state: State) -
 
 @router.post("/{webhook_id}/rotate")
 async def rotate_secret(
-    webhook_id: str, tenant: CurrentTenant, state: State, body: RotateIn | None = None
+    webhook_id: str, tenant: CurrentTenant, state: Shared, body: RotateIn | None = None
 ) -> dict[str, Any]:
     """A new secret. Until `previous_secret_expires_at` deliveries carry both signatures."""
     grace = body.grace_s if body else DEFAULT_GRACE_S
     async with store.transaction(state.pool) as conn:
-        until = state.pipeline.clock() + timedelta(seconds=grace)
+        until = state.clock() + timedelta(seconds=grace)
         got = await notify_store.rotate_secret(conn, tenant.id, webhook_id, await _box(conn, state), until)
     if got is None:
         raise NotFound(f"no webhook {webhook_id!r}")
@@ -167,17 +167,17 @@ async def list_deliveries(
 
 
 @router.post("/{webhook_id}/deliveries/{delivery_id}/retry", status_code=202)
-async def retry_delivery(webhook_id: str, delivery_id: str, tenant: CurrentTenant, state: State) -> JSONBody:
+async def retry_delivery(webhook_id: str, delivery_id: str, tenant: CurrentTenant, state: Shared) -> JSONBody:
     """Send a message again (same `webhook-id`), now, with a fresh retry schedule."""
     async with store.transaction(state.pool) as conn:
         await _require(conn, tenant.id, webhook_id)
-        if not await notify_store.retry_delivery(conn, webhook_id, delivery_id, state.pipeline.clock()):
+        if not await notify_store.retry_delivery(conn, webhook_id, delivery_id, state.clock()):
             raise NotFound(f"no delivery {delivery_id!r}")
     return JSONBody({"id": delivery_id, "status": "pending"}, status_code=202)
 
 
 @router.post("/{webhook_id}/replay", status_code=202)
-async def replay(webhook_id: str, body: ReplayIn, tenant: CurrentTenant, state: State) -> JSONBody:
+async def replay(webhook_id: str, body: ReplayIn, tenant: CurrentTenant, state: Shared) -> JSONBody:
     """Queue again, as new deliveries, the kept stream messages emitted in [`from`, `until`) that this
     subscription matches (its current events and shipment filter)."""
     since, until = _aware("from", body.from_), _aware("until", body.until)
@@ -187,5 +187,5 @@ async def replay(webhook_id: str, body: ReplayIn, tenant: CurrentTenant, state: 
         raise ValidationError("until", f"a replay covers at most {MAX_REPLAY.days} days")
     async with store.transaction(state.pool) as conn:
         await _require(conn, tenant.id, webhook_id)
-        count = await notify_store.replay(conn, tenant.id, webhook_id, since, until, state.pipeline.clock())
+        count = await notify_store.replay(conn, tenant.id, webhook_id, since, until, state.clock())
     return JSONBody({"count": count}, status_code=202)

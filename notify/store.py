@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from trackd import keys
-from trackd.state import MESSAGE_TYPES
+from trackd.messages import MESSAGE_TYPES
 from trackd.store import BY_CREATED_DESC, Conn, Row, iso, keyset_page, new_id
 
 EVENT_TYPES = (*MESSAGE_TYPES, "delivered")  # delivered: a status change to delivered, as its own type

@@ -15,13 +15,14 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from playwright.sync_api import Page, sync_playwright
+
+from lab.net import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -38,12 +39,6 @@ PICK = """() => {
   const all = [...window.trackd.shipments.values()].sort((a, b) => score(b) - score(a));
   return all.length ? String(all[0].id) : null;
 }"""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_demo(state_dir: Path, shipments: int, speed: float, log: Path) -> tuple[subprocess.Popen[str], str, str]:

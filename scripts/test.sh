@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what the tests need, then runs lint, types and the whole test suite.
+# Installs what the tests need, then runs the format check, lint, types and the whole test suite.
 # Needs the local PostgreSQL (127.0.0.1:5432, user postgres), Redis (6379) and Mosquitto (1883).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +10,7 @@ if ! command -v chromium >/dev/null 2>&1; then
 fi
 python -m pip install -q --disable-pip-version-check -e '.[dev]'
 
+ruff format --check .
 ruff check .
 mypy
 set +e

@@ -1,8 +1,8 @@
-"""The FastAPI application of the `api` role: lifespan, typed state, routers, static dashboard."""
+"""The FastAPI application of the `api` role: its routers, limits and the static dashboard, over the typed
+state that `serve.roles` opens."""
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,12 +18,26 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api import devices, errors, health, quarantine, shipments
 from api.deps import AppState
 from api.errors import error_response
-from ingest import routes as webhooks
+from ingest import routes as ingest_routes
+from ingest.pipeline import Pipeline
+from notify import links
+from notify import routes as notify_routes
+from stream import gateway
+from stream.hub import Hub
 from trackd.settings import Settings
 
 log = logging.getLogger("trackd.api")
 
-OPTIONAL_ROUTERS = ("stream.gateway", "notify.routes", "notify.links")
+ROUTERS = (
+    health.router,
+    shipments.router,
+    devices.router,
+    quarantine.router,
+    ingest_routes.router,
+    gateway.router,
+    notify_routes.router,
+    links.router,
+)
 
 
 def static_dir() -> str:
@@ -80,23 +94,16 @@ def openapi_errors(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def create_app(settings: Settings, state: AppState | None = None) -> FastAPI:
-    """The app. With `state` given, it serves over those resources (shared with other roles)."""
+def create_app(settings: Settings, state: AppState, pipeline: Pipeline, hub: Hub | None) -> FastAPI:
+    """The app, serving over what `serve.roles` opened: the shared state, the ingest pipeline and
+    the stream hub (read by `api.deps`, `ingest.routes` and `stream.gateway`)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from serve.roles import Resources
-
-        if state is not None:
-            app.state.trackd = state
-            yield
-            return
-        res = await Resources.open(settings, with_hub=True)
-        app.state.trackd = res.state
-        try:
-            yield
-        finally:
-            await res.close()
+        app.state.trackd = state
+        app.state.pipeline = pipeline
+        app.state.hub = hub
+        yield
 
     app = FastAPI(
         title="trackd",
@@ -108,16 +115,8 @@ def create_app(settings: Settings, state: AppState | None = None) -> FastAPI:
 
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
 
-    for module in (health, shipments, devices, quarantine, webhooks):
-        app.include_router(module.router)
-    for name in OPTIONAL_ROUTERS:
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        app.include_router(mod.router)
+    for router in ROUTERS:
+        app.include_router(router)
 
     openapi_errors(app)
     static = static_dir()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import logging
 import re
 import sys
@@ -53,8 +52,9 @@ def _run(coro: Any) -> Any:
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     roles = parse_roles(args.roles)
     db.check_schema(settings.dsn())
-    runtime = importlib.import_module("serve.roles")
-    _run(runtime.run_roles(settings, roles))
+    from serve.roles import run_roles  # imported here: `trackd migrate` needs none of the server
+
+    _run(run_roles(settings, roles))
     return 0
 
 
@@ -84,13 +84,24 @@ def cmd_tenant(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_module(module: str) -> Any:
-    def run(settings: Settings, args: argparse.Namespace) -> int:
-        mod = importlib.import_module(module)
-        result: int = mod.main(settings, args)
-        return result
+# The tools of lab/ are imported only by the command that runs them.
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from lab import demo
+    from serve.roles import run_roles
 
-    return run
+    return demo.main(settings, args, run_roles)
+
+
+def cmd_eta_eval(settings: Settings, args: argparse.Namespace) -> int:
+    from lab import etaeval_cli
+
+    return etaeval_cli.main(settings, args)
+
+
+def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
+    from lab import bench
+
+    return bench.main(settings, args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,13 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--speed", type=float, default=1800.0, help="simulated seconds per real second")
     d.add_argument("--state-dir", default=None)
     d.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    d.set_defaults(func=cmd_module("lab.demo"))
+    d.set_defaults(func=cmd_demo)
     e = sub.add_parser("eta-eval", help="replay completed shipments and score the ETA against baselines")
     e.add_argument("--events", default=None, help="JSON-lines file; default: the configured database")
     e.add_argument("--simulate", type=int, default=None, metavar="N", help="score N simulated shipments instead")
     e.add_argument("--seed", type=int, default=7)
     e.add_argument("--json", action="store_true")
-    e.set_defaults(func=cmd_module("lab.etaeval_cli"))
+    e.set_defaults(func=cmd_eta_eval)
     b = sub.add_parser("bench", help="benchmarks against the configured services")
     b.add_argument("kind", choices=["ingest", "e2e", "query", "stream", "soak"])
     b.add_argument("--transport", choices=["webhook", "mqtt"], default="webhook")
@@ -140,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--clients", type=int, default=1000)
     b.add_argument("--shipments", type=int, default=10_000)
     b.add_argument("--positions", type=int, default=10_000_000)
-    b.set_defaults(func=cmd_module("lab.bench"))
+    b.set_defaults(func=cmd_bench)
     return p
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import importlib
 import logging
 import re
 import signal
@@ -19,8 +18,13 @@ from typing import Any
 import uvicorn
 
 from api.deps import AppState
+from ingest.mqtt import MqttIngester
 from ingest.pipeline import Pipeline
+from serve.app import create_app
+from serve.worker import Worker
+from stream.hub import Hub
 from trackd import db
+from trackd.assessment import Evaluator
 from trackd.bus import Bus, RedisBus
 from trackd.relay import Relay
 from trackd.settings import Settings
@@ -49,17 +53,14 @@ def redact_logs() -> None:
                 handler.addFilter(RedactSecrets())
 
 
-def build_evaluator(settings: Settings) -> Any:
-    try:
-        mod = importlib.import_module("trackd.assessment")
-    except ModuleNotFoundError:
-        return None
-    return mod.Evaluator(settings)
-
-
 @dataclass
 class Resources:
+    """What one process opens for its roles: the shared core state, the ingest pipeline and, for
+    the api role, the stream hub."""
+
     state: AppState
+    pipeline: Pipeline
+    hub: Hub | None = None
     owns_bus: bool = True
 
     @classmethod
@@ -70,23 +71,19 @@ class Resources:
             bus = RedisBus.from_url(settings.redis(), settings.redis_prefix)
         relay = Relay(pool, bus, defer=with_hub)  # see trackd/relay.py: the api role relays last
         await relay.start()
-        evaluator = build_evaluator(settings)
+        evaluator = Evaluator(settings)
         pipeline = Pipeline(pool, evaluator)
-        state = AppState(settings=settings, pool=pool, bus=bus, relay=relay, pipeline=pipeline, evaluator=evaluator)
+        state = AppState(settings=settings, pool=pool, bus=bus, relay=relay, evaluator=evaluator, clock=pipeline.clock)
+        hub = None
         if with_hub:
-            try:
-                hub_mod = importlib.import_module("stream.hub")
-            except ModuleNotFoundError:
-                hub_mod = None
-            if hub_mod is not None:
-                state.hub = hub_mod.Hub(bus, tick_s=settings.stream_tick_ms / 1000)
-                await state.hub.start()
-        return cls(state, owns_bus)
+            hub = Hub(bus, tick_s=settings.stream_tick_ms / 1000)
+            await hub.start()
+        return cls(state, pipeline, hub, owns_bus)
 
     async def close(self) -> None:
         s = self.state
-        if s.hub is not None:
-            await s.hub.stop()
+        if self.hub is not None:
+            await self.hub.stop()
         await s.relay.stop()
         if self.owns_bus:
             await s.bus.close()
@@ -130,8 +127,6 @@ async def run_roles(
     ready: asyncio.Event | None = None,
 ) -> None:
     """Run the given roles in this process until `stop` is set (or SIGINT/SIGTERM)."""
-    from serve.app import create_app
-
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -143,17 +138,13 @@ async def run_roles(
     server: uvicorn.Server | None = None
     try:
         if "mqtt" in roles:
-            from ingest.mqtt import MqttIngester
-
-            ingester = MqttIngester(settings, res.state.pipeline)
+            ingester = MqttIngester(settings, res.pipeline)
             res.state.extras["mqtt_subscribed"] = ingester.subscribed
             tasks.append(asyncio.create_task(ingester.run(stop), name="mqtt"))
         if "worker" in roles:
-            from serve.worker import Worker
-
             tasks.append(asyncio.create_task(Worker(res.state).run(stop), name="worker"))
         if "api" in roles:
-            app = create_app(settings, res.state)
+            app = create_app(settings, res.state, res.pipeline, res.hub)
             config = uvicorn.Config(
                 app,
                 host=settings.http_host,

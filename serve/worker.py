@@ -6,12 +6,12 @@ Each job takes an advisory lock for its run, so many workers share the work with
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from api.deps import AppState
+from notify.delivery import Deliverer
 from trackd import store
 
 log = logging.getLogger("trackd.worker")
@@ -30,12 +30,7 @@ class Worker:
             self._every(stop, self.tick_s, self.tick_rules, "rules"),
             self._every(stop, self.retention_s, self.retention, "retention"),
         ]
-        try:
-            hooks: Any = importlib.import_module("notify.delivery")
-        except ModuleNotFoundError:
-            hooks = None
-        if hooks is not None:
-            jobs.append(hooks.Deliverer(self.state).run(stop))
+        jobs.append(Deliverer(self.state).run(stop))
         await asyncio.gather(*jobs)
 
     async def _every(self, stop: asyncio.Event, period: float, job: Callable[[], Awaitable[Any]], name: str) -> None:
@@ -51,31 +46,15 @@ class Worker:
 
     async def tick_rules(self) -> int:
         """Re-evaluate open shipments so time-based rules (no signal, dwell) fire with no event."""
-        ev: Any = self.state.evaluator
-        if ev is None:
-            return 0
         async with store.transaction(self.state.pool) as conn:
-            got = await (await conn.execute("SELECT pg_try_advisory_xact_lock(%s) AS ok", (TICK_LOCK,))).fetchone()
-            if not got or not got["ok"]:
+            if not await store.try_job_lock(conn, TICK_LOCK):
                 return 0
-            n: int = await ev.tick(conn, self.state.pipeline.clock())
+            n: int = await self.state.evaluator.tick(conn, self.state.clock())
         return n
 
     async def retention(self) -> None:
         s = self.state.settings
         async with store.transaction(self.state.pool) as conn:
-            got = await (await conn.execute("SELECT pg_try_advisory_xact_lock(%s) AS ok", (RETENTION_LOCK,))).fetchone()
-            if not got or not got["ok"]:
+            if not await store.try_job_lock(conn, RETENTION_LOCK):
                 return
-            ts = await (await conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'")).fetchone()
-            if ts is None:  # TimescaleDB's retention policy does this where it runs
-                for table in ("events", "positions"):
-                    await conn.execute(
-                        f"DELETE FROM {table} WHERE occurred_at < now() - make_interval(days => %s)",
-                        (s.retention_days,),
-                    )
-            await conn.execute(
-                "DELETE FROM outbox o USING relay_marks m WHERE o.tenant_id = m.tenant_id AND o.seq <= m.seq"
-                " AND o.created_at < now() - make_interval(hours => %s)",
-                (s.outbox_retention_hours,),
-            )
+            await store.purge_history(conn, s.retention_days, s.outbox_retention_hours)

@@ -9,7 +9,6 @@ import hashlib
 import hmac
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -22,16 +21,12 @@ import httpx
 import psycopg
 import pytest
 
+from lab.net import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = os.environ.get("TRACKD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("TRACKD_TEST_REDIS", "redis://127.0.0.1:6379/0")
 MQTT_URL = os.environ.get("TRACKD_TEST_MQTT", "mqtt://127.0.0.1:1883")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def sign_hex(secret: str, body: bytes) -> str:

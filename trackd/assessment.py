@@ -16,12 +16,14 @@ from typing import Any
 import orjson
 
 from trackd import emissions, eta, ledger, rules
+from trackd import messages as msg
 from trackd.codes import Milestone, Mode
 from trackd.errors import ValidationError
+from trackd.messages import Message
 from trackd.model import Location
 from trackd.settings import Settings
 from trackd.shipment import Eta, Leg, OpenException, Shipment
-from trackd.state import Message, State
+from trackd.state import State
 from trackd.store import Conn, Row
 
 log = logging.getLogger("trackd.eta")
@@ -175,15 +177,7 @@ class Evaluator:
         old = eta_from_dict(s.eta)
         if new is not None:
             if eta.eta_changed(old, new, self.threshold):
-                messages.append(
-                    {
-                        "type": "eta.changed",
-                        "shipment_id": sid,
-                        "occurred_at": now.isoformat(),
-                        "eta": new.to_dict(),
-                        "previous_predicted_at": old.predicted_at.isoformat() if old else None,
-                    }
-                )
+                messages.append(msg.eta_changed(sid, now, new.to_dict(), old.predicted_at if old else None))
                 await conn.execute(
                     "INSERT INTO eta_history (shipment_id, computed_at, predicted_at, earliest, latest, carrier_eta,"
                     " method, eta) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
@@ -227,26 +221,12 @@ class Evaluator:
                         "detail": ch.detail,
                     }
                     exceptions.append(exc)
-                    messages.append(
-                        {
-                            "type": "exception.raised",
-                            "shipment_id": sid,
-                            "occurred_at": ch.at.isoformat(),
-                            "exception": exc,
-                        }
-                    )
+                    messages.append(msg.exception_changed("raised", sid, ch.at, exc))
                 else:
                     for exc in exceptions:
                         if exc["kind"] == ch.kind.value and exc["cleared_at"] is None:
                             exc["cleared_at"] = ch.at.isoformat()
-                            messages.append(
-                                {
-                                    "type": "exception.cleared",
-                                    "shipment_id": sid,
-                                    "occurred_at": ch.at.isoformat(),
-                                    "exception": dict(exc),
-                                }
-                            )
+                            messages.append(msg.exception_changed("cleared", sid, ch.at, dict(exc)))
             s = replace(s, exceptions=tuple(exceptions[-100:]))
         return s, messages
 

@@ -110,3 +110,9 @@ async def open_pool(dsn: str, size: int = 10) -> AsyncConnectionPool:
     )
     await pool.open(wait=True, timeout=10)
     return pool
+
+
+async def ping(pool: AsyncConnectionPool, timeout_s: float) -> None:
+    """One round trip to the database; raises when it does not answer within `timeout_s`."""
+    async with pool.connection(timeout=timeout_s) as conn:
+        await conn.execute("SELECT 1")

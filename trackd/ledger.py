@@ -17,9 +17,10 @@ import orjson
 
 from trackd.codes import Classifier, EventKind, Milestone, Mode, Status
 from trackd.errors import ValidationError
+from trackd.messages import Message, status_changed
 from trackd.model import Event, Location, MilestoneInfo, Position, Sensor
 from trackd.shipment import PositionFix, StatusState
-from trackd.state import Message, State, advance, rebuild_status, status_message
+from trackd.state import State, advance, rebuild_status
 from trackd.store import Conn, Row, tuples
 
 
@@ -423,7 +424,7 @@ async def update_shipments(
             )
             msgs = [m for m in msgs if m["type"] != "status.changed"]
             if (status.status, status.substatus) != (before.status.status, before.status.substatus):
-                msgs.append(status_message(sid, before.status, status))
+                msgs.append(status_changed(sid, before.status, status))
         if evaluator is not None:
             state, extra = await evaluator(conn, row, before, state, received_at)
             msgs.extend(extra)

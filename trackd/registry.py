@@ -13,9 +13,10 @@ from typing import Any
 import orjson
 
 from trackd import ledger
+from trackd import messages as msg
 from trackd.errors import NotFound, ValidationError
+from trackd.messages import Message
 from trackd.shipment import Shipment
-from trackd.state import Message
 from trackd.store import Conn, get_shipment, new_id
 
 _COLUMNS = (
@@ -107,7 +108,7 @@ async def create_shipment(
         msgs += await _adopt(conn, tenant_id, s.id, [], now, None, (dev, now, None))
     shipment = await get_shipment(conn, tenant_id, s.id)
     assert shipment is not None
-    created = {"type": "shipment.created", "shipment_id": s.id, "occurred_at": now.isoformat(), "shipment": shipment}
+    created = msg.shipment_changed("created", s.id, now, shipment)
     await ledger.emit(conn, tenant_id, [created, *msgs])
     return shipment
 
@@ -124,7 +125,7 @@ async def update_shipment(
     msgs = await _adopt(conn, tenant_id, s.id, list(s.match_keys()), now, evaluator)
     shipment = await get_shipment(conn, tenant_id, s.id)
     assert shipment is not None
-    updated = {"type": "shipment.updated", "shipment_id": s.id, "occurred_at": now.isoformat(), "shipment": shipment}
+    updated = msg.shipment_changed("updated", s.id, now, shipment)
     await ledger.emit(conn, tenant_id, [*msgs, updated])
     return shipment
 
@@ -184,6 +185,13 @@ async def create_device(conn: Conn, tenant_id: int, device_id: str | None, key: 
             (tenant_id, device_id, key, name),
         )
     ).fetchone()
+
+
+async def delete_device(conn: Conn, tenant_id: int, device_id: str) -> bool:
+    row = await (
+        await conn.execute("DELETE FROM devices WHERE tenant_id = %s AND id = %s RETURNING id", (tenant_id, device_id))
+    ).fetchone()
+    return row is not None
 
 
 async def require_shipment(conn: Conn, tenant_id: int, shipment_id: str) -> dict[str, Any]:

@@ -11,22 +11,13 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+from trackd import messages as msg
 from trackd.codes import Classifier, EventKind, Milestone, Status
+from trackd.messages import Message
 from trackd.model import Event
 from trackd.shipment import PositionFix, StatusState
 from trackd.status import replay
 
-Message = dict[str, Any]
-# The stream message types trackd writes to the outbox; the stream and the hooks pass them on.
-MESSAGE_TYPES = (
-    "position",
-    "status.changed",
-    "eta.changed",
-    "exception.raised",
-    "exception.cleared",
-    "shipment.created",
-    "shipment.updated",
-)
 CARRIER_ETA_CODES = frozenset({Milestone.DELIVERED, Milestone.ARRIVED})
 
 
@@ -130,31 +121,10 @@ def advance(
         status = rebuild_status(s.milestones)
         s = replace(s, status=status, delivered_at=status.status_at if status.status is Status.DELIVERED else None)
     if s.last is not None and (state.last is None or s.last.at > state.last.at):
-        messages.append(
-            {
-                "type": "position",
-                "shipment_id": shipment_id,
-                "occurred_at": s.last.at.isoformat(),
-                "lat": s.last.lat,
-                "lon": s.last.lon,
-                "speed_kmh": s.last.speed_kmh,
-                "heading": s.last.heading,
-            }
-        )
+        messages.append(msg.position(shipment_id, s.last))
     if (s.status.status, s.status.substatus) != (prev_status.status, prev_status.substatus):
-        messages.append(status_message(shipment_id, prev_status, s.status))
+        messages.append(msg.status_changed(shipment_id, prev_status, s.status))
     return s, messages
-
-
-def status_message(shipment_id: str, prev: StatusState, new: StatusState) -> Message:
-    return {
-        "type": "status.changed",
-        "shipment_id": shipment_id,
-        "occurred_at": (new.status_at or prev.status_at or datetime.min).isoformat(),
-        "status": new.status.value,
-        "substatus": new.substatus,
-        "previous_status": prev.status.value,
-    }
 
 
 def rebuild_status(milestones: tuple[dict[str, Any], ...]) -> StatusState:

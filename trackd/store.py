@@ -279,6 +279,18 @@ def device_json(r: Row) -> dict[str, Any]:
     return {"id": r["id"], "key": r["key"], "name": r["name"], "created_at": iso(r["created_at"])}
 
 
+async def list_devices(conn: Conn, tenant_id: int, limit: int, cursor: str | None) -> tuple[list[Row], str | None]:
+    order: Order = (("id", "id", "text"),)
+    return await keyset_page(conn, "SELECT * FROM devices", ["tenant_id = %s"], [tenant_id], order, limit, cursor)
+
+
+async def get_device(conn: Conn, tenant_id: int, device_id: str) -> Row | None:
+    row: Row | None = await (
+        await conn.execute("SELECT * FROM devices WHERE tenant_id = %s AND id = %s", (tenant_id, device_id))
+    ).fetchone()
+    return row
+
+
 async def device_for_key(pool: AsyncConnectionPool, key: str) -> tuple[int, str, str] | None:
     """(tenant id, tenant name, device id) for a device key, across tenants (keys are global)."""
     async with transaction(pool) as conn:
@@ -463,3 +475,25 @@ async def list_quarantine(
     query = "SELECT * FROM quarantine"
     rows, nxt = await keyset_page(conn, query, where, args, order, limit, cursor, descending=True)
     return [quarantine_json(r) for r in rows], nxt
+
+
+async def try_job_lock(conn: Conn, key: int) -> bool:
+    """Take the advisory lock `key` for this transaction if no other worker holds it."""
+    row = await (await conn.execute("SELECT pg_try_advisory_xact_lock(%s) AS ok", (key,))).fetchone()
+    return bool(row and row["ok"])
+
+
+async def purge_history(conn: Conn, retention_days: int, outbox_retention_hours: int) -> None:
+    """Delete events and positions past the retention (TimescaleDB's policy does that where it
+    runs) and outbox rows every relay has passed, older than `outbox_retention_hours`."""
+    ts = await (await conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'")).fetchone()
+    if ts is None:
+        for table in ("events", "positions"):
+            await conn.execute(
+                f"DELETE FROM {table} WHERE occurred_at < now() - make_interval(days => %s)", (retention_days,)
+            )
+    await conn.execute(
+        "DELETE FROM outbox o USING relay_marks m WHERE o.tenant_id = m.tenant_id AND o.seq <= m.seq"
+        " AND o.created_at < now() - make_interval(hours => %s)",
+        (outbox_retention_hours,),
+    )

@@ -7,6 +7,12 @@ from datetime import UTC, datetime
 
 from trackd.errors import ValidationError
 
+
+def utcnow() -> datetime:
+    """The wall clock, in UTC: the default `now` of everything that takes a clock."""
+    return datetime.now(UTC)
+
+
 KNOT_KMH = 1.852
 MS_KMH = 3.6
 # Epoch values above this are milliseconds (year 33658 in seconds is not a real event).

@@ -1,31 +1,32 @@
-"""Source adapters: each module has `SOURCE` and `normalize(payload: bytes, ctx) -> list[Event]`."""
+"""The source registry: every adapter module of this package, by the name it declares.
+
+Each module has `SOURCE` (its name), `normalize(payload: bytes, ctx) -> list[Event]` and `ADAPTER`,
+what it declares about itself (`ingest.adapter.Adapter`).
+"""
 
 from __future__ import annotations
 
-import importlib
-from types import ModuleType
+from collections.abc import Mapping
 
-MODULES = {
-    "native": "native",
-    "owntracks": "owntracks",
-    "osmand": "osmand",
-    "dcsa": "dcsa",
-    "onerecord": "onerecord",
-    "x12-214": "x12_214",
-    "aftership": "aftership",
-    "easypost": "easypost",
+from ingest import signatures
+from ingest.adapter import Adapter
+from ingest.sources import aftership, dcsa, easypost, native, onerecord, osmand, owntracks, x12_214
+from trackd.errors import Unauthorized
+
+ADAPTERS: dict[str, Adapter] = {
+    m.ADAPTER.name: m.ADAPTER for m in (native, owntracks, osmand, dcsa, onerecord, x12_214, aftership, easypost)
 }
-WEBHOOK_SOURCES = ("native", "dcsa", "onerecord", "x12-214", "aftership", "easypost")
+WEBHOOK_SOURCES = tuple(name for name, a in ADAPTERS.items() if a.webhook)
 
 
-def get(source: str) -> ModuleType:
-    """The adapter module of `source`; KeyError for an unknown one."""
-    return importlib.import_module(f"ingest.sources.{MODULES[source]}")
+def get(source: str) -> Adapter:
+    """The adapter of `source`; KeyError for an unknown one."""
+    return ADAPTERS[source]
 
 
-def available(source: str) -> bool:
-    try:
-        get(source)
-    except (KeyError, ModuleNotFoundError):
-        return False
-    return True
+def verify(source: str, secret: str, body: bytes, headers: Mapping[str, str]) -> None:
+    """Raise `Unauthorized` unless the request carries the right signature for `source`."""
+    scheme = ADAPTERS[source].signature
+    if scheme is None:
+        raise Unauthorized(f"{source} deliveries are not signed webhooks")
+    signatures.check(scheme, secret, body, headers)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from ingest import signatures
+from ingest.adapter import Adapter
 from ingest.sources import _common as c
 from trackd.codes import Classifier, Milestone
 from trackd.errors import ValidationError
@@ -166,3 +168,13 @@ def normalize(payload: bytes, ctx: SourceContext) -> list[Event]:
             )
         )
     return events
+
+
+ADAPTER = Adapter(
+    SOURCE,
+    normalize,
+    signature=signatures.Scheme("aftership-hmac-sha256", "", "base64"),
+    status=202,
+    whole=False,
+    webhook=True,
+)

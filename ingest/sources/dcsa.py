@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ingest import signatures
+from ingest.adapter import Adapter
 from ingest.sources import _common as c
 from trackd.errors import ValidationError
 from trackd.model import Event, Location, SourceContext, derive_event_id
@@ -225,3 +227,13 @@ def normalize(payload: bytes, ctx: SourceContext) -> list[Event]:
     if not events:
         raise ValidationError("body", "is an empty array")
     return [_parse(item, f"[{i}]", ctx) for i, item in enumerate(events)]
+
+
+ADAPTER = Adapter(
+    SOURCE,
+    normalize,
+    signature=signatures.Scheme("Notification-Signature", "sha256=", "hex"),
+    status=204,
+    whole=True,
+    webhook=True,
+)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ingest import signatures
+from ingest.adapter import Adapter
 from ingest.sources import _common as c
 from trackd.codes import Classifier, Milestone
 from trackd.errors import ValidationError
@@ -128,3 +130,13 @@ def normalize(payload: bytes, ctx: SourceContext) -> list[Event]:
             )
         )
     return events
+
+
+ADAPTER = Adapter(
+    SOURCE,
+    normalize,
+    signature=signatures.Scheme("X-Hmac-Signature", "hmac-sha256-hex=", "hex"),
+    status=202,
+    whole=False,
+    webhook=True,
+)

@@ -6,6 +6,8 @@ from typing import Any
 
 import orjson
 
+from ingest import signatures
+from ingest.adapter import Adapter
 from trackd.codes import Classifier, EventKind, Milestone, Mode
 from trackd.errors import ValidationError
 from trackd.model import (
@@ -175,3 +177,6 @@ def normalize(payload: bytes, ctx: SourceContext) -> list[Event]:
     if len(value) > MAX_BATCH:
         raise ValidationError("body", f"holds {len(value)} events; at most {MAX_BATCH} a request")
     return [parse_item(item, ctx, f"[{i}]") for i, item in enumerate(value)]
+
+
+ADAPTER = Adapter(SOURCE, normalize, signature=signatures.NATIVE, status=202, whole=False, webhook=True)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from ingest import signatures
+from ingest.adapter import Adapter
 from ingest.sources import _common as c
 from trackd.codes import Classifier, Mode
 from trackd.errors import ValidationError
@@ -178,3 +180,6 @@ def normalize(payload: bytes, ctx: SourceContext) -> list[Event]:
     if len(events) == 1 and isinstance(value, dict):
         return [_parse(events[0], "", ctx)]
     return [_parse(item, f"[{i}]", ctx) for i, item in enumerate(events)]
+
+
+ADAPTER = Adapter(SOURCE, normalize, signature=signatures.NATIVE, status=202, whole=False, webhook=True)

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
+from ingest.adapter import Adapter
 from ingest.sources import _common as c
 from trackd.codes import EventKind
 from trackd.errors import ValidationError
@@ -183,3 +184,6 @@ def normalize(payload: bytes, ctx: SourceContext) -> list[Event]:
     if is_json:
         return _json_form(fields, ctx.device, ctx)
     return _query_form(fields, ctx.device, ctx)
+
+
+ADAPTER = Adapter(SOURCE, normalize, signature=None, status=200, whole=False, webhook=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ingest.adapter import Adapter
 from ingest.sources import _common as c
 from trackd.codes import EventKind
 from trackd.errors import ValidationError
@@ -120,3 +121,6 @@ def normalize(payload: bytes, ctx: SourceContext) -> list[Event]:
     if kind == "transition":
         return _transition(item, _device(item, ctx), ctx)
     return []
+
+
+ADAPTER = Adapter(SOURCE, normalize, signature=None, status=202, whole=False, webhook=False)

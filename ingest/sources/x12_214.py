@@ -13,6 +13,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, tzinfo
 from typing import Any
 
+from ingest import signatures
+from ingest.adapter import Adapter
 from ingest.sources import _common as c
 from trackd.codes import Classifier, Mode
 from trackd.errors import EnvelopeError, ValidationError
@@ -265,3 +267,6 @@ def normalize(payload: bytes, ctx: SourceContext) -> list[Event]:
     for k, body in enumerate(sets, 1):
         events += _parse_set(body, f"ST[{k}]." if len(sets) > 1 else "", ctx)
     return events
+
+
+ADAPTER = Adapter(SOURCE, normalize, signature=signatures.NATIVE, status=202, whole=False, webhook=True)

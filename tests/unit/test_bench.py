@@ -7,8 +7,9 @@ from array import array
 
 import pytest
 
-from lab.bench import Figure, check_args, fmt, percentile, ratio, render
+from lab.bench import check_args
 from lab.bench_e2e import latencies
+from lab.bench_figures import Figure, fmt, percentile, ratio, render
 from lab.bench_load import Events
 from serve.cli import build_parser
 from trackd.errors import ConfigError

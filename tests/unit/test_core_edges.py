@@ -11,8 +11,7 @@ import orjson
 import pytest
 
 from ingest.mqtt import Route, route, subscriptions
-from ingest.signatures import verify
-from ingest.sources import native
+from ingest.sources import native, verify
 from trackd.codes import EventKind
 from trackd.errors import ConfigError, Unauthorized, ValidationError
 from trackd.ledger import Loaded, StateCache

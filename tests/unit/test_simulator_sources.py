@@ -10,7 +10,7 @@ from types import ModuleType
 import orjson
 import pytest
 
-from ingest import signatures
+from ingest import sources
 from lab import etaeval
 from lab.carrier_payloads import Delivery, encode
 from lab.simulator import PlannedEvent, Scenario, history, simulate
@@ -91,9 +91,9 @@ def test_webhook_signatures_verify(source: str) -> None:
         d = encode(s, ev, tenant="acme", secret=SECRET)
         if d.transport != "webhook":
             continue
-        signatures.verify(d.source, SECRET, d.body, d.headers)
+        sources.verify(d.source, SECRET, d.body, d.headers)
         with pytest.raises(Unauthorized):
-            signatures.verify(d.source, SECRET + "x", d.body, d.headers)
+            sources.verify(d.source, SECRET + "x", d.body, d.headers)
 
 
 def test_parcel_estimates_reach_trackd() -> None:

@@ -1,0 +1,28 @@
+"""What a source adapter declares about itself; `ingest.sources` gathers the declarations into the one
+registry that the HTTP routes, the pipeline, the simulator and the docs read."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ingest.signatures import Scheme
+from trackd.model import Event, SourceContext
+
+
+@dataclass(frozen=True, slots=True)
+class Adapter:
+    """One source: `normalize` turns a payload into canonical events (pure: no I/O, no clock).
+
+    `signature` is the scheme its webhook deliveries are signed with (None: not a signed webhook),
+    `status` what a stored delivery is answered with, `whole` whether a delivery is written in one
+    transaction (one event may withdraw another of the same delivery), and `webhook` whether it is
+    served at `POST /v1/ingest/{tenant}/{source}`.
+    """
+
+    name: str
+    normalize: Callable[[bytes, SourceContext], list[Event]]
+    signature: Scheme | None
+    status: int = 202
+    whole: bool = False
+    webhook: bool = True
