@@ -101,17 +101,7 @@ class Evaluator:
         hit = self._stats.get(tenant_id)
         if hit and hit[0] > time.monotonic():
             return hit[1]
-        rows = await (
-            await conn.execute(
-                "SELECT s.*, st.started_at, st.delivered_at, st.milestones,"
-                " COALESCE((SELECT json_agg(json_build_array(h.computed_at, h.predicted_at) ORDER BY h.computed_at)"
-                "           FROM eta_history h WHERE h.shipment_id = s.id), '[]') AS forecasts"
-                " FROM shipment_state st JOIN shipments s ON s.id = st.shipment_id"
-                " WHERE st.tenant_id = %s AND st.delivered_at IS NOT NULL AND st.status = 'delivered'"
-                " ORDER BY st.delivered_at DESC LIMIT %s",
-                (tenant_id, STATS_SHIPMENTS),
-            )
-        ).fetchall()
+        rows = await ledger.completed_journeys(conn, tenant_id, STATS_SHIPMENTS)
         stats = eta.LaneStats.empty()
         for r in reversed(rows):
             try:
@@ -178,20 +168,7 @@ class Evaluator:
         if new is not None:
             if eta.eta_changed(old, new, self.threshold):
                 messages.append(msg.eta_changed(sid, now, new.to_dict(), old.predicted_at if old else None))
-                await conn.execute(
-                    "INSERT INTO eta_history (shipment_id, computed_at, predicted_at, earliest, latest, carrier_eta,"
-                    " method, eta) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                    (
-                        sid,
-                        new.computed_at,
-                        new.predicted_at,
-                        new.earliest,
-                        new.latest,
-                        new.carrier_eta,
-                        new.method,
-                        orjson.dumps(new.to_dict()).decode(),
-                    ),
-                )
+                await ledger.record_eta(conn, sid, new)
                 s = replace(s, eta=new.to_dict())
             elif s.eta is not None:
                 s = replace(s, eta={**s.eta, "computed_at": new.computed_at.isoformat()})
@@ -232,16 +209,7 @@ class Evaluator:
 
     async def tick(self, conn: Conn, now: datetime) -> int:
         """Re-evaluate open shipments with no new event; returns the messages emitted."""
-        rows = await (
-            await conn.execute(
-                "SELECT shipment_id, tenant_id FROM shipment_state"
-                " WHERE status NOT IN ('delivered', 'returned', 'cancelled', 'expired')"
-                " AND (last_event_at IS NULL OR last_event_at BETWEEN %s AND %s) AND updated_at < %s"
-                " ORDER BY updated_at LIMIT %s FOR UPDATE SKIP LOCKED",
-                # quiet for an hour (time-based rules need that much) and not looked at for 10 minutes
-                (now - timedelta(days=60), now - timedelta(hours=1), now - timedelta(minutes=10), TICK_BATCH),
-            )
-        ).fetchall()
+        rows = await ledger.quiet_shipments(conn, now, TICK_BATCH)
         by_tenant: dict[int, dict[str, list[Any]]] = {}
         for r in rows:
             by_tenant.setdefault(r["tenant_id"], {})[r["shipment_id"]] = []

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import orjson
@@ -19,7 +19,7 @@ from trackd.codes import Classifier, EventKind, Milestone, Mode, Status
 from trackd.errors import ValidationError
 from trackd.messages import Message, status_changed
 from trackd.model import Event, Location, MilestoneInfo, Position, Sensor
-from trackd.shipment import PositionFix, StatusState
+from trackd.shipment import Eta, PositionFix, StatusState
 from trackd.state import State, advance, rebuild_status
 from trackd.store import Conn, Row, tuples
 
@@ -482,3 +482,53 @@ async def write_events(
             conn, tenant_id, by_shipment, received_at, evaluator, retracted, emitting=True, locked=locked
         )
     return result
+
+
+async def completed_journeys(conn: Conn, tenant_id: int, limit: int) -> list[Row]:
+    """The tenant's `limit` most recently delivered shipments with their milestones and the
+    history of their predictions (`forecasts`: [computed_at, predicted_at] pairs), newest first."""
+    rows: list[Row] = await (
+        await conn.execute(
+            "SELECT s.*, st.started_at, st.delivered_at, st.milestones,"
+            " COALESCE((SELECT json_agg(json_build_array(h.computed_at, h.predicted_at) ORDER BY h.computed_at)"
+            "           FROM eta_history h WHERE h.shipment_id = s.id), '[]') AS forecasts"
+            " FROM shipment_state st JOIN shipments s ON s.id = st.shipment_id"
+            " WHERE st.tenant_id = %s AND st.delivered_at IS NOT NULL AND st.status = 'delivered'"
+            " ORDER BY st.delivered_at DESC LIMIT %s",
+            (tenant_id, limit),
+        )
+    ).fetchall()
+    return rows
+
+
+async def record_eta(conn: Conn, shipment_id: str, prediction: Eta) -> None:
+    """Keep a material change of a shipment's ETA in its history."""
+    await conn.execute(
+        "INSERT INTO eta_history (shipment_id, computed_at, predicted_at, earliest, latest, carrier_eta,"
+        " method, eta) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+        (
+            shipment_id,
+            prediction.computed_at,
+            prediction.predicted_at,
+            prediction.earliest,
+            prediction.latest,
+            prediction.carrier_eta,
+            prediction.method,
+            orjson.dumps(prediction.to_dict()).decode(),
+        ),
+    )
+
+
+async def quiet_shipments(conn: Conn, now: datetime, limit: int) -> list[Row]:
+    """Open shipments quiet for an hour (time-based rules need that much) and not looked at for 10
+    minutes, locked for this transaction (others skip them)."""
+    rows: list[Row] = await (
+        await conn.execute(
+            "SELECT shipment_id, tenant_id FROM shipment_state"
+            " WHERE status NOT IN ('delivered', 'returned', 'cancelled', 'expired')"
+            " AND (last_event_at IS NULL OR last_event_at BETWEEN %s AND %s) AND updated_at < %s"
+            " ORDER BY updated_at LIMIT %s FOR UPDATE SKIP LOCKED",
+            (now - timedelta(days=60), now - timedelta(hours=1), now - timedelta(minutes=10), limit),
+        )
+    ).fetchall()
+    return rows
