@@ -17,8 +17,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ingest import mqtt_conn as mqtt_wire
-from ingest.mqtt_conn import Connection, Message, MqttError
+from ingest import mqtt_codec, mqtt_conn
+from ingest.mqtt_codec import Message, MqttError
+from ingest.mqtt_conn import Connection
 from ingest.pipeline import Pipeline
 from trackd import store
 from trackd.errors import TrackdError, Unavailable, ValidationError
@@ -101,7 +102,7 @@ class MqttIngester:
     async def _session(self, stop: asyncio.Event) -> None:
         """Connect, subscribe, keep the connection alive; reconnect with backoff until `stop`."""
         v5 = self.settings.mqtt_protocol == "5"
-        ep = mqtt_wire.endpoint(self.settings.mqtt())
+        ep = mqtt_conn.endpoint(self.settings.mqtt())
         topics = subscriptions(self.settings.mqtt_topic_prefix, self.settings.mqtt_share_group)
         stopping = asyncio.create_task(stop.wait())
         backoff = RECONNECT_S[0]
@@ -111,7 +112,7 @@ class MqttIngester:
                 conn: Connection | None = None
                 reason: object = None
                 try:
-                    conn, _present = await mqtt_wire.open_connection(
+                    conn, _present = await mqtt_conn.open_connection(
                         ep,
                         self.settings.mqtt_client_id,
                         v5=v5,
@@ -125,11 +126,11 @@ class MqttIngester:
                     self.conn = conn
                     self.connected.set()
                     log.info("MQTT connected as %s", self.settings.mqtt_client_id)
-                    await mqtt_wire.subscribe(conn, 1, topics)
+                    await mqtt_conn.subscribe(conn, 1, topics)
                     self.subscribed.set()
                     log.info("MQTT subscribed")
                     backoff = RECONNECT_S[0]
-                    pinger = asyncio.create_task(mqtt_wire.keep_alive(conn, KEEPALIVE_S))
+                    pinger = asyncio.create_task(mqtt_conn.keep_alive(conn, KEEPALIVE_S))
                     ends: list[asyncio.Future[Any]] = [conn.lost, stopping]
                     await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
                     pinger.cancel()
@@ -147,7 +148,7 @@ class MqttIngester:
                     self.subscribed.clear()
                     if conn is not None and conn.transport is not None:
                         if stop.is_set():
-                            conn.send(mqtt_wire.BYE)
+                            conn.send(mqtt_codec.BYE)
                             conn.transport.close()
                         else:
                             conn.transport.abort()
@@ -222,7 +223,7 @@ class MqttIngester:
             if stored and conn is not None:
                 # On the connection they came on only: after a reconnect the broker sends what was
                 # not acknowledged again, and the copies are stored once and acknowledged then.
-                acks = [mqtt_wire.puback_packet(m.pid) for m in batch if m.qos and m.conn == conn.number]
+                acks = [mqtt_codec.puback_packet(m.pid) for m in batch if m.qos and m.conn == conn.number]
                 if acks:
                     conn.send(b"".join(acks))
         finally:

@@ -1,194 +1,57 @@
-"""A small MQTT 3.1.1 / 5 client on asyncio: what the ingester (and the bench's load) needs, no more.
+"""trackd's MQTT connection on asyncio, over the packet codec of ingest/mqtt_codec.py: what the
+ingester, the bench's load and the demo feeder need, no more.
 
 Why not a general client: a general client's network thread reads a packet in three or four
 `recv` calls and writes each acknowledgement with a `send` of its own, and system calls are most
 of what a message costs. Here the event loop reads whatever has arrived in one call, every packet
 in it is parsed from that buffer, and the acknowledgements of a stored batch leave in one write.
 
-Covered: CONNECT (clean or persistent session, username/password, v5 session expiry and receive
-maximum), SUBSCRIBE, PUBLISH in both directions at QoS 0 and 1, PUBACK, PINGREQ keep-alive and
-DISCONNECT, over TCP or TLS. Not covered: QoS 2, will messages, v5 authentication exchanges.
+`Connection` is one connection (TCP or TLS) and its read loop; `open_connection`, `subscribe` and
+`keep_alive` drive it. `Publisher` publishes over a connection it opens again whenever it drops
+(the demo feeder, tests), `PublisherThread` runs one for synchronous code, and `end_session` ends
+a broker's session of a client id.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import logging
 import ssl
 import struct
+import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import unquote, urlparse
 
+from ingest.mqtt_codec import (
+    BYE,
+    CONNACK,
+    DISCONNECT,
+    PING,
+    PINGRESP,
+    PUBACK,
+    PUBLISH,
+    SUBACK,
+    Message,
+    MqttError,
+    Reader,
+    connect_packet,
+    parse_connack,
+    parse_disconnect,
+    parse_puback,
+    parse_publish,
+    parse_suback,
+    publish_packet,
+    subscribe_packet,
+)
+
 log = logging.getLogger("trackd.mqtt")
 
-CONNECT, CONNACK, PUBLISH, PUBACK = 1, 2, 3, 4
-SUBSCRIBE, SUBACK, PINGREQ, PINGRESP, DISCONNECT = 8, 9, 12, 13, 14
-MAX_PACKET = 16 * 1024 * 1024  # a broker sending more than this in one packet is not one we read
 WAIT_S = 10.0  # for the TCP connection, CONNACK and SUBACK each
-PING = b"\xc0\x00"
-BYE = b"\xe0\x00"
-
-
-class MqttError(Exception):
-    """The broker refused us, or sent what MQTT does not allow."""
-
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        n, byte = divmod(n, 128)
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _utf8(s: str | bytes) -> bytes:
-    raw = s.encode() if isinstance(s, str) else s
-    if len(raw) > 0xFFFF:
-        raise ValueError("an MQTT string holds at most 65,535 bytes")
-    return struct.pack("!H", len(raw)) + raw
-
-
-def _packet(kind: int, flags: int, body: bytes) -> bytes:
-    return bytes([kind << 4 | flags]) + varint(len(body)) + body
-
-
-def connect_packet(
-    client_id: str,
-    *,
-    v5: bool,
-    clean: bool,
-    keepalive: int,
-    username: str | None = None,
-    password: str | None = None,
-    session_expiry: int = 0,
-    receive_maximum: int = 0,
-) -> bytes:
-    flags = (0x02 if clean else 0) | (0x80 if username is not None else 0) | (0x40 if password is not None else 0)
-    body = _utf8("MQTT") + bytes([5 if v5 else 4, flags]) + struct.pack("!H", keepalive)
-    if v5:
-        props = b""
-        if session_expiry:
-            props += b"\x11" + struct.pack("!I", session_expiry)
-        if receive_maximum:
-            props += b"\x21" + struct.pack("!H", receive_maximum)
-        body += varint(len(props)) + props
-    body += _utf8(client_id)
-    if username is not None:
-        body += _utf8(username)
-    if password is not None:
-        body += _utf8(password)
-    return _packet(CONNECT, 0, body)
-
-
-def subscribe_packet(pid: int, filters: list[str], qos: int, *, v5: bool) -> bytes:
-    body = struct.pack("!H", pid) + (b"\x00" if v5 else b"")
-    for f in filters:
-        body += _utf8(f) + bytes([qos])
-    return _packet(SUBSCRIBE, 0x02, body)
-
-
-def publish_packet(topic: bytes, payload: bytes, qos: int, pid: int, *, v5: bool, dup: bool = False) -> bytes:
-    body = _utf8(topic) + (struct.pack("!H", pid) if qos else b"") + (b"\x00" if v5 else b"") + payload
-    return _packet(PUBLISH, (0x08 if dup else 0) | qos << 1, body)
-
-
-def puback_packet(pid: int) -> bytes:
-    """Success, in both versions (a v5 PUBACK without a reason code means success)."""
-    return b"\x40\x02" + struct.pack("!H", pid)
-
-
-@dataclass(slots=True)
-class Message:
-    topic: str
-    payload: bytes
-    qos: int
-    pid: int
-    conn: int  # which connection it came on: an acknowledgement goes back on that one only
-
-
-def _skip_properties(body: bytes, at: int) -> int:
-    """The offset after a v5 property block starting at `at`."""
-    length = shift = 0
-    while True:
-        if at >= len(body):
-            raise MqttError("property length runs past the packet")
-        byte = body[at]
-        at += 1
-        length |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            if at + length > len(body):
-                raise MqttError("properties run past the packet")
-            return at + length
-        if shift > 21:
-            raise MqttError("malformed property length")
-
-
-class Reader:
-    """Splits the bytes of a connection into packets, across reads of any size."""
-
-    __slots__ = ("_buf",)
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-
-    def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
-        """The whole packets received so far, as (type, flags, body); the rest waits for more."""
-        buf = self._buf
-        buf += data
-        out: list[tuple[int, int, bytes]] = []
-        at, end = 0, len(buf)
-        while end - at >= 2:
-            length, mult, i, complete = 0, 1, at + 1, False
-            while i < end:
-                byte = buf[i]
-                i += 1
-                length += (byte & 0x7F) * mult
-                if not byte & 0x80:
-                    complete = True
-                    break
-                mult *= 128
-                if mult > 128**3:
-                    raise MqttError("malformed remaining length")
-            if not complete:
-                break  # the length itself is not all here yet
-            if length > MAX_PACKET:
-                raise MqttError(f"packet of {length} bytes is over the {MAX_PACKET}-byte limit")
-            if end - i < length:
-                break
-            first = buf[at]
-            out.append((first >> 4, first & 0x0F, bytes(buf[i : i + length])))
-            at = i + length
-        if at:
-            del buf[:at]
-        return out
-
-
-def parse_publish(flags: int, body: bytes, *, v5: bool) -> tuple[str, bytes, int, int]:
-    """(topic, payload, qos, packet id) of a PUBLISH packet; MqttError if it is malformed."""
-    qos = (flags >> 1) & 0x03
-    if qos == 3:
-        raise MqttError("PUBLISH with QoS 3")
-    if len(body) < 2:
-        raise MqttError("PUBLISH without a topic")
-    n = struct.unpack_from("!H", body)[0]
-    at = 2 + n
-    if len(body) < at + (2 if qos else 0):
-        raise MqttError("PUBLISH shorter than its topic and packet id")
-    try:
-        topic = body[2:at].decode()
-    except UnicodeDecodeError:
-        raise MqttError("PUBLISH topic is not UTF-8") from None
-    pid = 0
-    if qos:
-        pid = struct.unpack_from("!H", body, at)[0]
-        at += 2
-    if v5:
-        at = _skip_properties(body, at)
-    return topic, body[at:], qos, pid
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,19 +114,17 @@ class Connection(asyncio.Protocol):
                     self.on_message(Message(topic, payload, qos, pid, self.number))
                 elif kind == PUBACK:
                     if self.on_puback is not None:
-                        self.on_puback(struct.unpack_from("!H", body)[0])
+                        self.on_puback(parse_puback(body))
                 elif kind == CONNACK:
                     if not self.connack.done():
-                        self.connack.set_result((bool(body[0] & 0x01), body[1]))
+                        self.connack.set_result(parse_connack(body))
                 elif kind == SUBACK:
-                    pid = struct.unpack_from("!H", body)[0]
-                    at = _skip_properties(body, 2) if self.v5 else 2
+                    pid, codes = parse_suback(body, v5=self.v5)
                     fut = self.acks.pop(pid, None)
                     if fut is not None and not fut.done():
-                        fut.set_result(list(body[at:]))
+                        fut.set_result(codes)
                 elif kind == DISCONNECT:
-                    reason = body[0] if body else 0
-                    raise MqttError(f"the broker disconnected us (reason {reason:#x})")
+                    raise MqttError(f"the broker disconnected us (reason {parse_disconnect(body):#x})")
                 elif kind != PINGRESP:
                     raise MqttError(f"unexpected packet type {kind} from the broker")
         except (MqttError, IndexError, struct.error, UnicodeDecodeError) as exc:
@@ -276,6 +137,12 @@ class Connection(asyncio.Protocol):
             return False
         self.transport.write(data)
         return True
+
+    def close(self) -> None:
+        """DISCONNECT, then close once what was written has gone (`lost` is done then)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(BYE)
+            self.transport.close()
 
     def pause(self) -> None:
         if self.transport is not None and not self.paused:
@@ -355,3 +222,227 @@ async def keep_alive(conn: Connection, keepalive: int) -> None:
                 conn.transport.abort()
             return
         conn.send(PING)
+
+
+def _ignore(_msg: Message) -> None:
+    pass
+
+
+async def end_session(ep: Endpoint, client_id: str, *, v5: bool = True) -> None:
+    """End the broker's session of `client_id`, and what it kept for it: a clean CONNECT, then
+    DISCONNECT (v5: no session expiry, so the session ends with the connection)."""
+    conn, _ = await open_connection(ep, client_id, v5=v5, clean=True, keepalive=30, on_message=_ignore)
+    conn.close()
+    await asyncio.wait([conn.lost], timeout=WAIT_S)
+
+
+@dataclass(slots=True)
+class _Outgoing:
+    topic: bytes
+    payload: bytes
+    qos: int
+    done: asyncio.Future[None]
+
+
+class Publisher:
+    """Publishes at QoS 0 or 1 (MQTT 3.1.1) over a connection of its own, on the running loop, and
+    connects again (with backoff) whenever that drops. What is published while disconnected waits;
+    what was sent and not acknowledged when the connection dropped is sent again (DUP) on the next.
+    At most `inflight` QoS 1 messages are unacknowledged at a time; the rest wait their turn."""
+
+    def __init__(
+        self,
+        ep: Endpoint,
+        client_id: str,
+        *,
+        clean: bool = True,
+        keepalive: int = 30,
+        inflight: int = 100,
+        reconnect_s: tuple[float, float] = (1.0, 30.0),
+    ) -> None:
+        if not 0 < inflight < 0xFFFF:
+            raise ValueError("inflight must be between 1 and 65,534")
+        self.ep, self.client_id, self.clean, self.keepalive = ep, client_id, clean, keepalive
+        self.inflight, self.reconnect_s = inflight, reconnect_s
+        self.conn: Connection | None = None
+        self.connected = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._queue: deque[_Outgoing] = deque()  # not sent yet
+        self._unacked: dict[int, _Outgoing] = {}  # sent at QoS 1, by packet id, in the order sent
+        self._pid = 0
+        self._kick: asyncio.Future[None] = self._loop.create_future()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closing = False
+        self._task = self._loop.create_task(self._run(), name=f"mqtt-publisher-{client_id}")
+
+    @property
+    def pending(self) -> int:
+        """Messages the broker does not have yet."""
+        return len(self._queue) + len(self._unacked)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> asyncio.Future[None]:
+        """Queue a message. The future is done once the broker has it (its PUBACK; at QoS 0, once
+        written), or cancelled if the publisher is closed first. ValueError: MQTT cannot carry it."""
+        if qos not in (0, 1):
+            raise ValueError("QoS 0 or 1 only")
+        if self._closing:
+            raise MqttError("the publisher is closed")
+        raw = topic.encode()
+        if not raw or len(raw) > 0xFFFF:
+            raise ValueError("an MQTT topic holds 1 to 65,535 bytes")
+        done: asyncio.Future[None] = self._loop.create_future()
+        self._queue.append(_Outgoing(raw, payload, qos, done))
+        self._idle.clear()
+        if not self._kick.done():
+            self._kick.set_result(None)
+        return done
+
+    async def close(self, grace_s: float = 5.0) -> None:
+        """Disconnect once the broker has what was published (or after `grace_s`, connected); what
+        it does not have by then is dropped, its futures cancelled."""
+        if grace_s > 0 and self.connected.is_set() and not self._idle.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), grace_s)
+        self._closing = True
+        conn = self.conn
+        if conn is not None:
+            conn.close()
+            await asyncio.wait([conn.lost], timeout=WAIT_S)
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        for m in [*self._queue, *self._unacked.values()]:
+            m.done.cancel()
+        self._queue.clear()
+        self._unacked.clear()
+        self._idle.set()
+
+    def _next_pid(self) -> int:
+        while True:
+            self._pid = self._pid % 0xFFFF + 1
+            if self._pid not in self._unacked:
+                return self._pid
+
+    def _on_puback(self, pid: int) -> None:
+        m = self._unacked.pop(pid, None)
+        if m is None:
+            return
+        if not m.done.done():
+            m.done.set_result(None)
+        if self._queue and not self._kick.done():
+            self._kick.set_result(None)
+        elif not self._unacked and not self._queue:
+            self._idle.set()
+
+    def _fill(self, conn: Connection) -> None:
+        """Send what waits, as far as the in-flight window allows, in one write."""
+        if conn.transport is None or conn.transport.is_closing():
+            return
+        packets: list[bytes] = []
+        written: list[_Outgoing] = []
+        while self._queue and len(self._unacked) < self.inflight:
+            m = self._queue.popleft()
+            if m.qos:
+                pid = self._next_pid()
+                self._unacked[pid] = m
+                packets.append(publish_packet(m.topic, m.payload, 1, pid, v5=False))
+            else:
+                packets.append(publish_packet(m.topic, m.payload, 0, 0, v5=False))
+                written.append(m)
+        if packets:
+            conn.send(b"".join(packets))
+        for m in written:
+            if not m.done.done():
+                m.done.set_result(None)
+        if not self._queue and not self._unacked:
+            self._idle.set()
+
+    async def _run(self) -> None:
+        backoff = self.reconnect_s[0]
+        while not self._closing:
+            try:
+                conn, _ = await open_connection(
+                    self.ep, self.client_id, v5=False, clean=self.clean, keepalive=self.keepalive, on_message=_ignore
+                )
+            except (OSError, TimeoutError, MqttError) as exc:
+                reason = str(exc) or type(exc).__name__
+                log.info("MQTT publisher %s: no connection (%s); again in %.1f s", self.client_id, reason, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.reconnect_s[1])
+                continue
+            backoff = self.reconnect_s[0]
+            conn.on_puback = self._on_puback
+            self.conn = conn
+            self.connected.set()
+            pinger = self._loop.create_task(keep_alive(conn, self.keepalive))
+            try:
+                again = [
+                    publish_packet(m.topic, m.payload, 1, pid, v5=False, dup=True) for pid, m in self._unacked.items()
+                ]
+                if again:
+                    conn.send(b"".join(again))
+                while not conn.lost.done():
+                    self._kick = self._loop.create_future()
+                    self._fill(conn)
+                    ends: list[asyncio.Future[Any]] = [conn.lost, self._kick]
+                    await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                pinger.cancel()
+                self.connected.clear()
+                self.conn = None
+                if conn.transport is not None and not conn.transport.is_closing():
+                    conn.transport.abort()  # cancelled, not closed: leave nothing open
+
+
+class PublisherThread:
+    """A `Publisher` for synchronous code: it runs on an event loop in a thread of its own, and
+    `publish` answers a concurrent future, done once the broker has the message."""
+
+    def __init__(
+        self,
+        ep: Endpoint,
+        client_id: str,
+        *,
+        clean: bool = True,
+        keepalive: int = 30,
+        inflight: int = 100,
+        reconnect_s: tuple[float, float] = (1.0, 30.0),
+    ) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name=f"mqtt-publisher-{client_id}", daemon=True)
+        self._thread.start()
+
+        async def start() -> Publisher:
+            return Publisher(
+                ep, client_id, clean=clean, keepalive=keepalive, inflight=inflight, reconnect_s=reconnect_s
+            )
+
+        self.publisher = asyncio.run_coroutine_threadsafe(start(), self._loop).result()
+
+    @property
+    def connected(self) -> bool:
+        return self.publisher.connected.is_set()
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> concurrent.futures.Future[None]:
+        return asyncio.run_coroutine_threadsafe(self._publish(topic, payload, qos), self._loop)
+
+    async def _publish(self, topic: str, payload: bytes, qos: int) -> None:
+        await self.publisher.publish(topic, payload, qos)
+
+    def close(self, grace_s: float = 5.0) -> None:
+        """`Publisher.close`, then the loop and its thread end."""
+        try:
+            asyncio.run_coroutine_threadsafe(self._shutdown(grace_s), self._loop).result(grace_s + 2 * WAIT_S)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(WAIT_S)
+            if not self._thread.is_alive():
+                self._loop.close()
+
+    async def _shutdown(self, grace_s: float) -> None:
+        await self.publisher.close(grace_s)
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in others:
+            t.cancel()
+        await asyncio.gather(*others, return_exceptions=True)

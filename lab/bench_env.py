@@ -13,7 +13,6 @@ import contextlib
 import logging
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,8 @@ from urllib.parse import unquote, urlparse
 import httpx
 import psycopg
 
+from ingest import mqtt_conn
+from lab.net import free_port
 from trackd import db
 from trackd.errors import TrackdError, Unavailable
 from trackd.settings import Settings
@@ -60,12 +61,6 @@ DELETE_ROWS = (
     "DELETE FROM quarantine WHERE tenant_id = %s",
     "DELETE FROM tenants WHERE id = %s",  # shipments, state, devices, attachments, ETA history cascade
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -125,8 +120,10 @@ class BenchEnv:
         with contextlib.suppress(Exception):
             import redis
 
+            from trackd.bus import stream_key
+
             client = redis.Redis.from_url(self.settings.redis())
-            client.delete(f"{self.settings.redis_prefix}:stream:{self.tenant_id}")
+            client.delete(stream_key(self.settings.redis_prefix, db.deployment(self.settings.dsn()), self.tenant_id))
             client.close()
         self.say(f"cleaned up tenant {self.tenant} in {time.monotonic() - started:.1f} s")
 
@@ -273,18 +270,12 @@ class BenchEnv:
         """The servers' persistent sessions would outlive the run: end them with a clean start."""
         if not self._client_ids:
             return
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
+        ep = mqtt_conn.endpoint(self.settings.mqtt())
 
-        b = self.broker()
-        for cid in self._client_ids:
-            with contextlib.suppress(Exception):
-                c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
-                if b.username:
-                    c.username_pw_set(b.username, b.password)
-                c.connect(b.host, b.port, clean_start=True)
-                c.loop_start()
-                time.sleep(0.2)
-                c.disconnect()
-                c.loop_stop()
+        async def clear(ids: list[str]) -> None:
+            for cid in ids:
+                with contextlib.suppress(Exception):
+                    await mqtt_conn.end_session(ep, cid, v5=self.settings.mqtt_protocol == "5")
+
+        asyncio.run(clear(self._client_ids))
         self._client_ids = []

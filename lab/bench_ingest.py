@@ -27,8 +27,8 @@ import orjson
 import psycopg
 
 from ingest.mqtt import BATCHES_IN_FLIGHT, MAX_BATCH, RECEIVE_MAXIMUM
-from lab.bench import Figure
 from lab.bench_env import BenchEnv, Server
+from lab.bench_figures import Figure
 from lab.bench_load import mqtt_publisher, raw_broker, webhook_sender
 from trackd.settings import Settings
 

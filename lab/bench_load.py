@@ -18,7 +18,7 @@ import time
 from array import array
 from typing import Any
 
-from ingest import mqtt_conn as mqtt_wire
+from ingest import mqtt_codec, mqtt_conn
 
 EVENT = b'{"occurred_at":%.3f,"shipment":"%s","position":{"lat":%.4f,"lon":%.4f,"speed_kmh":%.1f}}'
 
@@ -157,14 +157,14 @@ class MqttLoad:
     def __init__(self, conf: dict[str, Any], client_id: str) -> None:
         self.conf, self.client_id = conf, client_id
         self.acked = self.sent = 0
-        self.conn: mqtt_wire.Connection | None = None
+        self.conn: mqtt_conn.Connection | None = None
         self._pid = 0
 
     async def open(self) -> None:
-        ep = mqtt_wire.Endpoint(
+        ep = mqtt_conn.Endpoint(
             self.conf["host"], self.conf["port"], False, self.conf.get("username"), self.conf.get("password")
         )
-        self.conn, _ = await mqtt_wire.open_connection(
+        self.conn, _ = await mqtt_conn.open_connection(
             ep, self.client_id, v5=False, clean=True, keepalive=120, on_message=lambda _m: None
         )
         self.conn.on_puback = self._on_puback
@@ -179,7 +179,7 @@ class MqttLoad:
     def packet(self, topic: bytes, payload: bytes) -> bytes:
         self._pid = self._pid % 65535 + 1
         self.sent += 1
-        return mqtt_wire.publish_packet(topic, payload, 1, self._pid, v5=False)
+        return mqtt_codec.publish_packet(topic, payload, 1, self._pid, v5=False)
 
     async def settle(self, within_s: float) -> None:
         deadline = time.monotonic() + within_s
@@ -188,7 +188,7 @@ class MqttLoad:
 
     def close(self) -> None:
         if self.conn is not None and self.conn.transport is not None:
-            self.conn.send(mqtt_wire.BYE)
+            self.conn.send(mqtt_codec.BYE)
             self.conn.transport.close()
 
 
@@ -247,7 +247,7 @@ async def _raw_subscribe(conf: dict[str, Any], consumed: Any, last_at: Any, read
     conn: Any = None
 
     def flush() -> None:
-        conn.send(b"".join(mqtt_wire.puback_packet(p) for p in pending))
+        conn.send(b"".join(mqtt_codec.puback_packet(p) for p in pending))
         pending.clear()
 
     def on_message(msg: Any) -> None:
@@ -260,8 +260,8 @@ async def _raw_subscribe(conf: dict[str, Any], consumed: Any, last_at: Any, read
         if len(pending) == 1:
             loop.call_soon(flush)
 
-    ep = mqtt_wire.Endpoint(conf["host"], conf["port"], False, conf.get("username"), conf.get("password"))
-    conn, _ = await mqtt_wire.open_connection(
+    ep = mqtt_conn.Endpoint(conf["host"], conf["port"], False, conf.get("username"), conf.get("password"))
+    conn, _ = await mqtt_conn.open_connection(
         ep,
         f"bench-sub-{conf['run']}",
         v5=True,
@@ -270,12 +270,12 @@ async def _raw_subscribe(conf: dict[str, Any], consumed: Any, last_at: Any, read
         on_message=on_message,
         receive_maximum=65535,
     )
-    await mqtt_wire.subscribe(conn, 1, [conf["filter"]])
+    await mqtt_conn.subscribe(conn, 1, [conf["filter"]])
     ready.set()
     deadline = time.monotonic() + conf["duration"] + 120
     while not stop.is_set() and time.monotonic() < deadline:  # noqa: ASYNC110  # a process-wide event
         await asyncio.sleep(0.02)
-    conn.send(mqtt_wire.BYE)
+    conn.send(mqtt_codec.BYE)
     conn.transport.close()
     return {"latency_s": lat}
 

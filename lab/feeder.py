@@ -11,7 +11,6 @@ then follows it: shipments booked during the catch-up arrive with their history,
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import itertools
 import logging
@@ -21,12 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import httpx
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
+from ingest.mqtt_codec import MqttError
+from ingest.mqtt_conn import Publisher, endpoint
 from lab.carrier_payloads import Delivery, encode
 from lab.simulator import Scenario, iso, simulate
 
@@ -42,42 +40,13 @@ class _Stats:
     completed: int = 0
 
 
-class _Publisher:
-    """One paho-mqtt client with its network thread; publishes at QoS 1 and reconnects by itself."""
-
-    def __init__(self, url: str, client_id: str) -> None:
-        parts = urlsplit(url)
-        self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=client_id)
-        if parts.username:
-            self.client.username_pw_set(unquote(parts.username), unquote(parts.password or ""))
-        self.client.max_inflight_messages_set(200)
-        self.client.reconnect_delay_set(1, 30)
-        self.client.connect_async(parts.hostname or "127.0.0.1", parts.port or 1883, keepalive=30)
-        self.client.loop_start()
-        self.last: mqtt.MQTTMessageInfo | None = None
-
-    def publish(self, topic: str, payload: bytes) -> int:
-        """The paho result code; a message published while disconnected is queued and counts as sent."""
-        self.last = self.client.publish(topic, payload, qos=1)
-        rc = self.last.rc
-        return MQTTErrorCode.MQTT_ERR_SUCCESS if rc == MQTTErrorCode.MQTT_ERR_NO_CONN else rc
-
-    def close(self, grace_s: float = 5.0) -> None:
-        """Disconnect once the messages already queued are acknowledged (or after `grace_s`)."""
-        if self.last is not None and self.client.is_connected():
-            with contextlib.suppress(RuntimeError, ValueError):
-                self.last.wait_for_publish(timeout=grace_s)
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
 class Feeder:
     """The scheduler: a heap of planned events keyed by send time, against a simulation clock."""
 
     def __init__(
         self,
         http: httpx.AsyncClient,
-        mqtt_pub: _Publisher,
+        mqtt_pub: Publisher,
         *,
         tenant: str,
         secret: str,
@@ -174,11 +143,12 @@ class Feeder:
             self._error("encode", f"{s.shipment_id} event {seq}: {exc!r}")
         else:
             if d.transport == "mqtt":
-                rc = self.mqtt.publish(d.target, d.body)
-                if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-                    self.stats.sent[f"mqtt:{d.source}"] += 1
+                try:  # QoS 1; published while disconnected, it waits for the connection and counts as sent
+                    self.mqtt.publish(d.target, d.body, qos=1)
+                except (ValueError, MqttError) as exc:
+                    self._error(f"mqtt:{d.source}", f"publish to {d.target} failed: {exc}")
                 else:
-                    self._error(f"mqtt:{d.source}", f"publish to {d.target} failed: {mqtt.error_string(rc)}")
+                    self.stats.sent[f"mqtt:{d.source}"] += 1
             else:
                 await self.slots.acquire()
                 task = asyncio.create_task(self._post(d))
@@ -251,7 +221,8 @@ async def run(
     say = log or logging.getLogger("trackd.feeder").info
     stop = stop or asyncio.Event()
     tag = tag if tag is not None else _base36(int(time.time()) % 36**6)
-    publisher = _Publisher(mqtt_url, f"trackd-feeder-{tag}")
+    # trackd's own MQTT connection (3.1.1, clean session), which connects again by itself
+    publisher = Publisher(endpoint(mqtt_url), f"trackd-feeder-{tag}", inflight=200, reconnect_s=(1.0, 30.0))
     headers = {"Authorization": f"Bearer {api_key}"}
     try:
         async with httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers, timeout=15.0) as http:
@@ -286,7 +257,7 @@ async def run(
             await feeder.drain()
             feeder.report()
     finally:
-        await asyncio.to_thread(publisher.close)
+        await publisher.close(grace_s=5.0)
 
 
 def _base36(n: int) -> str:

@@ -8,6 +8,7 @@ prefix and MQTT topic prefix on them. Everything started here is stopped by a fi
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import secrets
 import shutil
@@ -24,13 +25,12 @@ from typing import Any
 
 import httpx
 import orjson
-import paho.mqtt.client as mqtt
 import psycopg
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from ingest.mqtt_conn import PublisherThread, endpoint
 from tests.conftest import ROOT, RunEnv, Server, free_port, sign_hex, start_server, stop_server
 from trackd.codes import Classifier, Milestone
 from trackd.status import replay
@@ -378,48 +378,34 @@ async def post_until_accepted(
 
 
 class Publisher:
-    """A QoS 1 publisher that counts a message as accepted only once the broker's PUBACK came,
-    and sends again (same bytes, so the same event id) whatever was not acknowledged."""
+    """A QoS 1 publisher that counts a message as accepted only once the broker's PUBACK came. Its
+    connection comes back by itself and sends again (same bytes, so the same event id) whatever was
+    not acknowledged when it dropped; what is published while it is down waits for it."""
 
     def __init__(self, port: int) -> None:
         self.port = port
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{secrets.token_hex(4)}")
-        self.client.max_inflight_messages_set(100)
-        self.client.reconnect_delay_set(0.1, 1)
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        self.sent: dict[str, tuple[str, bytes, mqtt.MQTTMessageInfo]] = {}
+        self.client = PublisherThread(
+            endpoint(f"mqtt://127.0.0.1:{port}"), f"pub-{secrets.token_hex(4)}", inflight=100, reconnect_s=(0.1, 1.0)
+        )
+        self.sent: dict[str, concurrent.futures.Future[None]] = {}
 
     def publish(self, key: str, topic: str, payload: bytes) -> None:
-        self.sent[key] = (topic, payload, self.client.publish(topic, payload, qos=1))
+        self.sent[key] = self.client.publish(topic, payload, qos=1)
 
     @staticmethod
-    def _acked(info: mqtt.MQTTMessageInfo) -> bool:
-        try:
-            return info.is_published()
-        except (RuntimeError, ValueError):  # refused while disconnected: not acknowledged
-            return False
+    def _acked(done: concurrent.futures.Future[None]) -> bool:
+        return done.done() and not done.cancelled() and done.exception() is None
 
     def acked(self) -> set[str]:
-        return {k for k, (_t, _p, info) in self.sent.items() if self._acked(info)}
+        return {k for k, done in self.sent.items() if self._acked(done)}
 
     def settle(self, timeout: float = 30) -> set[str]:
-        """Wait for every PUBACK, publishing again what was not acknowledged; the acked keys."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            missing = [k for k in self.sent if k not in self.acked()]
-            if not missing:
-                return self.acked()
-            time.sleep(1.0)
-            for k in missing:
-                topic, payload, info = self.sent[k]
-                if not self._acked(info) and self.client.is_connected():
-                    self.sent[k] = (topic, payload, self.client.publish(topic, payload, qos=1))
+        """Wait for every PUBACK (the connection sends again what was not acknowledged); the acked keys."""
+        concurrent.futures.wait(list(self.sent.values()), timeout)
         return self.acked()
 
     def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
+        self.client.close(grace_s=0)
 
 
 class Watcher:

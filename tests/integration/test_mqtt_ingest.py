@@ -7,18 +7,14 @@ import signal
 import time
 
 import orjson
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
+from ingest.mqtt_conn import PublisherThread, endpoint
 from tests.conftest import RunEnv, start_server, stop_server, wait_for
 
 
-def publisher(prefix: str) -> mqtt.Client:
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{secrets.token_hex(4)}")
-    c.max_inflight_messages_set(200)
-    c.connect("127.0.0.1", 1883)
-    c.loop_start()
-    return c
+def publisher(prefix: str) -> PublisherThread:
+    """QoS 1 by default; each publish answers a future, done once the broker has acknowledged it."""
+    return PublisherThread(endpoint("mqtt://127.0.0.1:1883"), f"pub-{secrets.token_hex(4)}", inflight=200)
 
 
 def count_events(te: RunEnv, tenant: str) -> int:
@@ -37,11 +33,10 @@ def test_mqtt_native_and_quarantine(tenant, testenv: RunEnv) -> None:
     topic = f"{prefix}trackd/{tenant.name}/devices/phone-1/events"
     pub.publish(
         topic, orjson.dumps({"occurred_at": "2026-11-01T00:00:00Z", "position": {"lat": 48.1, "lon": 11.5}}), qos=1
-    ).wait_for_publish(5)
-    pub.publish(topic, b"garbage", qos=1).wait_for_publish(5)
-    pub.publish(f"{prefix}trackd/nosuchtenant/devices/x/events", b"{}", qos=1).wait_for_publish(5)
-    pub.loop_stop()
-    pub.disconnect()
+    ).result(5)
+    pub.publish(topic, b"garbage", qos=1).result(5)
+    pub.publish(f"{prefix}trackd/nosuchtenant/devices/x/events", b"{}", qos=1).result(5)
+    pub.close()
     got = wait_for(lambda: tenant.http.get(f"/v1/shipments/{shp['id']}").json()["last_position"])
     assert got["lat"] == 48.1
     q = wait_for(lambda: tenant.http.get("/v1/quarantine").json()["items"])
@@ -73,7 +68,7 @@ def test_sigkill_of_the_ingester_loses_nothing_and_stores_nothing_twice(tenant, 
                 ingester.proc.send_signal(signal.SIGKILL)
                 ingester.proc.wait()
         for info in infos:
-            info.wait_for_publish(20)  # every message acknowledged by the broker
+            info.result(20)  # every message acknowledged by the broker
         stored_at_kill = count_events(testenv, tenant.name)
         assert stored_at_kill < total
         time.sleep(0.5)
@@ -87,6 +82,5 @@ def test_sigkill_of_the_ingester_loses_nothing_and_stores_nothing_twice(tenant, 
         )[0][0]
         assert distinct == total
     finally:
-        pub.loop_stop()
-        pub.disconnect()
+        pub.close()
         stop_server(ingester)

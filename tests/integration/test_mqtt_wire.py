@@ -16,14 +16,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
-import paho.mqtt.client as mqtt
 import psycopg
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from ingest import mqtt as ingester_mod
-from ingest import mqtt_conn as mqtt_wire
-from ingest.mqtt_conn import Message
+from ingest import mqtt_codec, mqtt_conn
+from ingest.mqtt_codec import Message
 from ingest.pipeline import Pipeline
 from tests.conftest import MQTT_URL, free_port
 from trackd import db, registry, store
@@ -31,22 +29,19 @@ from trackd.settings import Settings
 from trackd.shipment import Shipment
 
 
-def publish(topic: str, payloads: list[bytes]) -> None:
-    ep = mqtt_wire.endpoint(MQTT_URL)
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{secrets.token_hex(4)}")
-    c.connect(ep.host, ep.port)
-    c.loop_start()
+async def publish(topic: str, payloads: list[bytes]) -> None:
+    """QoS 1, one at a time: each once the broker has acknowledged the one before."""
+    pub = mqtt_conn.Publisher(mqtt_conn.endpoint(MQTT_URL), f"pub-{secrets.token_hex(4)}")
     try:
         for p in payloads:
-            c.publish(topic, p, qos=1).wait_for_publish(5)
+            await asyncio.wait_for(pub.publish(topic, p, qos=1), 5)
     finally:
-        c.disconnect()
-        c.loop_stop()
+        await pub.close()
 
 
-async def session(client_id: str, v5: bool, got: list[Message], clean: bool = False) -> mqtt_wire.Connection:
-    conn, _ = await mqtt_wire.open_connection(
-        mqtt_wire.endpoint(MQTT_URL),
+async def session(client_id: str, v5: bool, got: list[Message], clean: bool = False) -> mqtt_conn.Connection:
+    conn, _ = await mqtt_conn.open_connection(
+        mqtt_conn.endpoint(MQTT_URL),
         client_id,
         v5=v5,
         clean=clean,
@@ -72,14 +67,14 @@ async def test_unacknowledged_messages_come_back_and_acknowledged_ones_do_not(v5
     topic, client_id = f"wire{run}/t", f"wire-{run}"
     got: list[Message] = []
     conn = await session(client_id, v5, got)
-    await mqtt_wire.subscribe(conn, 1, [topic])
-    await asyncio.to_thread(publish, topic, [b"m%d" % i for i in range(10)])
+    await mqtt_conn.subscribe(conn, 1, [topic])
+    await publish(topic, [b"m%d" % i for i in range(10)])
     await until(lambda: len(got) == 10)
     assert [m.payload for m in got] == [b"m%d" % i for i in range(10)]
     assert all(m.qos == 1 and m.topic == topic for m in got)
-    conn.send(b"".join(mqtt_wire.puback_packet(m.pid) for m in got[:6]))  # one write, six acks
+    conn.send(b"".join(mqtt_codec.puback_packet(m.pid) for m in got[:6]))  # one write, six acks
     await asyncio.sleep(0.3)
-    conn.send(mqtt_wire.BYE)
+    conn.send(mqtt_codec.BYE)
     assert conn.transport is not None
     conn.transport.close()
     await asyncio.wait_for(conn.lost, 5)
@@ -90,15 +85,15 @@ async def test_unacknowledged_messages_come_back_and_acknowledged_ones_do_not(v5
         await until(lambda: len(again) == 4)
         await asyncio.sleep(0.3)
         assert [m.payload for m in again] == [b"m%d" % i for i in range(6, 10)]
-        conn2.send(b"".join(mqtt_wire.puback_packet(m.pid) for m in again))
+        conn2.send(b"".join(mqtt_codec.puback_packet(m.pid) for m in again))
         await asyncio.sleep(0.2)
     finally:
-        conn2.send(mqtt_wire.BYE)
+        conn2.send(mqtt_codec.BYE)
         if conn2.transport is not None:
             conn2.transport.close()
     # the session is now empty: a clean connection ends it
     conn3 = await session(client_id, v5, [], clean=True)
-    conn3.send(mqtt_wire.BYE)
+    conn3.send(mqtt_codec.BYE)
     assert conn3.transport is not None
     conn3.transport.close()
 
@@ -133,7 +128,7 @@ async def test_the_ingester_stops_reading_while_too_much_waits_and_loses_nothing
                 for i in range(600)
             ]  # fmt: skip
             topic = f"{prefix}trackd/{name}/devices/d1/events"
-            await asyncio.to_thread(publish, topic, payloads)
+            await publish(topic, payloads)
             await until(lambda: ingester.conn is not None and ingester.conn.paused)
             waiting = ingester.queue.qsize()
             assert 40 <= waiting < 600
@@ -160,7 +155,7 @@ async def test_the_ingester_stops_reading_while_too_much_waits_and_loses_nothing
         if task is not None:
             await asyncio.wait_for(task, 10)
         end = await session(f"bp-{run}", True, [], clean=True)  # the persistent session goes too
-        end.send(mqtt_wire.BYE)
+        end.send(mqtt_codec.BYE)
         if end.transport is not None:
             end.transport.close()
         await pool.close()
@@ -225,14 +220,14 @@ async def test_mqtts_verifies_the_broker_and_carries_messages(tmp_path: Path, mo
     broker whose certificate is not trusted is refused."""
     broker, port, ca = await asyncio.to_thread(_tls_broker, tmp_path)
     try:
-        ep = mqtt_wire.endpoint(f"mqtts://localhost:{port}")
+        ep = mqtt_conn.endpoint(f"mqtts://localhost:{port}")
         with pytest.raises(ssl.SSLCertVerificationError):  # the test CA is not trusted yet
-            await mqtt_wire.open_connection(ep, "tls-a", v5=True, clean=True, keepalive=30, on_message=print)
+            await mqtt_conn.open_connection(ep, "tls-a", v5=True, clean=True, keepalive=30, on_message=print)
         monkeypatch.setenv("SSL_CERT_FILE", str(ca))
         got: list[Message] = []
-        conn, _ = await mqtt_wire.open_connection(ep, "tls-b", v5=True, clean=True, keepalive=30, on_message=got.append)
-        await mqtt_wire.subscribe(conn, 1, ["tls/t"])
-        conn.send(mqtt_wire.publish_packet(b"tls/t", b"over tls", 1, 7, v5=True))
+        conn, _ = await mqtt_conn.open_connection(ep, "tls-b", v5=True, clean=True, keepalive=30, on_message=got.append)
+        await mqtt_conn.subscribe(conn, 1, ["tls/t"])
+        conn.send(mqtt_codec.publish_packet(b"tls/t", b"over tls", 1, 7, v5=True))
         await until(lambda: len(got) == 1)
         assert (got[0].topic, got[0].payload) == ("tls/t", b"over tls")
         assert conn.transport is not None

@@ -23,10 +23,9 @@ from typing import Any
 
 import httpx
 import orjson
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
+from ingest.mqtt_conn import PublisherThread, endpoint
 from tests.conftest import RunEnv, Server, Tenant, wait_for
 
 PAYLOADS = Path(__file__).resolve().parent.parent / "payloads"
@@ -147,16 +146,13 @@ def metric(server: Server, name: str, **labels: str) -> float:
 
 class Publisher:
     def __init__(self) -> None:
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{secrets.token_hex(4)}")
-        self.client.connect("127.0.0.1", 1883)
-        self.client.loop_start()
+        self.client = PublisherThread(endpoint("mqtt://127.0.0.1:1883"), f"pub-{secrets.token_hex(4)}")
 
     def send(self, topic: str, payload: bytes) -> None:
-        self.client.publish(topic, payload, qos=1).wait_for_publish(5)
+        self.client.publish(topic, payload, qos=1).result(5)
 
     def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
+        self.client.close()
 
 
 def test_owntracks_over_mqtt(tenant: Tenant, testenv: RunEnv, server: Server) -> None:

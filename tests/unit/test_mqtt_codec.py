@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest import mqtt_conn as mqtt_wire
-from ingest.mqtt_conn import MqttError, Reader
+from ingest import mqtt_codec
+from ingest.mqtt_codec import MqttError, Reader
+from ingest.mqtt_conn import endpoint
 
 
 @pytest.mark.parametrize(
@@ -24,46 +25,46 @@ from ingest.mqtt_conn import MqttError, Reader
     ],
 )
 def test_remaining_length_encoding_is_the_standard_one(n: int, encoded: bytes) -> None:
-    assert mqtt_wire.varint(n) == encoded
+    assert mqtt_codec.varint(n) == encoded
 
 
 def test_connect_packet_bytes() -> None:
     # 3.1.1, persistent session, keep-alive 30, user and password
-    got = mqtt_wire.connect_packet("c1", v5=False, clean=False, keepalive=30, username="u", password="p")
+    got = mqtt_codec.connect_packet("c1", v5=False, clean=False, keepalive=30, username="u", password="p")
     body = b"\x00\x04MQTT\x04\xc0\x00\x1e" + b"\x00\x02c1" + b"\x00\x01u" + b"\x00\x01p"
     assert got == b"\x10" + bytes([len(body)]) + body
     # 5, session expiry and receive maximum as properties
-    got5 = mqtt_wire.connect_packet("c1", v5=True, clean=False, keepalive=30, session_expiry=3600, receive_maximum=500)
+    got5 = mqtt_codec.connect_packet("c1", v5=True, clean=False, keepalive=30, session_expiry=3600, receive_maximum=500)
     props = b"\x11\x00\x00\x0e\x10" + b"\x21\x01\xf4"
     body5 = b"\x00\x04MQTT\x05\x00\x00\x1e" + bytes([len(props)]) + props + b"\x00\x02c1"
     assert got5 == b"\x10" + bytes([len(body5)]) + body5
 
 
 def test_subscribe_and_puback_bytes() -> None:
-    assert mqtt_wire.subscribe_packet(7, ["a/+"], 1, v5=False) == b"\x82\x08\x00\x07\x00\x03a/+\x01"
-    assert mqtt_wire.subscribe_packet(7, ["a/+"], 1, v5=True) == b"\x82\x09\x00\x07\x00\x00\x03a/+\x01"
-    assert mqtt_wire.puback_packet(0x1234) == b"\x40\x02\x12\x34"
+    assert mqtt_codec.subscribe_packet(7, ["a/+"], 1, v5=False) == b"\x82\x08\x00\x07\x00\x03a/+\x01"
+    assert mqtt_codec.subscribe_packet(7, ["a/+"], 1, v5=True) == b"\x82\x09\x00\x07\x00\x00\x03a/+\x01"
+    assert mqtt_codec.puback_packet(0x1234) == b"\x40\x02\x12\x34"
 
 
 @pytest.mark.parametrize("v5", [False, True])
 def test_publish_round_trip(v5: bool) -> None:
-    raw = mqtt_wire.publish_packet(b"t/x", b'{"a":1}', 1, 42, v5=v5, dup=True)
+    raw = mqtt_codec.publish_packet(b"t/x", b'{"a":1}', 1, 42, v5=v5, dup=True)
     [(kind, flags, body)] = Reader().feed(raw)
-    assert (kind, flags) == (mqtt_wire.PUBLISH, 0x0A)
-    assert mqtt_wire.parse_publish(flags, body, v5=v5) == ("t/x", b'{"a":1}', 1, 42)
+    assert (kind, flags) == (mqtt_codec.PUBLISH, 0x0A)
+    assert mqtt_codec.parse_publish(flags, body, v5=v5) == ("t/x", b'{"a":1}', 1, 42)
 
 
 def test_v5_publish_properties_are_skipped() -> None:
     props = b"\x02\x00\x00\x00\x3c" + b"\x26\x00\x01k\x00\x01v"  # message expiry, a user property
-    body = b"\x00\x01t" + b"\x00\x09" + mqtt_wire.varint(len(props)) + props + b"payload"
-    assert mqtt_wire.parse_publish(0x02, body, v5=True) == ("t", b"payload", 1, 9)
+    body = b"\x00\x01t" + b"\x00\x09" + mqtt_codec.varint(len(props)) + props + b"payload"
+    assert mqtt_codec.parse_publish(0x02, body, v5=True) == ("t", b"payload", 1, 9)
 
 
 def test_qos0_publish_has_no_packet_id() -> None:
-    raw = mqtt_wire.publish_packet(b"t", b"x", 0, 0, v5=False)
+    raw = mqtt_codec.publish_packet(b"t", b"x", 0, 0, v5=False)
     assert raw == b"\x30\x04\x00\x01tx"
     [(_, flags, body)] = Reader().feed(raw)
-    assert mqtt_wire.parse_publish(flags, body, v5=False) == ("t", b"x", 0, 0)
+    assert mqtt_codec.parse_publish(flags, body, v5=False) == ("t", b"x", 0, 0)
 
 
 packets = st.lists(
@@ -76,41 +77,41 @@ packets = st.lists(
 @settings(max_examples=200, deadline=None)
 @given(packets, st.lists(st.integers(1, 64), min_size=1, max_size=50), st.booleans())
 def test_packets_split_anywhere_come_out_whole(items, cuts, v5) -> None:
-    stream = b"".join(mqtt_wire.publish_packet(t.encode(), p, q, pid, v5=v5) for t, p, q, pid in items)
-    stream += mqtt_wire.PING
+    stream = b"".join(mqtt_codec.publish_packet(t.encode(), p, q, pid, v5=v5) for t, p, q, pid in items)
+    stream += mqtt_codec.PING
     reader, got, at, i = Reader(), [], 0, 0
     while at < len(stream):
         step = cuts[i % len(cuts)]
         got += reader.feed(stream[at : at + step])
         at, i = at + step, i + 1
     assert got[-1][0] == 12  # PINGREQ, whole
-    parsed = [mqtt_wire.parse_publish(f, b, v5=v5) for k, f, b in got[:-1]]
+    parsed = [mqtt_codec.parse_publish(f, b, v5=v5) for k, f, b in got[:-1]]
     assert parsed == [(t, p, q, pid if q else 0) for t, p, q, pid in items]
 
 
 def test_large_packet_with_a_four_byte_length() -> None:
     payload = b"x" * 3_000_000
-    raw = mqtt_wire.publish_packet(b"big", payload, 1, 1, v5=False)
+    raw = mqtt_codec.publish_packet(b"big", payload, 1, 1, v5=False)
     reader = Reader()
     assert reader.feed(raw[:4]) == []  # not even the length is complete
     assert reader.feed(raw[4:1000]) == []
     [(_, flags, body)] = reader.feed(raw[1000:])
-    assert mqtt_wire.parse_publish(flags, body, v5=False)[1] == payload
+    assert mqtt_codec.parse_publish(flags, body, v5=False)[1] == payload
 
 
 def test_malformed_and_oversized_lengths_are_refused() -> None:
     with pytest.raises(MqttError, match="malformed"):
         Reader().feed(b"\x30\xff\xff\xff\xff\x01")
     with pytest.raises(MqttError, match="limit"):
-        Reader().feed(b"\x30" + mqtt_wire.varint(mqtt_wire.MAX_PACKET + 1))
+        Reader().feed(b"\x30" + mqtt_codec.varint(mqtt_codec.MAX_PACKET + 1))
 
 
 def test_endpoint_from_url() -> None:
-    ep = mqtt_wire.endpoint("mqtts://dev%40x:p%3Ass@broker.example:8884")
+    ep = endpoint("mqtts://dev%40x:p%3Ass@broker.example:8884")
     assert (ep.host, ep.port, ep.tls, ep.username, ep.password) == ("broker.example", 8884, True, "dev@x", "p:ss")
-    ep = mqtt_wire.endpoint("mqtt://127.0.0.1")
+    ep = endpoint("mqtt://127.0.0.1")
     assert (ep.port, ep.tls, ep.username, ep.password) == (1883, False, None, None)
-    assert mqtt_wire.endpoint("mqtt://:secret@127.0.0.1").password is None  # a password needs a user name
+    assert endpoint("mqtt://:secret@127.0.0.1").password is None  # a password needs a user name
 
 
 @settings(max_examples=500, deadline=None)
@@ -124,9 +125,9 @@ def test_any_bytes_are_packets_or_a_clear_error(data: bytes, v5: bool) -> None:
         return
     for kind, flags, body in packets:
         assert 0 <= kind <= 15
-        if kind == mqtt_wire.PUBLISH:
+        if kind == mqtt_codec.PUBLISH:
             try:
-                topic, payload, _qos, _pid = mqtt_wire.parse_publish(flags, body, v5=v5)
+                topic, payload, _qos, _pid = mqtt_codec.parse_publish(flags, body, v5=v5)
             except MqttError:
                 continue
             assert isinstance(topic, str)
@@ -135,6 +136,6 @@ def test_any_bytes_are_packets_or_a_clear_error(data: bytes, v5: bool) -> None:
 
 def test_truncated_publish_is_refused() -> None:
     with pytest.raises(MqttError, match="shorter"):
-        mqtt_wire.parse_publish(0x02, b"\x00\x05ab", v5=False)
+        mqtt_codec.parse_publish(0x02, b"\x00\x05ab", v5=False)
     with pytest.raises(MqttError, match="past the packet"):
-        mqtt_wire.parse_publish(0x00, b"\x00\x01t\x05ab", v5=True)
+        mqtt_codec.parse_publish(0x00, b"\x00\x01t\x05ab", v5=True)
