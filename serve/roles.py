@@ -21,6 +21,7 @@ from api.deps import AppState
 from ingest.mqtt import MqttIngester
 from ingest.pipeline import Pipeline
 from serve.app import create_app
+from serve.http import http_protocol
 from serve.worker import Worker
 from stream.hub import Hub
 from trackd import db
@@ -68,7 +69,7 @@ class Resources:
         pool = await db.open_pool(settings.dsn(), settings.pool_size)
         owns_bus = bus is None
         if bus is None:
-            bus = RedisBus.from_url(settings.redis(), settings.redis_prefix)
+            bus = RedisBus.from_url(settings.redis(), settings.redis_prefix, deployment=await db.read_deployment(pool))
         relay = Relay(pool, bus, defer=with_hub)  # see trackd/relay.py: the api role relays last
         await relay.start()
         evaluator = Evaluator(settings)
@@ -154,6 +155,7 @@ async def run_roles(
                 lifespan="on",
                 ws_max_size=1 << 20,
                 ws_per_message_deflate=False,  # frames are small: compressing each cost more CPU than it saved
+                http=http_protocol(settings.request_timeout_s),  # bounded heads, a deadline per request
             )
             redact_logs()  # after uvicorn.Config, which sets up uvicorn's handlers
             server = uvicorn.Server(config)
