@@ -4,8 +4,13 @@ The connection runs on the event loop (ingest/mqtt_conn.py): whatever the broker
 one call and parsed from that buffer, messages are written in batches through the pipeline, and
 acknowledged only once their transaction has committed, a batch's acknowledgements in one write.
 A message redelivered after a crash or a reconnect has the same event ids, so it is stored once.
-Input that cannot be understood goes to quarantine (no one can be answered) and is then
-acknowledged.
+
+One message cannot hold up the others. A message that cannot be understood, or whose payload is
+over `TRACKD_MAX_MESSAGE_BYTES` (never read whole: the connection skips it as it streams in, and
+over MQTT 5 the broker is told the limit and does not send it), goes to quarantine (no one can be
+answered) and is then acknowledged. A tenant's messages that fail to store together are bisected
+until the failing one is alone; it is quarantined and the rest stored. Only a database that does
+not answer leaves a batch unacknowledged, retried until it does.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any
 from ingest import mqtt_codec, mqtt_conn
 from ingest.mqtt_codec import Message, MqttError
 from ingest.mqtt_conn import Connection
-from ingest.pipeline import Pipeline
+from ingest.pipeline import Pipeline, halves, unexpected
 from trackd import store
 from trackd.errors import TrackdError, Unavailable, ValidationError
 from trackd.model import Event, SourceContext
@@ -38,6 +43,21 @@ SESSION_EXPIRY_S = 7 * 24 * 3600
 RECEIVE_MAXIMUM = 20_000
 KEEPALIVE_S = 30
 RECONNECT_S = (1.0, 30.0)  # the first wait after a lost connection, and the longest
+# A message that fails alone while the database answers is tried this often before quarantine.
+ALONE_TRIES = 3
+ALONE_WAIT_S = 0.5
+# A batch that fails for a reason of ours, not of one message, is tried this often before its
+# messages are quarantined (so that none stays unacknowledged for ever).
+BATCH_TRIES = 3
+
+
+@dataclass(frozen=True, slots=True)
+class _Parsed:
+    """A message read, with its events, waiting to be stored."""
+
+    msg: Message
+    source: str
+    events: list[Event]
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +142,7 @@ class MqttIngester:
                         number=self._connections,
                         session_expiry=SESSION_EXPIRY_S if v5 else 0,
                         receive_maximum=RECEIVE_MAXIMUM if v5 else 0,
+                        max_payload=self.settings.max_message_bytes,
                     )
                     self.conn = conn
                     self.connected.set()
@@ -204,23 +225,26 @@ class MqttIngester:
         self, batch: list[Message], before: asyncio.Task[None] | None, slots: asyncio.Semaphore
     ) -> None:
         try:
-            stored, backoff = False, 0.2
+            backoff, failures = 0.2, 0
+            kept: set[int] = set()  # the messages quarantined: once, though the batch is tried again
             while True:
                 try:
-                    await self._handle(batch)
-                    stored = True
+                    if failures < BATCH_TRIES:
+                        await self._handle(batch, kept)
+                    else:
+                        await self._quarantine_batch(batch, kept)
                     break
                 except (Unavailable, OSError) as exc:
                     log.warning("MQTT batch not stored, will retry (messages stay unacked): %s", exc)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
-                except Exception:  # not acknowledged: the broker sends it again after a reconnect
-                    log.exception("MQTT batch of %d messages not stored", len(batch))
-                    break
+                except Exception:  # not one message's doing (those are quarantined alone)
+                    failures += 1
+                    log.exception("MQTT batch of %d messages not stored (attempt %d)", len(batch), failures)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
             if before is not None:
                 await asyncio.wait([before])  # acknowledgements go in the order of the messages
             conn = self.conn
-            if stored and conn is not None:
+            if conn is not None:
                 # On the connection they came on only: after a reconnect the broker sends what was
                 # not acknowledged again, and the copies are stored once and acknowledged then.
                 acks = [mqtt_codec.puback_packet(m.pid) for m in batch if m.qos and m.conn == conn.number]
@@ -229,33 +253,99 @@ class MqttIngester:
         finally:
             slots.release()
 
-    async def _handle(self, batch: list[Message]) -> None:
+    async def _handle(self, batch: list[Message], kept: set[int]) -> None:
+        """Store a batch; what cannot be understood or stored is quarantined message by message (and
+        its id added to `kept`), the rest stored. Raises `Unavailable` (or OSError) only while the
+        database does not answer."""
         now = self.pipeline.clock()
-        per_tenant: dict[str, tuple[store.Tenant, list[Event]]] = {}
+        per_tenant: dict[str, tuple[store.Tenant, list[_Parsed]]] = {}
         for item in batch:
             r = route(item.topic, self.settings.mqtt_topic_prefix)
-            if r is None:
+            if r is None or id(item) in kept:
                 continue
             tenant = await self._tenant(r.tenant)
-            if tenant is None:
-                await self.pipeline.reject(
-                    None,
-                    r.source,
-                    "mqtt",
-                    ValidationError("topic", f"unknown tenant {r.tenant!r} in {item.topic}"),
-                    item.payload,
+            if item.oversize:
+                limit = self.settings.max_message_bytes
+                too_big = ValidationError(
+                    "body",
+                    f"message of {item.oversize} bytes is over the {limit}-byte limit (TRACKD_MAX_MESSAGE_BYTES)",
                 )
+                await self._quarantine(item, kept, tenant.id if tenant else None, r.source, too_big)
+                continue
+            if tenant is None:
+                unknown = ValidationError("topic", f"unknown tenant {r.tenant!r} in {item.topic}")
+                await self._quarantine(item, kept, None, r.source, unknown)
                 continue
             ctx = SourceContext(tenant=tenant.name, received_at=now, device=r.device)
             try:
                 events = self.pipeline.normalize(r.source, item.payload, ctx)
-            except ValidationError as exc:
-                await self.pipeline.reject(tenant.id, r.source, "mqtt", exc, item.payload)
+            except TrackdError as exc:
+                await self._quarantine(item, kept, tenant.id, r.source, exc)
                 continue
-            except TrackdError as exc:  # pragma: no cover - adapters raise ValidationError only
-                await self.pipeline.reject(tenant.id, r.source, "mqtt", exc, item.payload)
+            except Exception as exc:  # an adapter's fault: logged once, the message kept
+                log.exception("MQTT: the message on %s could not be read; quarantined", item.topic)
+                await self._quarantine(item, kept, tenant.id, r.source, unexpected(exc))
                 continue
-            per_tenant.setdefault(tenant.name, (tenant, []))[1].extend(events)
-        for tenant, events in per_tenant.values():
             if events:
-                await self.pipeline.store_events(tenant, events, "mqtt")
+                per_tenant.setdefault(tenant.name, (tenant, []))[1].append(_Parsed(item, r.source, events))
+        for tenant, parsed in per_tenant.values():
+            await self._store(tenant, parsed, kept)
+
+    async def _store(self, tenant: store.Tenant, parsed: list[_Parsed], kept: set[int]) -> None:
+        """Store a tenant's messages in one go; when that fails (and the database answers), bisect
+        until the failing message is alone, and quarantine it with its error."""
+        failure = await self._try_store(tenant, parsed)
+        if failure is None:
+            return
+        if len(parsed) > 1:
+            for part in halves(parsed):
+                await self._store(tenant, part, kept)
+            return
+        for _ in range(ALONE_TRIES - 1):  # a database error may pass; an error of the data does not
+            if not isinstance(failure, Unavailable | OSError):
+                break
+            await asyncio.sleep(ALONE_WAIT_S)
+            failure = await self._try_store(tenant, parsed)
+            if failure is None:
+                return
+        one = parsed[0]
+        if isinstance(failure, TrackdError) and not isinstance(failure, Unavailable):
+            error = failure
+        else:
+            log.error("MQTT: the message on %s could not be stored; quarantined", one.msg.topic, exc_info=failure)
+            error = unexpected(failure)
+        await self._quarantine(one.msg, kept, tenant.id, one.source, error)
+
+    async def _try_store(self, tenant: store.Tenant, parsed: list[_Parsed]) -> Exception | None:
+        """None once stored, else the error; raised instead when the database does not answer."""
+        try:
+            await self.pipeline.store_events(tenant, [e for p in parsed for e in p.events], "mqtt")
+        except (Unavailable, OSError) as exc:
+            if not await self.pipeline.answers():
+                raise
+            return exc
+        except Exception as exc:
+            return exc
+        return None
+
+    async def _quarantine(
+        self, item: Message, kept: set[int], tenant_id: int | None, source: str, error: TrackdError
+    ) -> None:
+        """Keep a message aside (it is acknowledged after) and add it to `kept`. Only `Unavailable`
+        stops that."""
+        try:
+            await self.pipeline.reject(tenant_id, source, "mqtt", error, item.payload, item.oversize or None)
+        except (Unavailable, OSError):
+            raise
+        except Exception:  # the record of it is this line; the message must not block the rest
+            log.exception("MQTT: a message on %s (%s) could not be quarantined; dropped", item.topic, error.detail)
+        kept.add(id(item))
+
+    async def _quarantine_batch(self, batch: list[Message], kept: set[int]) -> None:
+        """The last resort for a batch that keeps failing as a whole: every message to quarantine."""
+        failed = TrackdError("could not be processed with its batch; the error has been logged")
+        for item in batch:
+            r = route(item.topic, self.settings.mqtt_topic_prefix)
+            if r is not None and id(item) not in kept:
+                tenant = await self._tenant(r.tenant)
+                await self._quarantine(item, kept, tenant.id if tenant else None, r.source, failed)

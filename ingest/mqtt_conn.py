@@ -31,6 +31,8 @@ from ingest.mqtt_codec import (
     BYE,
     CONNACK,
     DISCONNECT,
+    HEAD_BYTES,
+    OVERSIZED,
     PING,
     PINGRESP,
     PUBACK,
@@ -42,6 +44,7 @@ from ingest.mqtt_codec import (
     connect_packet,
     parse_connack,
     parse_disconnect,
+    parse_oversized,
     parse_puback,
     parse_publish,
     parse_suback,
@@ -52,6 +55,9 @@ from ingest.mqtt_codec import (
 log = logging.getLogger("trackd.mqtt")
 
 WAIT_S = 10.0  # for the TCP connection, CONNACK and SUBACK each
+# Room in a PUBLISH for its topic, packet id and properties beside a payload of the largest size
+# accepted: what the ingester announces as its maximum packet size is that size plus this.
+HEADROOM = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,13 +82,20 @@ def endpoint(url: str) -> Endpoint:
 
 
 class Connection(asyncio.Protocol):
-    """One connection to the broker. Packets are handled as they are parsed, on the event loop."""
+    """One connection to the broker. Packets are handled as they are parsed, on the event loop.
 
-    def __init__(self, v5: bool, on_message: Callable[[Message], None], number: int) -> None:
+    With `max_payload`, a message whose payload is longer is handed on with `oversize` set and only
+    its head, and a PUBLISH longer than `max_payload + HEADROOM` is never buffered whole (the
+    reader skips it as it streams in): a message too big to read stops nothing."""
+
+    def __init__(
+        self, v5: bool, on_message: Callable[[Message], None], number: int, max_payload: int | None = None
+    ) -> None:
         self.v5 = v5
         self.on_message = on_message
         self.number = number
-        self.reader = Reader()
+        self.max_payload = max_payload
+        self.reader = Reader(None if max_payload is None else max_payload + HEADROOM)
         self.transport: asyncio.Transport | None = None
         self.connack: asyncio.Future[tuple[bool, int]] = asyncio.get_running_loop().create_future()
         self.acks: dict[int, asyncio.Future[list[int]]] = {}  # SUBACK futures by packet id
@@ -111,7 +124,13 @@ class Connection(asyncio.Protocol):
             for kind, flags, body in packets:
                 if kind == PUBLISH:
                     topic, payload, qos, pid = parse_publish(flags, body, v5=self.v5)
-                    self.on_message(Message(topic, payload, qos, pid, self.number))
+                    if self.max_payload is not None and len(payload) > self.max_payload:
+                        self.on_message(Message(topic, payload[:HEAD_BYTES], qos, pid, self.number, len(payload)))
+                    else:
+                        self.on_message(Message(topic, payload, qos, pid, self.number))
+                elif kind == OVERSIZED:
+                    topic, head, qos, pid, size = parse_oversized(flags, body, v5=self.v5)
+                    self.on_message(Message(topic, head, qos, pid, self.number, size))
                 elif kind == PUBACK:
                     if self.on_puback is not None:
                         self.on_puback(parse_puback(body))
@@ -167,12 +186,17 @@ async def open_connection(
     number: int = 0,
     session_expiry: int = 0,
     receive_maximum: int = 0,
+    max_payload: int | None = None,
 ) -> tuple[Connection, bool]:
-    """A connected, accepted connection and whether the broker still had our session."""
+    """A connected, accepted connection and whether the broker still had our session.
+
+    `max_payload`: see `Connection`; over MQTT 5 the broker is also told (maximum packet size
+    `max_payload + HEADROOM`), and then does not send larger packets at all."""
     loop = asyncio.get_running_loop()
     ctx = ssl.create_default_context() if ep.tls else None
     _, conn = await asyncio.wait_for(
-        loop.create_connection(lambda: Connection(v5, on_message, number), ep.host, ep.port, ssl=ctx), WAIT_S
+        loop.create_connection(lambda: Connection(v5, on_message, number, max_payload), ep.host, ep.port, ssl=ctx),
+        WAIT_S,
     )
     conn.send(
         connect_packet(
@@ -184,6 +208,7 @@ async def open_connection(
             password=ep.password,
             session_expiry=session_expiry,
             receive_maximum=receive_maximum,
+            maximum_packet_size=0 if max_payload is None else max_payload + HEADROOM,
         )
     )
     try:

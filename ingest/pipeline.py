@@ -3,8 +3,14 @@
 A tenant's events are written in `PARTS` lanes by shipment reference (or device), one transaction
 in flight per lane, so that the lanes' transactions lock different state rows. Deliveries of a
 lane that arrive while its write is in flight are written together in its next transaction (group
-commit): each caller still returns only once all its events are durable, with its own counts, and
-a delivery that makes the shared transaction fail is retried alone, so it cannot fail the others.
+commit): each caller still returns only once all its events are durable, with its own counts.
+
+A delivery that makes the shared transaction fail cannot fail the others: the group is bisected,
+each half written in a transaction of its own (a small one, one delivery at a time), until the
+failing delivery is alone; it gets its error and the rest are stored. That holds for errors of the
+data, and for a database error while the database answers (`db.ping`): a database that does not
+answer fails every caller with `Unavailable` (503, nothing stored, the sender retries). `ingest`
+keeps what could not be understood or stored in quarantine, with the reason.
 """
 
 from __future__ import annotations
@@ -17,17 +23,19 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TypeVar
 
 from psycopg_pool import AsyncConnectionPool
 
 from ingest import sources
-from trackd import ledger, metrics, store
-from trackd.errors import TrackdError, Unavailable, ValidationError
+from trackd import db, ledger, metrics, store
+from trackd.errors import TrackdError, Unavailable
 from trackd.model import Event, SourceContext
 from trackd.store import Tenant
 from trackd.times import utcnow
 
 log = logging.getLogger("trackd.ingest")
+_T = TypeVar("_T")
 
 
 GROUP_MAX_EVENTS = 2000  # events of waiting deliveries written in one transaction
@@ -38,6 +46,10 @@ PARTS = 2
 # A writer waits this long for a pooled connection; then its callers get 503 + Retry-After. When the
 # database goes away the pool has none to give, and senders should hear so at once, not in 10 s.
 CONNECTION_WAIT_S = 2.0
+PING_S = 0.5  # after a failed group write: does the database answer at all?
+# A failed group of at most this many deliveries is retried one delivery at a time (for so few,
+# that takes no more transactions than halving); a larger one is halved.
+ALONE_AT = 4
 
 
 @dataclass(slots=True)
@@ -137,16 +149,14 @@ class Pipeline:
             events = group[0].events if len(group) == 1 else [e for d in group for e in d.events]
             transports = {d.transport for d in group}
             result = await self._write(tenant, events, transports.pop() if len(transports) == 1 else "mixed")
-        except Unavailable as exc:  # the database, not a delivery: every caller gets it
-            for d in group:
-                _settle(d, exc=exc)
-            return
         except Exception as exc:
-            if len(group) == 1:
-                _settle(group[0], exc=exc)
+            if len(group) == 1 or (isinstance(exc, Unavailable) and not await self.answers()):
+                for d in group:  # alone, or the database is gone: every caller hears
+                    _settle(d, exc=exc)
                 return
-            for d in group:  # one delivery made the transaction fail: find it by writing each alone
-                await self._write_group(tenant, [d])
+            # One delivery (or a few) made the transaction fail: bisect until each is alone.
+            for part in halves(group):
+                await self._write_group(tenant, part)
             return
         claimed: set[str] = set()
         for d in group:
@@ -174,10 +184,27 @@ class Pipeline:
             metrics.UNKNOWN_CODES.labels(source, code[:40]).inc()
         return result
 
-    async def reject(self, tenant_id: int | None, source: str, transport: str, error: TrackdError, raw: bytes) -> None:
-        """Keep what could not be understood, with the reason."""
+    async def answers(self) -> bool:
+        """Whether the database answers a query now (after a write failed with `Unavailable`)."""
+        try:
+            await db.ping(self.pool, PING_S)
+        except Exception:
+            return False
+        return True
+
+    async def reject(
+        self,
+        tenant_id: int | None,
+        source: str,
+        transport: str,
+        error: TrackdError,
+        raw: bytes,
+        size: int | None = None,
+    ) -> None:
+        """Keep what could not be understood, with the reason (`size`: what arrived, when `raw` is its head)."""
         metrics.QUARANTINED.labels(source, transport).inc()
-        await store.quarantine_now(self.pool, tenant_id, source, transport, f"{error.code}: {error.detail}", raw)
+        reason = f"{error.code}: {error.detail}"
+        await store.quarantine_now(self.pool, tenant_id, source, transport, reason, raw, size)
 
     async def ingest(
         self,
@@ -188,13 +215,41 @@ class Pipeline:
         transport: str,
         raw: bytes | None = None,
     ) -> ledger.WriteResult:
-        """Normalize and store one delivery; bad input is quarantined (`raw`, else the payload)."""
+        """Normalize and store one delivery. What cannot be understood or stored is quarantined
+        (`raw`, else the payload) and its error raised: a `TrackdError` (4xx) when the input is at
+        fault, any other exception when it is unexpected (500, logged by the caller). `Unavailable`
+        (the database) quarantines nothing: the sender retries."""
+        kept = payload if raw is None else raw
         try:
             events = self.normalize(source, payload, ctx)
-        except ValidationError as exc:
-            await self.reject(tenant.id, source, transport, exc, payload if raw is None else raw)
+        except TrackdError as exc:
+            await self.reject(tenant.id, source, transport, exc, kept)
             raise
-        return await self.store_events(tenant, events, transport)
+        except Exception as exc:  # an adapter's fault, not the sender's: kept, then a 500
+            await self.reject(tenant.id, source, transport, unexpected(exc), kept)
+            raise
+        try:
+            return await self.store_events(tenant, events, transport)
+        except Unavailable:
+            raise
+        except Exception as exc:
+            await self.reject(
+                tenant.id, source, transport, exc if isinstance(exc, TrackdError) else unexpected(exc), kept
+            )
+            raise
+
+
+def halves(items: list[_T]) -> list[list[_T]]:
+    """How a failed group is retried: in halves, or one by one once it is ALONE_AT or fewer."""
+    if len(items) <= ALONE_AT:
+        return [[item] for item in items]
+    half = len(items) // 2
+    return [items[:half], items[half:]]
+
+
+def unexpected(exc: BaseException) -> TrackdError:
+    """What quarantine says of an unexpected error (its details are in the log, not shown)."""
+    return TrackdError(f"could not be processed ({type(exc).__name__}); the error has been logged")
 
 
 def split(events: list[Event]) -> dict[int, list[Event]]:

@@ -17,7 +17,8 @@ import orjson
 from trackd.codes import Classifier, EventKind, Milestone, Mode
 from trackd.errors import ValidationError
 
-MAX_FUTURE = timedelta(days=1)
+MAX_FUTURE = timedelta(days=1)  # how far ahead of its receipt an actual event may be (clock skew)
+MAX_ESTIMATE_AHEAD = timedelta(days=731)  # how far ahead an estimate or plan may look: two years
 
 
 def _finite(name: str, value: float | None) -> None:
@@ -219,11 +220,55 @@ class SourceContext:
 
 
 def derive_event_id(source: str, item: Any) -> str:
-    """A deterministic id for an event that came without one: the hash of its content."""
-    blob = orjson.dumps(item, option=orjson.OPT_SORT_KEYS, default=str)
+    """A deterministic id for an event that came without one: the hash of its content. Never
+    fails: what orjson cannot encode (nesting past 255 levels, integers past 64 bits, lone
+    surrogates) is hashed from an encoding of its own."""
+    try:
+        blob = orjson.dumps(item, option=orjson.OPT_SORT_KEYS, default=str)
+    except orjson.JSONEncodeError:
+        blob = b"\x00" + _content(item)  # a prefix no JSON text has: the two encodings never meet
     return f"{source}:{hashlib.sha256(blob).hexdigest()[:40]}"
+
+
+def _content(item: Any) -> bytes:
+    """`item` as bytes, keys sorted, without recursion (any depth); a container met twice is
+    written once."""
+    out: list[str] = []
+    todo: list[tuple[bool, Any]] = [(False, item)]
+    seen: set[int] = set()
+    while todo:
+        literal, v = todo.pop()
+        if literal:
+            out.append(v)
+        elif isinstance(v, dict | list | tuple) and id(v) in seen:
+            out.append("...")
+        elif isinstance(v, dict):
+            seen.add(id(v))
+            out.append("{")
+            todo.append((True, "}"))
+            for k in sorted(v, key=str, reverse=True):
+                todo.append((False, v[k]))
+                todo.append((True, repr(str(k)) + ":"))
+        elif isinstance(v, list | tuple):
+            seen.add(id(v))
+            out.append("[")
+            todo.append((True, "]"))
+            todo.extend((False, x) for x in reversed(v))
+        else:
+            out.append(repr(v))
+    return ",".join(out).encode("utf-8", "surrogatepass")
 
 
 def check_not_future(field_name: str, at: datetime, ctx: SourceContext) -> None:
     if at - ctx.received_at > MAX_FUTURE:
         raise ValidationError(field_name, f"{at.isoformat()} is more than a day in the future")
+
+
+def check_occurred_at(field_name: str, at: datetime, milestone: MilestoneInfo | None, ctx: SourceContext) -> None:
+    """The time bounds of an event, against its receipt (`ctx.received_at`, not the wall clock): an
+    actual event (position, reading, actual milestone) at most a day ahead, an estimate or plan at
+    most two years ahead. `ValidationError` naming `field_name` otherwise."""
+    if milestone is None or milestone.classifier is Classifier.ACTUAL:
+        check_not_future(field_name, at, ctx)
+    elif at - ctx.received_at > MAX_ESTIMATE_AHEAD:
+        raise ValidationError(field_name, f"{at.isoformat()} is more than two years ahead of its receipt")
