@@ -1,17 +1,22 @@
-"""/healthz (alive), /readyz (database, Redis and broker reachable), /metrics (Prometheus)."""
+"""/healthz (alive), /readyz (database, Redis and broker reachable), /metrics (Prometheus).
+
+`/metrics` is open unless `TRACKD_METRICS_TOKEN` is set; then it wants `Authorization: Bearer
+<token>` (compared in constant time) and answers 401 without it."""
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 from typing import Any
 from urllib.parse import urlparse
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api.deps import Shared
+from api.deps import Shared, bearer
 from api.errors import JSONBody
 from trackd import db, metrics
+from trackd.errors import Unauthorized
 
 router = APIRouter(tags=["health"])
 
@@ -50,5 +55,10 @@ async def readyz(state: Shared) -> JSONBody:
 
 
 @router.get("/metrics")
-async def prometheus() -> Response:
-    return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+async def prometheus(request: Request, state: Shared) -> Response:
+    token = state.settings.metrics_token.get_secret_value() if state.settings.metrics_token else ""
+    if token and not hmac.compare_digest((bearer(request) or "").encode(), token.encode()):  # empty is unset
+        raise Unauthorized("missing or wrong Authorization: Bearer <metrics token>")
+    # Rendered off the event loop, so that a scrape never holds up the requests being served.
+    body = await asyncio.to_thread(generate_latest, metrics.REGISTRY)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

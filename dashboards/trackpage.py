@@ -158,7 +158,10 @@ class _Page:
 
     def when(self, moment: datetime) -> str:
         """`moment` in the page's zone and language, as a `<time>` element."""
-        local = moment.astimezone(self.zone)
+        try:
+            local = moment.astimezone(self.zone)
+        except OverflowError:  # at the edge of the calendar (year 1 or 9999): shown in its own offset
+            local = moment
         fmt: Mapping[str, Any] = self.text["format"]
         text = str(fmt["datetime"]).format(
             weekday=fmt["weekdays"][local.weekday()],

@@ -6,20 +6,23 @@ is stored; input that cannot be understood is 4xx and kept in quarantine.
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request, Response
+from starlette.requests import ClientDisconnect
 
 from api.deps import CurrentTenant, Shared
 from api.errors import JSONBody
 from ingest import sources
 from ingest.pipeline import Pipeline
 from ingest.sources import osmand as osmand_source
-from trackd import store
-from trackd.errors import NotFound, PayloadTooLarge, Unauthorized, ValidationError
+from trackd import metrics, ratelimit, store
+from trackd.errors import NotFound, PayloadTooLarge, TrackdError, Unauthorized, ValidationError
 from trackd.model import SourceContext
 from trackd.ratelimit import check_rate
 
+log = logging.getLogger("trackd.ingest")
 router = APIRouter(tags=["ingest"])
 
 SourceName = Annotated[str, Path(pattern=f"^({'|'.join(sources.WEBHOOK_SOURCES)})$")]
@@ -41,11 +44,17 @@ async def read_body(request: Request, limit: int) -> bytes:
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"body of {declared} bytes is over the {limit}-byte limit")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body is over the {limit}-byte limit")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"body is over the {limit}-byte limit")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # An aborted upload is the sender's business: one line, no traceback; nothing was stored and
+        # the answer below reaches no one.
+        log.info("client disconnected after %d bytes of the body of %s %s", size, request.method, request.url.path)
+        raise ValidationError("body", "the client disconnected before the body was complete") from None
     return b"".join(chunks)
 
 
@@ -67,12 +76,20 @@ async def ingest_webhook(
 ) -> Response:
     """A signed delivery from a carrier or a system of the tenant's; 202 (DCSA: 204) once durable."""
     body = await read_body(request, state.settings.max_body_bytes)
-    found = await store.tenant_with_secret(state.pool, tenant, _secret_key(state))
-    if found is None:
-        raise Unauthorized("unknown tenant or bad signature")
-    tenant_obj, secret = found
     adapter = sources.get(source)
-    sources.verify(source, secret, body, request.headers)
+
+    def signed(secret: str) -> bool:
+        try:
+            sources.verify(source, secret, body, request.headers)
+        except Unauthorized:
+            return False
+        return True
+
+    # The current ingest secret, or the previous one during a rotation's grace period. An unknown
+    # tenant gets the same answer as a bad signature, in about the same time (see the store).
+    tenant_obj = await store.tenant_for_signature(state.pool, tenant, _secret_key(state), signed)
+    if tenant_obj is None:
+        raise Unauthorized("unknown tenant or bad signature")
     check_rate(tenant_obj.id, state.settings.ingest_rate_per_s)
     ctx = SourceContext(
         tenant=tenant_obj.name, received_at=pipeline.clock(), content_type=request.headers.get("content-type")
@@ -91,6 +108,19 @@ async def post_events(request: Request, tenant: CurrentTenant, state: Shared, pi
     return _accepted(result)
 
 
+async def _unattributed(request: Request, state: Shared, error: TrackdError, raw: bytes) -> None:
+    """Keep OsmAnd input that names no registered device in the bounded sample without a tenant
+    (`store.quarantine`), as far as `ratelimit.may_sample` allows for the client's address; past
+    that, nothing is stored. Either way the sender gets its 4xx."""
+    address = request.client.host if request.client else ""
+    kept = ratelimit.may_sample(address) and await store.quarantine_now(
+        state.pool, None, "osmand", "http", f"{error.code}: {error.detail}", raw
+    )
+    metrics.UNATTRIBUTED.labels("osmand", "sampled" if kept else "dropped").inc()
+    if kept:
+        metrics.QUARANTINED.labels("osmand", "http").inc()
+
+
 @router.api_route("/v1/osmand", methods=["GET", "POST"], status_code=200)
 async def osmand(request: Request, state: Shared, pipeline: IngestPipeline) -> Response:
     """Traccar Client / OsmAnd: `id` is a registered device key. Answers 200 once durable."""
@@ -99,12 +129,12 @@ async def osmand(request: Request, state: Shared, pipeline: IngestPipeline) -> R
     try:
         key = osmand_source.device_key(body, params)
     except ValidationError as exc:
-        await pipeline.reject(None, "osmand", "http", exc, body or str(request.url.query).encode())
+        await _unattributed(request, state, exc, body or str(request.url.query).encode())
         raise
     found = await store.device_for_key(state.pool, key)
     if found is None:
         exc2 = NotFound(f"no device with key {key!r}: register it with POST /v1/devices")
-        await pipeline.reject(None, "osmand", "http", exc2, body or str(request.url.query).encode())
+        await _unattributed(request, state, exc2, body or str(request.url.query).encode())
         raise exc2
     tenant_id, tenant_name, device_id = found
     check_rate(tenant_id, state.settings.ingest_rate_per_s)

@@ -58,3 +58,4 @@ class Worker:
             if not await store.try_job_lock(conn, RETENTION_LOCK):
                 return
             await store.purge_history(conn, s.retention_days, s.outbox_retention_hours)
+            await store.purge_quarantine_sample(conn)

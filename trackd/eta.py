@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from trackd import geo, places, routing
 from trackd.codes import Milestone, Mode
-from trackd.model import Location
+from trackd.model import MAX_ESTIMATE_AHEAD, Location
 from trackd.shipment import Eta, Leg, PositionFix, Shipment
 
 _T = TypeVar("_T")
@@ -316,10 +316,13 @@ def carrier_weight(carrier_eta: datetime, now: datetime) -> float:
 def predict(journey: Journey, stats: LaneStats, now: datetime) -> Eta | None:
     """The ETA at `now`; None when nothing can be said. Once delivered, the delivery time."""
     shipment = journey.shipment
+    carrier_eta = journey.carrier_eta
+    if carrier_eta is not None and carrier_eta - now > MAX_ESTIMATE_AHEAD:
+        carrier_eta = None  # refused at ingest; one kept from before that is not believed either
     delivered = journey.delivered_at()
     if delivered is not None and delivered <= now:
         at = delivered
-        return Eta(at, at, at, "delivered", now, journey.carrier_eta, shipment.promised_at)
+        return Eta(at, at, at, "delivered", now, carrier_eta, shipment.promised_at)
     start = journey.started_at or now
     base = physics(journey, stats, now)
     methods: list[str] = []
@@ -333,12 +336,12 @@ def predict(journey: Journey, stats: LaneStats, now: datetime) -> Eta | None:
             lane_at = max(start + timedelta(hours=_median(lane)), now)
             base = base + (lane_at - base) * w
             methods.append("lane")
-    if journey.carrier_eta is not None:
-        carrier_at = max(journey.carrier_eta, now)
+    if carrier_eta is not None:
+        carrier_at = max(carrier_eta, now)
         if base is None:
             base = carrier_at
         else:
-            base = base + (carrier_at - base) * carrier_weight(journey.carrier_eta, now)
+            base = base + (carrier_at - base) * carrier_weight(carrier_eta, now)
         methods.append("carrier")
     if base is None:
         return None
@@ -346,8 +349,16 @@ def predict(journey: Journey, stats: LaneStats, now: datetime) -> Eta | None:
     horizon = hours(base - now)
     below, above = interval(shipment.main_mode, stats, max(0.0, hours(now - start)), horizon)
     earliest = max(now, base - timedelta(hours=below))
-    latest = base + timedelta(hours=above)
-    return Eta(base, earliest, latest, "+".join(methods), now, journey.carrier_eta, shipment.promised_at)
+    latest = later(base, above)
+    return Eta(base, earliest, latest, "+".join(methods), now, carrier_eta, shipment.promised_at)
+
+
+def later(at: datetime, h: float) -> datetime:
+    """`at` plus `h` hours, or the last representable time where that would overflow."""
+    try:
+        return at + timedelta(hours=h)
+    except OverflowError:
+        return datetime.max.replace(tzinfo=at.tzinfo)
 
 
 def eta_changed(old: Eta | None, new: Eta, threshold: timedelta = timedelta(minutes=15)) -> bool:

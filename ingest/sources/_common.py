@@ -25,6 +25,7 @@ from trackd.model import (
     Sensor,
     SourceContext,
     check_not_future,
+    check_occurred_at,
 )
 from trackd.times import parse_time
 
@@ -179,12 +180,11 @@ def classifier(value: Any, table: dict[str, str], where: str) -> Classifier:
 def check_time(
     where: str, occurred_at: datetime, info: MilestoneInfo | None, created_at: datetime | None, ctx: SourceContext
 ) -> None:
-    """No event is from the future; an estimate or plan is about the future, so its creation is checked."""
-    if info is not None and info.classifier is not Classifier.ACTUAL:
-        if created_at is not None:
-            check_not_future(where + "created_at", created_at, ctx)
-        return
-    check_not_future(where + "occurred_at", occurred_at, ctx)
+    """No event is from the future and no estimate or plan looks more than two years ahead (both
+    against `ctx.received_at`); an estimate's creation is not in the future either."""
+    if info is not None and info.classifier is not Classifier.ACTUAL and created_at is not None:
+        check_not_future(where + "created_at", created_at, ctx)
+    check_occurred_at(where + "occurred_at", occurred_at, info, ctx)
 
 
 def event(where: str, ctx: SourceContext, **fields: Any) -> Event:

@@ -1,0 +1,167 @@
+"""Input no tenant could be authenticated for stores nothing beyond a bounded sample: the first 4 KB
+of each, capped in rows and bytes, at most so many a second per client address, and expiring."""
+
+from __future__ import annotations
+
+import math
+import re
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+
+from tests.conftest import RunEnv, Server, start_server, stop_server, wait_for
+from trackd import db, ratelimit, store
+
+MB = 1_000_000  # under TRACKD_MAX_BODY_BYTES' default of 5 MiB: read, not refused with 413
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
+
+
+def unattributed(server: Server) -> dict[str, float]:
+    """`trackd_unattributed_input_total` of the osmand source by outcome."""
+    out = {"sampled": 0.0, "dropped": 0.0}
+    for line in httpx.get(server.url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith("trackd_unattributed_input_total{"):
+            series, value = line.rsplit(" ", 1)
+            labels = dict(_LABEL.findall(series))
+            if labels["source"] == "osmand":
+                out[labels["outcome"]] = float(value)
+    return out
+
+
+def sample_rows(testenv: RunEnv) -> list[tuple[int, int, int, str]]:
+    """(id, bytes kept, size received, reason) of every unattributed quarantine row."""
+    return [
+        (int(i), int(n), int(size) if size is not None else -1, reason)
+        for i, n, size, reason in testenv.sql(
+            "SELECT id, octet_length(raw), size, reason FROM quarantine WHERE tenant_id IS NULL ORDER BY id"
+        )
+    ]
+
+
+def database_size(testenv: RunEnv) -> int:
+    return int(testenv.sql("SELECT pg_database_size(current_database())")[0][0])
+
+
+@pytest.fixture
+def api(testenv: RunEnv, tmp_path: Path) -> Iterator[Server]:
+    srv = start_server(testenv, tmp_path, roles="api")  # its own process: its own buckets and counters
+    yield srv
+    stop_server(srv)
+
+
+def test_megabytes_of_junk_for_unknown_devices_store_a_small_sample(testenv: RunEnv, api: Server) -> None:
+    t = orjson.loads(testenv.trackd("tenant", "create", f"ua{secrets.token_hex(3)}").stdout)
+    key = f"device-{secrets.token_hex(8)}"
+    with httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {t['api_key']}"}, timeout=30) as http:
+        assert http.post("/v1/devices", json={"id": "truck-1", "key": key}).status_code == 201
+    before_rows = {r[0] for r in sample_rows(testenv)}
+    before_size = database_size(testenv)
+    junk = bytes(range(256)) * (MB // 256) + b"x" * (MB % 256)
+    assert len(junk) == MB
+    codes: list[int] = []
+    started = time.monotonic()
+    with httpx.Client(base_url=api.url, timeout=30) as osm:
+        for i in range(100):
+            # an unknown key in the query, or no key at all (the junk is no form): 404 and 422
+            params = {"id": f"nobody-{i}-{secrets.token_hex(4)}"} if i % 2 else {}
+            r = osm.post("/v1/osmand", params=params, content=junk, headers={"content-type": "text/plain"})
+            codes.append(r.status_code)
+    elapsed = time.monotonic() - started
+    assert (codes.count(404), codes.count(422)) == (50, 50)
+
+    new = [r for r in sample_rows(testenv) if r[0] not in before_rows]
+    # the address's burst of ten, then one a second
+    assert 10 <= len(new) <= 10 + math.ceil(elapsed * ratelimit.SAMPLE_PER_ADDRESS_PER_S) + 1
+    assert all(kept <= store.SAMPLE_RAW and size == MB for _, kept, size, _ in new)
+    assert all(reason.startswith(("NotFound: no device with key", "ValidationError: body")) for *_, reason in new)
+    assert unattributed(api) == {"sampled": len(new), "dropped": 100 - len(new)}
+    grown = database_size(testenv) - before_size
+    assert grown < 10 * 1024 * 1024, grown
+    everything = sample_rows(testenv)
+    assert len(everything) <= store.SAMPLE_ROWS
+
+    # Another client address has its own allowance.
+    other = httpx.HTTPTransport(local_address="127.0.0.2")
+    with httpx.Client(base_url=api.url, transport=other, timeout=30) as osm2:
+        r = osm2.post("/v1/osmand", params={"id": "nobody-else"}, content=b"x" * 5000)
+        assert r.status_code == 404
+    (last,) = [r for r in sample_rows(testenv) if r[0] not in {x[0] for x in everything}]
+    assert (last[1], last[2]) == (store.SAMPLE_RAW, 5000)
+
+    # A registered device is still heard.
+    with httpx.Client(base_url=api.url, timeout=30) as osm:
+        ok = osm.get("/v1/osmand", params={"id": key, "lat": "50.1", "lon": "8.6", "timestamp": str(int(time.time()))})
+        assert ok.status_code == 200, ok.text
+    stored = testenv.sql(
+        "SELECT count(*) FROM events e JOIN tenants t ON t.id = e.tenant_id WHERE t.name = %s AND e.kind = 'position'",
+        t["tenant"],
+    )
+    assert stored[0][0] == 1
+
+
+async def test_the_sample_is_capped_in_rows_and_bytes_and_keeps_the_newest(testenv: RunEnv) -> None:
+    pool = await db.open_pool(testenv.dsn, 2)
+    try:
+        for i in range(store.SAMPLE_ROWS + 50):
+            assert await store.quarantine_now(pool, None, "osmand", "http", f"NotFound: {i:06d}", b"z" * 6000)
+        rows = sample_rows(testenv)
+        assert len(rows) == store.SAMPLE_ROWS  # 1,000 rows of 4,112 bytes: under 4 MiB, the row cap holds
+        assert [reason for *_, reason in rows] == [f"NotFound: {i:06d}" for i in range(50, store.SAMPLE_ROWS + 50)]
+        assert {(kept, size) for _, kept, size, _ in rows} == {(store.SAMPLE_RAW, 6000)}
+
+        long = "ValidationError: " + "r" * 3000  # kept to 2,000 characters
+        for _ in range(700):
+            assert await store.quarantine_now(pool, None, "osmand", "http", long, b"z" * 6000)
+        rows = sample_rows(testenv)
+        per_row = store.SAMPLE_RAW + 2000
+        assert len(rows) == store.SAMPLE_BYTES // per_row  # 688: now the byte cap holds
+        assert all(reason == long[:2000] for *_, reason in rows)
+        total = testenv.sql(
+            "SELECT sum(octet_length(raw) + octet_length(reason)) FROM quarantine WHERE tenant_id IS NULL"
+        )
+        assert total[0][0] == len(rows) * per_row <= store.SAMPLE_BYTES
+
+        # A tenant's quarantine is not the sample: kept whole, never trimmed by it.
+        name = f"q{secrets.token_hex(3)}"
+        assert testenv.trackd("tenant", "create", name).returncode == 0
+        tenant_id = int(testenv.sql("SELECT id FROM tenants WHERE name = %s", name)[0][0])
+        assert await store.quarantine_now(pool, tenant_id, "native", "api", "ValidationError: x", b"y" * 6000)
+        assert testenv.sql("SELECT octet_length(raw), size FROM quarantine WHERE tenant_id = %s", tenant_id) == [
+            (6000, 6000)
+        ]
+        assert len(sample_rows(testenv)) == store.SAMPLE_BYTES // per_row
+    finally:
+        await pool.close()
+
+
+def test_the_worker_expires_the_sample(testenv: RunEnv, tmp_path: Path) -> None:
+    marker = secrets.token_hex(6)
+    ids = testenv.sql(
+        "INSERT INTO quarantine (tenant_id, received_at, source, transport, reason, raw, size)"
+        " VALUES (NULL, now() - interval '8 days', 'osmand', 'http', 'old', %s, 3),"
+        " (NULL, now() - interval '6 days', 'osmand', 'http', 'recent', %s, 3) RETURNING id",
+        marker,
+        marker,
+    )
+    assert len(ids) == 2
+    srv = start_server(testenv, tmp_path, roles="api,worker")  # the retention job runs once at start
+    try:
+        wait_for(lambda: testenv.sql("SELECT reason FROM quarantine WHERE raw = %s", marker) == [("recent",)])
+    finally:
+        stop_server(srv)
+
+
+def test_address_buckets_are_bounded_and_independent() -> None:
+    b = ratelimit.Buckets(rate_per_s=1.0, burst=2.0, max_keys=3)
+    assert [b.take("a", now=0.0) for _ in range(3)] == [True, True, False]
+    assert b.take("b", now=0.0)  # another key has its own bucket
+    assert not b.take("a", now=0.5)
+    assert b.take("a", now=1.6)  # refilled at one a second
+    for key in ("c", "d", "e"):
+        b.take(key, now=2.0)
+    assert len(b) == 3  # the keys left alone longest were forgotten
