@@ -5,6 +5,10 @@ them in one Redis Stream per tenant, packed: one entry holds the messages of one
 `PACK`), as a JSON array, and its id is `<last seq>-1`, so a message published twice is refused by
 Redis itself and readers get them in order. Trimming is by seq: about the last `maxlen` messages.
 The memory bus is the same interface for a single process (the demo without Redis).
+
+Every key starts with the prefix and the deployment's identity (`stream_key`): installations that
+share a Redis and a prefix never share a key. The relay checks a stream against the database with
+`heads` and drops one that is ahead of it (a restored database) with `drop`.
 """
 
 from __future__ import annotations
@@ -20,6 +24,23 @@ from redis.exceptions import RedisError, ResponseError
 Message = dict[str, Any]
 PACK = 1000  # messages per stream entry at most
 READ_ENTRIES = 50
+
+# Delete the stream only if its last entry is still the one the caller saw: a stream that someone
+# reset and published to meanwhile is kept.
+DROP_IF_HEAD = """
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if last[1] and tonumber(string.match(last[1][1], '^(%d+)')) == tonumber(ARGV[1]) then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0"""
+
+
+def stream_key(prefix: str, deployment: str | None, tenant_id: int) -> str:
+    """The Redis key of a tenant's stream: `<prefix>:<deployment>:stream:<tenant id>` (without a
+    deployment, for tests and tools with a prefix of their own: `<prefix>:stream:<tenant id>`)."""
+    space = f"{prefix}:{deployment}" if deployment else prefix
+    return f"{space}:stream:{tenant_id}"
 
 
 class BusUnavailable(Exception):
@@ -37,24 +58,38 @@ class Bus(Protocol):
     async def range(self, tenant_id: int, after: int, upto: int) -> list[Message] | None:
         """Messages after `after` up to `upto` inclusive, or None if some are no longer kept."""
 
+    async def heads(self, tenant_ids: list[int]) -> dict[int, int]:
+        """Each tenant's last seq on the bus (0 for none), in one round trip."""
+
+    async def drop(self, tenant_id: int, head: int) -> bool:
+        """Delete the tenant's stream if its last seq is still `head`; True if it did. Readers then
+        find the messages it held in the outbox, and the next publish starts a new stream."""
+
     async def ping(self) -> bool: ...
 
     async def close(self) -> None: ...
 
 
 class RedisBus:
-    def __init__(self, client: aioredis.Redis, prefix: str, maxlen: int = 100_000) -> None:
+    """`deployment` is the installation's identity (`trackd.db.deployment`): every process that
+    serves gives it, so its keys are its own even where another installation uses the same prefix."""
+
+    def __init__(
+        self, client: aioredis.Redis, prefix: str, maxlen: int = 100_000, *, deployment: str | None = None
+    ) -> None:
         self._r = client
         self._prefix = prefix
+        self._deployment = deployment
         self._maxlen = maxlen
+        self._drop = client.register_script(DROP_IF_HEAD)
 
     @classmethod
-    def from_url(cls, url: str, prefix: str, maxlen: int = 100_000) -> RedisBus:
+    def from_url(cls, url: str, prefix: str, maxlen: int = 100_000, *, deployment: str | None = None) -> RedisBus:
         client = aioredis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
-        return cls(client, prefix, maxlen)
+        return cls(client, prefix, maxlen, deployment=deployment)
 
     def key(self, tenant_id: int) -> str:
-        return f"{self._prefix}:stream:{tenant_id}"
+        return stream_key(self._prefix, self._deployment, tenant_id)
 
     async def publish(self, tenant_id: int, messages: list[Message], last: int | None = None) -> None:
         if not messages:
@@ -82,9 +117,25 @@ class RedisBus:
 
     async def _last_seq(self, key: str) -> int:
         entries: Any = await self._r.xrevrange(key, count=1)
-        if not entries:
-            return 0
-        return int(entries[0][0].split(b"-")[0])
+        return _entry_seq(entries)
+
+    async def heads(self, tenant_ids: list[int]) -> dict[int, int]:
+        if not tenant_ids:
+            return {}
+        pipe = self._r.pipeline(transaction=False)
+        for tenant_id in tenant_ids:
+            pipe.xrevrange(self.key(tenant_id), count=1)
+        try:
+            results: list[Any] = await pipe.execute()
+        except RedisError as exc:
+            raise BusUnavailable(str(exc)) from exc
+        return {t: _entry_seq(entries) for t, entries in zip(tenant_ids, results, strict=True)}
+
+    async def drop(self, tenant_id: int, head: int) -> bool:
+        try:
+            return bool(await self._drop(keys=[self.key(tenant_id)], args=[head]))
+        except RedisError as exc:
+            raise BusUnavailable(str(exc)) from exc
 
     async def read(self, cursors: dict[int, int], block_ms: int) -> list[tuple[int, Message]]:
         if not cursors:
@@ -171,8 +222,25 @@ class MemoryBus:
             return None
         return msgs
 
+    async def heads(self, tenant_ids: list[int]) -> dict[int, int]:
+        return {t: int(s[-1]["seq"]) if (s := self._streams.get(t)) else 0 for t in tenant_ids}
+
+    async def drop(self, tenant_id: int, head: int) -> bool:
+        stream = self._streams.get(tenant_id)
+        if not stream or int(stream[-1]["seq"]) != head:
+            return False
+        del self._streams[tenant_id]
+        return True
+
     async def ping(self) -> bool:
         return True
 
     async def close(self) -> None:
         return None
+
+
+def _entry_seq(entries: Any) -> int:
+    """The seq of the entry XREVRANGE COUNT 1 returned (its id is `<last seq>-1`), 0 for none."""
+    if not entries:
+        return 0
+    return int(entries[0][0].split(b"-")[0])

@@ -11,7 +11,7 @@ from importlib import resources
 
 import orjson
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 from psycopg.types.json import set_json_dumps, set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
@@ -90,6 +90,35 @@ def check_schema(dsn: str) -> None:
         missing = [n for n, _ in migration_files() if n not in names]
         if missing:
             raise ConfigError(f"database schema is behind ({', '.join(missing)}): run `trackd migrate`")
+
+
+DEPLOYMENT = "SELECT id FROM deployment"
+NOT_MIGRATED = "database is not migrated: run `trackd migrate` first"
+
+
+def deployment(dsn: str) -> str:
+    """This installation's identity (made once by `trackd migrate`, migration 008), which every
+    Redis key carries; a `ConfigError` when the database is not migrated that far."""
+    with connect_sync(dsn) as conn:
+        try:
+            row = conn.execute(DEPLOYMENT).fetchone()
+        except psycopg.errors.UndefinedTable:
+            raise ConfigError(NOT_MIGRATED) from None
+    if row is None:
+        raise ConfigError(NOT_MIGRATED)
+    return str(row["id"])
+
+
+async def read_deployment(pool: AsyncConnectionPool) -> str:
+    """`deployment`, through the pool: what each process reads at start to build its bus."""
+    async with pool.connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
+        try:
+            row = await (await cur.execute(DEPLOYMENT)).fetchone()
+        except psycopg.errors.UndefinedTable:
+            raise ConfigError(NOT_MIGRATED) from None
+    if row is None:
+        raise ConfigError(NOT_MIGRATED)
+    return str(row[0])
 
 
 def has_timescale(dsn: str) -> bool:

@@ -13,6 +13,15 @@ A pass is one read (every tenant's messages past its mark) and the bus append: t
 the marks in memory and writes them at most every `MARKS_EVERY_S` (and when idle), without
 waiting for the disk. A mark lost that way makes the next leader publish those messages again,
 and the bus skips a seq it already holds.
+
+A tenant's stream on the bus never holds a seq the database has not committed, unless the
+database went back: restored from an older backup (the same deployment identity, so the same
+keys) under a Redis that kept the streams. The bus would then skip every new message until the
+seq caught up, and readers would get messages of the lost history. So the relay compares the
+streams with the database when a process starts (`start`, before its hub reads), when it starts
+leading, and for each tenant whose stream it has not asked about yet; a stream ahead of the
+database is dropped (`Bus.drop`), with one warning and `trackd_stream_resets_total`. Readers find
+what it held in the outbox, and the next publish starts a new stream.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from trackd import metrics
 from trackd.bus import Bus, BusUnavailable
 from trackd.store import tuples
 
@@ -34,6 +44,7 @@ CHANNEL = "trackd_outbox"
 BATCH = 5000
 MARKS_EVERY_S = 1.0
 DEFER_S = 1.0
+START_CHECK_S = 5.0  # a process's start waits at most this long on the stream check
 
 # The messages past each tenant's mark, tenant by tenant, at most BATCH in all; a tenant whose
 # seq is past its mark but has no message left there (retention deleted them) comes as one row
@@ -50,6 +61,8 @@ LEFT JOIN LATERAL (
 WHERE t.seq > x.mark AND (%(tenant)s::bigint IS NULL OR t.id = %(tenant)s)
 ORDER BY t.id, o.seq
 LIMIT %(batch)s"""
+
+TENANT_SEQS = "SELECT id, seq FROM tenants WHERE %(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s)"
 
 SET_MARKS = """
 INSERT INTO relay_marks (tenant_id, seq)
@@ -72,6 +85,14 @@ class Relay:
         self._known: set[int] = set()  # tenants whose stream's last seq is in _marks
 
     async def start(self) -> None:
+        """Check every tenant's stream against the database (see the module's docstring), then
+        relay in the background. The check is skipped, and done when leading, if the database or
+        the bus does not answer within `START_CHECK_S`."""
+        try:
+            async with asyncio.timeout(START_CHECK_S), self._pool.connection() as conn:
+                await self.check_streams(conn)
+        except (TimeoutError, BusUnavailable, psycopg.Error) as exc:
+            log.info("relay: stream check left to the leader: %s", _first_line(exc))
         self._task = asyncio.create_task(self._run(), name="trackd-relay")
 
     async def stop(self) -> None:
@@ -116,8 +137,12 @@ class Relay:
         self.leading = True
         log.info("relaying the outbox to the bus from this process")
         backoff = 0.1
+        checked = False
         while True:
             try:
+                if not checked:
+                    await self.check_streams(conn)
+                    checked = True
                 while (n := await self._pass(conn)) >= BATCH:
                     pass
                 await self._save_marks(conn, force=not n)
@@ -145,6 +170,44 @@ class Relay:
         await self._save_marks(conn, force=True)
         return n
 
+    async def check_streams(
+        self, conn: psycopg.AsyncConnection[Any], seqs: dict[int, int] | None = None
+    ) -> dict[int, int]:
+        """Drop the streams that are ahead of the database; returns each tenant's last seq on the
+        bus after (0 for a stream dropped). `seqs`: the tenants' seqs as read before calling (all
+        tenants, read here, when None).
+
+        The bus is read after the seqs, so a stream ahead of them may only hold messages committed
+        meanwhile: those tenants' seqs are read again, and a stream still ahead is dropped if its
+        last seq is still the one seen (someone else may have dropped it and published since)."""
+        if seqs is None:
+            seqs = dict(await tuples(conn, TENANT_SEQS, {"ids": None}))
+        heads = await self._bus.heads(list(seqs))
+        ahead = [t for t, head in heads.items() if head > seqs[t]]
+        if not ahead:
+            return heads
+        now = dict(await tuples(conn, TENANT_SEQS, {"ids": ahead}))
+        reset: list[str] = []
+        for tid in ahead:
+            if tid not in now or heads[tid] <= now[tid]:
+                continue
+            if await self._bus.drop(tid, heads[tid]):
+                metrics.STREAM_RESETS.inc()
+                reset.append(f"tenant {tid}: bus at {heads[tid]}, database at {now[tid]}")
+                heads[tid] = 0
+            else:
+                del heads[tid]  # changed meanwhile: the publish asks the bus itself
+        if reset:
+            more = f" and {len(reset) - 5} more" if len(reset) > 5 else ""
+            log.warning(
+                "stream reset: the bus was ahead of the database (restored from an older backup?); dropped"
+                " %d tenant stream(s), new messages flow again (%s%s)",
+                len(reset),
+                "; ".join(reset[:5]),
+                more,
+            )
+        return heads
+
     def _new_term(self) -> None:
         self._marks, self._saved, self._known = {}, {}, set()
 
@@ -171,8 +234,10 @@ class Relay:
                 self._marks[tid] = top
             else:
                 by_tenant.setdefault(tid, []).append(payload)
+        unknown = {tid: int(top) for tid, top, _seq, _payload in rows if tid in by_tenant and tid not in self._known}
+        heads = await self.check_streams(conn, unknown) if unknown else {}
         for tid, payloads in by_tenant.items():
-            known = self._marks.get(tid) if tid in self._known else None
+            known = self._marks.get(tid) if tid in self._known else heads.get(tid)
             await self._bus.publish(tid, payloads, known)
             self._marks[tid] = int(payloads[-1]["seq"])
             self._known.add(tid)

@@ -8,17 +8,19 @@ and keep the lock.
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
+import psycopg
 import pytest
 import redis.asyncio as aioredis
 from psycopg_pool import AsyncConnectionPool
 
 from tests.conftest import REDIS_URL, _drop_database, _make_database
-from trackd import db, ledger, store
-from trackd.bus import RedisBus
+from trackd import db, ledger, metrics, store
+from trackd.bus import MemoryBus, RedisBus
 from trackd.relay import Relay
 
 
@@ -115,3 +117,83 @@ async def test_one_relay_leads_woken_by_commits_and_a_follower_takes_over(
 
     await until(marked)
     await follower.stop()
+
+
+async def _tenant(pool: AsyncConnectionPool, name: str) -> int:
+    await store.create_tenant(pool, name, None)
+    async with store.transaction(pool) as conn:
+        row = await (await conn.execute("SELECT id FROM tenants WHERE name = %s", (name,))).fetchone()
+    assert row is not None
+    return int(row["id"])
+
+
+def _resets() -> float:
+    return metrics.REGISTRY.get_sample_value("trackd_stream_resets_total") or 0.0
+
+
+def _stale(upto: int) -> list[dict[str, object]]:
+    """What a stream kept from a history the database no longer has (it was restored)."""
+    return [{"seq": s, "type": "stale"} for s in range(1, upto + 1)]
+
+
+async def test_a_stream_ahead_of_the_database_is_dropped_at_start_and_new_messages_flow(
+    own_pool: AsyncConnectionPool, bus: RedisBus, caplog: pytest.LogCaptureFixture
+) -> None:
+    tenant_id = await _tenant(own_pool, "restored")
+    await _emit(own_pool, tenant_id, 3)  # the database is at seq 3 ...
+    await bus.publish(tenant_id, _stale(40))  # ... its stream at 40
+    assert (await bus.heads([tenant_id])) == {tenant_id: 40}
+    before = _resets()
+    relay = Relay(own_pool, bus, poll_s=0.1)
+    with caplog.at_level(logging.WARNING, logger="trackd.relay"):
+        await relay.start()  # checks before it returns: a hub started after it reads no stale message
+        assert _resets() == before + 1
+        try:
+            await _emit(own_pool, tenant_id, 2)
+
+            async def published() -> bool:
+                return (await bus.heads([tenant_id]))[tenant_id] == 5
+
+            await until(published)
+            got = await bus.range(tenant_id, 0, 5)
+            assert got is not None
+            assert [(m["seq"], m["type"]) for m in got] == [(s, "shipment.updated") for s in range(1, 6)]
+        finally:
+            await relay.stop()
+    warnings = [r for r in caplog.records if r.name == "trackd.relay" and r.levelno == logging.WARNING]
+    assert [r.getMessage().split(":")[0] for r in warnings] == ["stream reset"]
+    assert f"tenant {tenant_id}: bus at 40, database at 3" in warnings[0].getMessage()
+    assert _resets() == before + 1  # the leader's own check found nothing more to drop
+
+
+async def test_a_tenant_the_relay_has_not_asked_about_is_checked_when_it_publishes(
+    own_pool: AsyncConnectionPool, bus: RedisBus
+) -> None:
+    level = await _tenant(own_pool, "level")
+    ahead = await _tenant(own_pool, "ahead")
+    for t in (level, ahead):
+        await _emit(own_pool, t, 2)
+    await bus.publish(level, [{"seq": 1, "type": "shipment.updated"}])  # behind the database: kept
+    await bus.publish(ahead, _stale(9))
+    before = _resets()
+    relay = Relay(own_pool, bus)
+    assert isinstance(own_pool.conninfo, str)
+    async with await psycopg.AsyncConnection.connect(own_pool.conninfo, autocommit=True) as conn:
+        assert await relay.publish_pending(conn) == 4
+    assert _resets() == before + 1
+    for t in (level, ahead):
+        got = await bus.range(t, 0, 2)
+        assert got is not None
+        assert [(m["seq"], m["type"]) for m in got] == [(1, "shipment.updated"), (2, "shipment.updated")]
+
+
+async def test_a_stream_is_dropped_only_while_it_ends_where_it_was_seen(bus: RedisBus) -> None:
+    for b in (bus, MemoryBus()):
+        await b.publish(7, _stale(5))
+        assert not await b.drop(7, 4)  # someone reset it and published since: kept
+        assert (await b.heads([7, 8])) == {7: 5, 8: 0}
+        assert not await b.drop(8, 0)  # nothing there
+        assert await b.drop(7, 5)
+        assert (await b.heads([7])) == {7: 0}
+        await b.publish(7, [{"seq": 1, "type": "shipment.updated"}])  # a new stream from seq 1
+        assert await b.range(7, 0, 1) == [{"seq": 1, "type": "shipment.updated"}]
