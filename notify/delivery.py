@@ -1,13 +1,22 @@
-"""Outbound notification delivery: Standard Webhooks, at least once, in order per shipment.
+"""Outbound notification delivery: Standard Webhooks, at least once, in order per shipment, fairly.
 
 Deliveries are queued in the database by the outbox trigger, in the transaction of the change.
-Each sender slot takes one due delivery in its own transaction (`FOR UPDATE SKIP LOCKED`), sends
-it, and records the attempt and the next step before committing, so any number of workers share
-the queue and no attempt is sent twice; a worker that dies mid-send releases its row with its
-connection and another sends it again under the same `webhook-id` (receivers deduplicate on it).
+A sender slot leases one due delivery in a short transaction (`notify_store.claim`), commits, sends
+it with no transaction open, and records the attempt and the next step in a second one. The lease
+is renewed while the send runs; a worker that dies mid-send stops renewing, the lease lapses
+within `LEASE_S`, and another worker sends the delivery again under the same `webhook-id`
+(receivers deduplicate on it). Any number of workers share the queue.
 
-The rules are pure functions below (`message_body`, `sign`, `backoff`, `decide`, `sendable`);
-`send` does one HTTP request through an injected `httpx.AsyncClient`, re-checking the
+Fairness, so that one endpoint's slowness or failure delays only its own deliveries:
+- an endpoint (a subscription) has at most `webhook_endpoint_concurrency` deliveries in flight
+  across all workers, a tenant at most `webhook_tenant_concurrency`;
+- endpoints are served in turns, tenant by tenant (round-robin), not oldest delivery first;
+- each endpoint has a circuit breaker (`trip`): after `webhook_breaker_failures` failed attempts
+  in a row nothing is sent to it for a cool-down, then one probe; its deliveries wait, queued,
+  and a failed probe does not use up the probed delivery's retries.
+
+The rules are pure functions below (`message_body`, `sign`, `backoff`, `decide`, `trip`,
+`sendable`); `send` does one HTTP request through an injected `httpx.AsyncClient`, re-checking the
 destination against the SSRF guard every time, and never following redirects.
 """
 
@@ -20,6 +29,7 @@ import hmac
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -40,6 +50,10 @@ log = logging.getLogger("trackd.hooks")
 
 JITTER = 0.15  # each wait is its scheduled length ±15 %
 TIMEOUT_S = 10.0
+RESOLVE_TIMEOUT_S = 5.0  # the destination's name must resolve within this, before the request's own timeout
+LEASE_S = 10.0  # a delivery in flight is leased this long ...
+RENEW_S = 3.0  # ... and the lease renewed this often while the send runs
+MAX_COOLDOWN_DOUBLINGS = 5  # an open circuit waits at most 32 cool-downs before its next probe
 DISABLE_AFTER_S = 3 * 86400.0  # an endpoint failing without a success for this long is disabled
 KEEP_LOG_S = 30 * 86400.0  # finished deliveries (and their attempts) are kept this long
 
@@ -95,13 +109,18 @@ def decide(
     failing_since: datetime | None,
     rng: random.Random,
     disable_after_s: float = DISABLE_AFTER_S,
+    *,
+    probe: bool = False,
 ) -> Decision:
-    """What follows an attempt: done, retried later, or given up; and whether to disable the endpoint."""
+    """What follows an attempt: done, retried later, or given up; and whether to disable the endpoint.
+
+    A failed `probe` (the one send an open circuit lets through) keeps the delivery due with its
+    tries unchanged: it showed that the endpoint is still down, which the breaker paces, not that
+    this message cannot be delivered.
+    """
     tries = tries_before + 1
     if attempt.ok:
         return Decision("succeeded", tries, attempt.at)
-    delay = backoff(schedule, tries, rng)
-    status, next_at = ("failed", attempt.at) if delay is None else ("pending", attempt.at + timedelta(seconds=delay))
     since = failing_since or attempt.at
     reason = None
     if (attempt.at - since).total_seconds() > disable_after_s:
@@ -109,7 +128,32 @@ def decide(
             f"disabled at {attempt.at.isoformat()}: every attempt failed since {since.isoformat()}"
             f" (last: {attempt.error})"
         )
+    if probe:
+        return Decision("pending", tries_before, attempt.at, reason)
+    delay = backoff(schedule, tries, rng)
+    status, next_at = ("failed", attempt.at) if delay is None else ("pending", attempt.at + timedelta(seconds=delay))
     return Decision(status, tries, next_at, reason)
+
+
+@dataclass(frozen=True, slots=True)
+class Breaker:
+    """An endpoint's circuit: `failures` in a row; no sends before `open_until` (None: closed)."""
+
+    failures: int
+    open_until: datetime | None
+
+
+def trip(failures_before: int, ok: bool, at: datetime, threshold: int, cooldown_s: float) -> Breaker:
+    """The endpoint's circuit after an attempt at `at`. A success closes it. The `threshold`-th
+    failure in a row opens it for `cooldown_s`; each failure after that (a failed probe) opens it
+    for twice as long as the one before, up to 2**MAX_COOLDOWN_DOUBLINGS cool-downs."""
+    if ok:
+        return Breaker(0, None)
+    failures = failures_before + 1
+    if failures < threshold:
+        return Breaker(failures, None)
+    wait = cooldown_s * 2 ** min(failures - threshold, MAX_COOLDOWN_DOUBLINGS)
+    return Breaker(failures, at + timedelta(seconds=wait))
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,8 +167,8 @@ class Pending:
 
 
 def sendable(pending: Iterable[Pending], now: datetime) -> list[str]:
-    """The ordering rule (the claim query's): per subscription and shipment only the earliest
-    pending delivery may go, and only once due; soonest due first."""
+    """The ordering rule (the claim query's, within one endpoint): per subscription and shipment only
+    the earliest pending delivery may go, and only once due; soonest due first."""
     heads: dict[tuple[str, str], Pending] = {}
     for p in pending:
         key = (p.webhook_id, p.shipment_id or "")
@@ -157,9 +201,12 @@ async def send(
         return int((monotonic() - start) * 1000)
 
     try:
-        target = await ssrf.check_url(url, allow_private, resolver)
+        async with asyncio.timeout(RESOLVE_TIMEOUT_S):
+            target = await ssrf.check_url(url, allow_private, resolver)
     except ssrf.Refused as exc:
         return Attempt(now, None, took(), exc.reason)
+    except TimeoutError:
+        return Attempt(now, None, took(), f"timeout: the host did not resolve within {RESOLVE_TIMEOUT_S:g} s")
     headers = {**request_headers(msg_id, int(now.timestamp()), body, secrets), "host": target.host}
     request = client.build_request(
         "POST", target.url, content=body, headers=headers, extensions={"sni_hostname": target.sni_hostname}
@@ -205,15 +252,19 @@ class Resources(Protocol):
 
 
 class Deliverer:
-    """Sends due deliveries with `concurrency` slots until stopped. One slot polls every
-    `poll_s` when idle; a slot that finds work wakes the others."""
+    """Sends due deliveries with `concurrency` slots (default `webhook_senders`) until stopped.
+
+    Idle slots wait to be woken: a poller wakes one every `poll_s`, and a slot that found work
+    wakes one more, so as many slots take part as there is work, without every idle slot querying
+    the queue at once.
+    """
 
     def __init__(
         self,
         state: Resources,
         client: httpx.AsyncClient | None = None,
         *,
-        concurrency: int = 4,
+        concurrency: int | None = None,
         poll_s: float = 0.2,
         resolver: ssrf.Resolver = ssrf.system_resolver,
         rng: random.Random | None = None,
@@ -223,29 +274,41 @@ class Deliverer:
         self.settings = state.settings
         self.clock = clock or state.clock
         self.client = client
-        self.concurrency = max(1, concurrency)
+        self.concurrency = max(1, concurrency or state.settings.webhook_senders)
         self.poll_s = poll_s
         self.resolver = resolver
         self.rng = rng or random.Random()
-        hours = getattr(state.settings, "webhook_disable_after_h", None)
-        self.disable_after_s = float(hours) * 3600 if hours else DISABLE_AFTER_S
+        self.disable_after_s = float(state.settings.webhook_disable_after_h) * 3600
         self._box: keys.SecretBox | None = None
-        self._wake = asyncio.Event()
+        self._idle: deque[asyncio.Event] = deque()
 
     async def run(self, stop: asyncio.Event) -> None:
         own = self.client is None
         client = self.client or httpx.AsyncClient(
-            timeout=httpx.Timeout(TIMEOUT_S), follow_redirects=False, trust_env=False
+            timeout=httpx.Timeout(TIMEOUT_S),
+            follow_redirects=False,
+            trust_env=False,
+            limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
         )
         try:
             await asyncio.gather(
-                *(self._slot(stop, client, i) for i in range(self.concurrency)), self._upkeep(stop), self._stopper(stop)
+                *(self._slot(stop, client) for _ in range(self.concurrency)),
+                self._poller(stop),
+                self._upkeep(stop),
+                self._stopper(stop),
             )
         finally:
             if own:
                 await client.aclose()
 
-    async def _slot(self, stop: asyncio.Event, client: httpx.AsyncClient, index: int) -> None:
+    def _wake_one(self) -> None:
+        while self._idle:
+            event = self._idle.popleft()
+            if not event.is_set():
+                event.set()
+                return
+
+    async def _slot(self, stop: asyncio.Event, client: httpx.AsyncClient) -> None:
         failures = 0
         while not stop.is_set():
             try:
@@ -257,17 +320,23 @@ class Deliverer:
                 await _sleep(stop, min(0.2 * 2**failures, 5.0))
                 continue
             if busy:
-                self._wake.set()
+                self._wake_one()  # there may be more: let one more slot look
                 continue
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.poll_s if index == 0 else self.poll_s * 10)
-            except TimeoutError:
-                pass
-            self._wake.clear()
+            event = asyncio.Event()
+            self._idle.append(event)
+            if stop.is_set():  # stopped while this slot was busy: the stopper has woken the others already
+                break
+            await event.wait()
+
+    async def _poller(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self._wake_one()
+            await _sleep(stop, self.poll_s)
 
     async def _stopper(self, stop: asyncio.Event) -> None:
         await stop.wait()
-        self._wake.set()  # idle slots see `stop` at once
+        while self._idle:  # idle slots see `stop` at once
+            self._idle.popleft().set()
 
     async def _upkeep(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -287,40 +356,99 @@ class Deliverer:
         return notify_store.signing_secrets(row, self._box, now)
 
     async def deliver_one(self, client: httpx.AsyncClient) -> bool:
-        """Send one due delivery and record the attempt; False when nothing is due."""
+        """Lease one due delivery, send it, record the attempt; False when nothing may go now."""
+        s = self.settings
+        now = self.clock()
         async with store.transaction(self.pool) as conn:
-            row = await notify_store.claim(conn, self.clock())
+            row = await notify_store.claim(
+                conn,
+                now,
+                now + timedelta(seconds=LEASE_S),
+                s.webhook_endpoint_concurrency,
+                s.webhook_tenant_concurrency,
+            )
             if row is None:
                 return False
-            now = self.clock()
             try:
-                secrets = await self._secrets(conn, row, now)
+                secrets: list[str] | str = await self._secrets(conn, row, now)
             except TrackdError as exc:
-                attempt = Attempt(now, None, 0, f"cannot sign: {exc.detail}")
-            else:
-                attempt = await send(
-                    client,
-                    row["url"],
-                    row["id"],
-                    message_body(row["type"], row["payload"]),
-                    secrets,
-                    now,
-                    allow_private=self.settings.webhook_allow_private,
-                    resolver=self.resolver,
-                )
+                secrets = f"cannot sign: {exc.detail}"
+        now = self.clock()
+        if isinstance(secrets, str):
+            attempt = Attempt(now, None, 0, secrets)
+        else:
+            attempt = await self._send_leased(client, row, secrets, now)
+        probe = row["circuit_open_until"] is not None
+        async with store.transaction(self.pool) as conn:
+            endpoint = await notify_store.lock_endpoint(conn, row["webhook_id"])
+            if endpoint is None:  # the subscription was deleted meanwhile, with its deliveries
+                return True
             step = decide(
                 attempt,
                 row["tries"],
-                self.settings.retry_schedule,
-                row["failing_since"],
+                s.retry_schedule,
+                endpoint["failing_since"],
                 self.rng,
                 self.disable_after_s,
+                probe=probe,
             )
-            await notify_store.record(conn, row["id"], attempt, step.status, step.tries, step.next_attempt_at)
-            await notify_store.endpoint_result(conn, row["webhook_id"], attempt.ok, attempt.at, step.disable_reason)
+            circuit = trip(
+                endpoint["consecutive_failures"],
+                attempt.ok,
+                attempt.at,
+                s.webhook_breaker_failures,
+                s.webhook_breaker_cooldown_s,
+            )
+            failing_since = None if attempt.ok else (endpoint["failing_since"] or attempt.at)
+            await notify_store.save_endpoint(
+                conn,
+                row["webhook_id"],
+                endpoint,
+                circuit.failures,
+                circuit.open_until,
+                failing_since,
+                step.disable_reason,
+                attempt.at,
+            )
+            await notify_store.record(
+                conn, row["id"], row["lease"], attempt, step.status, step.tries, step.next_attempt_at
+            )
         if step.disable_reason:
             log.warning("webhook %s %s", row["webhook_id"], step.disable_reason)
+        elif circuit.open_until is not None and endpoint["circuit_open_until"] is None:
+            log.info("webhook %s: circuit open until %s (%s)", row["webhook_id"], circuit.open_until, attempt.error)
         return True
+
+    async def _send_leased(
+        self, client: httpx.AsyncClient, row: store.Row, secrets: list[str], now: datetime
+    ) -> Attempt:
+        """`send`, renewing the delivery's lease every `RENEW_S` while it runs."""
+        task = asyncio.ensure_future(
+            send(
+                client,
+                row["url"],
+                row["id"],
+                message_body(row["type"], row["payload"]),
+                secrets,
+                now,
+                allow_private=self.settings.webhook_allow_private,
+                resolver=self.resolver,
+            )
+        )
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=RENEW_S)
+                if done:
+                    return task.result()
+                try:
+                    async with store.transaction(self.pool) as conn:
+                        until = self.clock() + timedelta(seconds=LEASE_S)
+                        await notify_store.renew(conn, row["id"], row["lease"], until)
+                except Exception as exc:  # the send goes on; at worst the delivery is sent twice
+                    log.warning("webhook lease renewal: %s", _error(exc))
+        finally:
+            if not task.done():
+                task.cancel()
 
 
 async def _sleep(stop: asyncio.Event, seconds: float) -> None:

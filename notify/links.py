@@ -1,8 +1,10 @@
 """Public tracking links: `POST /v1/shipments/{id}/share` makes one; `GET /v1/track/{token}` (JSON)
-and `GET /track/{token}` (the page) show the shipment to whoever holds the token.
+and `GET /track/{token}` (the page) show the shipment to whoever holds the token;
+`DELETE /v1/shipments/{id}/share/{token}` revokes one, `DELETE /v1/shipments/{id}/share` all.
 
-The public view carries no internal ids and no raw payloads: only what an end customer needs.
-Tokens are 192-bit random strings; only their SHA-256 is stored. Unknown and expired tokens are 404.
+The public view carries no internal ids and no raw payloads: only what an end customer needs, and
+the positions only as precisely as the link allows (`position`: exact, coarse, none). Tokens are
+192-bit random strings; only their SHA-256 is stored. Unknown, expired and revoked tokens are 404.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ import secrets
 from collections.abc import Sequence
 from datetime import timedelta
 from functools import cache
-from typing import Any
+from typing import Any, Literal
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -30,11 +32,30 @@ DEFAULT_EXPIRY_S = 30 * 86400
 MAX_EXPIRY_S = 366 * 86400
 MAX_ROUTE_POINTS = 500
 _SQL_POINTS = 5_000  # positions thinned evenly in SQL first, then simplified here
+COARSE_DECIMALS = 1  # coarse positions: rounded to 0.1 degree, about 11 km (city level)
 
 
 class ShareIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     expires_in_s: int = Field(DEFAULT_EXPIRY_S, ge=60, le=MAX_EXPIRY_S)
+    position: Literal["exact", "coarse", "none"] = Field(
+        "exact", description="how the route shows positions: as reported, rounded to 0.1 degree, or not at all"
+    )
+
+
+def public_route(points: Sequence[tuple[float, float]], position: str) -> list[tuple[float, float]]:
+    """The route a link with this `position` setting shows: every point (`exact`), points rounded to
+    0.1 degree with repeats in a row dropped (`coarse`), or nothing (`none`)."""
+    if position == "none":
+        return []
+    if position == "exact":
+        return list(points)
+    out: list[tuple[float, float]] = []
+    for lon, lat in points:
+        p = (round(lon, COARSE_DECIMALS) + 0.0, round(lat, COARSE_DECIMALS) + 0.0)  # + 0.0: no -0.0
+        if not out or out[-1] != p:
+            out.append(p)
+    return out
 
 
 def simplify(points: Sequence[tuple[float, float]], max_points: int) -> list[tuple[float, float]]:
@@ -87,16 +108,17 @@ def zone_at(destination: dict[str, Any] | None) -> str:
 async def public_track(state: Shared, token: str) -> dict[str, Any]:
     """The public JSON for a live token, or NotFound."""
     async with store.transaction(state.pool) as conn:
-        target = await notify_store.shared_shipment(conn, token, state.clock())
-        if target is None:
-            raise NotFound("no such tracking link, or it has expired")
-        rows = await notify_store.track_rows(conn, *target, _SQL_POINTS)
+        link = await notify_store.shared_shipment(conn, token, state.clock())
+        if link is None:
+            raise NotFound("no such tracking link, or it has expired or been revoked")
+        rows = await notify_store.track_rows(conn, link.tenant_id, link.shipment_id, _SQL_POINTS)
     if rows is None:
-        raise NotFound("no such tracking link, or it has expired")
+        raise NotFound("no such tracking link, or it has expired or been revoked")
     shipment, milestones, positions = rows
     legs = shipment["legs"] or []
     dest = (legs[-1].get("destination") or {}) if legs else {}
-    route = simplify([(float(p["lon"]), float(p["lat"])) for p in positions], MAX_ROUTE_POINTS)
+    points = public_route([(float(p["lon"]), float(p["lat"])) for p in positions], link.position)
+    route = simplify(points, MAX_ROUTE_POINTS)
     return {
         "tracking_number": shipment["tracking_number"],
         "carrier": shipment["carrier"],
@@ -125,21 +147,42 @@ async def public_track(state: Shared, token: str) -> dict[str, Any]:
 async def share_shipment(
     shipment_id: str, tenant: CurrentTenant, state: Shared, request: Request, body: ShareIn | None = None
 ) -> dict[str, Any]:
-    """A public, read-only tracking link to the shipment, valid for `expires_in_s` (default 30 days)."""
-    ttl = body.expires_in_s if body else DEFAULT_EXPIRY_S
+    """A public, read-only tracking link to the shipment, valid for `expires_in_s` (default 30 days),
+    showing positions as `position` says (default `exact`; `coarse`: rounded to 0.1 degree; `none`)."""
+    body = body or ShareIn(expires_in_s=DEFAULT_EXPIRY_S, position="exact")
     token = secrets.token_urlsafe(24)
-    expires_at = state.clock() + timedelta(seconds=ttl)
+    expires_at = state.clock() + timedelta(seconds=body.expires_in_s)
     async with store.transaction(state.pool) as conn:
         await registry.require_shipment(conn, tenant.id, shipment_id)
-        await notify_store.create_share(conn, tenant.id, shipment_id, token, expires_at)
+        await notify_store.create_share(conn, tenant.id, shipment_id, token, expires_at, body.position)
     base = str(request.base_url).rstrip("/")
     return {"token": token, "url": f"{base}/track/{token}", "expires_at": expires_at.isoformat()}
 
 
+@router.delete("/v1/shipments/{shipment_id}/share/{token}", status_code=204)
+async def revoke_share(shipment_id: str, token: str, tenant: CurrentTenant, state: Shared) -> Response:
+    """Revoke the link: from now on it answers 404, like an unknown one."""
+    async with store.transaction(state.pool) as conn:
+        if not await notify_store.revoke_share(conn, tenant.id, shipment_id, token):
+            raise NotFound(f"no such tracking link to shipment {shipment_id!r}")  # the token is not echoed
+    return Response(status_code=204)
+
+
+@router.delete("/v1/shipments/{shipment_id}/share")
+async def revoke_shares(shipment_id: str, tenant: CurrentTenant, state: Shared) -> dict[str, int]:
+    """Revoke every link to the shipment (for a link whose token was lost); `{"revoked": n}`."""
+    async with store.transaction(state.pool) as conn:
+        await registry.require_shipment(conn, tenant.id, shipment_id)
+        n = await notify_store.revoke_shares(conn, tenant.id, shipment_id)
+    return {"revoked": n}
+
+
 @router.get("/v1/track/{token}")
-async def track_json(token: str, state: Shared) -> dict[str, Any]:
+async def track_json(token: str, state: Shared, response: Response) -> dict[str, Any]:
     """What a tracking link shows: status, actual milestones, ETA, route so far. No authentication."""
-    return await public_track(state, token)
+    track = await public_track(state, token)
+    response.headers["Cache-Control"] = "no-store"  # a revoked link must not live on in a cache
+    return track
 
 
 @router.get("/track/{token}", include_in_schema=False, response_class=HTMLResponse)

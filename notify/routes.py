@@ -179,7 +179,9 @@ async def retry_delivery(webhook_id: str, delivery_id: str, tenant: CurrentTenan
 @router.post("/{webhook_id}/replay", status_code=202)
 async def replay(webhook_id: str, body: ReplayIn, tenant: CurrentTenant, state: Shared) -> JSONBody:
     """Queue again, as new deliveries, the kept stream messages emitted in [`from`, `until`) that this
-    subscription matches (its current events and shipment filter)."""
+    subscription matches (its current events and shipment filter). A message that already has a
+    delivery to this subscription pending is not queued again: repeating the call while the replay
+    is being sent queues nothing more (`count` says how many were queued)."""
     since, until = _aware("from", body.from_), _aware("until", body.until)
     if until <= since:
         raise ValidationError("until", "must be after from")

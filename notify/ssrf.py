@@ -3,8 +3,10 @@
 A subscriber chooses the URL trackd will POST to, so before every request the host is resolved and
 each address checked: private, loopback, link-local, carrier-grade NAT, multicast, reserved,
 unspecified and IPv4-mapped addresses are refused unless private destinations are allowed (for
-a receiver on the same host or network). Cloud metadata endpoints are refused always: nothing
-legitimate listens there for webhooks and they hand out credentials.
+a receiver on the same host or network). Cloud metadata endpoints (`METADATA_ADDRESSES`, some of
+them public addresses such as Azure's 168.63.129.16, and `METADATA_HOSTS`) are refused always,
+also when embedded in an IPv6 address: nothing legitimate listens there for webhooks and they hand
+out credentials.
 
 The caller connects to the address that was checked (`Target`), never resolving the name again,
 so a DNS answer that changes between the check and the connection cannot slip through. The
@@ -33,21 +35,33 @@ METADATA_HOSTS = frozenset(
         "instance-data",
         "instance-data.ec2.internal",
         "metadata.azure.internal",
+        "metadata.tencentyun.com",
+        "api.metadata.cloud.ibm.com",
+        "metadata.platformequinix.com",
     }
 )
 METADATA_ADDRESSES = frozenset(
     ipaddress.ip_address(a)
     for a in (
-        "169.254.169.254",  # AWS, GCP, Azure, OpenStack, DigitalOcean
-        "169.254.170.2",  # AWS ECS task metadata
+        "169.254.169.254",  # AWS, GCP, Azure IMDS, OpenStack, Oracle, DigitalOcean, Hetzner, IBM, Huawei
+        "169.254.170.2",  # AWS ECS task metadata and credentials
+        "169.254.170.23",  # AWS EKS Pod Identity credentials
         "169.254.169.253",  # AWS DNS
-        "fd00:ec2::254",  # AWS IMDS over IPv6
-        "fd00:ec2::253",
+        "169.254.0.23",  # Tencent Cloud
+        "168.63.129.16",  # Azure WireServer and host agent (a public address, so named here)
         "100.100.100.200",  # Alibaba Cloud
+        "192.0.0.192",  # Oracle Cloud (classic)
+        "fd00:ec2::254",  # AWS IMDS over IPv6
+        "fd00:ec2::253",  # AWS DNS over IPv6
+        "fd00:ec2::23",  # AWS EKS Pod Identity over IPv6
+        "fd20:ce::254",  # GCP metadata over IPv6
+        "fd00:c1::a9fe:a9fe",  # Oracle Cloud IMDS over IPv6
     )
 )
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # local-use NAT64 prefixes (RFC 8215)
+_V4_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated IPv4-compatible addresses (::a.b.c.d)
 
 
 class Refused(ValidationError):
@@ -82,7 +96,7 @@ def refusal(addr: IPAddress, allow_private: bool = False) -> str | None:
                 return f"{addr} is a cloud metadata address"
             return None if allow_private else f"{addr} is an IPv4-mapped address"
         embedded = addr.sixtofour or (addr.teredo[1] if addr.teredo else None)
-        if embedded is None and addr in _NAT64:
+        if embedded is None and (addr in _NAT64 or addr in _NAT64_LOCAL or (addr in _V4_COMPATIBLE and int(addr) > 1)):
             embedded = ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
         if embedded is not None:
             inner = refusal(embedded, allow_private)

@@ -2,8 +2,10 @@
 
 Every query a tenant can reach is scoped to that tenant. Deliveries are queued by the
 `outbox_webhooks` trigger (migrations/003_hooks.sql) in the transaction that writes the stream
-message; `claim` hands one due delivery to one worker at a time (`FOR UPDATE SKIP LOCKED`) and
-keeps per-(subscription, shipment) order: a delivery waits while an earlier one is pending.
+message. `claim` leases one due delivery to one sender (migrations/009_notify_fairness.sql): it
+serves endpoints in turns, tenant by tenant, skips an endpoint at its in-flight limit or with its
+circuit open, and keeps per-(subscription, shipment) order: a delivery waits while an earlier one
+is pending.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ def webhook_json(r: Row) -> dict[str, Any]:
         "disabled_reason": r["disabled_reason"],
         "previous_secret_expires_at": iso(r["previous_secret_until"]),
         "failing_since": iso(r["failing_since"]),
+        "circuit_open_until": iso(r["circuit_open_until"]),
         "created_at": iso(r["created_at"]),
         "updated_at": iso(r["updated_at"]),
     }
@@ -85,7 +88,7 @@ async def list_webhooks(conn: Conn, tenant_id: int, limit: int, cursor: str | No
 
 async def update_webhook(conn: Conn, tenant_id: int, webhook_id: str, changes: dict[str, Any]) -> Row | None:
     """Apply `changes` (url, events, shipment_ids, description, enabled). Enabling clears the
-    reason it was disabled and its failure streak."""
+    reason it was disabled and its failure streak; enabling or a new URL also closes its circuit."""
     sets, args = ["updated_at = now()"], list[Any]()
     for name in ("url", "events", "shipment_ids", "description", "enabled"):
         if name in changes:
@@ -93,6 +96,8 @@ async def update_webhook(conn: Conn, tenant_id: int, webhook_id: str, changes: d
             args.append(changes[name] if name != "shipment_ids" else (changes[name] or []))
     if changes.get("enabled") is True:
         sets.extend(["disabled_reason = NULL", "failing_since = NULL"])
+    if changes.get("enabled") is True or changes.get("url") is not None:
+        sets.extend(["consecutive_failures = 0", "circuit_open_until = NULL"])
     sql = f"UPDATE webhooks SET {', '.join(sets)} WHERE tenant_id = %s AND id = %s RETURNING *"
     return await (await conn.execute(sql, [*args, tenant_id, webhook_id])).fetchone()
 
@@ -198,12 +203,27 @@ CROSS JOIN LATERAL (VALUES (1::smallint, o.type),
                                               THEN 'delivered' END)) AS k(ord, type)
 WHERE w.id = %(webhook)s AND w.tenant_id = %(tenant)s AND k.type IS NOT NULL AND k.type = ANY (w.events)
   AND (cardinality(w.shipment_ids) = 0 OR o.shipment_id = ANY (w.shipment_ids))
+  AND NOT EXISTS (SELECT 1 FROM webhook_deliveries p
+                  WHERE p.webhook_id = w.id AND p.order_key = COALESCE(o.shipment_id, '') AND p.seq = o.seq
+                    AND p.ord = k.ord AND p.status = 'pending')
 """
 
 
 async def replay(conn: Conn, tenant_id: int, webhook_id: str, since: datetime, until: datetime, now: datetime) -> int:
     """Queue, as new deliveries, the kept stream messages written in [since, until) that the
-    subscription matches; returns how many."""
+    subscription matches and that have no delivery to it pending already; returns how many.
+
+    Idempotent while pending: replaying the same range again before those deliveries are sent
+    queues nothing more. Replays of one subscription run one at a time (its row is locked), so
+    concurrent calls cannot both queue a message.
+    """
+    locked = await (
+        await conn.execute(
+            "SELECT id FROM webhooks WHERE tenant_id = %s AND id = %s FOR NO KEY UPDATE", (tenant_id, webhook_id)
+        )
+    ).fetchone()
+    if locked is None:
+        return 0
     cur = await conn.execute(
         REPLAY, {"now": now, "from": since, "until": until, "webhook": webhook_id, "tenant": tenant_id}
     )
@@ -212,18 +232,100 @@ async def replay(conn: Conn, tenant_id: int, webhook_id: str, since: datetime, u
 
 # -- the deliverer's side ------------------------------------------------------------------------
 
-CLAIM = """
-SELECT d.id, d.webhook_id, d.type, d.payload, d.occurred_at, d.tries, w.url, w.secret_enc,
-       w.previous_secret_enc, w.previous_secret_until, w.failing_since
-FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id
-WHERE d.status = 'pending' AND d.next_attempt_at <= %(now)s AND w.enabled
-  AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e
-                  WHERE e.webhook_id = d.webhook_id AND e.order_key = d.order_key AND e.status = 'pending'
-                    AND (e.seq, e.ord, e.id) < (d.seq, d.ord, d.id))
-ORDER BY d.next_attempt_at
+# The endpoint to serve next, locked, with the delivery it would send. Endpoints are taken in
+# round-robin order: the tenant served longest ago first, then its endpoint served longest ago, so
+# one tenant's backlog or slow endpoint never holds the queue. An endpoint qualifies when it is
+# enabled, its circuit is closed (or its cool-down is over: then one probe at a time), it and its
+# tenant are below their in-flight limits, and it has a due delivery that is not leased and has no
+# earlier delivery of its (subscription, shipment) pending. An endpoint or tenant another claimer
+# holds is skipped (SKIP LOCKED, and a try of the tenant's transaction lock, taken only for the
+# endpoint about to be chosen): claimers never wait on each other, spread over tenants, and count
+# a tenant's deliveries in flight exactly.
+#
+# Cheap whatever the backlog: the endpoints are sorted first and looked at lazily, in that order
+# (the nested loop keeps the sorted subquery's order), until one qualifies; within an endpoint, the
+# delivery due first among its 50 oldest due ones, or else (those all wait behind earlier ones) the
+# first due head among its next 500 shipments, walked with one index probe each.
+PICK = """
+SELECT w.id AS webhook_id, h.id AS delivery_id
+FROM (
+    SELECT w.id, w.tenant_id, w.circuit_open_until, w.claim_turn,
+           max(w.claim_turn) OVER (PARTITION BY w.tenant_id) AS tenant_turn
+    FROM webhooks w
+    WHERE w.enabled AND (w.circuit_open_until IS NULL OR w.circuit_open_until <= %(now)s)
+    ORDER BY tenant_turn, w.claim_turn, w.id
+) o
+JOIN webhooks w ON w.id = o.id
+CROSS JOIN LATERAL (
+    (SELECT d.id
+     FROM (SELECT d.id, d.webhook_id, d.order_key, d.seq, d.ord, d.next_attempt_at, d.leased_until
+           FROM webhook_deliveries d
+           WHERE d.webhook_id = w.id AND d.status = 'pending' AND d.next_attempt_at <= %(now)s
+           ORDER BY d.next_attempt_at
+           LIMIT 50) d
+     WHERE (d.leased_until IS NULL OR d.leased_until <= %(now)s)
+       AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e
+                       WHERE e.webhook_id = d.webhook_id AND e.order_key = d.order_key AND e.status = 'pending'
+                         AND (e.seq, e.ord, e.id) < (d.seq, d.ord, d.id))
+     ORDER BY d.next_attempt_at
+     LIMIT 1)
+    UNION ALL
+    (WITH RECURSIVE lane (key, n) AS (
+         (SELECT d.order_key, 1 FROM webhook_deliveries d
+          WHERE d.webhook_id = w.id AND d.status = 'pending' ORDER BY d.order_key LIMIT 1)
+         UNION ALL
+         SELECT (SELECT d.order_key FROM webhook_deliveries d
+                 WHERE d.webhook_id = w.id AND d.status = 'pending' AND d.order_key > lane.key
+                 ORDER BY d.order_key LIMIT 1), lane.n + 1
+         FROM lane WHERE lane.key IS NOT NULL AND lane.n < 500
+     )
+     SELECT head.id FROM lane
+     CROSS JOIN LATERAL (SELECT d.id, d.next_attempt_at, d.leased_until FROM webhook_deliveries d
+                         WHERE d.webhook_id = w.id AND d.order_key = lane.key AND d.status = 'pending'
+                         ORDER BY d.seq, d.ord, d.id LIMIT 1) head
+     WHERE head.next_attempt_at <= %(now)s AND (head.leased_until IS NULL OR head.leased_until <= %(now)s)
+     LIMIT 1)
+    LIMIT 1
+) h
+WHERE (SELECT count(*) FROM webhook_deliveries f WHERE f.webhook_id = w.id AND f.leased_until > %(now)s)
+      < CASE WHEN w.circuit_open_until IS NULL THEN %(per_endpoint)s ELSE 1 END
+  AND (SELECT count(*) FROM webhook_deliveries f WHERE f.tenant_id = w.tenant_id AND f.leased_until > %(now)s)
+      < %(per_tenant)s
+  AND CASE WHEN h.id IS NOT NULL THEN pg_try_advisory_xact_lock(%(tenant_lock)s, (w.tenant_id %% 2147483648)::int) END
 LIMIT 1
-FOR UPDATE OF d SKIP LOCKED
+FOR NO KEY UPDATE OF w SKIP LOCKED
 """
+
+# Lease the picked delivery, re-checked in this statement's snapshot, taken after the endpoint's
+# and the tenant's locks: so their in-flight counts are exact. The endpoint moves to the back of
+# the round-robin.
+LEASE = """
+WITH hook AS (
+    SELECT w.* FROM webhooks w WHERE w.id = %(webhook)s AND w.enabled
+       AND (w.circuit_open_until IS NULL OR w.circuit_open_until <= %(now)s)
+       AND (SELECT count(*) FROM webhook_deliveries f WHERE f.webhook_id = w.id AND f.leased_until > %(now)s)
+           < CASE WHEN w.circuit_open_until IS NULL THEN %(per_endpoint)s ELSE 1 END
+       AND (SELECT count(*) FROM webhook_deliveries f WHERE f.tenant_id = w.tenant_id AND f.leased_until > %(now)s)
+           < %(per_tenant)s
+), leased AS (
+    UPDATE webhook_deliveries d SET leased_until = %(until)s, lease = gen_random_uuid()
+    FROM hook
+    WHERE d.id = %(delivery)s AND d.webhook_id = hook.id AND d.status = 'pending' AND d.next_attempt_at <= %(now)s
+      AND (d.leased_until IS NULL OR d.leased_until <= %(now)s)
+      AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e
+                      WHERE e.webhook_id = d.webhook_id AND e.order_key = d.order_key AND e.status = 'pending'
+                        AND (e.seq, e.ord, e.id) < (d.seq, d.ord, d.id))
+    RETURNING d.*
+), turn AS (
+    UPDATE webhooks w SET claim_turn = nextval('webhook_claim_turns')
+    WHERE w.id = %(webhook)s AND EXISTS (SELECT 1 FROM leased)
+)
+SELECT l.id, l.webhook_id, l.tenant_id, l.type, l.payload, l.occurred_at, l.tries, l.lease, h.url, h.secret_enc,
+       h.previous_secret_enc, h.previous_secret_until, h.circuit_open_until
+FROM leased l JOIN hook h ON h.id = l.webhook_id
+"""
+PICK_TRIES = 3  # a pick can be outdated by the time its lock is granted: pick again
+TENANT_LOCK = 72_420  # the first key of the tenants' claim locks (pg_try_advisory_xact_lock(int, int))
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,42 +343,107 @@ class Attempt:
         return self.error is None and self.status_code is not None and 200 <= self.status_code < 300
 
 
-async def claim(conn: Conn, now: datetime) -> Row | None:
-    """One due delivery whose predecessors for its shipment are done, locked by this transaction."""
-    return await (await conn.execute(CLAIM, {"now": now})).fetchone()
+async def claim(conn: Conn, now: datetime, lease_until: datetime, per_endpoint: int, per_tenant: int) -> Row | None:
+    """Lease one due delivery until `lease_until` (see `PICK`), or None when nothing may go now.
+
+    The row holds the delivery, its endpoint's URL and secrets, `lease` (what `renew` and `record`
+    need) and `circuit_open_until` (not None: this send is the endpoint's probe). Commit the
+    transaction before sending: the lease, not a lock, marks the delivery in flight.
+    """
+    # A lease lost in a crash only lets the delivery be sent again (under the same webhook-id), which
+    # at-least-once allows: no need to wait for the WAL flush.
+    await conn.execute("SET LOCAL synchronous_commit = off")
+    limits = {"now": now, "per_endpoint": per_endpoint, "per_tenant": per_tenant, "tenant_lock": TENANT_LOCK}
+    for _ in range(PICK_TRIES):
+        pick = await (await conn.execute(PICK, limits)).fetchone()
+        if pick is None:
+            return None
+        args = {**limits, "until": lease_until, "webhook": pick["webhook_id"], "delivery": pick["delivery_id"]}
+        row = await (await conn.execute(LEASE, args)).fetchone()
+        if row is not None:
+            return row
+    return None
+
+
+async def renew(conn: Conn, delivery_id: str, lease: Any, until: datetime) -> bool:
+    """Extend a lease still held; False when it lapsed and another claim took the delivery."""
+    await conn.execute("SET LOCAL synchronous_commit = off")  # as in `claim`
+    cur = await conn.execute(
+        "UPDATE webhook_deliveries SET leased_until = %s WHERE id = %s AND lease = %s", (until, delivery_id, lease)
+    )
+    return cur.rowcount == 1
+
+
+async def lock_endpoint(conn: Conn, webhook_id: str) -> Row | None:
+    """The endpoint's failure streak and breaker, locked until commit; None once it is deleted.
+    Lock it before its delivery (`record`), as the claim does, so the two never deadlock."""
+    return await (
+        await conn.execute(
+            "SELECT consecutive_failures, circuit_open_until, failing_since FROM webhooks WHERE id = %s"
+            " FOR NO KEY UPDATE",
+            (webhook_id,),
+        )
+    ).fetchone()
+
+
+async def save_endpoint(
+    conn: Conn,
+    webhook_id: str,
+    before: Row,
+    failures: int,
+    open_until: datetime | None,
+    failing_since: datetime | None,
+    disable_reason: str | None,
+    at: datetime,
+) -> None:
+    """Store the endpoint's streak and breaker (and disable it with `disable_reason`); the row is
+    written only when something changed."""
+    now_state = (failures, open_until, failing_since)
+    if disable_reason is None and now_state == (
+        before["consecutive_failures"],
+        before["circuit_open_until"],
+        before["failing_since"],
+    ):
+        return
+    await conn.execute(
+        "UPDATE webhooks SET consecutive_failures = %(failures)s, circuit_open_until = %(open)s,"
+        " failing_since = %(since)s, enabled = enabled AND %(reason)s::text IS NULL,"
+        " disabled_reason = CASE WHEN enabled AND %(reason)s::text IS NOT NULL THEN %(reason)s"
+        " ELSE disabled_reason END,"
+        " updated_at = CASE WHEN %(reason)s::text IS NULL THEN updated_at ELSE %(at)s END WHERE id = %(id)s",
+        {"failures": failures, "open": open_until, "since": failing_since, "reason": disable_reason, "at": at}
+        | {"id": webhook_id},
+    )
 
 
 async def record(
-    conn: Conn, delivery_id: str, attempt: Attempt, status: str, tries: int, next_attempt_at: datetime
-) -> None:
+    conn: Conn, delivery_id: str, lease: Any, attempt: Attempt, status: str, tries: int, next_attempt_at: datetime
+) -> bool:
+    """Log the attempt and, when `lease` still holds the delivery, its next step (ending the lease).
+
+    False when the delivery is gone (its subscription was deleted) or its lease lapsed and another
+    sender took it over: that sender's attempt decides the next step; this one is only logged.
+    """
+    row = await (
+        await conn.execute("SELECT lease FROM webhook_deliveries WHERE id = %s FOR NO KEY UPDATE", (delivery_id,))
+    ).fetchone()
+    if row is None:
+        return False
     body = attempt.response_body[:MAX_RESPONSE_BODY] if attempt.response_body else None
     await conn.execute(
         "INSERT INTO webhook_attempts (delivery_id, at, status_code, latency_ms, error, response_body)"
         " VALUES (%s, %s, %s, %s, %s, %s)",
         (delivery_id, attempt.at, attempt.status_code, attempt.latency_ms, attempt.error, body),
     )
+    if row["lease"] != lease:
+        return False
     await conn.execute(
         "UPDATE webhook_deliveries SET status = %s, tries = %s, next_attempt_at = %s,"
-        " finished_at = CASE WHEN %s = 'pending' THEN NULL ELSE %s END WHERE id = %s",
+        " leased_until = NULL, lease = NULL, finished_at = CASE WHEN %s = 'pending' THEN NULL ELSE %s END"
+        " WHERE id = %s",
         (status, tries, next_attempt_at, status, attempt.at, delivery_id),
     )
-
-
-async def endpoint_result(conn: Conn, webhook_id: str, ok: bool, at: datetime, disable_reason: str | None) -> None:
-    """Track the endpoint's failure streak; rows are touched only when something changes."""
-    if ok:
-        await conn.execute(
-            "UPDATE webhooks SET failing_since = NULL WHERE id = %s AND failing_since IS NOT NULL", (webhook_id,)
-        )
-    elif disable_reason is not None:
-        await conn.execute(
-            "UPDATE webhooks SET enabled = false, disabled_reason = %s, updated_at = %s WHERE id = %s AND enabled",
-            (disable_reason, at, webhook_id),
-        )
-    else:
-        await conn.execute(
-            "UPDATE webhooks SET failing_since = %s WHERE id = %s AND failing_since IS NULL", (at, webhook_id)
-        )
+    return True
 
 
 async def purge(conn: Conn, before: datetime) -> int:
@@ -287,22 +454,54 @@ async def purge(conn: Conn, before: datetime) -> int:
 # -- share links ---------------------------------------------------------------------------------
 
 
-async def create_share(conn: Conn, tenant_id: int, shipment_id: str, token: str, expires_at: datetime) -> None:
+POSITION_MODES = ("exact", "coarse", "none")  # how precisely a link shows positions (notify/links.py)
+
+
+@dataclass(frozen=True, slots=True)
+class SharedLink:
+    """What a live token points to."""
+
+    tenant_id: int
+    shipment_id: str
+    position: str  # one of POSITION_MODES
+
+
+async def create_share(
+    conn: Conn, tenant_id: int, shipment_id: str, token: str, expires_at: datetime, position: str = "exact"
+) -> None:
     await conn.execute(
-        "INSERT INTO share_links (token_hash, tenant_id, shipment_id, expires_at) VALUES (%s, %s, %s, %s)",
-        (keys.hash_key(token), tenant_id, shipment_id, expires_at),
+        "INSERT INTO share_links (token_hash, tenant_id, shipment_id, expires_at, position_mode)"
+        " VALUES (%s, %s, %s, %s, %s)",
+        (keys.hash_key(token), tenant_id, shipment_id, expires_at, position),
     )
 
 
-async def shared_shipment(conn: Conn, token: str, now: datetime) -> tuple[int, str] | None:
-    """(tenant id, shipment id) a live token points to."""
+async def shared_shipment(conn: Conn, token: str, now: datetime) -> SharedLink | None:
+    """The shipment a live (unexpired, not revoked) token points to."""
     row = await (
         await conn.execute(
-            "SELECT tenant_id, shipment_id FROM share_links WHERE token_hash = %s AND expires_at > %s",
+            "SELECT tenant_id, shipment_id, position_mode FROM share_links WHERE token_hash = %s AND expires_at > %s",
             (keys.hash_key(token), now),
         )
     ).fetchone()
-    return (row["tenant_id"], row["shipment_id"]) if row else None
+    return SharedLink(row["tenant_id"], row["shipment_id"], row["position_mode"]) if row else None
+
+
+async def revoke_share(conn: Conn, tenant_id: int, shipment_id: str, token: str) -> bool:
+    """Revoke one link of the tenant's shipment (it is deleted: the token is unknown from now on)."""
+    cur = await conn.execute(
+        "DELETE FROM share_links WHERE token_hash = %s AND tenant_id = %s AND shipment_id = %s",
+        (keys.hash_key(token), tenant_id, shipment_id),
+    )
+    return cur.rowcount == 1
+
+
+async def revoke_shares(conn: Conn, tenant_id: int, shipment_id: str) -> int:
+    """Revoke every link of the tenant's shipment; returns how many there were (expired ones too)."""
+    cur = await conn.execute(
+        "DELETE FROM share_links WHERE tenant_id = %s AND shipment_id = %s", (tenant_id, shipment_id)
+    )
+    return cur.rowcount
 
 
 async def track_rows(

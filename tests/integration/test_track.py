@@ -166,3 +166,73 @@ def test_share_validation_and_isolation(owner: Any, make_tenant: Any, tracked: d
     assert "/v1/track/{token}" in schema
     assert "/v1/shipments/{shipment_id}/share" in schema
     assert "/track/{token}" not in schema
+
+
+def test_a_revoked_link_answers_404(
+    owner: Any, tracked: dict[str, Any], public: httpx.Client, make_tenant: Any, server: Server
+) -> None:
+    token = share(owner, tracked["id"]).json()["token"]
+    kept = share(owner, tracked["id"]).json()["token"]
+    path = f"/v1/shipments/{tracked['id']}/share/{token}"
+    assert public.get(f"/track/{token}").status_code == 200
+    assert make_tenant("tv").http.delete(path).status_code == 404  # not another tenant's to revoke
+    assert httpx.delete(f"{server.url}{path}", timeout=10).status_code == 401
+    assert public.get(f"/v1/track/{token}").status_code == 200
+
+    assert owner.http.delete(path).status_code == 204
+    page = public.get(f"/track/{token}")
+    assert page.status_code == 404
+    assert page.headers["content-type"].startswith("text/html")
+    assert "unknown or has expired" in page.text
+    got = public.get(f"/v1/track/{token}")
+    assert got.status_code == 404
+    assert got.json()["error"] == "NotFound"
+    assert owner.http.delete(path).status_code == 404  # revoked already
+    assert owner.http.delete(f"/v1/shipments/shp_nope/share/{kept}").status_code == 404
+    assert public.get(f"/v1/track/{kept}").status_code == 200  # the shipment's other link still works
+    assert public.get(f"/v1/track/{kept}").headers["cache-control"] == "no-store"
+
+
+def test_revoking_every_link_of_a_shipment(owner: Any, public: httpx.Client, server: Server) -> None:
+    r = owner.http.post("/v1/shipments", json={"tracking_number": "TRACK-PUB-REVOKE"})
+    assert r.status_code == 201, r.text
+    sid = r.json()["id"]
+    tokens = [share(owner, sid).json()["token"] for _ in range(3)]
+    assert all(public.get(f"/v1/track/{t}").status_code == 200 for t in tokens)
+    r = owner.http.delete(f"/v1/shipments/{sid}/share")
+    assert r.status_code == 200
+    assert r.json() == {"revoked": 3}
+    assert [public.get(f"/track/{t}").status_code for t in tokens] == [404, 404, 404]
+    assert owner.http.delete(f"/v1/shipments/{sid}/share").json() == {"revoked": 0}
+    assert owner.http.delete("/v1/shipments/shp_nope/share").status_code == 404
+    schema = httpx.get(f"{server.url}/openapi.json", timeout=10).json()["paths"]
+    assert "delete" in schema["/v1/shipments/{shipment_id}/share"]
+    assert "delete" in schema["/v1/shipments/{shipment_id}/share/{token}"]
+
+
+def test_a_link_can_show_positions_coarsely_or_not_at_all(
+    owner: Any, tracked: dict[str, Any], public: httpx.Client
+) -> None:
+    views = {}
+    for position in ("exact", "coarse", "none"):
+        r = share(owner, tracked["id"], position=position)
+        assert r.status_code == 201, r.text
+        assert set(r.json()) == {"token", "url", "expires_at"}
+        got = public.get(f"/v1/track/{r.json()['token']}")
+        assert got.status_code == 200
+        assert public.get(f"/track/{r.json()['token']}").status_code == 200
+        views[position] = got.json()
+    exact, coarse, none = views["exact"], views["coarse"], views["none"]
+    assert exact["route"][-1] == pytest.approx([122.0 + 5.99 + 0.002, 31.0 - 5.99])  # as reported
+    # coarse: every point on the 0.1 degree grid (about 11 km), the latest one too, no repeats in a row
+    assert coarse["route"][0] == [122.0, 31.0]
+    assert coarse["route"][-1] == [128.0, 25.0]
+    assert all(lon == round(lon, 1) and lat == round(lat, 1) for lon, lat in coarse["route"])
+    assert all(p != q for p, q in zip(coarse["route"], coarse["route"][1:], strict=False))
+    assert 2 <= len(coarse["route"]) <= 121  # 600 positions along 6 degrees: at most one a tenth of a degree
+    assert none["route"] == []
+    # everything else is the same for the three
+    for view in (coarse, none):
+        assert {k: v for k, v in view.items() if k != "route"} == {k: v for k, v in exact.items() if k != "route"}
+    assert share(owner, tracked["id"], position="street").status_code == 422
+    assert share(owner, tracked["id"], position=None).status_code == 422

@@ -131,3 +131,68 @@ async def test_target_is_pinned_to_the_checked_address() -> None:
     t = await ssrf.check_url("https://user:pw@six.example.com/", allow_private=False, resolver=resolve)
     assert t.url == "https://user:pw@[2606:2800:220:1::1]/"
     assert t.host == "six.example.com"
+
+
+METADATA_LITERALS = [
+    "168.63.129.16",  # Azure WireServer: a public address, refused only because it is named
+    "169.254.169.254",
+    "169.254.170.2",
+    "169.254.170.23",
+    "169.254.169.253",
+    "169.254.0.23",
+    "100.100.100.200",
+    "192.0.0.192",
+    "fd00:ec2::254",
+    "fd00:ec2::253",
+    "fd00:ec2::23",
+    "fd20:ce::254",
+    "fd00:c1::a9fe:a9fe",
+    # the same endpoints inside IPv6 addresses that reach IPv4
+    "::ffff:168.63.129.16",  # IPv4-mapped
+    "::168.63.129.16",  # IPv4-compatible (deprecated)
+    "64:ff9b::a83f:8110",  # NAT64 well-known prefix
+    "64:ff9b:1::a83f:8110",  # NAT64 local-use prefix
+    "2002:a83f:8110::1",  # 6to4
+    "64:ff9b::a9fe:a9fe",  # NAT64 around 169.254.169.254
+]
+
+
+@pytest.mark.parametrize("address", METADATA_LITERALS)
+@pytest.mark.parametrize("allow_private", [False, True])
+async def test_every_known_metadata_endpoint_is_refused_whatever_the_settings(
+    address: str, allow_private: bool
+) -> None:
+    host = f"[{address}]" if ":" in address else address
+    with pytest.raises(ssrf.Refused, match="metadata") as err:
+        await ssrf.check_url(f"http://{host}/latest/meta-data/", allow_private=allow_private, resolver=no_dns)
+    assert "refused" in err.value.reason
+    assert "metadata" in (ssrf.refusal(ipaddress.ip_address(address), allow_private) or "")
+
+
+async def test_azure_wire_server_is_refused_though_its_address_is_public() -> None:
+    wire = ipaddress.ip_address("168.63.129.16")
+    assert wire.is_global  # nothing but the list catches it
+    assert ssrf.refusal(wire) == "168.63.129.16 is a cloud metadata address"
+    assert ssrf.refusal(ipaddress.ip_address("168.63.129.17")) is None  # its neighbours are ordinary addresses
+    rebind = resolver_for({"hooks.example.net": ["93.184.216.34", "168.63.129.16"]})
+    for allow in (False, True):
+        with pytest.raises(ssrf.Refused) as err:
+            await ssrf.check_url("https://hooks.example.net/in", allow_private=allow, resolver=rebind)
+        assert "hooks.example.net resolves to 168.63.129.16 is a cloud metadata address" in err.value.reason
+
+
+@pytest.mark.parametrize(
+    "host", ["metadata.tencentyun.com", "api.metadata.cloud.ibm.com", "metadata.platformequinix.com"]
+)
+async def test_more_metadata_hostnames_are_refused_by_name(host: str) -> None:
+    public = resolver_for({host: ["93.184.216.34"]})
+    with pytest.raises(ssrf.Refused, match="metadata endpoint"):
+        await ssrf.check_url(f"http://{host}/", allow_private=True, resolver=public)
+
+
+@pytest.mark.parametrize("address", ["::8.8.8.8", "64:ff9b:1::808:808"])
+async def test_ipv6_forms_of_public_addresses_follow_the_private_setting(address: str) -> None:
+    with pytest.raises(ssrf.Refused):
+        await ssrf.check_url(f"http://[{address}]/", allow_private=False, resolver=no_dns)
+    target = await ssrf.check_url(f"http://[{address}]/", allow_private=True, resolver=no_dns)
+    assert ipaddress.ip_address(target.address) == ipaddress.ip_address(address)
