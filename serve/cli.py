@@ -9,17 +9,30 @@ import argparse
 import asyncio
 import logging
 import re
+import socket
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 
 from trackd import db
-from trackd.errors import ConfigError, TrackdError
+from trackd.errors import ConfigError, NotFound, TrackdError
 from trackd.settings import ROLES, Settings, load_settings
 
 TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+MAX_GRACE_H = 720.0  # a rotated key or secret stays valid at most 30 days
+# The placeholder docker-compose.yml falls back to: as good as no key.
+COMPOSE_PLACEHOLDER_KEY = "change-me-to-a-long-random-string"
+
+log = logging.getLogger("trackd")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line on stderr (exit 2), like a bad setting."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"trackd: {message} (see {self.prog} --help)\n")
 
 
 def setup_logging(level: str) -> None:
@@ -49,9 +62,37 @@ def _run(coro: Any) -> Any:
         return asyncio.run(coro)
 
 
+def warn_without_secret_key(settings: Settings) -> None:
+    """One loud line when ingest and webhook secrets would be sealed with a key the database keeps."""
+    key = settings.secret_key.get_secret_value() if settings.secret_key else ""
+    if not key or key == COMPOSE_PLACEHOLDER_KEY:
+        log.warning(
+            "TRACKD_SECRET_KEY is %s: ingest and webhook secrets are encrypted with a key kept in the same "
+            "database, so anyone with a copy of it (a backup) can read them; set a long random TRACKD_SECRET_KEY "
+            "before creating tenants (docs/deployment.md#security)",
+            "not set" if not key else "the docker-compose placeholder",
+        )
+
+
+def check_listen(host: str, port: int) -> None:
+    """Refuse, with one line, an address the api role could not listen on (uvicorn would only log it)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            sock.bind(address)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError(f"TRACKD_HTTP_HOST/TRACKD_HTTP_PORT: cannot listen on {host}:{port}: {reason}") from None
+
+
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     roles = parse_roles(args.roles)
     db.check_schema(settings.dsn())
+    if "api" in roles:
+        check_listen(settings.http_host, settings.http_port)
+    warn_without_secret_key(settings)
     from serve.roles import run_roles  # imported here: `trackd migrate` needs none of the server
 
     _run(run_roles(settings, roles))
@@ -60,6 +101,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:
     applied = db.migrate(settings.dsn(), settings.retention_days)
+    warn_without_secret_key(settings)  # after: an unreachable database stays a one-line error
     print(orjson.dumps({"applied": applied}).decode())
     return 0
 
@@ -75,17 +117,59 @@ async def _create_tenant(settings: Settings, name: str) -> dict[str, str]:
         await pool.close()
 
 
-def cmd_tenant(settings: Settings, args: argparse.Namespace) -> int:
-    if not TENANT_NAME.match(args.name):
+def _tenant_name(name: str) -> str:
+    if not TENANT_NAME.match(name):
         raise ConfigError("tenant name: 1-63 characters of a-z, 0-9, '_' and '-', starting with a letter or digit")
+    return name
+
+
+def cmd_tenant(settings: Settings, args: argparse.Namespace) -> int:
+    name = _tenant_name(args.name)
     db.check_schema(settings.dsn())
-    out = asyncio.run(_create_tenant(settings, args.name))
+    out = asyncio.run(_create_tenant(settings, name))
+    print(orjson.dumps(out).decode())
+    return 0
+
+
+async def _rotate(settings: Settings, name: str, what: str, grace_s: float) -> dict[str, str] | None:
+    from trackd import store
+
+    pool = await db.open_pool(settings.dsn(), 1)
+    try:
+        if what == "api_key":
+            got = await store.rotate_api_key(pool, name, grace_s)
+        else:
+            secret = settings.secret_key.get_secret_value() if settings.secret_key else None
+            got = await store.rotate_ingest_secret(pool, name, secret, grace_s)
+    finally:
+        await pool.close()
+    if got is None:
+        return None
+    value, until = got
+    return {"tenant": name, what: value, "previous_valid_until": until.isoformat()}
+
+
+def cmd_tenant_rotate(settings: Settings, args: argparse.Namespace) -> int:
+    """A new API key or ingest secret, printed once; the old one works for `--grace-hours` more."""
+    name = _tenant_name(args.name)
+    if not 0 <= args.grace_hours <= MAX_GRACE_H:
+        raise ConfigError(f"--grace-hours: 0 to {MAX_GRACE_H:g}")
+    db.check_schema(settings.dsn())
+    out = asyncio.run(_rotate(settings, name, args.what, args.grace_hours * 3600))
+    if out is None:
+        raise NotFound(f"no tenant {name!r}")
     print(orjson.dumps(out).decode())
     return 0
 
 
 # The tools of lab/ are imported only by the command that runs them.
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    if not 1 <= args.shipments <= 100_000:
+        raise ConfigError("demo --shipments: 1 to 100,000")
+    if not 0 < args.speed <= 1_000_000:
+        raise ConfigError("demo --speed: more than 0, at most 1,000,000 simulated seconds per second")
+    if args.duration is not None and not args.duration > 0:
+        raise ConfigError("demo --duration: more than 0 seconds")
     from lab import demo
     from serve.roles import run_roles
 
@@ -93,6 +177,8 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_eta_eval(settings: Settings, args: argparse.Namespace) -> int:
+    if args.simulate is not None and not 1 <= args.simulate <= 100_000:
+        raise ConfigError("eta-eval --simulate: 1 to 100,000 shipments")
     from lab import etaeval_cli
 
     return etaeval_cli.main(settings, args)
@@ -105,18 +191,30 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="trackd", description="Real-time shipment tracking and visibility.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = Parser(prog="trackd", description="Real-time shipment tracking and visibility.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     s = sub.add_parser("serve", help="run roles: api, mqtt, worker (all by default)")
     s.add_argument("--roles", default=",".join(ROLES))
     s.set_defaults(func=cmd_serve)
     m = sub.add_parser("migrate", help="apply the schema (idempotent)")
     m.set_defaults(func=cmd_migrate)
     t = sub.add_parser("tenant", help="manage tenants")
-    tsub = t.add_subparsers(dest="tenant_command", required=True)
+    tsub = t.add_subparsers(dest="tenant_command", required=True, parser_class=Parser)
     tc = tsub.add_parser("create", help="create a tenant; prints its API key and ingest secret once")
     tc.add_argument("name")
     tc.set_defaults(func=cmd_tenant)
+    tr = tsub.add_parser("rotate", help="a new API key or ingest secret, printed once; the old one works a while")
+    tr.add_argument("name")
+    which = tr.add_mutually_exclusive_group(required=True)
+    which.add_argument("--api-key", dest="what", action="store_const", const="api_key")
+    which.add_argument("--ingest-secret", dest="what", action="store_const", const="ingest_secret")
+    tr.add_argument(
+        "--grace-hours",
+        type=float,
+        default=24.0,
+        help=f"how long the replaced value stays valid (default 24, 0 to {MAX_GRACE_H:g})",
+    )
+    tr.set_defaults(func=cmd_tenant_rotate)
     d = sub.add_parser("demo", help="the whole system on embedded defaults, fed by a simulator")
     d.add_argument("--reset", action="store_true", help="wipe the demo's state directory first")
     d.add_argument("--shipments", type=int, default=300)
@@ -131,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eta_eval)
     b = sub.add_parser("bench", help="benchmarks against the configured services")
-    b.add_argument("kind", choices=["ingest", "e2e", "query", "stream", "soak"])
+    b.add_argument("kind", choices=["ingest", "e2e", "query", "stream", "soak", "hostile"])
     b.add_argument("--transport", choices=["webhook", "mqtt"], default="webhook")
     b.add_argument("--processes", type=int, default=1)
     b.add_argument(
@@ -151,6 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--clients", type=int, default=1000)
     b.add_argument("--shipments", type=int, default=10_000)
     b.add_argument("--positions", type=int, default=10_000_000)
+    b.add_argument(
+        "--attacks",
+        default="all",
+        help="hostile: all (default), or some of poison,oversized,slow-clients,slow-endpoint,osmand (comma-separated)",
+    )
     b.set_defaults(func=cmd_bench)
     return p
 

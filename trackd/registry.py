@@ -14,7 +14,7 @@ import orjson
 
 from trackd import ledger
 from trackd import messages as msg
-from trackd.errors import NotFound, ValidationError
+from trackd.errors import Conflict, NotFound, ValidationError
 from trackd.messages import Message
 from trackd.shipment import Shipment
 from trackd.store import Conn, get_shipment, new_id
@@ -176,15 +176,30 @@ async def attach(
     return await ledger.emit(conn, tenant_id, msgs)
 
 
+# Keys are global (OsmAnd sends only the key): at least 8 characters, so a tracker's IMEI (15 digits) or a
+# Traccar Client identifier of 8+ characters works, while the 4-6 character ids that are easy to guess do not.
+MIN_DEVICE_KEY = 8
+
+
 async def create_device(conn: Conn, tenant_id: int, device_id: str | None, key: str | None, name: str | None) -> Any:
+    """A new device; `key` (at least MIN_DEVICE_KEY characters) is made, 128 random bits, when None.
+
+    Keys are unique across tenants, but a key taken by any tenant is refused with the same
+    `Conflict` whoever holds it, so the answer does not tell that another tenant has it."""
     device_id = device_id or new_id("dev")
-    key = key or secrets.token_hex(8)
-    return await (
+    key = key or secrets.token_hex(16)
+    if len(key) < MIN_DEVICE_KEY:
+        raise ValidationError("key", f"must be at least {MIN_DEVICE_KEY} characters")
+    row = await (
         await conn.execute(
-            "INSERT INTO devices (tenant_id, id, key, name) VALUES (%s, %s, %s, %s) RETURNING *",
+            "INSERT INTO devices (tenant_id, id, key, name) VALUES (%s, %s, %s, %s)"
+            " ON CONFLICT (key) DO NOTHING RETURNING *",
             (tenant_id, device_id, key, name),
         )
     ).fetchone()
+    if row is None:
+        raise Conflict("device key not available: choose another, or omit it to have one made")
+    return row
 
 
 async def delete_device(conn: Conn, tenant_id: int, device_id: str) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -108,9 +109,12 @@ def demo(tmp_path: Path) -> Iterator[Demo]:
         reader.join(5)
         assert proc.stdout is not None
         proc.stdout.close()
-        # A killed demo leaves its PostgreSQL running: stop it (its data goes with tmp_path).
+        # A killed demo leaves its PostgreSQL running: stop it. Its data goes with tmp_path, or, as
+        # root under a closed home, lives where `<state>/pg` links to: removed here.
         user = embedded.SYSTEM_USER if os.geteuid() == 0 else None
-        embedded.EmbeddedPostgres((state / "pg").resolve(), 0, user).stop()
+        data = (state / "pg").resolve()
+        embedded.EmbeddedPostgres(data, 0, user).stop()
+        shutil.rmtree(data, ignore_errors=True)
 
 
 def test_demo_runs_on_embedded_services(demo: Demo) -> None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import orjson
 import psycopg
 
-from tests.conftest import PG_ADMIN, RunEnv, _drop_database, _make_database
+from tests.conftest import PG_ADMIN, RunEnv, _drop_database, _make_database, start_server, stop_server
 
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -75,3 +77,97 @@ def test_tenant_create_prints_one_json_object(testenv: RunEnv) -> None:
     rows = testenv.sql("SELECT api_key_hash, ingest_secret_enc FROM tenants WHERE name = 'cli-acme'")
     assert out["api_key"].encode() not in bytes(rows[0][0])
     assert out["ingest_secret"] not in rows[0][1]
+
+
+def one_line_exit_2(r: subprocess.CompletedProcess[str], setting: str) -> None:
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1, r.stderr  # exactly one line
+    assert r.stderr.startswith("trackd: ")
+    assert setting in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_malformed_database_url_is_one_line_for_every_command(testenv: RunEnv) -> None:
+    commands = (
+        ("serve",),
+        ("migrate",),
+        ("tenant", "create", "acme"),
+        ("tenant", "rotate", "acme", "--api-key"),
+        ("demo", "--duration", "1"),
+        ("eta-eval",),
+        ("bench", "ingest"),
+    )
+    for url in ("postgresql://[::1", "notaurl", "postgresql://u@h:notaport/db", "postgresql://u:hunter2@h:99999/d"):
+        for command in commands:
+            r = run({**testenv.env, "TRACKD_DATABASE_URL": url}, *command)
+            one_line_exit_2(r, "TRACKD_DATABASE_URL")
+            assert "hunter2" not in r.stderr  # the password is never echoed
+            assert r.stdout == ""
+
+
+def test_other_bad_settings_are_one_line(testenv: RunEnv) -> None:
+    for name, value in (
+        ("TRACKD_REDIS_URL", "redis://127.0.0.1:notaport/0"),
+        ("TRACKD_REDIS_URL", "redis://127.0.0.1:6379/zero"),
+        ("TRACKD_MQTT_URL", "mqtt://127.0.0.1:99999"),
+        ("TRACKD_MQTT_URL", "mqtt://[::1"),
+        ("TRACKD_MQTT_TOPIC_PREFIX", "fleet/#/"),
+        ("TRACKD_WEBHOOK_RETRY_SCHEDULE", "5,nan"),
+        ("TRACKD_WEBHOOK_DISABLE_AFTER_H", "inf"),
+        ("TRACKD_RETENTION_DAYS", "0"),
+        ("TRACKD_STREAM_TICK_MS", "99999999999"),
+        ("TRACKD_EMISSION_FACTORS", "/nonexistent/factors.json"),
+        ("TRACKD_TILE_URL", "javascript:alert(1)"),
+        ("TRACKD_HTTP_HOST", "not a host"),
+    ):
+        one_line_exit_2(run({**testenv.env, name: value}, "serve"), name)
+
+
+def test_an_address_the_api_cannot_listen_on_is_one_line(testenv: RunEnv) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = run({**testenv.env, "TRACKD_HTTP_PORT": str(port)}, "serve", "--roles", "api")
+    one_line_exit_2(r, "TRACKD_HTTP_PORT")
+    assert f"127.0.0.1:{port}" in r.stderr
+    unresolvable = run({**testenv.env, "TRACKD_HTTP_HOST": "no-such-host.invalid"}, "serve", "--roles", "api")
+    one_line_exit_2(unresolvable, "TRACKD_HTTP_HOST")
+
+
+def test_bad_command_lines_are_one_line(testenv: RunEnv) -> None:
+    for args, word in (
+        (("tenant",), "tenant_command"),
+        (("bogus",), "bogus"),
+        (("demo", "--speed", "0"), "--speed"),
+        (("demo", "--shipments", "-1"), "--shipments"),
+        (("eta-eval", "--simulate", "0"), "--simulate"),
+        (("serve", "--roles", "api,cook"), "cook"),
+    ):
+        one_line_exit_2(run(testenv.env, *args), word)
+
+
+def test_migrate_and_serve_warn_once_without_a_secret_key(testenv: RunEnv, tmp_path: Path) -> None:
+    env = {k: v for k, v in testenv.env.items() if k != "TRACKD_SECRET_KEY"}
+    r = run(env, "migrate")
+    assert r.returncode == 0, r.stderr
+    warnings = [line for line in r.stderr.splitlines() if "TRACKD_SECRET_KEY" in line]
+    assert len(warnings) == 1, r.stderr
+    assert " WARNING " in warnings[0]
+    assert "not set" in warnings[0]
+    quiet = run({**env, "TRACKD_SECRET_KEY": "a-long-random-string-of-this-installation"}, "migrate")
+    assert quiet.returncode == 0, quiet.stderr
+    assert "TRACKD_SECRET_KEY" not in quiet.stderr
+    server = start_server(RunEnv(testenv.run_id, testenv.dsn, env), tmp_path, roles="api")
+    try:
+        lines = [line for line in server.log.read_text().splitlines() if "TRACKD_SECRET_KEY" in line]
+    finally:
+        stop_server(server)
+    assert len(lines) == 1, lines
+    assert " WARNING " in lines[0]
+
+
+def test_unreachable_database_at_migrate_is_one_line_even_without_a_secret_key(testenv: RunEnv) -> None:
+    env = {k: v for k, v in testenv.env.items() if k != "TRACKD_SECRET_KEY"}
+    r = run({**env, "TRACKD_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/nothing"}, "migrate")
+    one_line_exit_2(r, "database unreachable")
