@@ -18,7 +18,7 @@ from ingest import sources
 from ingest.pipeline import Pipeline
 from ingest.sources import osmand as osmand_source
 from trackd import metrics, ratelimit, store
-from trackd.errors import NotFound, PayloadTooLarge, TrackdError, Unauthorized, ValidationError
+from trackd.errors import NotFound, TrackdError, Unauthorized, ValidationError
 from trackd.model import SourceContext
 from trackd.ratelimit import check_rate
 
@@ -38,17 +38,13 @@ async def get_pipeline(request: Request) -> Pipeline:
 IngestPipeline = Annotated[Pipeline, Depends(get_pipeline)]
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The raw body, refusing more than `limit` bytes without reading them all."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"body of {declared} bytes is over the {limit}-byte limit")
+async def read_body(request: Request) -> bytes:
+    """The raw body. Its size is bounded by the app's one body limit (`serve.app.BodyLimit`, from
+    `TRACKD_MAX_BODY_BYTES`), which answers 413 before more than the limit is read."""
     chunks, size = [], 0
     try:
         async for chunk in request.stream():
             size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"body is over the {limit}-byte limit")
             chunks.append(chunk)
     except ClientDisconnect:
         # An aborted upload is the sender's business: one line, no traceback; nothing was stored and
@@ -75,7 +71,7 @@ async def ingest_webhook(
     tenant: TenantName, source: SourceName, request: Request, state: Shared, pipeline: IngestPipeline
 ) -> Response:
     """A signed delivery from a carrier or a system of the tenant's; 202 (DCSA: 204) once durable."""
-    body = await read_body(request, state.settings.max_body_bytes)
+    body = await read_body(request)
     adapter = sources.get(source)
 
     def signed(secret: str) -> bool:
@@ -101,7 +97,7 @@ async def ingest_webhook(
 @router.post("/v1/events", status_code=202)
 async def post_events(request: Request, tenant: CurrentTenant, state: Shared, pipeline: IngestPipeline) -> Response:
     """trackd event JSON (one object or an array) with the API key."""
-    body = await read_body(request, state.settings.max_body_bytes)
+    body = await read_body(request)
     check_rate(tenant.id, state.settings.ingest_rate_per_s)
     ctx = SourceContext(tenant=tenant.name, received_at=pipeline.clock())
     result = await pipeline.ingest(tenant, "native", body, ctx, "api")
@@ -124,7 +120,7 @@ async def _unattributed(request: Request, state: Shared, error: TrackdError, raw
 @router.api_route("/v1/osmand", methods=["GET", "POST"], status_code=200)
 async def osmand(request: Request, state: Shared, pipeline: IngestPipeline) -> Response:
     """Traccar Client / OsmAnd: `id` is a registered device key. Answers 200 once durable."""
-    body = await read_body(request, state.settings.max_body_bytes) if request.method == "POST" else b""
+    body = await read_body(request) if request.method == "POST" else b""
     params = {k: v for k, v in request.query_params.items()}
     try:
         key = osmand_source.device_key(body, params)
