@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Query, Request
 from psycopg_pool import AsyncConnectionPool
 
-from trackd import store
+from trackd import store, tenant_store
 from trackd.assessment import Evaluator
 from trackd.bus import Bus
 from trackd.errors import Unauthorized
@@ -55,7 +55,7 @@ async def get_tenant(request: Request, state: Shared) -> Tenant:
     token = bearer(request)
     if token is None:
         raise Unauthorized("missing Authorization: Bearer <api_key>")
-    tenant = await store.tenant_for_api_key(state.pool, token)
+    tenant = await tenant_store.tenant_for_api_key(state.pool, token)
     if tenant is None:
         raise Unauthorized("unknown API key")
     return tenant

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from api.deps import CurrentTenant, Cursor, Db, Limit
-from trackd import store
+from trackd import quarantine_store
 
 router = APIRouter(prefix="/v1/quarantine", tags=["quarantine"])
 
@@ -20,5 +20,5 @@ async def list_quarantine(
     cursor: Cursor = None,
     source: Annotated[str | None, Query(max_length=40)] = None,
 ) -> dict[str, Any]:
-    items, nxt = await store.list_quarantine(db, tenant.id, limit, cursor, source)
+    items, nxt = await quarantine_store.list_quarantine(db, tenant.id, limit, cursor, source)
     return {"items": items, "next_cursor": nxt}

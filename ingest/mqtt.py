@@ -26,7 +26,7 @@ from ingest import mqtt_codec, mqtt_conn
 from ingest.mqtt_codec import Message, MqttError
 from ingest.mqtt_conn import Connection
 from ingest.pipeline import Pipeline, halves, unexpected
-from trackd import store
+from trackd import store, tenant_store
 from trackd.errors import TrackdError, Unavailable, ValidationError
 from trackd.model import Event, SourceContext
 from trackd.settings import Settings
@@ -185,7 +185,7 @@ class MqttIngester:
         hit = self._tenants.get(name)
         if hit and hit[0] > time.monotonic():
             return hit[1]
-        found = await store.tenant_with_secret(self.pipeline.pool, name, self._secret_key())
+        found = await tenant_store.tenant_with_secret(self.pipeline.pool, name, self._secret_key())
         tenant = found[0] if found else None
         self._tenants[name] = (time.monotonic() + (30 if tenant else 5), tenant)
         return tenant

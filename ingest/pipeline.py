@@ -28,7 +28,7 @@ from typing import TypeVar
 from psycopg_pool import AsyncConnectionPool
 
 from ingest import sources
-from trackd import db, ledger, metrics, store
+from trackd import db, ledger, metrics, quarantine_store, store
 from trackd.errors import TrackdError, Unavailable
 from trackd.model import Event, SourceContext
 from trackd.store import Tenant
@@ -204,7 +204,7 @@ class Pipeline:
         """Keep what could not be understood, with the reason (`size`: what arrived, when `raw` is its head)."""
         metrics.QUARANTINED.labels(source, transport).inc()
         reason = f"{error.code}: {error.detail}"
-        await store.quarantine_now(self.pool, tenant_id, source, transport, reason, raw, size)
+        await quarantine_store.quarantine_now(self.pool, tenant_id, source, transport, reason, raw, size)
 
     async def ingest(
         self,

@@ -17,7 +17,7 @@ from api.errors import JSONBody
 from ingest import sources
 from ingest.pipeline import Pipeline
 from ingest.sources import osmand as osmand_source
-from trackd import metrics, ratelimit, store
+from trackd import metrics, quarantine_store, ratelimit, store, tenant_store
 from trackd.errors import NotFound, TrackdError, Unauthorized, ValidationError
 from trackd.model import SourceContext
 from trackd.ratelimit import check_rate
@@ -83,7 +83,7 @@ async def ingest_webhook(
 
     # The current ingest secret, or the previous one during a rotation's grace period. An unknown
     # tenant gets the same answer as a bad signature, in about the same time (see the store).
-    tenant_obj = await store.tenant_for_signature(state.pool, tenant, _secret_key(state), signed)
+    tenant_obj = await tenant_store.tenant_for_signature(state.pool, tenant, _secret_key(state), signed)
     if tenant_obj is None:
         raise Unauthorized("unknown tenant or bad signature")
     check_rate(tenant_obj.id, state.settings.ingest_rate_per_s)
@@ -106,10 +106,10 @@ async def post_events(request: Request, tenant: CurrentTenant, state: Shared, pi
 
 async def _unattributed(request: Request, state: Shared, error: TrackdError, raw: bytes) -> None:
     """Keep OsmAnd input that names no registered device in the bounded sample without a tenant
-    (`store.quarantine`), as far as `ratelimit.may_sample` allows for the client's address; past
+    (`quarantine_store.quarantine`), as far as `ratelimit.may_sample` allows for the client's address; past
     that, nothing is stored. Either way the sender gets its 4xx."""
     address = request.client.host if request.client else ""
-    kept = ratelimit.may_sample(address) and await store.quarantine_now(
+    kept = ratelimit.may_sample(address) and await quarantine_store.quarantine_now(
         state.pool, None, "osmand", "http", f"{error.code}: {error.detail}", raw
     )
     metrics.UNATTRIBUTED.labels("osmand", "sampled" if kept else "dropped").inc()

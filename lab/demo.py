@@ -34,7 +34,7 @@ import httpx
 
 from lab import embedded, feeder
 from lab.net import free_port
-from trackd import db, store
+from trackd import db, tenant_store
 from trackd.bus import Bus, MemoryBus
 from trackd.errors import ConfigError, Conflict
 from trackd.settings import Settings, has_database_config, load_settings
@@ -312,14 +312,14 @@ async def _credentials(dsn: str, settings: Settings, state_dir: Path) -> Credent
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             saved = json.loads(path.read_text())
             creds = Credentials(saved["tenant"], saved["api_key"], saved["ingest_secret"])
-            tenant = await store.tenant_for_api_key(pool, creds.api_key)
-            found = await store.tenant_with_secret(pool, creds.tenant, secret_key)
+            tenant = await tenant_store.tenant_for_api_key(pool, creds.api_key)
+            found = await tenant_store.tenant_with_secret(pool, creds.tenant, secret_key)
             if tenant is not None and tenant.name == creds.tenant and found and found[1] == creds.ingest_secret:
                 return creds
         for attempt in range(20):
             name = TENANT if attempt == 0 else f"{TENANT}-{os.urandom(3).hex()}"
             try:
-                made = await store.create_tenant(pool, name, secret_key)
+                made = await tenant_store.create_tenant(pool, name, secret_key)
                 break
             except Conflict:
                 continue

@@ -1,7 +1,7 @@
 """Outbound notification delivery: Standard Webhooks, at least once, in order per shipment, fairly.
 
 Deliveries are queued in the database by the outbox trigger, in the transaction of the change.
-A sender slot leases one due delivery in a short transaction (`notify_store.claim`), commits, sends
+A sender slot leases one due delivery in a short transaction (`hook_store.claim`), commits, sends
 it with no transaction open, and records the attempt and the next step in a second one. The lease
 is renewed while the send runs; a worker that dies mid-send stops renewing, the lease lapses
 within `LEASE_S`, and another worker sends the delivery again under the same `webhook-id`
@@ -39,10 +39,9 @@ import httpx
 import orjson
 from psycopg_pool import AsyncConnectionPool
 
-from notify import ssrf
-from notify import store as notify_store
-from notify.store import Attempt
-from trackd import keys, store
+from notify import hook_store, ssrf
+from notify.hook_store import Attempt
+from trackd import keys, store, tenant_store
 from trackd.errors import TrackdError
 from trackd.settings import Settings
 
@@ -219,7 +218,7 @@ async def send(
                 chunks = bytearray()
                 async for chunk in response.aiter_bytes():
                     chunks += chunk
-                    if len(chunks) >= notify_store.MAX_RESPONSE_BODY:
+                    if len(chunks) >= hook_store.MAX_RESPONSE_BODY:
                         break
             finally:
                 await response.aclose()
@@ -227,7 +226,7 @@ async def send(
         return Attempt(now, None, took(), f"timeout: no answer within {TIMEOUT_S:g} s")
     except httpx.HTTPError as exc:
         return Attempt(now, None, took(), f"connection failed: {_error(exc)}")
-    text = bytes(chunks[: notify_store.MAX_RESPONSE_BODY]).decode("utf-8", errors="replace").replace("\x00", "")
+    text = bytes(chunks[: hook_store.MAX_RESPONSE_BODY]).decode("utf-8", errors="replace").replace("\x00", "")
     code = response.status_code
     error = None
     if 300 <= code < 400:
@@ -342,7 +341,7 @@ class Deliverer:
         while not stop.is_set():
             try:
                 async with store.transaction(self.pool) as conn:
-                    n = await notify_store.purge(conn, self.clock() - timedelta(seconds=KEEP_LOG_S))
+                    n = await hook_store.purge(conn, self.clock() - timedelta(seconds=KEEP_LOG_S))
                 if n:
                     log.info("webhook log: removed %d finished deliveries", n)
             except Exception as exc:
@@ -352,15 +351,15 @@ class Deliverer:
     async def _secrets(self, conn: store.Conn, row: store.Row, now: datetime) -> list[str]:
         if self._box is None:
             key = self.settings.secret_key.get_secret_value() if self.settings.secret_key else None
-            self._box = await store.box_for(conn, key)
-        return notify_store.signing_secrets(row, self._box, now)
+            self._box = await tenant_store.box_for(conn, key)
+        return hook_store.signing_secrets(row, self._box, now)
 
     async def deliver_one(self, client: httpx.AsyncClient) -> bool:
         """Lease one due delivery, send it, record the attempt; False when nothing may go now."""
         s = self.settings
         now = self.clock()
         async with store.transaction(self.pool) as conn:
-            row = await notify_store.claim(
+            row = await hook_store.claim(
                 conn,
                 now,
                 now + timedelta(seconds=LEASE_S),
@@ -380,7 +379,7 @@ class Deliverer:
             attempt = await self._send_leased(client, row, secrets, now)
         probe = row["circuit_open_until"] is not None
         async with store.transaction(self.pool) as conn:
-            endpoint = await notify_store.lock_endpoint(conn, row["webhook_id"])
+            endpoint = await hook_store.lock_endpoint(conn, row["webhook_id"])
             if endpoint is None:  # the subscription was deleted meanwhile, with its deliveries
                 return True
             step = decide(
@@ -400,7 +399,7 @@ class Deliverer:
                 s.webhook_breaker_cooldown_s,
             )
             failing_since = None if attempt.ok else (endpoint["failing_since"] or attempt.at)
-            await notify_store.save_endpoint(
+            await hook_store.save_endpoint(
                 conn,
                 row["webhook_id"],
                 endpoint,
@@ -410,7 +409,7 @@ class Deliverer:
                 step.disable_reason,
                 attempt.at,
             )
-            await notify_store.record(
+            await hook_store.record(
                 conn, row["id"], row["lease"], attempt, step.status, step.tries, step.next_attempt_at
             )
         if step.disable_reason:
@@ -443,7 +442,7 @@ class Deliverer:
                 try:
                     async with store.transaction(self.pool) as conn:
                         until = self.clock() + timedelta(seconds=LEASE_S)
-                        await notify_store.renew(conn, row["id"], row["lease"], until)
+                        await hook_store.renew(conn, row["id"], row["lease"], until)
                 except Exception as exc:  # the send goes on; at worst the delivery is sent twice
                     log.warning("webhook lease renewal: %s", _error(exc))
         finally:

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import CurrentTenant, Shared
 from dashboards import trackpage
-from notify import store as notify_store
+from notify import link_store
 from trackd import registry, store
 from trackd.errors import NotFound
 
@@ -108,10 +108,10 @@ def zone_at(destination: dict[str, Any] | None) -> str:
 async def public_track(state: Shared, token: str) -> dict[str, Any]:
     """The public JSON for a live token, or NotFound."""
     async with store.transaction(state.pool) as conn:
-        link = await notify_store.shared_shipment(conn, token, state.clock())
+        link = await link_store.shared_shipment(conn, token, state.clock())
         if link is None:
             raise NotFound("no such tracking link, or it has expired or been revoked")
-        rows = await notify_store.track_rows(conn, link.tenant_id, link.shipment_id, _SQL_POINTS)
+        rows = await link_store.track_rows(conn, link.tenant_id, link.shipment_id, _SQL_POINTS)
     if rows is None:
         raise NotFound("no such tracking link, or it has expired or been revoked")
     shipment, milestones, positions = rows
@@ -154,7 +154,7 @@ async def share_shipment(
     expires_at = state.clock() + timedelta(seconds=body.expires_in_s)
     async with store.transaction(state.pool) as conn:
         await registry.require_shipment(conn, tenant.id, shipment_id)
-        await notify_store.create_share(conn, tenant.id, shipment_id, token, expires_at, body.position)
+        await link_store.create_share(conn, tenant.id, shipment_id, token, expires_at, body.position)
     base = str(request.base_url).rstrip("/")
     return {"token": token, "url": f"{base}/track/{token}", "expires_at": expires_at.isoformat()}
 
@@ -163,7 +163,7 @@ async def share_shipment(
 async def revoke_share(shipment_id: str, token: str, tenant: CurrentTenant, state: Shared) -> Response:
     """Revoke the link: from now on it answers 404, like an unknown one."""
     async with store.transaction(state.pool) as conn:
-        if not await notify_store.revoke_share(conn, tenant.id, shipment_id, token):
+        if not await link_store.revoke_share(conn, tenant.id, shipment_id, token):
             raise NotFound(f"no such tracking link to shipment {shipment_id!r}")  # the token is not echoed
     return Response(status_code=204)
 
@@ -173,7 +173,7 @@ async def revoke_shares(shipment_id: str, tenant: CurrentTenant, state: Shared) 
     """Revoke every link to the shipment (for a link whose token was lost); `{"revoked": n}`."""
     async with store.transaction(state.pool) as conn:
         await registry.require_shipment(conn, tenant.id, shipment_id)
-        n = await notify_store.revoke_shares(conn, tenant.id, shipment_id)
+        n = await link_store.revoke_shares(conn, tenant.id, shipment_id)
     return {"revoked": n}
 
 

@@ -10,9 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.deps import CurrentTenant, Cursor, Db, Limit, Shared
 from api.errors import JSONBody
-from notify import ssrf
-from notify import store as notify_store
-from trackd import store
+from notify import hook_store, ssrf
+from trackd import store, tenant_store
 from trackd.errors import NotFound, ValidationError
 from trackd.keys import SecretBox
 from trackd.store import Conn
@@ -27,16 +26,16 @@ MAX_REPLAY = timedelta(days=31)
 def _events(v: list[str] | None) -> list[str] | None:
     if v is None:
         return None
-    unknown = [e for e in v if e not in notify_store.EVENT_TYPES]
+    unknown = [e for e in v if e not in hook_store.EVENT_TYPES]
     if unknown:
-        raise ValueError(f"unknown event type {unknown[0]!r}; one of {', '.join(notify_store.EVENT_TYPES)}")
+        raise ValueError(f"unknown event type {unknown[0]!r}; one of {', '.join(hook_store.EVENT_TYPES)}")
     return list(dict.fromkeys(v))
 
 
 class WebhookIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     url: str = Field(min_length=8, max_length=2000)
-    events: list[str] = Field(min_length=1, max_length=len(notify_store.EVENT_TYPES))
+    events: list[str] = Field(min_length=1, max_length=len(hook_store.EVENT_TYPES))
     shipment_ids: list[ShipmentId] = Field(default_factory=list, max_length=1000)
     description: str | None = Field(None, max_length=500)
     enabled: bool = True
@@ -47,7 +46,7 @@ class WebhookIn(BaseModel):
 class WebhookPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
     url: str | None = Field(None, min_length=8, max_length=2000)
-    events: list[str] | None = Field(None, min_length=1, max_length=len(notify_store.EVENT_TYPES))
+    events: list[str] | None = Field(None, min_length=1, max_length=len(hook_store.EVENT_TYPES))
     shipment_ids: list[ShipmentId] | None = Field(None, max_length=1000)
     description: str | None = Field(None, max_length=500)
     enabled: bool | None = None
@@ -68,17 +67,17 @@ class ReplayIn(BaseModel):
 
 async def _box(conn: Conn, state: Shared) -> SecretBox:
     key = state.settings.secret_key.get_secret_value() if state.settings.secret_key else None
-    return await store.box_for(conn, key)
+    return await tenant_store.box_for(conn, key)
 
 
 async def _check_shipments(conn: Conn, tenant_id: int, shipment_ids: list[str] | None) -> None:
-    missing = await notify_store.unknown_shipments(conn, tenant_id, shipment_ids or [])
+    missing = await hook_store.unknown_shipments(conn, tenant_id, shipment_ids or [])
     if missing:
         raise ValidationError("shipment_ids", f"no shipment {missing[0]!r}")
 
 
 async def _require(conn: Conn, tenant_id: int, webhook_id: str) -> store.Row:
-    row = await notify_store.get_webhook(conn, tenant_id, webhook_id)
+    row = await hook_store.get_webhook(conn, tenant_id, webhook_id)
     if row is None:
         raise NotFound(f"no webhook {webhook_id!r}")
     return row
@@ -96,19 +95,19 @@ async def create_webhook(body: WebhookIn, tenant: CurrentTenant, state: Shared) 
     await ssrf.check_url(body.url, state.settings.webhook_allow_private)
     async with store.transaction(state.pool) as conn:
         await _check_shipments(conn, tenant.id, body.shipment_ids)
-        row, secret = await notify_store.create_webhook(conn, tenant.id, await _box(conn, state), body.model_dump())
-    return {**notify_store.webhook_json(row), "secret": secret}
+        row, secret = await hook_store.create_webhook(conn, tenant.id, await _box(conn, state), body.model_dump())
+    return {**hook_store.webhook_json(row), "secret": secret}
 
 
 @router.get("")
 async def list_webhooks(tenant: CurrentTenant, db: Db, limit: Limit = 50, cursor: Cursor = None) -> dict[str, Any]:
-    rows, nxt = await notify_store.list_webhooks(db, tenant.id, limit, cursor)
-    return {"items": [notify_store.webhook_json(r) for r in rows], "next_cursor": nxt}
+    rows, nxt = await hook_store.list_webhooks(db, tenant.id, limit, cursor)
+    return {"items": [hook_store.webhook_json(r) for r in rows], "next_cursor": nxt}
 
 
 @router.get("/{webhook_id}")
 async def get_webhook(webhook_id: str, tenant: CurrentTenant, db: Db) -> dict[str, Any]:
-    return notify_store.webhook_json(await _require(db, tenant.id, webhook_id))
+    return hook_store.webhook_json(await _require(db, tenant.id, webhook_id))
 
 
 @router.patch("/{webhook_id}")
@@ -122,16 +121,16 @@ async def patch_webhook(webhook_id: str, body: WebhookPatch, tenant: CurrentTena
         await ssrf.check_url(changes["url"], state.settings.webhook_allow_private)
     async with store.transaction(state.pool) as conn:
         await _check_shipments(conn, tenant.id, changes.get("shipment_ids"))
-        row = await notify_store.update_webhook(conn, tenant.id, webhook_id, changes)
+        row = await hook_store.update_webhook(conn, tenant.id, webhook_id, changes)
     if row is None:
         raise NotFound(f"no webhook {webhook_id!r}")
-    return notify_store.webhook_json(row)
+    return hook_store.webhook_json(row)
 
 
 @router.delete("/{webhook_id}", status_code=204)
 async def delete_webhook(webhook_id: str, tenant: CurrentTenant, state: Shared) -> Response:
     async with store.transaction(state.pool) as conn:
-        if not await notify_store.delete_webhook(conn, tenant.id, webhook_id):
+        if not await hook_store.delete_webhook(conn, tenant.id, webhook_id):
             raise NotFound(f"no webhook {webhook_id!r}")
     return Response(status_code=204)
 
@@ -144,11 +143,11 @@ async def rotate_secret(
     grace = body.grace_s if body else DEFAULT_GRACE_S
     async with store.transaction(state.pool) as conn:
         until = state.clock() + timedelta(seconds=grace)
-        got = await notify_store.rotate_secret(conn, tenant.id, webhook_id, await _box(conn, state), until)
+        got = await hook_store.rotate_secret(conn, tenant.id, webhook_id, await _box(conn, state), until)
     if got is None:
         raise NotFound(f"no webhook {webhook_id!r}")
     row, secret = got
-    return {**notify_store.webhook_json(row), "secret": secret}
+    return {**hook_store.webhook_json(row), "secret": secret}
 
 
 @router.get("/{webhook_id}/deliveries")
@@ -162,7 +161,7 @@ async def list_deliveries(
 ) -> dict[str, Any]:
     """Messages sent or to be sent, newest first, each with its attempts."""
     await _require(db, tenant.id, webhook_id)
-    items, nxt = await notify_store.list_deliveries(db, webhook_id, status, limit, cursor)
+    items, nxt = await hook_store.list_deliveries(db, webhook_id, status, limit, cursor)
     return {"items": items, "next_cursor": nxt}
 
 
@@ -171,7 +170,7 @@ async def retry_delivery(webhook_id: str, delivery_id: str, tenant: CurrentTenan
     """Send a message again (same `webhook-id`), now, with a fresh retry schedule."""
     async with store.transaction(state.pool) as conn:
         await _require(conn, tenant.id, webhook_id)
-        if not await notify_store.retry_delivery(conn, webhook_id, delivery_id, state.clock()):
+        if not await hook_store.retry_delivery(conn, webhook_id, delivery_id, state.clock()):
             raise NotFound(f"no delivery {delivery_id!r}")
     return JSONBody({"id": delivery_id, "status": "pending"}, status_code=202)
 
@@ -189,5 +188,5 @@ async def replay(webhook_id: str, body: ReplayIn, tenant: CurrentTenant, state: 
         raise ValidationError("until", f"a replay covers at most {MAX_REPLAY.days} days")
     async with store.transaction(state.pool) as conn:
         await _require(conn, tenant.id, webhook_id)
-        count = await notify_store.replay(conn, tenant.id, webhook_id, since, until, state.clock())
+        count = await hook_store.replay(conn, tenant.id, webhook_id, since, until, state.clock())
     return JSONBody({"count": count}, status_code=202)

@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 
 import orjson
 
-from trackd import db
+from trackd import db, tenant_store
 from trackd.errors import ConfigError, NotFound, TrackdError
 from trackd.settings import ROLES, Settings, load_settings
 
@@ -107,12 +107,11 @@ def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 async def _create_tenant(settings: Settings, name: str) -> dict[str, str]:
-    from trackd import store
 
     pool = await db.open_pool(settings.dsn(), 1)
     try:
         secret = settings.secret_key.get_secret_value() if settings.secret_key else None
-        return await store.create_tenant(pool, name, secret)
+        return await tenant_store.create_tenant(pool, name, secret)
     finally:
         await pool.close()
 
@@ -132,15 +131,14 @@ def cmd_tenant(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _rotate(settings: Settings, name: str, what: str, grace_s: float) -> dict[str, str] | None:
-    from trackd import store
 
     pool = await db.open_pool(settings.dsn(), 1)
     try:
         if what == "api_key":
-            got = await store.rotate_api_key(pool, name, grace_s)
+            got = await tenant_store.rotate_api_key(pool, name, grace_s)
         else:
             secret = settings.secret_key.get_secret_value() if settings.secret_key else None
-            got = await store.rotate_ingest_secret(pool, name, secret, grace_s)
+            got = await tenant_store.rotate_ingest_secret(pool, name, secret, grace_s)
     finally:
         await pool.close()
     if got is None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from api.deps import AppState
 from notify.delivery import Deliverer
-from trackd import store
+from trackd import quarantine_store, store
 
 log = logging.getLogger("trackd.worker")
 RETENTION_LOCK = 7_242_019_010
@@ -58,4 +58,4 @@ class Worker:
             if not await store.try_job_lock(conn, RETENTION_LOCK):
                 return
             await store.purge_history(conn, s.retention_days, s.outbox_retention_hours)
-            await store.purge_quarantine_sample(conn)
+            await quarantine_store.purge_quarantine_sample(conn)

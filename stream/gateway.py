@@ -24,7 +24,7 @@ from stream import protocol
 from stream.hub import Hub
 from stream.protocol import Message, Ping, ProtocolError, Selector, Subscribe
 from stream.session import Session, SessionClosed
-from trackd import store
+from trackd import store, tenant_store
 from trackd.errors import TrackdError
 
 log = logging.getLogger("trackd.stream")
@@ -73,7 +73,7 @@ async def stream(websocket: WebSocket) -> None:
     state: Any = websocket.app.state.trackd
     key = api_key(websocket)
     try:
-        tenant = await store.tenant_for_api_key(state.pool, key) if key else None
+        tenant = await tenant_store.tenant_for_api_key(state.pool, key) if key else None
     except TrackdError as exc:
         await deny(websocket, exc.status, exc.code, exc.detail)
         return

@@ -6,10 +6,9 @@ The event write path lives in `ledger.py`; both share the shipment JSON shape bu
 from __future__ import annotations
 
 import base64
-import math
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,8 +20,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import DictRow, tuple_row
 from psycopg_pool import AsyncConnectionPool
 
-from trackd import keys
-from trackd.errors import ConfigError, Conflict, Unavailable, ValidationError
+from trackd.errors import Conflict, Unavailable, ValidationError
 from trackd.model import ref_key
 
 Conn = AsyncConnection[DictRow]
@@ -125,186 +123,6 @@ async def keyset_page(
 
 def iso(d: datetime | None) -> str | None:
     return d.isoformat() if d else None
-
-
-# -- tenants -------------------------------------------------------------------------------------
-
-_TENANT_CACHE: dict[bytes, tuple[float, Tenant, float]] = {}  # digest -> (cached until, tenant, key valid until)
-_SECRET_CACHE: dict[str, tuple[float, IngestSecrets]] = {}
-# Seconds. A key or secret a process has cached stays accepted this long after a rotation ends its
-# grace (the cache saves a database read per request; a few seconds is all it needs for that).
-_CACHE_TTL = 5.0
-# What unknown tenants are checked against, so that they cost what known ones do (never matches).
-_DUMMY_SECRET = keys.new_ingest_secret()
-
-
-@dataclass(frozen=True, slots=True)
-class IngestSecrets:
-    """A tenant's ingest secret and, during a rotation's grace period, the one it replaced."""
-
-    tenant: Tenant
-    current: str
-    previous: str | None
-    previous_until: float  # time.monotonic() at which `previous` stops being valid
-
-    def candidates(self, now: float) -> tuple[str, str]:
-        """Always two secrets to check (a dummy in place of an absent or expired previous one)."""
-        return self.current, self.previous if self.previous is not None and now < self.previous_until else _DUMMY_SECRET
-
-
-async def box_for(conn: Conn, secret_key: str | None) -> keys.SecretBox:
-    if secret_key:
-        return keys.SecretBox(keys.fernet_for(secret_key))
-    await conn.execute(
-        "INSERT INTO keyring (name, key) VALUES ('ingest', %s) ON CONFLICT (name) DO NOTHING",
-        (keys.generate_keyring_key(),),
-    )
-    row = await (await conn.execute("SELECT key FROM keyring WHERE name = 'ingest'")).fetchone()
-    assert row is not None
-    return keys.SecretBox(keys.fernet_for(row["key"]))
-
-
-async def create_tenant(pool: AsyncConnectionPool, name: str, secret_key: str | None) -> dict[str, str]:
-    api_key, ingest_secret = keys.new_api_key(), keys.new_ingest_secret()
-    async with transaction(pool) as conn:
-        box = await box_for(conn, secret_key)
-        await conn.execute(
-            "INSERT INTO tenants (name, api_key_hash, ingest_secret_enc) VALUES (%s, %s, %s)",
-            (name, keys.hash_key(api_key), box.seal(ingest_secret)),
-        )
-    return {"tenant": name, "api_key": api_key, "ingest_secret": ingest_secret}
-
-
-async def rotate_api_key(pool: AsyncConnectionPool, name: str, grace_s: float) -> tuple[str, datetime] | None:
-    """A new API key for tenant `name` (None: no such tenant). The key it replaces stays valid for
-    `grace_s` seconds, until the returned time; a key replaced earlier and still in its grace ends now."""
-    api_key = keys.new_api_key()
-    async with transaction(pool) as conn:
-        row = await (
-            await conn.execute(
-                "UPDATE tenants SET previous_api_key_hash = api_key_hash,"
-                " previous_api_key_expires_at = now() + make_interval(secs => %s), api_key_hash = %s"
-                " WHERE name = %s RETURNING previous_api_key_expires_at",
-                (float(grace_s), keys.hash_key(api_key), name),
-            )
-        ).fetchone()
-    _TENANT_CACHE.clear()
-    return None if row is None else (api_key, row["previous_api_key_expires_at"])
-
-
-async def rotate_ingest_secret(
-    pool: AsyncConnectionPool, name: str, secret_key: str | None, grace_s: float
-) -> tuple[str, datetime] | None:
-    """A new ingest secret for tenant `name` (None: no such tenant). Signatures made with the one it
-    replaces are accepted for `grace_s` seconds, until the returned time; only one previous secret is kept."""
-    secret = keys.new_ingest_secret()
-    async with transaction(pool) as conn:
-        box = await box_for(conn, secret_key)
-        row = await (
-            await conn.execute(
-                "UPDATE tenants SET previous_ingest_secret_enc = ingest_secret_enc,"
-                " previous_ingest_secret_expires_at = now() + make_interval(secs => %s), ingest_secret_enc = %s"
-                " WHERE name = %s RETURNING previous_ingest_secret_expires_at",
-                (float(grace_s), box.seal(secret), name),
-            )
-        ).fetchone()
-    _SECRET_CACHE.pop(name, None)
-    return None if row is None else (secret, row["previous_ingest_secret_expires_at"])
-
-
-async def tenant_for_api_key(pool: AsyncConnectionPool, api_key: str) -> Tenant | None:
-    """The tenant whose API key is `api_key`, or whose previous key it is while that is in its grace."""
-    digest = keys.hash_key(api_key)
-    now = time.monotonic()
-    hit = _TENANT_CACHE.get(digest)
-    if hit and hit[0] > now and hit[2] > now:
-        return hit[1]
-    async with transaction(pool) as conn:
-        row = await (
-            await conn.execute(
-                "SELECT id, name, api_key_hash, previous_api_key_hash,"
-                " extract(epoch FROM previous_api_key_expires_at - now())::float8 AS previous_left_s"
-                " FROM tenants WHERE api_key_hash = %s"
-                " OR (previous_api_key_hash = %s AND previous_api_key_expires_at > now())",
-                (digest, digest),
-            )
-        ).fetchone()
-    if row is None:
-        return None
-    # Both compared, always: how long this takes does not tell which of the two matched.
-    current = keys.same(bytes(row["api_key_hash"]), digest)
-    previous = keys.same(bytes(row["previous_api_key_hash"] or b""), digest)
-    left_s = float(row["previous_left_s"] or 0.0)
-    if not (current or (previous and left_s > 0)):
-        return None
-    tenant = Tenant(row["id"], row["name"])
-    _TENANT_CACHE[digest] = (now + _CACHE_TTL, tenant, math.inf if current else now + left_s)
-    return tenant
-
-
-async def _load_secrets(pool: AsyncConnectionPool, name: str, secret_key: str | None) -> IngestSecrets | None:
-    """The ingest secrets of tenant `name` from the database (cached), or None. An unknown name
-    costs the same reads and a decryption too."""
-    async with transaction(pool) as conn:
-        row = await (
-            await conn.execute(
-                "SELECT id, name, ingest_secret_enc, previous_ingest_secret_enc,"
-                " extract(epoch FROM previous_ingest_secret_expires_at - now())::float8 AS previous_left_s"
-                " FROM tenants WHERE name = %s",
-                (name,),
-            )
-        ).fetchone()
-        box = await box_for(conn, secret_key)
-    if row is None:
-        box.open(box.seal(_DUMMY_SECRET))
-        return None
-    now, left_s = time.monotonic(), float(row["previous_left_s"] or 0.0)
-    previous = None
-    if row["previous_ingest_secret_enc"] is not None and left_s > 0:
-        try:
-            previous = box.open(row["previous_ingest_secret_enc"])
-        except ConfigError:  # sealed under an older TRACKD_SECRET_KEY: only the current one works
-            previous = None
-    found = IngestSecrets(Tenant(row["id"], row["name"]), box.open(row["ingest_secret_enc"]), previous, now + left_s)
-    _SECRET_CACHE[name] = (now + _CACHE_TTL, found)
-    return found
-
-
-async def tenant_with_secret(pool: AsyncConnectionPool, name: str, secret_key: str | None) -> tuple[Tenant, str] | None:
-    """The tenant called `name` and its current ingest secret (to sign with, or to know it exists).
-    Verifying an inbound signature is `tenant_for_signature`, which also accepts the previous one."""
-    hit = _SECRET_CACHE.get(name)
-    if hit and hit[0] > time.monotonic():
-        return hit[1].tenant, hit[1].current
-    found = await _load_secrets(pool, name, secret_key)
-    return None if found is None else (found.tenant, found.current)
-
-
-async def tenant_for_signature(
-    pool: AsyncConnectionPool, name: str, secret_key: str | None, signed: Callable[[str], bool]
-) -> Tenant | None:
-    """The tenant called `name` if `signed(secret)` holds for its ingest secret or, during a
-    rotation's grace period, for the one before it; else None (unknown tenant or bad signature).
-
-    Neither the answer nor its timing tells an unknown tenant from a bad signature: a failing call
-    always runs `signed` four times (two secrets from the cache or dummies, then two from the
-    database or dummies) around one database read. The cache is checked first; a signature it does
-    not accept is checked against the database, so a secret rotated in another process works at once.
-    """
-    hit = _SECRET_CACHE.get(name)
-    cached = hit[1] if hit and hit[0] > time.monotonic() else None
-    if _signed_by_one(signed, cached) and cached is not None:
-        return cached.tenant
-    fresh = await _load_secrets(pool, name, secret_key)
-    if _signed_by_one(signed, fresh) and fresh is not None:
-        return fresh.tenant
-    return None
-
-
-def _signed_by_one(signed: Callable[[str], bool], found: IngestSecrets | None) -> bool:
-    candidates = found.candidates(time.monotonic()) if found is not None else (_DUMMY_SECRET, _DUMMY_SECRET)
-    results = [signed(secret) for secret in candidates]  # both checked, whichever matches
-    return any(results)
 
 
 # -- shipments -----------------------------------------------------------------------------------
@@ -419,86 +237,6 @@ async def device_for_key(pool: AsyncConnectionPool, key: str) -> tuple[int, str,
             )
         ).fetchone()
     return (row["tenant_id"], row["name"], row["id"]) if row else None
-
-
-# -- quarantine ----------------------------------------------------------------------------------
-
-MAX_QUARANTINE_RAW = 1_000_000
-# Input no tenant could be authenticated for (tenant_id NULL, seen by no tenant) is a bounded
-# sample: the first SAMPLE_RAW bytes of each, at most SAMPLE_ROWS rows and SAMPLE_BYTES of raw and
-# reason in all (the oldest rows go first), none older than SAMPLE_DAYS (the worker's retention).
-SAMPLE_RAW = 4096
-SAMPLE_ROWS = 1000
-SAMPLE_BYTES = 4 * 1024 * 1024
-SAMPLE_DAYS = 7
-SAMPLE_LOCK = 7_242_019_030  # one sample write at a time, so that the caps hold exactly
-
-_TRIM_SAMPLE = """
-DELETE FROM quarantine WHERE tenant_id IS NULL AND id <= (
-    SELECT id FROM (
-        SELECT id, row_number() OVER w AS n, sum(octet_length(raw) + octet_length(reason)) OVER w AS bytes
-        FROM quarantine WHERE tenant_id IS NULL WINDOW w AS (ORDER BY id DESC)
-    ) newest_first WHERE n > %s OR bytes > %s ORDER BY id DESC LIMIT 1)
-"""
-
-
-async def quarantine(
-    conn: Conn, tenant_id: int | None, source: str, transport: str, reason: str, raw: bytes, size: int | None = None
-) -> bool:
-    """Keep `raw` (up to 1 MB) with the reason and its real size (`size` when `raw` is only the head of
-    what arrived, else its length); whether it was kept.
-
-    Without a tenant it joins the bounded sample (see SAMPLE_*): its first 4 KB are kept and the
-    oldest rows are dropped to stay within the caps; while another sample write is in progress it
-    is not kept (False) rather than waiting for it.
-    """
-    sample = tenant_id is None
-    kept = raw[: SAMPLE_RAW if sample else MAX_QUARANTINE_RAW]
-    text = kept.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
-    if sample:  # a replacement character takes three bytes: the sample's 4 KB are of the stored text
-        text = text.encode()[:SAMPLE_RAW].decode("utf-8", errors="ignore")
-    if sample and not await try_job_lock(conn, SAMPLE_LOCK):
-        return False
-    await conn.execute(
-        "INSERT INTO quarantine (tenant_id, source, transport, reason, raw, size) VALUES (%s, %s, %s, %s, %s, %s)",
-        (tenant_id, source, transport, reason[:2000], text, len(raw) if size is None else size),
-    )
-    if sample:
-        await conn.execute(_TRIM_SAMPLE, (SAMPLE_ROWS, SAMPLE_BYTES))
-    return True
-
-
-async def quarantine_now(
-    pool: AsyncConnectionPool,
-    tenant_id: int | None,
-    source: str,
-    transport: str,
-    reason: str,
-    raw: bytes,
-    size: int | None = None,
-) -> bool:
-    async with transaction(pool) as conn:
-        return await quarantine(conn, tenant_id, source, transport, reason, raw, size)
-
-
-async def purge_quarantine_sample(conn: Conn, days: int = SAMPLE_DAYS) -> int:
-    """Delete the unattributed quarantine rows older than `days`; how many were deleted."""
-    cur = await conn.execute(
-        "DELETE FROM quarantine WHERE tenant_id IS NULL AND received_at < now() - make_interval(days => %s)", (days,)
-    )
-    return cur.rowcount
-
-
-def quarantine_json(r: Row) -> dict[str, Any]:
-    return {
-        "id": str(r["id"]),
-        "received_at": iso(r["received_at"]),
-        "source": r["source"],
-        "transport": r["transport"],
-        "reason": r["reason"],
-        "raw": r["raw"],
-        "size": r.get("size"),
-    }
 
 
 # -- stream --------------------------------------------------------------------------------------
@@ -628,20 +366,6 @@ async def eta_history(conn: Conn, shipment_id: str) -> list[dict[str, Any]]:
         )
     ).fetchall()
     return [r["eta"] for r in rows]
-
-
-async def list_quarantine(
-    conn: Conn, tenant_id: int, limit: int, cursor: str | None, source: str | None
-) -> tuple[list[dict[str, Any]], str | None]:
-    where: list[str] = ["tenant_id = %s"]
-    args: list[Any] = [tenant_id]
-    if source:
-        where.append("source = %s")
-        args.append(source)
-    order: Order = (("id", "id", "bigint"),)
-    query = "SELECT * FROM quarantine"
-    rows, nxt = await keyset_page(conn, query, where, args, order, limit, cursor, descending=True)
-    return [quarantine_json(r) for r in rows], nxt
 
 
 async def try_job_lock(conn: Conn, key: int) -> bool:

@@ -30,7 +30,7 @@ from ingest.mqtt_conn import PublisherThread, endpoint
 from ingest.pipeline import Pipeline
 from ingest.sources import _common, native
 from tests.conftest import MQTT_URL, ROOT, RunEnv, Server, Tenant, free_port, start_server, stop_server, wait_for
-from trackd import db, ledger, store
+from trackd import db, ledger, store, tenant_store
 from trackd.errors import Unavailable, ValidationError
 from trackd.model import Event, derive_event_id
 from trackd.settings import Settings
@@ -305,8 +305,8 @@ async def test_a_message_that_keeps_failing_while_the_database_answers_is_quaran
     task: asyncio.Task[None] | None = None
     pub = mqtt_conn.Publisher(endpoint(MQTT_URL), f"pub-{run}")
     try:
-        await store.create_tenant(pool, name, None)
-        found = await store.tenant_with_secret(pool, name, None)
+        await tenant_store.create_tenant(pool, name, None)
+        found = await tenant_store.tenant_with_secret(pool, name, None)
         assert found is not None
         ingester = ingester_mod.MqttIngester(settings, Refusing(pool))
         task = asyncio.create_task(ingester.run(stop))

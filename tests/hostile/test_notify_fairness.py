@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from notify import delivery as hooks
-from notify.store import Attempt
+from notify.hook_store import Attempt
 from tests.conftest import RunEnv, wait_for
 from tests.integration.test_hooks import T0, Receiver, _stop, deliveries, shipment, start_worker, subscribe
 from trackd.settings import Settings

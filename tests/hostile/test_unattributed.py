@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from tests.conftest import RunEnv, Server, start_server, stop_server, wait_for
-from trackd import db, ratelimit, store
+from trackd import db, quarantine_store, ratelimit
 
 MB = 1_000_000  # under TRACKD_MAX_BODY_BYTES' default of 5 MiB: read, not refused with 413
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
@@ -77,13 +77,13 @@ def test_megabytes_of_junk_for_unknown_devices_store_a_small_sample(testenv: Run
     new = [r for r in sample_rows(testenv) if r[0] not in before_rows]
     # the address's burst of ten, then one a second
     assert 10 <= len(new) <= 10 + math.ceil(elapsed * ratelimit.SAMPLE_PER_ADDRESS_PER_S) + 1
-    assert all(kept <= store.SAMPLE_RAW and size == MB for _, kept, size, _ in new)
+    assert all(kept <= quarantine_store.SAMPLE_RAW and size == MB for _, kept, size, _ in new)
     assert all(reason.startswith(("NotFound: no device with key", "ValidationError: body")) for *_, reason in new)
     assert unattributed(api) == {"sampled": len(new), "dropped": 100 - len(new)}
     grown = database_size(testenv) - before_size
     assert grown < 10 * 1024 * 1024, grown
     everything = sample_rows(testenv)
-    assert len(everything) <= store.SAMPLE_ROWS
+    assert len(everything) <= quarantine_store.SAMPLE_ROWS
 
     # Another client address has its own allowance.
     other = httpx.HTTPTransport(local_address="127.0.0.2")
@@ -91,7 +91,7 @@ def test_megabytes_of_junk_for_unknown_devices_store_a_small_sample(testenv: Run
         r = osm2.post("/v1/osmand", params={"id": "nobody-else"}, content=b"x" * 5000)
         assert r.status_code == 404
     (last,) = [r for r in sample_rows(testenv) if r[0] not in {x[0] for x in everything}]
-    assert (last[1], last[2]) == (store.SAMPLE_RAW, 5000)
+    assert (last[1], last[2]) == (quarantine_store.SAMPLE_RAW, 5000)
 
     # A registered device is still heard.
     with httpx.Client(base_url=api.url, timeout=30) as osm:
@@ -107,34 +107,40 @@ def test_megabytes_of_junk_for_unknown_devices_store_a_small_sample(testenv: Run
 async def test_the_sample_is_capped_in_rows_and_bytes_and_keeps_the_newest(testenv: RunEnv) -> None:
     pool = await db.open_pool(testenv.dsn, 2)
     try:
-        for i in range(store.SAMPLE_ROWS + 50):
-            assert await store.quarantine_now(pool, None, "osmand", "http", f"NotFound: {i:06d}", b"z" * 6000)
+        for i in range(quarantine_store.SAMPLE_ROWS + 50):
+            assert await quarantine_store.quarantine_now(
+                pool, None, "osmand", "http", f"NotFound: {i:06d}", b"z" * 6000
+            )
         rows = sample_rows(testenv)
-        assert len(rows) == store.SAMPLE_ROWS  # 1,000 rows of 4,112 bytes: under 4 MiB, the row cap holds
-        assert [reason for *_, reason in rows] == [f"NotFound: {i:06d}" for i in range(50, store.SAMPLE_ROWS + 50)]
-        assert {(kept, size) for _, kept, size, _ in rows} == {(store.SAMPLE_RAW, 6000)}
+        assert len(rows) == quarantine_store.SAMPLE_ROWS  # 1,000 rows of 4,112 bytes: under 4 MiB, the row cap holds
+        assert [reason for *_, reason in rows] == [
+            f"NotFound: {i:06d}" for i in range(50, quarantine_store.SAMPLE_ROWS + 50)
+        ]
+        assert {(kept, size) for _, kept, size, _ in rows} == {(quarantine_store.SAMPLE_RAW, 6000)}
 
         long = "ValidationError: " + "r" * 3000  # kept to 2,000 characters
         for _ in range(700):
-            assert await store.quarantine_now(pool, None, "osmand", "http", long, b"z" * 6000)
+            assert await quarantine_store.quarantine_now(pool, None, "osmand", "http", long, b"z" * 6000)
         rows = sample_rows(testenv)
-        per_row = store.SAMPLE_RAW + 2000
-        assert len(rows) == store.SAMPLE_BYTES // per_row  # 688: now the byte cap holds
+        per_row = quarantine_store.SAMPLE_RAW + 2000
+        assert len(rows) == quarantine_store.SAMPLE_BYTES // per_row  # 688: now the byte cap holds
         assert all(reason == long[:2000] for *_, reason in rows)
         total = testenv.sql(
             "SELECT sum(octet_length(raw) + octet_length(reason)) FROM quarantine WHERE tenant_id IS NULL"
         )
-        assert total[0][0] == len(rows) * per_row <= store.SAMPLE_BYTES
+        assert total[0][0] == len(rows) * per_row <= quarantine_store.SAMPLE_BYTES
 
         # A tenant's quarantine is not the sample: kept whole, never trimmed by it.
         name = f"q{secrets.token_hex(3)}"
         assert testenv.trackd("tenant", "create", name).returncode == 0
         tenant_id = int(testenv.sql("SELECT id FROM tenants WHERE name = %s", name)[0][0])
-        assert await store.quarantine_now(pool, tenant_id, "native", "api", "ValidationError: x", b"y" * 6000)
+        assert await quarantine_store.quarantine_now(
+            pool, tenant_id, "native", "api", "ValidationError: x", b"y" * 6000
+        )
         assert testenv.sql("SELECT octet_length(raw), size FROM quarantine WHERE tenant_id = %s", tenant_id) == [
             (6000, 6000)
         ]
-        assert len(sample_rows(testenv)) == store.SAMPLE_BYTES // per_row
+        assert len(sample_rows(testenv)) == quarantine_store.SAMPLE_BYTES // per_row
     finally:
         await pool.close()
 

@@ -14,7 +14,7 @@ import httpx
 import orjson
 
 from tests.conftest import RunEnv, Server, Tenant, start_server, stop_server, wait_for
-from trackd import db, store
+from trackd import db, tenant_store
 
 GENERIC_401 = {"error": "Unauthorized", "detail": "unknown tenant or bad signature"}
 
@@ -78,7 +78,7 @@ async def test_unknown_tenant_costs_what_a_bad_signature_does(testenv: RunEnv) -
     pool = await db.open_pool(testenv.dsn, 2)
     try:
         name = f"eq{secrets.token_hex(3)}"
-        made = await store.create_tenant(pool, name, None)
+        made = await tenant_store.create_tenant(pool, name, None)
         unknown = f"no{secrets.token_hex(4)}"
         seen: list[str] = []
 
@@ -89,12 +89,12 @@ async def test_unknown_tenant_costs_what_a_bad_signature_does(testenv: RunEnv) -
         # known and not cached yet, known and cached, unknown, unknown again: how often the real secret is tried
         for who, real in ((name, 1), (name, 2), (unknown, 0), (unknown, 0)):
             seen.clear()
-            assert await store.tenant_for_signature(pool, who, None, nobody_signed) is None
+            assert await tenant_store.tenant_for_signature(pool, who, None, nobody_signed) is None
             assert len(seen) == 4, who
             assert seen.count(made["ingest_secret"]) == real, who
 
         seen.clear()
-        found = await store.tenant_for_signature(
+        found = await tenant_store.tenant_for_signature(
             pool, name, None, lambda s: seen.append(s) or s == made["ingest_secret"]
         )
         assert found is not None

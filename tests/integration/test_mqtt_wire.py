@@ -24,7 +24,7 @@ from ingest import mqtt_codec, mqtt_conn
 from ingest.mqtt_codec import Message
 from ingest.pipeline import Pipeline
 from tests.conftest import MQTT_URL, free_port
-from trackd import db, registry, store
+from trackd import db, registry, store, tenant_store
 from trackd.settings import Settings
 from trackd.shipment import Shipment
 
@@ -108,8 +108,8 @@ async def test_the_ingester_stops_reading_while_too_much_waits_and_loses_nothing
     stop = asyncio.Event()
     task = None
     try:
-        await store.create_tenant(pool, name, None)
-        tenant = await store.tenant_with_secret(pool, name, None)
+        await tenant_store.create_tenant(pool, name, None)
+        tenant = await tenant_store.tenant_with_secret(pool, name, None)
         assert tenant is not None
         sid = store.new_id("shp")
         async with store.transaction(pool) as conn:

@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from psycopg_pool import AsyncConnectionPool
 
 from tests.conftest import REDIS_URL, _drop_database, _make_database
-from trackd import db, ledger, metrics, store
+from trackd import db, ledger, metrics, store, tenant_store
 from trackd.bus import MemoryBus, RedisBus
 from trackd.relay import Relay
 
@@ -65,7 +65,7 @@ async def _emit(pool: AsyncConnectionPool, tenant_id: int, n: int) -> None:
 async def test_one_relay_leads_woken_by_commits_and_a_follower_takes_over(
     own_pool: AsyncConnectionPool, bus: RedisBus
 ) -> None:
-    await store.create_tenant(own_pool, "relay-a", None)
+    await tenant_store.create_tenant(own_pool, "relay-a", None)
     async with store.transaction(own_pool) as conn:
         row = await (await conn.execute("SELECT id FROM tenants WHERE name = 'relay-a'")).fetchone()
     assert row is not None
@@ -120,7 +120,7 @@ async def test_one_relay_leads_woken_by_commits_and_a_follower_takes_over(
 
 
 async def _tenant(pool: AsyncConnectionPool, name: str) -> int:
-    await store.create_tenant(pool, name, None)
+    await tenant_store.create_tenant(pool, name, None)
     async with store.transaction(pool) as conn:
         row = await (await conn.execute("SELECT id FROM tenants WHERE name = %s", (name,))).fetchone()
     assert row is not None

@@ -15,7 +15,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from ingest import sources
 from tests.conftest import REDIS_URL, RunEnv
-from trackd import db, ledger, registry, store
+from trackd import db, ledger, registry, store, tenant_store
 from trackd.bus import MemoryBus, RedisBus
 from trackd.model import SourceContext
 from trackd.relay import Relay
@@ -33,7 +33,7 @@ async def pool(testenv: RunEnv) -> AsyncIterator[AsyncConnectionPool]:
 
 async def _tenant(pool: AsyncConnectionPool) -> int:
     name = f"wp-{secrets.token_hex(4)}"
-    await store.create_tenant(pool, name, None)
+    await tenant_store.create_tenant(pool, name, None)
     async with store.transaction(pool) as conn:
         row = await (await conn.execute("SELECT id FROM tenants WHERE name = %s", (name,))).fetchone()
     assert row is not None

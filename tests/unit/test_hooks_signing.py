@@ -13,7 +13,7 @@ import standardwebhooks
 
 from notify import delivery as hooks
 from notify import ssrf
-from notify.store import Attempt
+from notify.hook_store import Attempt
 from trackd import keys
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)

@@ -1,0 +1,101 @@
+"""Quarantine: what could not be understood or stored, kept with its reason, per tenant; what no
+tenant could be authenticated for is a bounded, expiring sample."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+
+from trackd.store import Conn, Order, Row, iso, keyset_page, transaction, try_job_lock
+
+MAX_QUARANTINE_RAW = 1_000_000
+# Input no tenant could be authenticated for (tenant_id NULL, seen by no tenant) is a bounded
+# sample: the first SAMPLE_RAW bytes of each, at most SAMPLE_ROWS rows and SAMPLE_BYTES of raw and
+# reason in all (the oldest rows go first), none older than SAMPLE_DAYS (the worker's retention).
+SAMPLE_RAW = 4096
+SAMPLE_ROWS = 1000
+SAMPLE_BYTES = 4 * 1024 * 1024
+SAMPLE_DAYS = 7
+SAMPLE_LOCK = 7_242_019_030  # one sample write at a time, so that the caps hold exactly
+
+_TRIM_SAMPLE = """
+DELETE FROM quarantine WHERE tenant_id IS NULL AND id <= (
+    SELECT id FROM (
+        SELECT id, row_number() OVER w AS n, sum(octet_length(raw) + octet_length(reason)) OVER w AS bytes
+        FROM quarantine WHERE tenant_id IS NULL WINDOW w AS (ORDER BY id DESC)
+    ) newest_first WHERE n > %s OR bytes > %s ORDER BY id DESC LIMIT 1)
+"""
+
+
+async def quarantine(
+    conn: Conn, tenant_id: int | None, source: str, transport: str, reason: str, raw: bytes, size: int | None = None
+) -> bool:
+    """Keep `raw` (up to 1 MB) with the reason and its real size (`size` when `raw` is only the head of
+    what arrived, else its length); whether it was kept.
+
+    Without a tenant it joins the bounded sample (see SAMPLE_*): its first 4 KB are kept and the
+    oldest rows are dropped to stay within the caps; while another sample write is in progress it
+    is not kept (False) rather than waiting for it.
+    """
+    sample = tenant_id is None
+    kept = raw[: SAMPLE_RAW if sample else MAX_QUARANTINE_RAW]
+    text = kept.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+    if sample:  # a replacement character takes three bytes: the sample's 4 KB are of the stored text
+        text = text.encode()[:SAMPLE_RAW].decode("utf-8", errors="ignore")
+    if sample and not await try_job_lock(conn, SAMPLE_LOCK):
+        return False
+    await conn.execute(
+        "INSERT INTO quarantine (tenant_id, source, transport, reason, raw, size) VALUES (%s, %s, %s, %s, %s, %s)",
+        (tenant_id, source, transport, reason[:2000], text, len(raw) if size is None else size),
+    )
+    if sample:
+        await conn.execute(_TRIM_SAMPLE, (SAMPLE_ROWS, SAMPLE_BYTES))
+    return True
+
+
+async def quarantine_now(
+    pool: AsyncConnectionPool,
+    tenant_id: int | None,
+    source: str,
+    transport: str,
+    reason: str,
+    raw: bytes,
+    size: int | None = None,
+) -> bool:
+    async with transaction(pool) as conn:
+        return await quarantine(conn, tenant_id, source, transport, reason, raw, size)
+
+
+async def purge_quarantine_sample(conn: Conn, days: int = SAMPLE_DAYS) -> int:
+    """Delete the unattributed quarantine rows older than `days`; how many were deleted."""
+    cur = await conn.execute(
+        "DELETE FROM quarantine WHERE tenant_id IS NULL AND received_at < now() - make_interval(days => %s)", (days,)
+    )
+    return cur.rowcount
+
+
+def quarantine_json(r: Row) -> dict[str, Any]:
+    return {
+        "id": str(r["id"]),
+        "received_at": iso(r["received_at"]),
+        "source": r["source"],
+        "transport": r["transport"],
+        "reason": r["reason"],
+        "raw": r["raw"],
+        "size": r.get("size"),
+    }
+
+
+async def list_quarantine(
+    conn: Conn, tenant_id: int, limit: int, cursor: str | None, source: str | None
+) -> tuple[list[dict[str, Any]], str | None]:
+    where: list[str] = ["tenant_id = %s"]
+    args: list[Any] = [tenant_id]
+    if source:
+        where.append("source = %s")
+        args.append(source)
+    order: Order = (("id", "id", "bigint"),)
+    query = "SELECT * FROM quarantine"
+    rows, nxt = await keyset_page(conn, query, where, args, order, limit, cursor, descending=True)
+    return [quarantine_json(r) for r in rows], nxt

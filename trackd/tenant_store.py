@@ -1,0 +1,193 @@
+"""Tenants: their API keys and ingest secrets (kept hashed or encrypted), rotation with a grace
+period, and the lookups that authenticate a request. Every comparison is constant-time."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from psycopg_pool import AsyncConnectionPool
+
+from trackd import keys
+from trackd.errors import ConfigError
+from trackd.store import Conn, Tenant, transaction
+
+_TENANT_CACHE: dict[bytes, tuple[float, Tenant, float]] = {}  # digest -> (cached until, tenant, key valid until)
+_SECRET_CACHE: dict[str, tuple[float, IngestSecrets]] = {}
+# Seconds. A key or secret a process has cached stays accepted this long after a rotation ends its
+# grace (the cache saves a database read per request; a few seconds is all it needs for that).
+_CACHE_TTL = 5.0
+# What unknown tenants are checked against, so that they cost what known ones do (never matches).
+_DUMMY_SECRET = keys.new_ingest_secret()
+
+
+@dataclass(frozen=True, slots=True)
+class IngestSecrets:
+    """A tenant's ingest secret and, during a rotation's grace period, the one it replaced."""
+
+    tenant: Tenant
+    current: str
+    previous: str | None
+    previous_until: float  # time.monotonic() at which `previous` stops being valid
+
+    def candidates(self, now: float) -> tuple[str, str]:
+        """Always two secrets to check (a dummy in place of an absent or expired previous one)."""
+        return self.current, self.previous if self.previous is not None and now < self.previous_until else _DUMMY_SECRET
+
+
+async def box_for(conn: Conn, secret_key: str | None) -> keys.SecretBox:
+    if secret_key:
+        return keys.SecretBox(keys.fernet_for(secret_key))
+    await conn.execute(
+        "INSERT INTO keyring (name, key) VALUES ('ingest', %s) ON CONFLICT (name) DO NOTHING",
+        (keys.generate_keyring_key(),),
+    )
+    row = await (await conn.execute("SELECT key FROM keyring WHERE name = 'ingest'")).fetchone()
+    assert row is not None
+    return keys.SecretBox(keys.fernet_for(row["key"]))
+
+
+async def create_tenant(pool: AsyncConnectionPool, name: str, secret_key: str | None) -> dict[str, str]:
+    api_key, ingest_secret = keys.new_api_key(), keys.new_ingest_secret()
+    async with transaction(pool) as conn:
+        box = await box_for(conn, secret_key)
+        await conn.execute(
+            "INSERT INTO tenants (name, api_key_hash, ingest_secret_enc) VALUES (%s, %s, %s)",
+            (name, keys.hash_key(api_key), box.seal(ingest_secret)),
+        )
+    return {"tenant": name, "api_key": api_key, "ingest_secret": ingest_secret}
+
+
+async def rotate_api_key(pool: AsyncConnectionPool, name: str, grace_s: float) -> tuple[str, datetime] | None:
+    """A new API key for tenant `name` (None: no such tenant). The key it replaces stays valid for
+    `grace_s` seconds, until the returned time; a key replaced earlier and still in its grace ends now."""
+    api_key = keys.new_api_key()
+    async with transaction(pool) as conn:
+        row = await (
+            await conn.execute(
+                "UPDATE tenants SET previous_api_key_hash = api_key_hash,"
+                " previous_api_key_expires_at = now() + make_interval(secs => %s), api_key_hash = %s"
+                " WHERE name = %s RETURNING previous_api_key_expires_at",
+                (float(grace_s), keys.hash_key(api_key), name),
+            )
+        ).fetchone()
+    _TENANT_CACHE.clear()
+    return None if row is None else (api_key, row["previous_api_key_expires_at"])
+
+
+async def rotate_ingest_secret(
+    pool: AsyncConnectionPool, name: str, secret_key: str | None, grace_s: float
+) -> tuple[str, datetime] | None:
+    """A new ingest secret for tenant `name` (None: no such tenant). Signatures made with the one it
+    replaces are accepted for `grace_s` seconds, until the returned time; only one previous secret is kept."""
+    secret = keys.new_ingest_secret()
+    async with transaction(pool) as conn:
+        box = await box_for(conn, secret_key)
+        row = await (
+            await conn.execute(
+                "UPDATE tenants SET previous_ingest_secret_enc = ingest_secret_enc,"
+                " previous_ingest_secret_expires_at = now() + make_interval(secs => %s), ingest_secret_enc = %s"
+                " WHERE name = %s RETURNING previous_ingest_secret_expires_at",
+                (float(grace_s), box.seal(secret), name),
+            )
+        ).fetchone()
+    _SECRET_CACHE.pop(name, None)
+    return None if row is None else (secret, row["previous_ingest_secret_expires_at"])
+
+
+async def tenant_for_api_key(pool: AsyncConnectionPool, api_key: str) -> Tenant | None:
+    """The tenant whose API key is `api_key`, or whose previous key it is while that is in its grace."""
+    digest = keys.hash_key(api_key)
+    now = time.monotonic()
+    hit = _TENANT_CACHE.get(digest)
+    if hit and hit[0] > now and hit[2] > now:
+        return hit[1]
+    async with transaction(pool) as conn:
+        row = await (
+            await conn.execute(
+                "SELECT id, name, api_key_hash, previous_api_key_hash,"
+                " extract(epoch FROM previous_api_key_expires_at - now())::float8 AS previous_left_s"
+                " FROM tenants WHERE api_key_hash = %s"
+                " OR (previous_api_key_hash = %s AND previous_api_key_expires_at > now())",
+                (digest, digest),
+            )
+        ).fetchone()
+    if row is None:
+        return None
+    # Both compared, always: how long this takes does not tell which of the two matched.
+    current = keys.same(bytes(row["api_key_hash"]), digest)
+    previous = keys.same(bytes(row["previous_api_key_hash"] or b""), digest)
+    left_s = float(row["previous_left_s"] or 0.0)
+    if not (current or (previous and left_s > 0)):
+        return None
+    tenant = Tenant(row["id"], row["name"])
+    _TENANT_CACHE[digest] = (now + _CACHE_TTL, tenant, math.inf if current else now + left_s)
+    return tenant
+
+
+async def _load_secrets(pool: AsyncConnectionPool, name: str, secret_key: str | None) -> IngestSecrets | None:
+    """The ingest secrets of tenant `name` from the database (cached), or None. An unknown name
+    costs the same reads and a decryption too."""
+    async with transaction(pool) as conn:
+        row = await (
+            await conn.execute(
+                "SELECT id, name, ingest_secret_enc, previous_ingest_secret_enc,"
+                " extract(epoch FROM previous_ingest_secret_expires_at - now())::float8 AS previous_left_s"
+                " FROM tenants WHERE name = %s",
+                (name,),
+            )
+        ).fetchone()
+        box = await box_for(conn, secret_key)
+    if row is None:
+        box.open(box.seal(_DUMMY_SECRET))
+        return None
+    now, left_s = time.monotonic(), float(row["previous_left_s"] or 0.0)
+    previous = None
+    if row["previous_ingest_secret_enc"] is not None and left_s > 0:
+        try:
+            previous = box.open(row["previous_ingest_secret_enc"])
+        except ConfigError:  # sealed under an older TRACKD_SECRET_KEY: only the current one works
+            previous = None
+    found = IngestSecrets(Tenant(row["id"], row["name"]), box.open(row["ingest_secret_enc"]), previous, now + left_s)
+    _SECRET_CACHE[name] = (now + _CACHE_TTL, found)
+    return found
+
+
+async def tenant_with_secret(pool: AsyncConnectionPool, name: str, secret_key: str | None) -> tuple[Tenant, str] | None:
+    """The tenant called `name` and its current ingest secret (to sign with, or to know it exists).
+    Verifying an inbound signature is `tenant_for_signature`, which also accepts the previous one."""
+    hit = _SECRET_CACHE.get(name)
+    if hit and hit[0] > time.monotonic():
+        return hit[1].tenant, hit[1].current
+    found = await _load_secrets(pool, name, secret_key)
+    return None if found is None else (found.tenant, found.current)
+
+
+async def tenant_for_signature(
+    pool: AsyncConnectionPool, name: str, secret_key: str | None, signed: Callable[[str], bool]
+) -> Tenant | None:
+    """The tenant called `name` if `signed(secret)` holds for its ingest secret or, during a
+    rotation's grace period, for the one before it; else None (unknown tenant or bad signature).
+
+    Neither the answer nor its timing tells an unknown tenant from a bad signature: a failing call
+    always runs `signed` four times (two secrets from the cache or dummies, then two from the
+    database or dummies) around one database read. The cache is checked first; a signature it does
+    not accept is checked against the database, so a secret rotated in another process works at once.
+    """
+    hit = _SECRET_CACHE.get(name)
+    cached = hit[1] if hit and hit[0] > time.monotonic() else None
+    if _signed_by_one(signed, cached) and cached is not None:
+        return cached.tenant
+    fresh = await _load_secrets(pool, name, secret_key)
+    if _signed_by_one(signed, fresh) and fresh is not None:
+        return fresh.tenant
+    return None
+
+
+def _signed_by_one(signed: Callable[[str], bool], found: IngestSecrets | None) -> bool:
+    candidates = found.candidates(time.monotonic()) if found is not None else (_DUMMY_SECRET, _DUMMY_SECRET)
+    results = [signed(secret) for secret in candidates]  # both checked, whichever matches
+    return any(results)
