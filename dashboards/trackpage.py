@@ -8,6 +8,8 @@ be read; the small route map is progressive and loads only same-origin vendored 
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 import json
 import math
@@ -322,12 +324,11 @@ def _map_html(page: _Page, track: Mapping[str, Any]) -> tuple[str, str, str]:
         + "</section>"
     )
     head = f'<link rel="stylesheet" href="{STATIC_PREFIX}/vendor/leaflet/leaflet.css">'
-    countries = f"{STATIC_PREFIX}/vendor/world-atlas/countries-110m.json"
     scripts = (
         f'<script type="application/json" id="route-data">{_script_json(data)}</script>'
         f'<script defer src="{STATIC_PREFIX}/vendor/leaflet/leaflet.js"></script>'
         f'<script defer src="{STATIC_PREFIX}/vendor/topojson-client/topojson-client.min.js"></script>'
-        f"<script>{_MAP_SCRIPT.replace('__COUNTRIES__', countries)}</script>"
+        f"<script>{_map_script()}</script>"
     )
     return section, head, scripts
 
@@ -442,3 +443,16 @@ coordsToLatLng:function(c){return L.latLng(c[1],c[0]+o)},
 style:{color:"#9ca3af",weight:.6,fillColor:"#f9fafb",fillOpacity:1}}).addTo(map)})
 }).catch(function(){})});
 """
+
+
+def _map_script() -> str:
+    return _MAP_SCRIPT.replace("__COUNTRIES__", f"{STATIC_PREFIX}/vendor/world-atlas/countries-110m.json")
+
+
+def content_security_policy() -> str:
+    """The page's policy: its own static files, and of inline code only the map script (by hash)."""
+    digest = base64.b64encode(hashlib.sha256(_map_script().encode()).digest()).decode()
+    return (
+        f"default-src 'none'; script-src 'self' 'sha256-{digest}'; style-src 'self' 'unsafe-inline';"
+        " img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+    )

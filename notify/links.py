@@ -196,4 +196,9 @@ async def track_page(
             "<!doctype html><title>Not found</title><p>This tracking link is unknown or has expired.", status_code=404
         )
     page = trackpage.render(track, trackpage.pick_language(accept_language), zone_at(track["destination"]))
-    return HTMLResponse(page, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
+    headers = {
+        "Cache-Control": "no-store",
+        "Referrer-Policy": "no-referrer",
+        "Content-Security-Policy": trackpage.content_security_policy(),
+    }
+    return HTMLResponse(page, headers=headers)

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Response
 from fastapi.responses import FileResponse
@@ -42,6 +43,48 @@ ROUTERS = (
 
 def static_dir() -> str:
     return str(resources.files("dashboards") / "static")
+
+
+class SecurityHeaders:
+    """Every answer says: no sniffing, no framing, no referrer (share links carry tokens in their
+    URL); an HTML page without a policy of its own gets the dashboard's: its own scripts and
+    styles, the configured tile server's images, and the API and stream of this origin."""
+
+    def __init__(self, app: ASGIApp, tile_url: str | None) -> None:
+        self.app = app
+        tiles = ""
+        if tile_url:
+            u = urlsplit(tile_url.replace("{s}", "*"))  # Leaflet's {s} subdomains: a CSP host wildcard
+            tiles = f" {u.scheme}://{u.netloc}"
+        self.policy = (
+            "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline';"
+            f" img-src 'self' data: blob:{tiles}; connect-src 'self' ws: wss:;"
+            " frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+        ).encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {k.lower() for k, _ in headers}
+                for name, value in (
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"x-frame-options", b"DENY"),
+                    (b"referrer-policy", b"no-referrer"),
+                ):
+                    if name not in names:
+                        headers.append((name, value))
+                html = any(k.lower() == b"content-type" and v.startswith(b"text/html") for k, v in headers)
+                if html and b"content-security-policy" not in names:
+                    headers.append((b"content-security-policy", self.policy))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 class BodyLimit:
@@ -114,6 +157,7 @@ def create_app(settings: Settings, state: AppState, pipeline: Pipeline, hub: Hub
     errors.install(app)
 
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(SecurityHeaders, tile_url=settings.tile_url)
 
     for router in ROUTERS:
         app.include_router(router)

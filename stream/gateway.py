@@ -82,6 +82,10 @@ async def stream(websocket: WebSocket) -> None:
         await deny(websocket, 401, "Unauthorized", detail)
         return
     hub: Hub = websocket.app.state.hub  # put there by serve.app
+    limit = state.settings.stream_max_sockets_per_tenant
+    if hub.sockets(tenant.id) >= limit:  # one tenant's sockets must not take every other's memory
+        await deny(websocket, 429, "RateLimited", f"this tenant already has {limit} stream sockets on this server")
+        return
     await websocket.accept()
     session = hub.connect(tenant.id)
     receiver = asyncio.create_task(receive(websocket, hub, session, StoreSource(state.pool)))

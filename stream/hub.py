@@ -130,6 +130,11 @@ class Hub:
             session.push(protocol.error("StreamDegraded", DEGRADED_DETAIL))
         return session
 
+    def sockets(self, tenant_id: int) -> int:
+        """How many sessions of `tenant_id` this process holds."""
+        tenant = self._tenants.get(tenant_id)
+        return len(tenant.sessions) if tenant is not None else 0
+
     def disconnect(self, session: Session) -> None:
         if session.closed is None:
             session.closed = (1000, "")

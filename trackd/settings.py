@@ -78,6 +78,7 @@ class Settings(BaseSettings):
     outbox_retention_hours: int = Field(default=48, ge=1, le=8760)
     eta_threshold_min: float = Field(default=15.0, gt=0, le=10080)
     stream_tick_ms: int = Field(default=250, ge=10, le=60000)
+    stream_max_sockets_per_tenant: int = Field(default=2500, ge=1, le=1_000_000)  # per api process
     ingest_rate_per_s: float = Field(default=0.0, ge=0, le=1e6)  # 0: unlimited
     emission_factors: str | None = None
     tile_url: str | None = None
