@@ -1,4 +1,4 @@
-"""`trackd bench {ingest,e2e,query,stream}`: figures measured against the configured services.
+"""`trackd bench {ingest,e2e,query,stream,soak,hostile}`: figures measured against the configured services.
 
 Each run creates its own tenant (`bench-<random>`), starts the trackd processes it measures as
 subprocesses on free loopback ports (with their own MQTT topic prefix, client ids and share
@@ -6,8 +6,9 @@ group), drives them from load-generator processes, measures in the same run the 
 is bounded by, prints one table, and then stops its processes and deletes the tenant's rows.
 
 This module holds the argument checks and the dispatcher; the figures and their table are in
-`bench_figures`, the runs live in `bench_ingest`, `bench_e2e` and `bench_query`, the processes and data
-they share in `bench_env`, the load generators in `bench_load`.
+`bench_figures`, the runs live in `bench_ingest`, `bench_e2e`, `bench_query`, `bench_stream`,
+`bench_soak` and `bench_hostile`, the processes and data they share in `bench_env`, the load
+generators in `bench_load`, the websocket clients in `bench_stream`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ MAX_DURATION_S = 600.0
 
 def check_args(args: argparse.Namespace) -> None:
     """Refuse arguments no run can honour, with one clear line (a ConfigError)."""
-    if args.kind not in ("ingest", "e2e", "query", "stream", "soak"):
+    if args.kind not in ("ingest", "e2e", "query", "stream", "soak", "hostile"):
         raise ConfigError(f"bench: unknown kind {args.kind!r}")
     if args.transport not in ("webhook", "mqtt"):
         raise ConfigError("bench --transport: use webhook or mqtt")
@@ -46,6 +47,13 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError("bench --shipments: 20 to 1,000,000")
     if not 1_000 <= args.positions <= 100_000_000:
         raise ConfigError("bench --positions: 1,000 to 100,000,000")
+    if args.kind == "hostile":
+        from lab.bench_hostile import attacks
+
+        try:
+            attacks(args.attacks)
+        except ValueError as exc:
+            raise ConfigError(f"bench --attacks: {exc}") from None
 
 
 Runner = Callable[[Settings, argparse.Namespace, TextIO], tuple[str, list[Figure], list[str]]]
@@ -65,6 +73,10 @@ def _runner(kind: str) -> Runner:
         from lab import bench_query
 
         return bench_query.run
+    if kind == "hostile":
+        from lab import bench_hostile
+
+        return bench_hostile.run
     from lab import bench_soak
 
     return bench_soak.run

@@ -29,7 +29,8 @@ from typing import Any, TextIO
 
 from lab.bench_env import BenchEnv
 from lab.bench_figures import Figure, percentile
-from lab.bench_load import e2e_publisher, raw_broker, ws_clients
+from lab.bench_load import paced_publisher, raw_broker
+from lab.bench_stream import Receipts, clients_process
 from trackd.settings import Settings
 
 PER_CLIENT = 20
@@ -66,11 +67,13 @@ def run(settings: Settings, args: argparse.Namespace, out: TextIO) -> tuple[str,
         ws_conf = {
             "ports": ports,
             "api_key": env.api_key,
-            "follow": [rng.sample(ids, PER_CLIENT) for _ in range(args.clients)],
-            "maps": MAP_CLIENTS,
             "base": base,
+            "groups": {
+                "shipment": [[{"shipments": rng.sample(ids, PER_CLIENT)}] for _ in range(args.clients)],
+                "map": [[{"all": True}] for _ in range(MAP_CLIENTS)],
+            },
         }
-        ws = CTX.Process(target=ws_clients, args=(ws_conf, ready, stop, ws_out), name="bench-ws")
+        ws = CTX.Process(target=clients_process, args=(ws_conf, ready, stop, ws_out), name="bench-ws")
         ws.start()
         opened = time.monotonic()
         while not ready.wait(0.5):
@@ -91,22 +94,23 @@ def run(settings: Settings, args: argparse.Namespace, out: TextIO) -> tuple[str,
             "duration": args.warmup + args.duration,
         }
         pub_out: Any = CTX.Queue()
-        pub = CTX.Process(target=e2e_publisher, args=(pub_conf, pub_out), name="bench-e2e-pub")
+        pub = CTX.Process(target=paced_publisher, args=(pub_conf, pub_out), name="bench-e2e-pub")
         pub.start()
         sent_res: dict[str, Any] = pub_out.get(timeout=args.duration + 120)
         pub.join(10)
         time.sleep(DRAIN_S)
         stop.set()
-        got: dict[str, tuple[array[int], array[float]]] = ws_out.get(timeout=60)
+        got: dict[str, Receipts] = ws_out.get(timeout=60)
         ws.join(10)
         stored = env.count_events()
         env.stop_servers()
         raw = broker_latency(env, mqtt_conf, args)
     sent: array[float] = sent_res["sent"]
     first = bisect.bisect_left(sent, sent[0] + args.warmup) if sent else 0
-    mq = latencies(sent, got["shipment"], 0, first)
-    wh = latencies(sent, got["shipment"], 1, first)
-    maps = latencies(sent, got["map"], None, first)
+    follow, whole = got["shipment"], got["map"]
+    mq = latencies(sent, (follow.idx, follow.at), 0, first)
+    wh = latencies(sent, (follow.idx, follow.at), 1, first)
+    maps = latencies(sent, (whole.idx, whole.at), None, first)
     figures: list[Figure] = []
     for label, values, ceiling in (("MQTT -> ws", mq, raw), ("webhook -> ws", wh, None), ("map (all) ", maps, None)):
         for q, tag in ((0.5, "p50"), (0.95, "p95"), (0.99, "p99")):

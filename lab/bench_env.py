@@ -29,7 +29,7 @@ import psycopg
 
 from ingest import mqtt_conn
 from lab.net import free_port
-from trackd import db
+from trackd import db, tenant_store
 from trackd.errors import TrackdError, Unavailable
 from trackd.settings import Settings
 
@@ -73,6 +73,14 @@ class Server:
 
 
 @dataclass(frozen=True, slots=True)
+class BenchTenant:
+    name: str
+    id: int
+    api_key: str
+    ingest_secret: str
+
+
+@dataclass(frozen=True, slots=True)
 class Broker:
     host: str
     port: int
@@ -97,6 +105,7 @@ class BenchEnv:
         self._metrics: httpx.Client | None = None
         self.logs = Path(tempfile.mkdtemp(prefix=f"trackd-bench-{self.run_id}-"))
         self._client_ids: list[str] = []
+        self.other_tenants: list[BenchTenant] = []  # add_tenant's, removed with the run's own
 
     # -- lifecycle ---------------------------------------------------------------------------
     def __enter__(self) -> BenchEnv:
@@ -115,27 +124,39 @@ class BenchEnv:
         self._clear_mqtt_sessions()
         started = time.monotonic()
         with contextlib.suppress(psycopg.Error):
-            for stmt in DELETE_ROWS:
-                self.sql(stmt, self.tenant_id)
+            for tenant_id in [self.tenant_id, *(t.id for t in self.other_tenants)]:
+                for stmt in DELETE_ROWS:
+                    self.sql(stmt, tenant_id)
         with contextlib.suppress(Exception):
             import redis
 
             from trackd.bus import stream_key
 
             client = redis.Redis.from_url(self.settings.redis())
-            client.delete(stream_key(self.settings.redis_prefix, db.deployment(self.settings.dsn()), self.tenant_id))
+            deployment = db.deployment(self.settings.dsn())
+            for tenant_id in [self.tenant_id, *(t.id for t in self.other_tenants)]:
+                client.delete(stream_key(self.settings.redis_prefix, deployment, tenant_id))
             client.close()
         self.say(f"cleaned up tenant {self.tenant} in {time.monotonic() - started:.1f} s")
 
-    async def _create_tenant(self) -> dict[str, str]:
-        from trackd import store
+    async def _create_tenant(self, name: str | None = None) -> dict[str, str]:
 
         pool = await db.open_pool(self.settings.dsn(), 1)
         try:
             key = self.settings.secret_key.get_secret_value() if self.settings.secret_key else None
-            return await store.create_tenant(pool, self.tenant, key)
+            return await tenant_store.create_tenant(pool, name or self.tenant, key)
         finally:
             await pool.close()
+
+    def add_tenant(self, suffix: str) -> BenchTenant:
+        """Another tenant of the run, `bench-<run>-<suffix>`; its rows and Redis stream are deleted
+        with the run's own."""
+        name = f"{self.tenant}-{suffix}"
+        created = asyncio.run(self._create_tenant(name))
+        tenant_id = int(self.sql("SELECT id FROM tenants WHERE name = %s", name)[0][0])
+        tenant = BenchTenant(name, tenant_id, created["api_key"], created["ingest_secret"])
+        self.other_tenants.append(tenant)
+        return tenant
 
     def say(self, text: str) -> None:
         print(f"# {text}", file=self.out, flush=True)
@@ -187,10 +208,12 @@ class BenchEnv:
             "TRACKD_MQTT_SHARE_GROUP": f"bench{self.run_id}",
             "TRACKD_LOG_LEVEL": "warning",
             "TRACKD_INGEST_RATE_PER_S": "0",
+            "TRACKD_STREAM_MAX_SOCKETS_PER_TENANT": "1000000",  # `--clients` goes up to 20,000
         }
 
-    def start_servers(self, roles: str, n: int) -> list[Server]:
-        """`n` processes of `trackd serve --roles roles`, each ready (`/readyz` 200) on its own port."""
+    def start_servers(self, roles: str, n: int, extra: dict[str, str] | None = None) -> list[Server]:
+        """`n` processes of `trackd serve --roles roles`, each ready (`/readyz` 200) on its own port;
+        `extra` adds to (or overrides) their environment."""
         started: list[Server] = []
         http = "api" in roles.split(",")
         for _ in range(n):
@@ -202,7 +225,11 @@ class BenchEnv:
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "serve.cli", "serve", "--roles", roles],
                     # without the api role, readiness is read from the log (see _wait_ready)
-                    env={**self.server_env(port, client_id), **({} if http else {"TRACKD_LOG_LEVEL": "info"})},
+                    env={
+                        **self.server_env(port, client_id),
+                        **(extra or {}),
+                        **({} if http else {"TRACKD_LOG_LEVEL": "info"}),
+                    },
                     stdout=logf,
                     stderr=logf,
                 )

@@ -20,13 +20,21 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
-def ratio(value: float | None, ceiling: float | None, *, lower_is_better: bool = False) -> str:
+def share(value: float | None, ceiling: float | None, *, lower_is_better: bool = False) -> float | None:
     """trackd's figure as a share of its ceiling: `value/ceiling` for rates, `ceiling/value` for
-    latencies (so 100% always means "as good as the ceiling")."""
+    latencies (so 1.0 always means "as good as the ceiling"); None when either is missing or not
+    positive."""
     if value is None or ceiling is None or value <= 0 or ceiling <= 0:
+        return None
+    return ceiling / value if lower_is_better else value / ceiling
+
+
+def ratio(value: float | None, ceiling: float | None, *, lower_is_better: bool = False) -> str:
+    """`share` as a percentage: whole percents, one decimal below 10%."""
+    got = share(value, ceiling, lower_is_better=lower_is_better)
+    if got is None:
         return "-"
-    share = ceiling / value if lower_is_better else value / ceiling
-    return f"{share * 100:.0f}%" if share >= 0.1 else f"{share * 100:.1f}%"
+    return f"{got * 100:.0f}%" if got >= 0.1 else f"{got * 100:.1f}%"
 
 
 def fmt(value: float | None, unit: str) -> str:
@@ -42,7 +50,9 @@ def fmt(value: float | None, unit: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Figure:
-    """One line of the report: trackd's figure, the ceiling it is bounded by, and a target."""
+    """One line of the report: trackd's figure, the ceiling it is bounded by, and a target: either
+    `target` on the figure itself ('>= N', '< N', '= N'...), or `min_share` of the ceiling (the
+    ratio column, e.g. 0.9 for "at least 90% of the ceiling")."""
 
     name: str
     value: float | None
@@ -51,15 +61,30 @@ class Figure:
     ceiling_name: str = ""
     target: str = ""
     lower_is_better: bool = False
+    min_share: float | None = None
 
     def met(self) -> str:
-        """'yes'/'no' against a target written as '>= N' or '< N', '' without one."""
+        """'yes'/'no' against the target, '' without one or without a figure to judge."""
+        if self.min_share is not None:
+            got = share(self.value, self.ceiling, lower_is_better=self.lower_is_better)
+            return "" if got is None else ("yes" if got >= self.min_share else "no")
         if not self.target or self.value is None:
             return ""
         op, _, num = self.target.partition(" ")
         bound = float(num.replace(",", "").replace("_", ""))
-        ok = {">=": self.value >= bound, ">": self.value > bound, "<": self.value < bound, "<=": self.value <= bound}
+        ok = {
+            ">=": self.value >= bound,
+            ">": self.value > bound,
+            "<": self.value < bound,
+            "<=": self.value <= bound,
+            "=": self.value == bound,
+        }
         return "yes" if ok.get(op, False) else "no"
+
+    def target_text(self) -> str:
+        if self.min_share is not None:
+            return f">= {self.min_share * 100:.0f}% of {self.ceiling_name or 'ceiling'}"
+        return f"{self.target} {self.unit}".strip() if self.target else ""
 
 
 def render(title: str, figures: Sequence[Figure], notes: Sequence[str] = ()) -> str:
@@ -71,7 +96,7 @@ def render(title: str, figures: Sequence[Figure], notes: Sequence[str] = ()) -> 
             fmt(f.value, f.unit),
             f"{fmt(f.ceiling, f.unit)} ({f.ceiling_name})" if f.ceiling is not None else "-",
             ratio(f.value, f.ceiling, lower_is_better=f.lower_is_better),
-            f"{f.target} {f.unit}".strip() if f.target else "",
+            f.target_text(),
             f.met(),
         )
         for f in figures

@@ -96,7 +96,8 @@ def _webhook(
     rate = res["acked"] / elapsed if elapsed > 0 else None
     notes = [
         f"{res['acked']:,} events acknowledged in {elapsed:.1f} s ({res['errors']} failed requests); "
-        f"{stored:,} rows in events"
+        f"{stored:,} rows in events",
+        f"the load generator (httpx) used {res['cpu_s']:.1f} s of CPU over the {args.duration:.0f} s",
     ]
     return rate, stored, notes
 

@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 from lab.bench_env import BenchEnv
 from lab.bench_figures import Figure, percentile
-from lab.bench_load import Events, HttpConn, _run, signed_headers
+from lab.bench_load import Events, _run, http_client, post_status, signed_headers
 from trackd.settings import Settings
 
 BATCH = 100
@@ -50,23 +50,18 @@ async def _paced(conf: dict[str, Any]) -> list[tuple[float, float, int]]:
     results: list[tuple[float, float, int]] = []
 
     async def worker(k: int) -> None:
-        conn = HttpConn("127.0.0.1", conf["port"])
         n, due = k * BATCH, start + k * interval / CONNECTIONS
         while due < start + conf["duration"]:
             await asyncio.sleep(max(0.0, due - time.monotonic()))
             body = events.batch(n, BATCH)
             sent = time.monotonic()
-            try:
-                status = await conn.post(path, body, signed_headers(secret, body))
-            except (OSError, asyncio.IncompleteReadError):
-                conn.close()
-                conn, status = HttpConn("127.0.0.1", conf["port"]), 0
+            status = await post_status(client, path, body, signed_headers(secret, body))
             results.append((sent - start, (time.monotonic() - sent) * 1000, status))
             n += BATCH * CONNECTIONS
             due += interval
-        conn.close()
 
-    await asyncio.gather(*(worker(k) for k in range(CONNECTIONS)))
+    async with http_client(conf["port"], CONNECTIONS) as client:
+        await asyncio.gather(*(worker(k) for k in range(CONNECTIONS)))
     return results
 
 

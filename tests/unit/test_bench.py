@@ -1,16 +1,35 @@
-"""The pure parts of `trackd bench`: percentiles, ratios, the table, argument checks."""
+"""The pure parts of `trackd bench`: percentiles, ratios, the table, argument checks, the hostile payloads and
+the hostile run's figures."""
 
 from __future__ import annotations
 
 import argparse
+import random
 from array import array
+from datetime import UTC, datetime
 
+import orjson
 import pytest
 
 from lab.bench import check_args
 from lab.bench_e2e import latencies
 from lab.bench_figures import Figure, fmt, percentile, ratio, render
+from lab.bench_hostile import (
+    ATTACKS,
+    Outcome,
+    Side,
+    attacks,
+    big_payload,
+    delivery_latencies,
+    depth_of,
+    figures,
+    nested_json,
+    not_json,
+    side,
+    slow_request,
+)
 from lab.bench_load import Events
+from lab.bench_stream import Clients, Receipts
 from serve.cli import build_parser
 from trackd.errors import ConfigError
 
@@ -128,3 +147,120 @@ def test_latencies_match_receipts_to_sends_by_index_and_parity() -> None:
     assert latencies(sent, got, 0) == pytest.approx([5.0, 0.0])  # early receipt clamps to 0
     assert latencies(sent, got, 1) == pytest.approx([100.0])
     assert len(latencies(sent, got, None)) == 3  # index 7 was never sent
+
+
+# -- figures against a share of the ceiling, and `trackd bench hostile`'s pure parts --------------
+def test_figure_min_share_judges_the_ratio_column() -> None:
+    rate = Figure("x", 950, "events/s", 1_000, "clean run", min_share=0.9)
+    assert (rate.met(), rate.target_text()) == ("yes", ">= 90% of clean run")
+    assert Figure("x", 899, "events/s", 1_000, "clean run", min_share=0.9).met() == "no"
+    # latencies: the share is ceiling / value
+    assert Figure("p99", 11.0, "ms", 10.0, "clean run", lower_is_better=True, min_share=0.9).met() == "yes"
+    assert Figure("p99", 11.2, "ms", 10.0, "clean run", lower_is_better=True, min_share=0.9).met() == "no"
+    assert Figure("p99", None, "ms", 10.0, "clean run", min_share=0.9).met() == ""
+    assert Figure("lost", 0, "events", target="= 0").met() == "yes"
+    assert Figure("lost", 3, "events", target="= 0").met() == "no"
+    row = next(
+        line
+        for line in render("t", [Figure("lost", 0, "events", target="= 0")]).splitlines()
+        if line.startswith("lost")
+    )
+    assert row.split() == ["lost", "0", "events", "-", "-", "=", "0", "events", "yes"]
+
+
+def test_hostile_payloads_are_what_they_claim() -> None:
+    for depth in (200, 1000):
+        doc = nested_json(depth, "hostile-ab12")
+        assert depth_of(doc) == depth
+        assert b"hostile-ab12" in doc[:40]
+    assert orjson.loads(nested_json(200, "m"))["bench"] == "m"
+    junk = not_json(random.Random(1), 4096, "hostile-ab12")
+    assert len(junk) == 4096
+    assert junk.startswith(b"hostile-ab12\x00")
+    with pytest.raises(UnicodeDecodeError):
+        junk.decode()
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(junk)
+    big = big_payload(2 << 20, "hostile-ab12")
+    assert len(big) == 2 << 20
+    assert set(orjson.loads(big)) == {"bench", "pad"}  # JSON, but no event in it
+    with pytest.raises(ValueError, match="depth"):
+        nested_json(1, "m")
+
+
+def test_depth_of_does_not_count_brackets_in_strings() -> None:
+    assert depth_of(b'{"a": "[[[[{{", "b": [1, [2]], "c": "\\"[["}') == 3
+    assert depth_of(b"[]") == 1
+    assert depth_of(b"7") == 0
+
+
+def test_slow_requests_never_complete() -> None:
+    head, more = slow_request("head", "127.0.0.1:8080", "/v1/ingest/t/native")
+    assert head.startswith(b"POST /v1/ingest/t/native HTTP/1.1\r\n")
+    assert b"\r\n\r\n" not in head + more * 1000  # the head never ends
+    head, more = slow_request("body", "127.0.0.1:8080", "/v1/ingest/t/native")
+    assert head.endswith(b"Content-Length: 100000\r\n\r\n")
+    assert more == b" "
+    with pytest.raises(ValueError, match="head or body"):
+        slow_request("neither", "h", "/")
+
+
+def test_attacks_are_all_by_default_or_named() -> None:
+    assert attacks("all") == ATTACKS
+    assert attacks("osmand, poison") == ("poison", "osmand")  # in the order they are listed in ATTACKS
+    with pytest.raises(ValueError, match="'floods'"):
+        attacks("poison,floods")
+    with pytest.raises(ValueError, match="none"):
+        attacks(" , ")
+    check_args(_args("hostile"))
+    check_args(_args("hostile", "--attacks", "slow-clients,slow-endpoint"))
+    with pytest.raises(ConfigError) as err:
+        check_args(_args("hostile", "--attacks", "floods"))
+    assert "--attacks" in err.value.detail
+
+
+def test_side_counts_stored_rate_latency_and_loss_per_transport() -> None:
+    sent = array("d", [100.0 + i * 0.001 for i in range(10)])  # events 0..9, 1 ms apart
+    got = Receipts(frames=5)
+    for i, delay in ((0, 0.010), (2, 0.020), (4, 0.030), (1, 0.005), (3, 0.007), (99, 1.0)):
+        got.idx.append(i)
+        got.at.append(sent[i] + delay if i < 10 else 200.0)
+    mqtt = side(sent, got, 0, accepted=5, stored=3)
+    assert (mqtt.accepted, mqtt.stored, mqtt.lost) == (5, 3, 2)
+    assert mqtt.p99_ms == pytest.approx(29.8)  # of 10, 20 and 30 ms; event 99 was never sent
+    assert mqtt.per_s == pytest.approx(3 / (sent[4] + 0.030 - sent[0]))
+    webhook = side(sent, got, 1, accepted=5, stored=6)  # stored more than was answered 202: none lost
+    assert webhook.lost == 0
+    assert webhook.p99_ms == pytest.approx(6.98)
+    assert side(sent, Receipts(), 1, 0, 0) == Side(0, 0, None, None)
+
+
+def test_hostile_figures_compare_with_the_clean_run() -> None:
+    clean = Outcome(Side(1000, 1000, 500.0, 20.0), Side(1000, 1000, 500.0, 30.0), (10.0, 12.0))
+    hostile = Outcome(Side(1000, 1000, 480.0, 21.0), Side(1000, 990, 300.0, 90.0), (10.0, 500.0))
+    rows = {f.name: f for f in figures(clean, hostile)}
+    assert rows["webhook: valid events stored/s"].met() == "yes"  # 96%
+    assert rows["webhook: send -> stored p99"].met() == "yes"  # 20 / 21 = 95%
+    assert rows["MQTT: valid events stored/s"].met() == "no"  # 60%
+    assert rows["MQTT: send -> stored p99"].met() == "no"
+    assert rows["valid notification webhooks p99"].met() == "no"
+    assert (rows["valid events lost (webhook)"].value, rows["valid events lost (webhook)"].met()) == (0, "yes")
+    assert (rows["valid events lost (MQTT)"].value, rows["valid events lost (MQTT)"].met()) == (10, "no")
+
+
+def test_delivery_latencies_read_the_event_index_from_the_webhook_body() -> None:
+    base = 1_700_000_000.0
+    sent = array("d", [50.0, 50.5, 51.0])
+
+    def body(i: int) -> bytes:
+        at = datetime.fromtimestamp(base + i / 1000, UTC).isoformat()
+        return orjson.dumps({"type": "position", "data": {"type": "position", "occurred_at": at}})
+
+    got = [(50.25, body(0)), (51.5, body(2)), (52.0, body(7)), (52.0, b"not json")]
+    assert delivery_latencies(sent, base, got) == pytest.approx([250.0, 500.0])
+
+
+def test_websocket_clients_read_the_event_index_from_occurred_at() -> None:
+    clients = Clients(["ws://127.0.0.1:1/v1/stream"], "tk_x", 1_700_000_000.0)
+    assert clients.index("2023-11-14T22:13:21.234000+00:00") == 1234
+    assert clients.index("2023-11-14T22:13:20Z") == 0

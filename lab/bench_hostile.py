@@ -1,0 +1,711 @@
+"""`trackd bench hostile`: does hostile traffic slow down, delay or lose a valid tenant's data?
+
+The valid load is the same in both runs: `--rate` position events/s for `--duration` s from
+`paced_publisher` (lab/bench_load.py), even events as QoS 1 MQTT messages on the valid tenant's
+device topics, odd ones as signed native webhook requests (one per 10 ms). Websocket clients
+(`Clients`, lab/bench_stream.py) follow every shipment of the valid tenant: an event's stream
+message is written in the transaction that stores it and relayed after commit, so the time from
+sending an event to its message's arrival is its end-to-end store latency. The valid tenant also
+subscribes a local receiver to the positions of `WATCHED` shipments, which times its notification
+webhooks.
+
+The servers (`trackd serve`, every role, `--processes` of them) run the valid load once for
+`--warmup` s (not counted), then once clean and once while a process of its own sends hostile
+traffic (`hostile_traffic`), from before the valid load starts until it has been counted:
+- poison MQTT messages on the valid tenant's topics (other devices), a second tenant's and an
+  unknown tenant's: JSON nested 200 to 1,000 levels deep, bytes that are not JSON (nor UTF-8, with
+  NULs), and 2 MB payloads;
+- HTTP bodies over `TRACKD_MAX_BODY_BYTES`, with a Content-Length and chunked;
+- slow HTTP clients: raw sockets that trickle an incomplete request (its head, or its body), one
+  byte every `TRICKLE_S`, opened again whenever the server closes them;
+- a slow webhook endpoint: a local receiver that sleeps `SLOW_ENDPOINT_S` before answering each
+  request, subscribed to positions by the second tenant, which gets `CHANGES_PER_S` of them;
+- junk to `/v1/osmand`: 1 MB bodies and small requests, with unknown device ids.
+
+Figures: valid events stored per second, p99 store latency (per transport) and the p99 of the
+valid notification webhooks, in the hostile run as a share of the clean run (target 90%); valid
+events lost: accepted (answered 202, or acknowledged by the broker) and not stored `SETTLE_S`
+after the load ended, counted in the valid tenant's rows (target 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import math
+import multiprocessing as mp
+import os
+import random
+import threading
+import time
+from array import array
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+import orjson
+
+from ingest.mqtt_conn import Endpoint, Publisher
+from lab.bench_e2e import latencies
+from lab.bench_env import BenchEnv, BenchTenant, Server
+from lab.bench_figures import Figure, percentile
+from lab.bench_load import _run, paced_publisher, signed_headers
+from lab.bench_stream import Receipts, clients_process
+from lab.net import free_port
+from trackd.settings import Settings
+
+CTX = mp.get_context("spawn")
+ATTACKS = ("poison", "oversized", "slow-clients", "slow-endpoint", "osmand")  # `--attacks`, all by default
+MIN_SHARE = 0.9  # the hostile run's figures against the clean run's
+SETTLE_S = 30.0  # after the load, how long stored rows may take to catch up with what was accepted
+STALL_S = 10.0  # ... or how long they may stay the same before the rest is counted lost
+DRAIN_S = 3.0  # then, for the last stream messages and notification webhooks
+WATCHED = 20  # valid shipments whose positions the valid tenant's webhook receiver gets
+PER_SOCKET = 1000  # shipment ids per websocket subscribe (the stream's limit)
+# The hostile traffic, per second unless stated.
+POISON_PER_S = 40  # small poison MQTT messages, nested and not JSON by turns
+BIG_PER_S = 1.0  # 2 MB MQTT payloads
+BIG_MQTT_BYTES = 2 << 20
+OVERSIZED_PER_S = 2.0  # HTTP bodies over the limit, with a Content-Length and chunked by turns
+SLOW_CLIENTS = 100
+TRICKLE_S = 2.0
+OSMAND_BIG_PER_S = 2.0  # 1 MB bodies
+OSMAND_BIG_BYTES = 1 << 20
+OSMAND_SMALL_PER_S = 50.0
+CHANGES_PER_S = 20.0  # the second tenant's position events, each a delivery to the slow endpoint
+HOSTILE_SHIPMENTS = 50
+SLOW_ENDPOINT_S = 10.0
+
+
+# -- hostile payloads (pure) ---------------------------------------------------------------------
+def attacks(text: str) -> tuple[str, ...]:
+    """The attacks `--attacks` names (comma-separated, or `all`), in `ATTACKS` order; ValueError
+    naming one that is not an attack."""
+    names = {a.strip() for a in text.split(",") if a.strip()}
+    if names == {"all"}:
+        return ATTACKS
+    bad = sorted(names - set(ATTACKS))
+    if bad or not names:
+        raise ValueError(f"unknown attack {bad[0] if bad else '(none)'!r}; use all or any of {','.join(ATTACKS)}")
+    return tuple(a for a in ATTACKS if a in names)
+
+
+def nested_json(depth: int, marker: str) -> bytes:
+    """A JSON object holding arrays nested so that the document is `depth` levels deep."""
+    if depth < 2:
+        raise ValueError("depth: at least 2")
+    inner = depth - 1
+    return b'{"bench":"%s","x":%s%s}' % (marker.encode(), b"[" * inner, b"]" * inner)
+
+
+def not_json(rng: random.Random, size: int, marker: str) -> bytes:
+    """`size` bytes that are neither JSON nor UTF-8, with NULs: the marker, then random bytes."""
+    head = marker.encode() + b"\x00\xff\xfe{"
+    if size < len(head):
+        raise ValueError(f"size: at least {len(head)}")
+    return head + rng.randbytes(size - len(head))
+
+
+def big_payload(size: int, marker: str) -> bytes:
+    """`size` bytes of JSON that carry no event."""
+    head = b'{"bench":"%s","pad":"' % marker.encode()
+    if size < len(head) + 2:
+        raise ValueError("size: too small")
+    return head + b"x" * (size - len(head) - 2) + b'"}'
+
+
+def depth_of(doc: bytes) -> int:
+    """How deeply a JSON document's brackets nest (strings are not looked into)."""
+    deepest = level = 0
+    in_string = escaped = False
+    for ch in doc:
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (ch == 0x5C, ch != 0x22)
+        elif ch == 0x22:
+            in_string = True
+        elif ch in b"[{":
+            level += 1
+            deepest = max(deepest, level)
+        elif ch in b"]}":
+            level -= 1
+    return deepest
+
+
+def slow_request(kind: str, host: str, path: str) -> tuple[bytes, bytes]:
+    """What a slow client sends at once, and then one byte at a time, never completing: its head
+    (`head`), or a complete head promising a body that never all comes (`body`)."""
+    if kind == "head":
+        return f"POST {path} HTTP/1.1\r\nHost: {host}\r\nX-Slow: ".encode(), b"a"
+    if kind == "body":
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+        )
+        return head.encode(), b" "
+    raise ValueError(f"kind: head or body, not {kind!r}")
+
+
+# -- what one run measured (pure) ---------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Side:
+    """One transport of one run: events accepted (202, PUBACK) and stored, events stored per
+    second (from the first send to the last stream message), p99 of send -> stream message (ms)."""
+
+    accepted: int
+    stored: int
+    per_s: float | None
+    p99_ms: float | None
+
+    @property
+    def lost(self) -> int:
+        return max(0, self.accepted - self.stored)
+
+
+def side(sent: array[float], got: Receipts, parity: int, accepted: int, stored: int) -> Side:
+    """The Side of the events of one parity (0: MQTT, 1: webhook) of a paced publisher's `sent`."""
+    lat = latencies(sent, (got.idx, got.at), parity)
+    mine = [t for i, t in zip(got.idx, got.at, strict=True) if 0 <= i < len(sent) and i % 2 == parity]
+    first = sent[parity] if len(sent) > parity else None
+    last = max(mine) if mine else None
+    per_s = stored / (last - first) if first is not None and last is not None and last > first else None
+    return Side(accepted, stored, per_s, percentile(lat, 0.99))
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One run: its two transports and the valid tenant's notification webhooks (ms, send -> receipt)."""
+
+    webhook: Side
+    mqtt: Side
+    deliveries_ms: tuple[float, ...]
+
+
+def figures(clean: Outcome, hostile: Outcome) -> list[Figure]:
+    """The hostile run against the clean run."""
+    out: list[Figure] = []
+    for name, c, h in (("webhook", clean.webhook, hostile.webhook), ("MQTT", clean.mqtt, hostile.mqtt)):
+        out.append(
+            Figure(f"{name}: valid events stored/s", h.per_s, "events/s", c.per_s, "clean run", min_share=MIN_SHARE)
+        )
+        out.append(
+            Figure(
+                f"{name}: send -> stored p99",
+                h.p99_ms,
+                "ms",
+                c.p99_ms,
+                "clean run",
+                lower_is_better=True,
+                min_share=MIN_SHARE,
+            )
+        )
+    out.append(
+        Figure(
+            "valid notification webhooks p99",
+            percentile(hostile.deliveries_ms, 0.99),
+            "ms",
+            percentile(clean.deliveries_ms, 0.99),
+            "clean run",
+            lower_is_better=True,
+            min_share=MIN_SHARE,
+        )
+    )
+    out.append(Figure("valid events lost (webhook)", hostile.webhook.lost, "events", target="= 0"))
+    out.append(Figure("valid events lost (MQTT)", hostile.mqtt.lost, "events", target="= 0"))
+    return out
+
+
+def delivery_latencies(sent: array[float], base: float, got: Sequence[tuple[float, bytes]]) -> list[float]:
+    """ms from an event's send to the receipt of its position webhook (`{"data": {"occurred_at"}}`)."""
+    base_ms = round(base * 1000)
+    out: list[float] = []
+    for at, body in got:
+        try:
+            data = orjson.loads(body)["data"]
+            i = round(datetime.fromisoformat(data["occurred_at"]).timestamp() * 1000) - base_ms
+        except (ValueError, KeyError, TypeError):
+            continue
+        if 0 <= i < len(sent):
+            out.append(max(0.0, at - sent[i]) * 1000)
+    return out
+
+
+# -- webhook receivers, on a thread of the bench process -----------------------------------------
+class Receivers:
+    """Local HTTP endpoints for notification webhooks, on an event loop of their own thread: each
+    answers 200 after its `delay_s`, and records (receipt time, body) of every request."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.got: dict[int, list[tuple[float, bytes]]] = {}
+        self._lock = threading.Lock()  # the loop's thread appends, the bench's takes
+        self._servers: list[asyncio.Server] = []
+        self._thread = threading.Thread(target=self.loop.run_forever, name="bench-receivers", daemon=True)
+        self._thread.start()
+
+    def add(self, delay_s: float) -> int:
+        """A new endpoint; its port."""
+        port = free_port()
+        self.got[port] = []
+        fut = asyncio.run_coroutine_threadsafe(self._serve(port, delay_s), self.loop)
+        self._servers.append(fut.result(10))
+        return port
+
+    async def _serve(self, port: int, delay_s: float) -> asyncio.Server:
+        got = self.got[port]
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(Exception):
+                while True:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    now = time.monotonic()
+                    length = 0
+                    for line in head.split(b"\r\n"):
+                        if line.lower().startswith(b"content-length:"):
+                            length = int(line.split(b":", 1)[1])
+                    body = await reader.readexactly(length) if length else b""
+                    with self._lock:
+                        got.append((now, body))
+                    if delay_s:
+                        await asyncio.sleep(delay_s)
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                    await writer.drain()
+            writer.close()
+
+        return await asyncio.start_server(handle, "127.0.0.1", port)
+
+    def taken(self, port: int) -> list[tuple[float, bytes]]:
+        """What that endpoint received since it was last asked."""
+        with self._lock:
+            got = self.got[port]
+            out, got[:] = list(got), []
+        return out
+
+    def close(self) -> None:
+        async def stop() -> None:
+            for s in self._servers:
+                s.close()
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+
+# -- the hostile traffic, in a process of its own ------------------------------------------------
+def hostile_traffic(conf: dict[str, Any], ready: Any, stop: Any, out: Any) -> None:
+    """Every kind of hostile traffic at once, from `ready` until `stop`; reports what was sent and
+    how the servers answered."""
+    out.put(_run(_hostile(conf, ready, stop)))
+
+
+async def _hostile(conf: dict[str, Any], ready: Any, stop: Any) -> dict[str, Any]:
+    cpu = time.process_time()
+    attacks = set(conf["attacks"])
+    tally: Counter[str] = Counter()
+    lifetimes: list[float] = []
+    done = asyncio.Event()
+    urls = [f"http://127.0.0.1:{p}" for p in conf["ports"]]
+    limits = httpx.Limits(max_connections=32, max_keepalive_connections=32, keepalive_expiry=4.0)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(30.0), limits=limits, trust_env=False) as http:
+        pub = Publisher(Endpoint(conf["host"], conf["port"], False, conf["username"], conf["password"]), conf["client"])
+        jobs: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
+            "poison": lambda: _poison(conf, pub, done, tally),
+            "oversized": lambda: _oversized(conf, http, urls, done, tally),
+            "osmand": lambda: _osmand(conf, http, urls, done, tally),
+            "slow-endpoint": lambda: _changes(conf, http, urls, done, tally),
+        }
+        tasks = [asyncio.create_task(job()) for name, job in jobs.items() if name in attacks]
+        if "slow-clients" in attacks:
+            tasks += [
+                asyncio.create_task(
+                    _slow_client(conf["ports"][k % len(conf["ports"])], k, conf, done, tally, lifetimes)
+                )
+                for k in range(SLOW_CLIENTS)
+            ]
+        await asyncio.sleep(1.0)  # the slow clients are connected, the publisher too
+        ready.set()
+        while not stop.is_set():  # noqa: ASYNC110  # a process-wide event has nothing to await
+            await asyncio.sleep(0.05)
+        done.set()
+        await asyncio.wait(tasks, timeout=15)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await pub.close(grace_s=2.0)
+    return {"tally": dict(tally), "lifetimes": lifetimes, "cpu_s": time.process_time() - cpu}
+
+
+async def _paced(done: asyncio.Event, per_s: float) -> AsyncIterator[int]:
+    """0, 1, 2, ... at `per_s` a second until `done`."""
+    n, start = 0, time.monotonic()
+    while not done.is_set():
+        yield n
+        n += 1
+        await asyncio.sleep(max(0.0, start + n / per_s - time.monotonic()))
+
+
+async def _poison(conf: dict[str, Any], pub: Publisher, done: asyncio.Event, tally: Counter[str]) -> None:
+    rng, marker, topics = random.Random(9), conf["marker"], conf["poison_topics"]
+    big_every = max(1, round(POISON_PER_S / BIG_PER_S))
+    async for n in _paced(done, POISON_PER_S):
+        topic = topics[n % len(topics)]
+        if n % 2 == 0:
+            payload, kind = nested_json(rng.randint(200, 1000), marker), "mqtt nested JSON"
+        else:
+            payload, kind = not_json(rng, rng.randint(64, 4096), marker), "mqtt not JSON"
+        if pub.pending < 10_000:  # a broker that stopped reading does not make this process grow
+            pub.publish(topic, payload, qos=1)
+            tally[kind] += 1
+        if n % big_every == 0 and pub.pending < 10_000:
+            pub.publish(topic, big_payload(BIG_MQTT_BYTES, marker), qos=1)
+            tally["mqtt 2 MB"] += 1
+
+
+def _answer(tally: Counter[str], what: str, r: httpx.Response | BaseException) -> None:
+    code = str(r.status_code) if isinstance(r, httpx.Response) else type(r).__name__
+    tally[f"{what} -> {code}"] += 1
+
+
+async def _oversized(
+    conf: dict[str, Any], http: httpx.AsyncClient, urls: list[str], done: asyncio.Event, tally: Counter[str]
+) -> None:
+    size = conf["max_body_bytes"] + (1 << 20)
+    body = b"[" + b" " * (size - 2) + b"]"
+    path = f"/v1/ingest/{conf['tenant']}/native"
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for i in range(0, size, 1 << 16):
+            yield body[i : i + (1 << 16)]
+
+    async for n in _paced(done, OVERSIZED_PER_S):
+        url = urls[n % len(urls)]
+        try:
+            if n % 2 == 0:  # declared: refused from its Content-Length
+                r = await http.post(url + path, content=body, headers={"X-Trackd-Signature": "sha256=" + "0" * 64})
+                _answer(tally, "oversized body, declared", r)
+            else:  # chunked: refused once the limit is passed
+                headers = {"Authorization": f"Bearer {conf['api_key']}", "Content-Type": "application/json"}
+                r = await http.post(url + "/v1/events", content=chunks(), headers=headers)
+                _answer(tally, "oversized body, chunked", r)
+        except httpx.HTTPError as exc:
+            _answer(tally, "oversized body, " + ("declared" if n % 2 == 0 else "chunked"), exc)
+
+
+async def _osmand(
+    conf: dict[str, Any], http: httpx.AsyncClient, urls: list[str], done: asyncio.Event, tally: Counter[str]
+) -> None:
+    marker = conf["marker"]
+    junk = b"x" * OSMAND_BIG_BYTES
+    big_every = max(1, round(OSMAND_SMALL_PER_S / OSMAND_BIG_PER_S))
+    pending: set[asyncio.Task[None]] = set()
+
+    async def one(n: int) -> None:
+        url = urls[n % len(urls)] + "/v1/osmand"
+        try:
+            if n % big_every == 0:
+                body = b"id=%s-%d&lat=1&lon=2&junk=" % (marker.encode(), n) + junk
+                form = {"Content-Type": "application/x-www-form-urlencoded"}
+                _answer(tally, "osmand 1 MB", await http.post(url, content=body, headers=form))
+            else:
+                params = {"id": f"{marker}-{n}", "lat": "1", "lon": "2", "timestamp": str(int(time.time()))}
+                _answer(tally, "osmand unknown id", await http.get(url, params=params))
+        except httpx.HTTPError as exc:
+            _answer(tally, "osmand", exc)
+
+    async for n in _paced(done, OSMAND_SMALL_PER_S):
+        if len(pending) < 64:
+            task = asyncio.create_task(one(n))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+    await asyncio.gather(*pending, return_exceptions=True)
+
+
+async def _changes(
+    conf: dict[str, Any], http: httpx.AsyncClient, urls: list[str], done: asyncio.Event, tally: Counter[str]
+) -> None:
+    """The second tenant's positions: each one a notification to its slow endpoint."""
+    path, secret, trackings = f"/v1/ingest/{conf['tenant']}/native", conf["secret"], conf["trackings"]
+    base = conf["base"]
+    async for n in _paced(done, CHANGES_PER_S):
+        body = orjson.dumps(
+            {
+                "occurred_at": base + n / 1000,
+                "shipment": trackings[n % len(trackings)],
+                "position": {"lat": 10 + n * 1e-4, "lon": 20 + n * 1e-4, "speed_kmh": 50.0},
+            }
+        )
+        try:
+            r = await http.post(urls[n % len(urls)] + path, content=body, headers=signed_headers(secret, body))
+            _answer(tally, "second tenant's positions", r)
+        except httpx.HTTPError as exc:
+            _answer(tally, "second tenant's positions", exc)
+
+
+async def _slow_client(
+    port: int, k: int, conf: dict[str, Any], done: asyncio.Event, tally: Counter[str], lifetimes: list[float]
+) -> None:
+    """One slow client, connected again each time the server lets it go. Its path reads the body
+    before anything else (a signed ingest webhook), so the server has to wait for it or give up."""
+    kind = "head" if k % 2 == 0 else "body"
+    first, trickle = slow_request(kind, f"127.0.0.1:{port}", f"/v1/ingest/{conf['tenant']}/native")
+    while not done.is_set():
+        opened = time.monotonic()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            tally["slow client could not connect"] += 1
+            await asyncio.sleep(1.0)
+            continue
+        closed = asyncio.ensure_future(reader.read())  # whatever the server answers, then its close
+        try:
+            writer.write(first)
+            tally[f"slow clients ({kind}) opened"] += 1
+            while not done.is_set() and not closed.done():
+                await asyncio.wait([closed], timeout=TRICKLE_S)
+                if not closed.done():
+                    writer.write(trickle)
+                    await writer.drain()
+        except OSError:
+            pass
+        if closed.done() or not done.is_set():
+            tally[f"slow clients ({kind}) let go by the server"] += 1
+            lifetimes.append(time.monotonic() - opened)
+        closed.cancel()
+        writer.close()
+
+
+# -- the runs ----------------------------------------------------------------------------------
+def run(settings: Settings, args: argparse.Namespace, out: TextIO) -> tuple[str, list[Figure], list[str]]:
+    receivers = Receivers()
+    try:
+        with BenchEnv(settings, out) as env:
+            return _Runs(env, receivers, args).run()
+    finally:
+        receivers.close()
+
+
+class _Runs:
+    """The warm-up, the clean run and the hostile run against one set of servers."""
+
+    def __init__(self, env: BenchEnv, receivers: Receivers, args: argparse.Namespace) -> None:
+        self.env, self.receivers, self.args = env, receivers, args
+        self.servers: list[Server] = []
+        self.fast = 0  # the valid tenant's webhook receiver
+
+    def run(self) -> tuple[str, list[Figure], list[str]]:
+        env, args = self.env, self.args
+        env.seed_shipments(args.shipments)
+        other = env.add_tenant("other")
+        marker = f"hostile-{env.run_id}"
+        started_at = datetime.now(UTC)
+        self.servers = env.start_servers("api,mqtt,worker", args.processes, extra={"TRACKD_WEBHOOK_ALLOW_PRIVATE": "1"})
+        self.fast, slow = self.receivers.add(0.0), self.receivers.add(SLOW_ENDPOINT_S)
+        ids = [sid for sid, _ in env.shipments]
+        self._subscribe(env.api_key, self.fast, ids[:WATCHED])
+        self._subscribe(other.api_key, slow, [])
+        trackings = self._other_shipments(other)
+        # event n of a run occurs n ms after its base; the runs follow each other, an hour apart at least
+        spacing = max(3600.0, math.ceil(args.rate * max(args.duration, args.warmup) / 1000) + 600.0)
+        first_base = float(int(time.time()) - int(4 * spacing))
+        if args.warmup:
+            self._settle(first_base, self._valid_load(first_base, args.warmup))
+            env.say(f"warmed up for {args.warmup:.0f} s")
+        clean, clean_notes = self._measured(first_base + spacing, None)
+        env.say("clean run done")
+        hostile_conf = {
+            **asdict(env.broker()),
+            "client": f"bench-hostile-{env.run_id}",
+            "ports": [s.port for s in self.servers],
+            "marker": marker,
+            "poison_topics": [f"{env.topic_prefix}trackd/{env.tenant}/devices/poison{i}/events" for i in range(5)]
+            + [f"{env.topic_prefix}trackd/{other.name}/devices/h{i}/events" for i in range(5)]
+            + [f"{env.topic_prefix}trackd/nobody-{env.run_id}/devices/x/events"],
+            "tenant": other.name,
+            "secret": other.ingest_secret,
+            "api_key": other.api_key,
+            "trackings": trackings,
+            "base": first_base,
+            "max_body_bytes": env.settings.max_body_bytes,
+            "attacks": attacks(args.attacks),
+        }
+        hostile, hostile_notes = self._measured(first_base + 2 * spacing, hostile_conf)
+        slow_got = len(self.receivers.taken(slow))
+        rows = env.sql(
+            "SELECT tenant_id = %s, count(*) FROM quarantine WHERE tenant_id IN (%s, %s) GROUP BY 1",
+            env.tenant_id,
+            env.tenant_id,
+            other.id,
+        )
+        quarantined = {bool(mine): int(n) for mine, n in rows}
+        env.sql(  # what no tenant could be named for, of this run: its poison carries the marker
+            "DELETE FROM quarantine WHERE tenant_id IS NULL AND received_at >= %s AND strpos(raw, %s) > 0",
+            started_at,
+            marker,
+        )
+        notes = [
+            *clean_notes,
+            *hostile_notes,
+            f"quarantined: {quarantined.get(True, 0):,} inputs of the valid tenant (poison from other devices), "
+            f"{quarantined.get(False, 0):,} of the second tenant; the slow endpoint "
+            f"({SLOW_ENDPOINT_S:.0f} s an answer) got {slow_got:,} requests",
+            f"{args.processes} server process(es) with every role, {args.shipments:,} shipments, valid load "
+            f"{args.rate:,.0f} events/s (half MQTT, half webhook) for {args.duration:.0f} s per run",
+        ]
+        title = (
+            f"trackd bench hostile --rate {args.rate:.0f} ({args.duration:.0f} s clean, {args.duration:.0f} s hostile)"
+        )
+        return title, figures(clean, hostile), notes
+
+    def _subscribe(self, api_key: str, port: int, shipment_ids: list[str]) -> None:
+        body = {"url": f"http://127.0.0.1:{port}/hook", "events": ["position"], "shipment_ids": shipment_ids}
+        headers = {"Authorization": f"Bearer {api_key}"}
+        httpx.post(self.servers[0].url + "/v1/webhooks", json=body, headers=headers, timeout=30).raise_for_status()
+
+    def _other_shipments(self, other: BenchTenant) -> list[str]:
+        trackings = [f"H{self.env.run_id.upper()}{i:04d}" for i in range(HOSTILE_SHIPMENTS)]
+        headers = {"Authorization": f"Bearer {other.api_key}"}
+        with httpx.Client(base_url=self.servers[0].url, headers=headers, timeout=30) as http:
+            for t in trackings:
+                http.post("/v1/shipments", json={"tracking_number": t, "mode": "road"}).raise_for_status()
+        return trackings
+
+    def _valid_load(self, base: float, duration: float) -> dict[str, Any]:
+        env = self.env
+        conf = {
+            **asdict(env.broker()),
+            "run": f"{env.run_id}{int(base) % 100_000}",
+            "trackings": [t for _, t in env.shipments],
+            "base": base,
+            "topic": f"{env.topic_prefix}trackd/{env.tenant}/devices/{{device}}/events",
+            "tenant": env.tenant,
+            "secret": env.ingest_secret,
+            "ports": [s.port for s in self.servers],
+            "rate": self.args.rate,
+            "duration": duration,
+        }
+        results: Any = CTX.Queue()
+        proc = CTX.Process(target=paced_publisher, args=(conf, results), name="bench-valid")
+        proc.start()
+        try:
+            res: dict[str, Any] = results.get(timeout=duration + 120)
+        finally:
+            _end(proc)
+        return res
+
+    def _stored(self, base: float, n: int) -> tuple[int, int]:
+        """The valid tenant's stored events of a run: (MQTT, webhook), by the parity of their index."""
+        rows = self.env.sql(
+            "SELECT (round(extract(epoch FROM occurred_at) * 1000)::bigint - %(base_ms)s) %% 2, count(*)"
+            " FROM events WHERE tenant_id = %(tenant)s AND occurred_at >= to_timestamp(%(base)s)"
+            " AND occurred_at < to_timestamp(%(base)s + %(span)s) GROUP BY 1",
+            {"base_ms": round(base * 1000), "tenant": self.env.tenant_id, "base": base, "span": (n + 1) / 1000},
+        )
+        got = {int(parity): int(count) for parity, count in rows}
+        return got.get(0, 0), got.get(1, 0)
+
+    def _settle(self, base: float, res: dict[str, Any]) -> tuple[int, int]:
+        """The run's stored events (MQTT, webhook), once they are all that was accepted, or after
+        `SETTLE_S`, or once they stayed the same for `STALL_S`."""
+        n, accepted = len(res["sent"]), (res["mqtt_acked"], res["webhook_acked"])
+        stored, grew, deadline = self._stored(base, n), time.monotonic(), time.monotonic() + SETTLE_S
+        while (stored[0] < accepted[0] or stored[1] < accepted[1]) and time.monotonic() < deadline:
+            time.sleep(0.5)
+            now = self._stored(base, n)
+            if now != stored:
+                stored, grew = now, time.monotonic()
+            elif time.monotonic() - grew > STALL_S:
+                break
+        return stored
+
+    def _measured(self, base: float, hostile_conf: dict[str, Any] | None) -> tuple[Outcome, list[str]]:
+        """One measured run of the valid load, with the hostile traffic when `hostile_conf` is given."""
+        env = self.env
+        ids = [sid for sid, _ in env.shipments]
+        ws_conf = {
+            "ports": [s.port for s in self.servers],
+            "api_key": env.api_key,
+            "base": base,
+            "groups": {"valid": [[{"shipments": ids[i : i + PER_SOCKET]}] for i in range(0, len(ids), PER_SOCKET)]},
+        }
+        ready, stop, ws_out = CTX.Event(), CTX.Event(), CTX.Queue()
+        ws = CTX.Process(target=clients_process, args=(ws_conf, ready, stop, ws_out), name="bench-ws")
+        h_ready, h_stop, h_out = CTX.Event(), CTX.Event(), CTX.Queue()
+        bad = CTX.Process(target=hostile_traffic, args=(hostile_conf, h_ready, h_stop, h_out), name="bench-hostile")
+        try:
+            ws.start()
+            _wait(ready, ws, 180, "websocket clients did not all subscribe")
+            if hostile_conf is not None:
+                bad.start()
+                _wait(h_ready, bad, 60, "the hostile traffic did not start")
+            self.receivers.taken(self.fast)  # what came before this run is not its own
+            cpu = _cpu_s(self.servers)
+            res = self._valid_load(base, self.args.duration)
+            stored = self._settle(base, res)
+            time.sleep(DRAIN_S)
+            cpu = _cpu_s(self.servers) - cpu
+            hostile_res: dict[str, Any] = {}
+            if hostile_conf is not None:
+                h_stop.set()
+                hostile_res = h_out.get(timeout=60)
+            stop.set()
+            got: dict[str, Receipts] = ws_out.get(timeout=60)
+        finally:
+            stop.set()
+            h_stop.set()
+            _end(ws)
+            if hostile_conf is not None:
+                _end(bad)
+        sent: array[float] = res["sent"]
+        accepted = (res["mqtt_acked"], res["webhook_acked"])
+        deliveries = delivery_latencies(sent, base, self.receivers.taken(self.fast))
+        valid = got.get("valid", Receipts())
+        outcome = Outcome(
+            side(sent, valid, 1, accepted[1], stored[1]),
+            side(sent, valid, 0, accepted[0], stored[0]),
+            tuple(deliveries),
+        )
+        label = "hostile" if hostile_conf else "clean"
+        notes = [
+            f"{label} run: {len(sent):,} valid events sent in {res['produced_s']:.0f} s; webhook {accepted[1]:,} "
+            f"accepted, {stored[1]:,} stored; MQTT {accepted[0]:,} acknowledged by the broker, {stored[0]:,} "
+            f"stored; failed requests: {res['errors'] or 'none'}; {len(deliveries):,} notification webhooks received; "
+            f"CPU: servers {cpu:.1f} s, valid load {res['cpu_s']:.1f} s"
+            + (f", hostile traffic {hostile_res['cpu_s']:.1f} s" if hostile_res else "")
+        ]
+        if hostile_res:
+            tally: dict[str, int] = hostile_res["tally"]
+            notes.append("hostile traffic: " + ", ".join(f"{k} {v:,}" for k, v in sorted(tally.items())))
+            lives: list[float] = hostile_res["lifetimes"]
+            if lives:
+                median = percentile(lives, 0.5) or 0.0
+                notes.append(f"slow clients let go after {median:.1f} s (median), {max(lives):.1f} s at most")
+        return outcome, notes
+
+
+def _cpu_s(servers: list[Server]) -> float:
+    """CPU seconds the server processes have used so far (user and system, from /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for s in servers:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{s.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
+def _wait(event: Any, proc: Any, timeout_s: float, what: str) -> None:
+    opened = time.monotonic()
+    while not event.wait(0.5):
+        if not proc.is_alive() or time.monotonic() - opened > timeout_s:
+            raise TimeoutError(f"{what} (see the traceback above)")
+
+
+def _end(proc: Any) -> None:
+    """A load process that has reported ends by itself; one that has not by then is stopped."""
+    proc.join(10)
+    if proc.is_alive():
+        proc.terminate()
+        proc.join(5)
