@@ -48,7 +48,7 @@ from trackd.settings import Settings
 log = logging.getLogger("trackd.hooks")
 
 JITTER = 0.15  # each wait is its scheduled length ±15 %
-TIMEOUT_S = 10.0
+TIMEOUT_S = 15.0  # an answer may take this long (as other Standard Webhooks senders allow)
 RESOLVE_TIMEOUT_S = 5.0  # the destination's name must resolve within this, before the request's own timeout
 LEASE_S = 10.0  # a delivery in flight is leased this long ...
 RENEW_S = 3.0  # ... and the lease renewed this often while the send runs

@@ -27,7 +27,7 @@ PER_ENDPOINT = Settings.model_fields["webhook_endpoint_concurrency"].default
 BREAKER_FAILURES = Settings.model_fields["webhook_breaker_failures"].default
 COOLDOWN_S = Settings.model_fields["webhook_breaker_cooldown_s"].default
 FIRST_RETRY_S = float(Settings.model_fields["webhook_retry_schedule"].default.split(",")[0])
-SLOW_S = 8.0  # the slow endpoint's answer time: slow, yet within the 10 s send timeout, so it succeeds
+SLOW_S = 10.0  # the slow endpoint's answer time: slow, yet within the 15 s send timeout, so it succeeds
 NOW = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
 
