@@ -25,7 +25,7 @@ from typing import Any
 from ingest import mqtt_codec, mqtt_conn
 from ingest.mqtt_codec import Message, MqttError
 from ingest.mqtt_conn import Connection
-from ingest.pipeline import Pipeline, halves, unexpected
+from ingest.pipeline import Pipeline, Rejection, halves, unexpected
 from trackd import store, tenant_store
 from trackd.errors import TrackdError, Unavailable, ValidationError
 from trackd.model import Event, SourceContext
@@ -259,6 +259,9 @@ class MqttIngester:
         database does not answer."""
         now = self.pipeline.clock()
         per_tenant: dict[str, tuple[store.Tenant, list[_Parsed]]] = {}
+        # Kept aside after the batch's valid messages are stored, all in one transaction: poison in a
+        # batch must not hold up its valid messages by a commit of its own each.
+        rejects: list[tuple[Message, int | None, str, TrackdError]] = []
         for item in batch:
             r = route(item.topic, self.settings.mqtt_topic_prefix)
             if r is None or id(item) in kept:
@@ -270,26 +273,50 @@ class MqttIngester:
                     "body",
                     f"message of {item.oversize} bytes is over the {limit}-byte limit (TRACKD_MAX_MESSAGE_BYTES)",
                 )
-                await self._quarantine(item, kept, tenant.id if tenant else None, r.source, too_big)
+                rejects.append((item, tenant.id if tenant else None, r.source, too_big))
                 continue
             if tenant is None:
                 unknown = ValidationError("topic", f"unknown tenant {r.tenant!r} in {item.topic}")
-                await self._quarantine(item, kept, None, r.source, unknown)
+                rejects.append((item, None, r.source, unknown))
                 continue
             ctx = SourceContext(tenant=tenant.name, received_at=now, device=r.device)
             try:
                 events = self.pipeline.normalize(r.source, item.payload, ctx)
             except TrackdError as exc:
-                await self._quarantine(item, kept, tenant.id, r.source, exc)
+                rejects.append((item, tenant.id, r.source, exc))
                 continue
             except Exception as exc:  # an adapter's fault: logged once, the message kept
                 log.exception("MQTT: the message on %s could not be read; quarantined", item.topic)
-                await self._quarantine(item, kept, tenant.id, r.source, unexpected(exc))
+                rejects.append((item, tenant.id, r.source, unexpected(exc)))
                 continue
             if events:
                 per_tenant.setdefault(tenant.name, (tenant, []))[1].append(_Parsed(item, r.source, events))
         for tenant, parsed in per_tenant.values():
             await self._store(tenant, parsed, kept)
+        await self._quarantine_all(rejects, kept)
+
+    async def _quarantine_all(
+        self, rejects: list[tuple[Message, int | None, str, TrackdError]], kept: set[int]
+    ) -> None:
+        """Keep the batch's unreadable messages aside in one transaction (one by one if that fails)."""
+        todo = [r for r in rejects if id(r[0]) not in kept]
+        if not todo:
+            return
+        try:
+            await self.pipeline.reject_many(
+                [
+                    Rejection(tenant_id, source, error, m.payload, m.oversize or None)
+                    for m, tenant_id, source, error in todo
+                ],
+                "mqtt",
+            )
+        except (Unavailable, OSError):
+            raise
+        except Exception:  # one of them broke the transaction: each on its own, logged where it fails
+            for m, tenant_id, source, error in todo:
+                await self._quarantine(m, kept, tenant_id, source, error)
+            return
+        kept.update(id(m) for m, *_ in todo)
 
     async def _store(self, tenant: store.Tenant, parsed: list[_Parsed], kept: set[int]) -> None:
         """Store a tenant's messages in one go; when that fails (and the database answers), bisect

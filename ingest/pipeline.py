@@ -67,6 +67,18 @@ class _Lane:
     writers: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """An input to keep in quarantine: whose, from which source, why, and its bytes (`size`: what
+    arrived, when `raw` is only its head)."""
+
+    tenant_id: int | None
+    source: str
+    error: TrackdError
+    raw: bytes
+    size: int | None = None
+
+
 class Pipeline:
     def __init__(
         self,
@@ -191,6 +203,15 @@ class Pipeline:
         except Exception:
             return False
         return True
+
+    async def reject_many(self, rejections: list[Rejection], transport: str) -> None:
+        """Keep several inputs that could not be understood, in one transaction."""
+        async with store.transaction(self.pool) as conn:
+            for r in rejections:
+                reason = f"{r.error.code}: {r.error.detail}"
+                await quarantine_store.quarantine(conn, r.tenant_id, r.source, transport, reason, r.raw, r.size)
+        for r in rejections:
+            metrics.QUARANTINED.labels(r.source, transport).inc()
 
     async def reject(
         self,
