@@ -159,7 +159,7 @@ def test_secrets_are_compared_in_constant_time() -> None:
     keys = (ROOT / "trackd" / "keys.py").read_text()
     assert "hmac.compare_digest(" in signatures
     assert "hmac.compare_digest(" in keys
-    store = (ROOT / "trackd" / "store.py").read_text()
+    store = (ROOT / "trackd" / "tenant_store.py").read_text()  # where tenants and their keys are stored
     assert "keys.same(" in store  # the API key hash is compared through keys.same
 
 
