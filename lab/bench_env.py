@@ -28,39 +28,13 @@ import httpx
 import psycopg
 
 from ingest import mqtt_conn
+from lab import queries
 from lab.net import free_port
 from trackd import db, tenant_store
 from trackd.errors import TrackdError, Unavailable
 from trackd.settings import Settings
 
 log = logging.getLogger("trackd.bench")
-
-SEED_SHIPMENTS = """
-INSERT INTO shipments (id, tenant_id, tracking_number, ref_keys, mode, created_at, updated_at)
-SELECT %(idp)s || lpad(i::text, 6, '0'), %(tenant)s, %(trk)s || lpad(i::text, 6, '0'),
-       ARRAY[%(trk)s || lpad(i::text, 6, '0')], 'road', now() - make_interval(secs => i), now()
-FROM generate_series(0, %(n)s::int - 1) AS i
-"""
-# A full trail (the 50 fixes a state keeps), 10 minutes apart and ending at `until`: a shipment
-# that has been on the move for a while, as most are in a running system.
-FILL_TRAILS = """
-UPDATE shipment_state st SET recent_positions = (
-  SELECT jsonb_agg(jsonb_build_object('lat', 10 + i * 0.01, 'lon', 20 + i * 0.01, 'at',
-                                      %(until)s::timestamptz - make_interval(mins => 10 * (50 - i)),
-                                      'speed_kmh', 60.0, 'heading', 45.0) ORDER BY i)
-  FROM generate_series(1, 50) AS i)
-WHERE st.tenant_id = %(tenant)s
-"""
-SEED_STATES = (
-    "INSERT INTO shipment_state (shipment_id, tenant_id) SELECT id, tenant_id FROM shipments WHERE tenant_id = %s"
-)
-DELETE_ROWS = (
-    "DELETE FROM positions WHERE tenant_id = %s",
-    "DELETE FROM events WHERE tenant_id = %s",
-    "DELETE FROM outbox WHERE tenant_id = %s",
-    "DELETE FROM quarantine WHERE tenant_id = %s",
-    "DELETE FROM tenants WHERE id = %s",  # shipments, state, devices, attachments, ETA history cascade
-)
 
 
 @dataclass
@@ -112,7 +86,7 @@ class BenchEnv:
         db.check_schema(self.settings.dsn())
         created = asyncio.run(self._create_tenant())
         self.api_key, self.ingest_secret = created["api_key"], created["ingest_secret"]
-        row = self.sql("SELECT id FROM tenants WHERE name = %s", self.tenant)
+        row = self.sql(queries.TENANT_ID, self.tenant)
         self.tenant_id = int(row[0][0])
         self.say(f"bench tenant {self.tenant} (id {self.tenant_id}); server logs in {self.logs}")
         return self
@@ -125,7 +99,7 @@ class BenchEnv:
         started = time.monotonic()
         with contextlib.suppress(psycopg.Error):
             for tenant_id in [self.tenant_id, *(t.id for t in self.other_tenants)]:
-                for stmt in DELETE_ROWS:
+                for stmt in queries.DELETE_ROWS:
                     self.sql(stmt, tenant_id)
         with contextlib.suppress(Exception):
             import redis
@@ -153,7 +127,7 @@ class BenchEnv:
         with the run's own."""
         name = f"{self.tenant}-{suffix}"
         created = asyncio.run(self._create_tenant(name))
-        tenant_id = int(self.sql("SELECT id FROM tenants WHERE name = %s", name)[0][0])
+        tenant_id = int(self.sql(queries.TENANT_ID, name)[0][0])
         tenant = BenchTenant(name, tenant_id, created["api_key"], created["ingest_secret"])
         self.other_tenants.append(tenant)
         return tenant
@@ -173,15 +147,15 @@ class BenchEnv:
         started = time.monotonic()
         trk, idp = f"B{self.run_id.upper()}", f"shp_b{self.run_id}_"
         with psycopg.connect(self.settings.dsn()) as conn:
-            conn.execute(SEED_SHIPMENTS.encode(), {"idp": idp, "tenant": self.tenant_id, "trk": trk, "n": n})
-            conn.execute(SEED_STATES.encode(), (self.tenant_id,))
+            conn.execute(queries.SEED_SHIPMENTS.encode(), {"idp": idp, "tenant": self.tenant_id, "trk": trk, "n": n})
+            conn.execute(queries.SEED_STATES.encode(), (self.tenant_id,))
         self.vacuum()
         self.shipments = [(f"{idp}{i:06d}", f"{trk}{i:06d}") for i in range(n)]
         return time.monotonic() - started
 
     def fill_trails(self, until: datetime) -> None:
         """Give every shipment of the run a full trail ending at `until`."""
-        self.sql(FILL_TRAILS, {"until": until, "tenant": self.tenant_id})
+        self.sql(queries.FILL_TRAILS, {"until": until, "tenant": self.tenant_id})
         self.vacuum()
 
     def vacuum(self) -> None:
@@ -189,13 +163,10 @@ class BenchEnv:
         cleared, as autovacuum would within a minute (where it runs: a server with it off keeps
         both until someone runs VACUUM)."""
         with psycopg.connect(self.settings.dsn(), autocommit=True) as conn:
-            conn.execute(
-                "VACUUM (ANALYZE) tenants, relay_marks, shipments, shipment_keys, shipment_state, events, positions,"
-                " outbox"
-            )
+            conn.execute(queries.VACUUM.encode())
 
     def count_events(self) -> int:
-        return int(self.sql("SELECT count(*) FROM events WHERE tenant_id = %s", self.tenant_id)[0][0])
+        return int(self.sql(queries.COUNT_EVENTS, self.tenant_id)[0][0])
 
     # -- servers -----------------------------------------------------------------------------
     def server_env(self, port: int, client_id: str) -> dict[str, str]:

@@ -51,6 +51,7 @@ import httpx
 import orjson
 
 from ingest.mqtt_conn import Endpoint, Publisher
+from lab import queries
 from lab.bench_e2e import latencies
 from lab.bench_env import BenchEnv, BenchTenant, Server
 from lab.bench_figures import Figure, percentile
@@ -534,14 +535,14 @@ class _Runs:
         hostile, hostile_notes = self._measured(first_base + 2 * spacing, hostile_conf)
         slow_got = len(self.receivers.taken(slow))
         rows = env.sql(
-            "SELECT tenant_id = %s, count(*) FROM quarantine WHERE tenant_id IN (%s, %s) GROUP BY 1",
+            queries.QUARANTINED_BY_TENANT,
             env.tenant_id,
             env.tenant_id,
             other.id,
         )
         quarantined = {bool(mine): int(n) for mine, n in rows}
-        env.sql(  # what no tenant could be named for, of this run: its poison carries the marker
-            "DELETE FROM quarantine WHERE tenant_id IS NULL AND received_at >= %s AND strpos(raw, %s) > 0",
+        env.sql(
+            queries.DELETE_RUN_SAMPLE,
             started_at,
             marker,
         )
@@ -598,9 +599,7 @@ class _Runs:
     def _stored(self, base: float, n: int) -> tuple[int, int]:
         """The valid tenant's stored events of a run: (MQTT, webhook), by the parity of their index."""
         rows = self.env.sql(
-            "SELECT (round(extract(epoch FROM occurred_at) * 1000)::bigint - %(base_ms)s) %% 2, count(*)"
-            " FROM events WHERE tenant_id = %(tenant)s AND occurred_at >= to_timestamp(%(base)s)"
-            " AND occurred_at < to_timestamp(%(base)s + %(span)s) GROUP BY 1",
+            queries.STORED_BY_PARITY,
             {"base_ms": round(base * 1000), "tenant": self.env.tenant_id, "base": base, "span": (n + 1) / 1000},
         )
         got = {int(parity): int(count) for parity, count in rows}

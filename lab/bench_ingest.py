@@ -27,6 +27,7 @@ import orjson
 import psycopg
 
 from ingest.mqtt import BATCHES_IN_FLIGHT, MAX_BATCH, RECEIVE_MAXIMUM
+from lab import queries
 from lab.bench_env import BenchEnv, Server
 from lab.bench_figures import Figure
 from lab.bench_load import mqtt_publisher, raw_broker, webhook_sender
@@ -187,10 +188,11 @@ def copy_ceiling(env: BenchEnv, n: int) -> float:
     n = min(n, MAX_COPY_ROWS)
     events, positions = _copy_rows(env.tenant_id, n, time.time() - 3600)
     ev_t, pos_t = f"bench_{env.run_id}_events", f"bench_{env.run_id}_positions"
+    create_events, create_positions, drop = queries.copy_tables(ev_t, pos_t)
     with psycopg.connect(env.settings.dsn(), autocommit=True) as conn:
         try:
-            conn.execute(f"CREATE TABLE {ev_t} (LIKE events INCLUDING ALL)".encode())
-            conn.execute(f"CREATE TABLE {pos_t} (LIKE positions INCLUDING ALL)".encode())
+            conn.execute(create_events.encode())
+            conn.execute(create_positions.encode())
             started = time.monotonic()
             with conn.transaction():
                 for table, cols, data in ((ev_t, EVENT_COLS, events), (pos_t, POSITION_COLS, positions)):
@@ -199,7 +201,7 @@ def copy_ceiling(env: BenchEnv, n: int) -> float:
                             cp.write(data[i : i + (1 << 20)])
             elapsed = time.monotonic() - started
         finally:
-            conn.execute(f"DROP TABLE IF EXISTS {ev_t}, {pos_t}".encode())
+            conn.execute(drop.encode())
     env.say(f"COPY ceiling: {n:,} event + {n:,} position rows committed in {elapsed:.2f} s")
     return n / elapsed
 

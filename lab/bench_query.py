@@ -20,6 +20,7 @@ from typing import Any, TextIO
 
 import httpx
 
+from lab import queries
 from lab.bench_env import BenchEnv
 from lab.bench_figures import Figure, percentile
 from trackd.settings import Settings
@@ -28,19 +29,6 @@ SAMPLES = 500
 WARMUP = 20
 CHUNK_ROWS = 1_000_000
 WINDOW_S = 48 * 3600
-
-SEED_POSITIONS = """
-INSERT INTO positions (tenant_id, shipment_id, device_id, occurred_at, event_id, lat, lon, speed_kmh, heading)
-SELECT %(tenant)s, %(idp)s || lpad(s::text, 6, '0'), NULL,
-       %(now)s::timestamptz - make_interval(secs => (k + 0.5) * %(step)s::float8),
-       'seed:' || s || ':' || k, 40 + (k %% 500) * 0.01, -30 + s * 0.001 + k * 0.001, 60, 90
-FROM generate_series(%(last)s::int, %(first)s::int, -1) AS k, generate_series(0, %(shipments)s::int - 1) AS s
-"""
-SEED_LAST = """
-UPDATE shipment_state SET last_lat = 40, last_lon = -30, last_speed_kmh = 60, last_heading = 90,
-       last_position_at = %s, status = 'in_transit'
-WHERE tenant_id = %s
-"""
 
 
 def seed_positions(env: BenchEnv, total: int, shipments: int) -> tuple[int, float]:
@@ -54,7 +42,7 @@ def seed_positions(env: BenchEnv, total: int, shipments: int) -> tuple[int, floa
     for top in range(per - 1, -1, -chunk):
         low = max(0, top - chunk + 1)
         env.sql(
-            SEED_POSITIONS,
+            queries.SEED_POSITIONS,
             {
                 "tenant": env.tenant_id,
                 "idp": idp,
@@ -67,10 +55,9 @@ def seed_positions(env: BenchEnv, total: int, shipments: int) -> tuple[int, floa
         )
         done = (per - low) * shipments
         env.say(f"seeded {done:,} positions, {done / (time.monotonic() - started):,.0f} rows/s")
-    env.sql(SEED_LAST, now, env.tenant_id)
-    env.sql("ANALYZE positions")
-    env.sql("ANALYZE shipments")
-    env.sql("ANALYZE shipment_state")
+    env.sql(queries.SEED_LAST, now, env.tenant_id)
+    for stmt in queries.ANALYZE_READ_TABLES:
+        env.sql(stmt)
     return per * shipments, time.monotonic() - started
 
 

@@ -31,6 +31,7 @@ from amqtt.plugins.base import BaseAuthPlugin
 from amqtt.session import Session
 
 from lab.net import free_port
+from trackd import db
 from trackd.errors import ConfigError
 
 DATABASE = "trackd"
@@ -301,13 +302,7 @@ def start_postgres(
 
 
 def _ensure_database(server: EmbeddedPostgres) -> None:
-    import psycopg
-
-    admin = f"postgresql://{PG_USER}@127.0.0.1:{server.port}/postgres"
-    with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)).fetchone()
-        if exists is None:
-            conn.execute(f'CREATE DATABASE "{DATABASE}"')
+    db.ensure_database(f"postgresql://{PG_USER}@127.0.0.1:{server.port}/postgres", DATABASE)
 
 
 class OpenAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]

@@ -16,7 +16,7 @@ import orjson
 import psycopg
 from psycopg.rows import dict_row
 
-from lab import etaeval
+from lab import etaeval, queries
 from trackd.errors import ConfigError
 from trackd.settings import Settings
 
@@ -45,10 +45,7 @@ def from_database(dsn: str) -> Iterator[dict[str, Any]]:
     """Every tenant's delivered shipments and their events, as eta-eval lines in known-at order."""
     lines: list[tuple[datetime, int, dict[str, Any]]] = []
     with psycopg.connect(dsn, row_factory=dict_row) as conn:
-        shipments = conn.execute(
-            "SELECT s.* FROM shipments s JOIN shipment_state st ON st.shipment_id = s.id"
-            " WHERE st.delivered_at IS NOT NULL"
-        ).fetchall()
+        shipments = conn.execute(queries.DELIVERED_SHIPMENTS).fetchall()
         for s in shipments:
             body = {
                 "id": s["id"],
@@ -62,11 +59,7 @@ def from_database(dsn: str) -> Iterator[dict[str, Any]]:
             }
             lines.append((s["created_at"], 0, {"shipment": body}))
             last_pos: datetime | None = None
-            rows = conn.execute(
-                "SELECT * FROM events WHERE shipment_id = %s AND retracted_at IS NULL AND kind <> 'sensor'"
-                " ORDER BY occurred_at",
-                (s["id"],),
-            ).fetchall()
+            rows = conn.execute(queries.SHIPMENT_EVENTS, (s["id"],)).fetchall()
             for e in rows:
                 ev: dict[str, Any] = {
                     "event_id": e["event_id"],

@@ -11,6 +11,7 @@ from importlib import resources
 
 import orjson
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row, tuple_row
 from psycopg.types.json import set_json_dumps, set_json_loads
 from psycopg_pool import AsyncConnectionPool
@@ -145,3 +146,10 @@ async def ping(pool: AsyncConnectionPool, timeout_s: float) -> None:
     """One round trip to the database; raises when it does not answer within `timeout_s`."""
     async with pool.connection(timeout=timeout_s) as conn:
         await conn.execute("SELECT 1")
+
+
+def ensure_database(admin_dsn: str, name: str) -> None:
+    """Create the database `name` through `admin_dsn` unless it exists (the demo's own server)."""
+    with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=10) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
