@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ingest.signatures import Scheme
+from ingest.signatures import Auth
 from trackd.model import Event, SourceContext
 
 
@@ -14,7 +14,8 @@ from trackd.model import Event, SourceContext
 class Adapter:
     """One source: `normalize` turns a payload into canonical events (pure: no I/O, no clock).
 
-    `signature` is the scheme its webhook deliveries are signed with (None: not a signed webhook),
+    `signature` is how its webhook deliveries are authenticated (`ingest.signatures`: an HMAC `Scheme`
+    of the body, or a `HeaderSecret`, the ingest secret in a header; None: not a webhook source),
     `status` what a stored delivery is answered with, `whole` whether a delivery is written in one
     transaction (one event may withdraw another of the same delivery), and `webhook` whether it is
     served at `POST /v1/ingest/{tenant}/{source}`.
@@ -22,7 +23,7 @@ class Adapter:
 
     name: str
     normalize: Callable[[bytes, SourceContext], list[Event]]
-    signature: Scheme | None
+    signature: Auth | None
     status: int = 202
     whole: bool = False
     webhook: bool = True

@@ -1,6 +1,14 @@
-"""Inbound webhook signatures: a scheme (header, prefix, encoding of an HMAC-SHA256 of the raw body,
-keyed by the ingest secret) and its constant-time check. Each source adapter declares its scheme;
-`ingest.sources.verify` checks a delivery against its source's. The secret is used as UTF-8 bytes.
+"""Inbound webhook authentication, as each source's sender does it, with a constant-time check:
+
+- `Scheme`: an HMAC-SHA256 of the raw body keyed by the ingest secret, in a header (prefix and hex or
+  base64 encoding as the sender publishes them);
+- `HeaderSecret`: the ingest secret itself in a header after a prefix (`Authorization: Bearer <secret>`,
+  `DHL-API-Key: <secret>`), for senders that cannot sign a body (Traccar's `forward.header`, DHL's
+  subscription `ApiKeyAuthentication`).
+
+Each source adapter declares one (`Auth`); `ingest.sources.verify` checks a delivery against its
+source's. The secret is used as UTF-8 bytes. Both have `sign` (what a sender puts in the header),
+so tools and tests send as the real senders do.
 """
 
 from __future__ import annotations
@@ -14,8 +22,18 @@ from dataclasses import dataclass
 from trackd.errors import Unauthorized
 
 
+def _header(headers: Mapping[str, str], name: str) -> str:
+    """The header's value (case-insensitive name); Unauthorized when it is missing or blank."""
+    given = headers.get(name) or headers.get(name.lower())
+    if not given or not given.strip():
+        raise Unauthorized(f"missing {name} header")
+    return given.strip()
+
+
 @dataclass(frozen=True, slots=True)
 class Scheme:
+    """An HMAC-SHA256 signature of the body: `header: <prefix><hex or base64 digest>`."""
+
     header: str
     prefix: str
     encoding: str  # "hex" or "base64"
@@ -25,18 +43,52 @@ class Scheme:
         text = mac.hex() if self.encoding == "hex" else base64.b64encode(mac).decode()
         return self.prefix + text
 
+    def check(self, secret: str, body: bytes, headers: Mapping[str, str]) -> None:
+        """Raise `Unauthorized` unless the header holds the body's signature under `secret`."""
+        try:
+            given = _header(headers, self.header)
+        except Unauthorized:
+            raise Unauthorized(f"missing {self.header} signature header") from None
+        expected = self.sign(secret, body)
+        if self.encoding == "hex":
+            given = given[: len(self.prefix)].lower() + given[len(self.prefix) :].lower()
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise Unauthorized(f"bad {self.header} signature")
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderSecret:
+    """The ingest secret itself: `header: <prefix><secret>`. The prefix is matched without regard to
+    case (`Bearer` is an HTTP auth scheme name); the secret exactly. The body is not covered, so this
+    is only for senders that offer nothing better, and only over TLS."""
+
+    header: str
+    prefix: str = ""
+
+    def sign(self, secret: str, body: bytes) -> str:
+        return self.prefix + secret
+
+    def check(self, secret: str, body: bytes, headers: Mapping[str, str]) -> None:
+        """Raise `Unauthorized` unless the header holds `secret` after the prefix. Compared as
+        SHA-256 digests in constant time, so neither the content nor the length of the secret shows
+        in the timing."""
+        given = _header(headers, self.header)
+        if given[: len(self.prefix)].lower() != self.prefix.lower():
+            raise Unauthorized(f"{self.header} must be '{self.prefix}<ingest secret>'")
+        token = given[len(self.prefix) :].strip()
+        ok = hmac.compare_digest(
+            hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest(),
+            hashlib.sha256(secret.encode("utf-8")).digest(),
+        )
+        if not ok:
+            raise Unauthorized(f"bad {self.header} secret")
+
+
+Auth = Scheme | HeaderSecret  # what an adapter may declare
 
 NATIVE = Scheme("X-Trackd-Signature", "sha256=", "hex")  # trackd's own, for sources with no published scheme
 
 
-def check(scheme: Scheme, secret: str, body: bytes, headers: Mapping[str, str]) -> None:
-    """Raise `Unauthorized` unless the request carries the right signature under `scheme`."""
-    given = headers.get(scheme.header) or headers.get(scheme.header.lower())
-    if not given:
-        raise Unauthorized(f"missing {scheme.header} signature header")
-    expected = scheme.sign(secret, body)
-    given = given.strip()
-    if scheme.encoding == "hex":
-        given = given[: len(scheme.prefix)].lower() + given[len(scheme.prefix) :].lower()
-    if not hmac.compare_digest(given.encode(), expected.encode()):
-        raise Unauthorized(f"bad {scheme.header} signature")
+def check(scheme: Auth, secret: str, body: bytes, headers: Mapping[str, str]) -> None:
+    """Raise `Unauthorized` unless the request is authenticated under `scheme` with `secret`."""
+    scheme.check(secret, body, headers)

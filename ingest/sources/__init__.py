@@ -10,11 +10,12 @@ from collections.abc import Mapping
 
 from ingest import signatures
 from ingest.adapter import Adapter
-from ingest.sources import aftership, dcsa, easypost, native, onerecord, osmand, owntracks, x12_214
+from ingest.sources import aftership, dcsa, dhl, easypost, native, onerecord, osmand, owntracks, traccar, x12_214
 from trackd.errors import Unauthorized
 
 ADAPTERS: dict[str, Adapter] = {
-    m.ADAPTER.name: m.ADAPTER for m in (native, owntracks, osmand, dcsa, onerecord, x12_214, aftership, easypost)
+    m.ADAPTER.name: m.ADAPTER
+    for m in (native, owntracks, osmand, dcsa, onerecord, x12_214, aftership, easypost, traccar, dhl)
 }
 WEBHOOK_SOURCES = tuple(name for name, a in ADAPTERS.items() if a.webhook)
 
@@ -25,7 +26,8 @@ def get(source: str) -> Adapter:
 
 
 def verify(source: str, secret: str, body: bytes, headers: Mapping[str, str]) -> None:
-    """Raise `Unauthorized` unless the request carries the right signature for `source`."""
+    """Raise `Unauthorized` unless the request is authenticated as `source` declares (an HMAC signature
+    of the body, or the secret in a header) with `secret`."""
     scheme = ADAPTERS[source].signature
     if scheme is None:
         raise Unauthorized(f"{source} deliveries are not signed webhooks")

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingest.sources import aftership, dcsa, easypost, native, onerecord, osmand, owntracks, x12_214
+from ingest.sources import aftership, dcsa, dhl, easypost, native, onerecord, osmand, owntracks, traccar, x12_214
 from trackd.errors import ValidationError
 from trackd.model import Event, SourceContext
 
@@ -29,6 +29,8 @@ ADAPTERS: dict[str, ModuleType] = {
     "x12-214": x12_214,
     "aftership": aftership,
     "easypost": easypost,
+    "traccar": traccar,
+    "dhl": dhl,
 }
 NATIVE_SAMPLE = orjson.dumps(
     [
