@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from psycopg_pool import AsyncConnectionPool
 
 from trackd import store, tenant_store
@@ -51,7 +52,18 @@ def bearer(request: Request) -> str | None:
     return None
 
 
-async def get_tenant(request: Request, state: Shared) -> Tenant:
+# Declares the API key in OpenAPI (a bearer security scheme on every route that takes a tenant);
+# `get_tenant` reads and checks the header itself, so a missing or malformed one answers our 401.
+api_key_scheme = HTTPBearer(
+    auto_error=False, scheme_name="apiKey", description="the tenant's API key: `Authorization: Bearer tk_...`"
+)
+
+
+async def get_tenant(
+    request: Request,
+    state: Shared,
+    _declared: Annotated[HTTPAuthorizationCredentials | None, Depends(api_key_scheme)] = None,
+) -> Tenant:
     token = bearer(request)
     if token is None:
         raise Unauthorized("missing Authorization: Bearer <api_key>")

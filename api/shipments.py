@@ -1,16 +1,19 @@
-"""/v1/shipments: create, read, list, patch, delete; their events, positions, ETA and devices."""
+"""/v1/shipments: create, read (by id, tracking number or reference), list, export as CSV, patch,
+delete; their events, positions, ETA and devices."""
 
 from __future__ import annotations
 
+import csv
+import io
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Depends, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import CurrentTenant, Cursor, Db, Limit, Shared
 from trackd import registry, store
-from trackd.codes import EventKind, Mode, Status
+from trackd.codes import EventKind, ExceptionKind, Mode, Status
 from trackd.errors import NotFound, ValidationError
 from trackd.model import Location
 from trackd.places import with_coordinates as resolve_location
@@ -112,34 +115,155 @@ async def create_shipment(body: ShipmentIn, tenant: CurrentTenant, state: Shared
     return out
 
 
-@router.get("")
-async def list_shipments(
-    tenant: CurrentTenant,
-    db: Db,
-    limit: Limit = 50,
-    cursor: Cursor = None,
+EXCEPTION_TERMS = ("any", "none", *(k.value for k in ExceptionKind))
+
+
+def exception_terms(value: str | None) -> list[str] | None:
+    """The terms of `?exception=` (comma-separated, any of which matches), each `any`, `none` or an
+    exception kind; an unknown one is a ValidationError naming it."""
+    terms = [t.strip() for t in (value or "").split(",") if t.strip()]
+    for t in terms:
+        if t not in EXCEPTION_TERMS:
+            raise ValidationError("exception", f"unknown kind {t!r} (expected {', '.join(EXCEPTION_TERMS)})")
+    return list(dict.fromkeys(terms)) or None
+
+
+async def shipment_filters(
     status: Annotated[list[Status] | None, Query()] = None,
     carrier: Annotated[str | None, Query(max_length=100)] = None,
     mode: Mode | None = None,
-    exception: Annotated[str | None, Query(max_length=50)] = None,
+    exception: Annotated[
+        str | None,
+        Query(
+            max_length=500,
+            description="comma-separated, any of which matches: `any` (an open exception), `none` (no open"
+            " exception) or an exception kind (" + ", ".join(k.value for k in ExceptionKind) + ")",
+        ),
+    ] = None,
     q: Annotated[str | None, Query(max_length=100)] = None,
     updated_since: datetime | None = None,
 ) -> dict[str, Any]:
-    filters = {
+    return {
         "status": [s.value for s in status] if status else None,
         "carrier": carrier,
         "mode": mode.value if mode else None,
-        "exception": exception,
+        "exception": exception_terms(exception),
         "q": q,
         "updated_since": _aware("updated_since", updated_since),
     }
+
+
+Filters = Annotated[dict[str, Any], Depends(shipment_filters)]
+
+
+@router.get("")
+async def list_shipments(
+    tenant: CurrentTenant, db: Db, filters: Filters, limit: Limit = 50, cursor: Cursor = None
+) -> dict[str, Any]:
     items, nxt = await store.list_shipments(db, tenant.id, filters, limit, cursor)
     return {"items": items, "next_cursor": nxt}
 
 
-@router.get("/{shipment_id}")
-async def get_shipment(shipment_id: str, tenant: CurrentTenant, db: Db) -> dict[str, Any]:
-    return await registry.require_shipment(db, tenant.id, shipment_id)
+CSV_MAX_ROWS = 10_000
+CSV_PAGE = 500  # rows read per query
+CSV_COLUMNS = (
+    "id",
+    "tracking_number",
+    "carrier",
+    "mode",
+    "status",
+    "eta_predicted_at",
+    "eta_earliest",
+    "eta_latest",
+    "promised_at",
+    "open_exceptions",
+    "origin",
+    "destination",
+    "updated_at",
+)
+
+
+class CSVResponse(Response):
+    media_type = "text/csv"
+
+
+def _place(place: dict[str, Any] | None) -> str:
+    if not place:
+        return ""
+    for key in ("name", "unlocode", "iata"):
+        if place.get(key):
+            return str(place[key]) + (f" ({place['country']})" if key == "name" and place.get("country") else "")
+    return f"{place['lat']},{place['lon']}" if place.get("lat") is not None else str(place.get("country") or "")
+
+
+def _cell(value: Any) -> str:
+    """A CSV cell; text a spreadsheet would read as a formula is quoted with a leading apostrophe."""
+    text = "" if value is None else str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def csv_row(s: dict[str, Any]) -> list[str]:
+    eta = s["eta"] or {}
+    legs = s["legs"]
+    return [
+        _cell(v)
+        for v in (
+            s["id"],
+            s["tracking_number"],
+            s["carrier"],
+            s["mode"],
+            s["status"],
+            eta.get("predicted_at"),
+            eta.get("earliest"),
+            eta.get("latest"),
+            s["promised_at"],
+            ";".join(e["kind"] for e in s["exceptions"] if not e.get("cleared_at")),
+            _place(legs[0].get("origin")) if legs else "",
+            _place(legs[-1].get("destination")) if legs else "",
+            s["updated_at"],
+        )
+    ]
+
+
+@router.get(
+    ".csv",
+    response_class=CSVResponse,
+    responses={200: {"description": "the matching shipments as CSV; `X-Next-Cursor` when more remain"}},
+)
+async def export_shipments(tenant: CurrentTenant, db: Db, filters: Filters, cursor: Cursor = None) -> Response:
+    """The shipments the list filters match, newest first, as CSV (a header row, then one row per
+    shipment), at most 10,000 rows from `cursor` on; when more remain, the `X-Next-Cursor` header
+    is the `cursor` (of this route or the JSON list) that continues after the last row."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(CSV_COLUMNS)
+    rows = 0
+    nxt = cursor
+    while True:
+        items, nxt = await store.list_shipments(db, tenant.id, filters, min(CSV_PAGE, CSV_MAX_ROWS - rows), nxt)
+        writer.writerows(csv_row(s) for s in items)
+        rows += len(items)
+        if nxt is None or rows >= CSV_MAX_ROWS:
+            break
+    headers = {"Content-Disposition": 'attachment; filename="shipments.csv"'}
+    if nxt is not None:
+        headers["X-Next-Cursor"] = nxt
+    return CSVResponse(out.getvalue().encode(), headers=headers, media_type="text/csv; charset=utf-8")
+
+
+@router.get(
+    "/{shipment_id}",
+    responses={409: {"description": "several shipments' references match and no id or tracking number does"}},
+)
+async def get_shipment(
+    shipment_id: Annotated[str, Path(description="the shipment's id, its tracking number or one of its references")],
+    tenant: CurrentTenant,
+    db: Db,
+) -> dict[str, Any]:
+    """The shipment with this id; else the one with this tracking number (case-insensitive); else
+    the one whose tracking number or references match it ignoring case, spaces and hyphens. When
+    several match that way: 409, naming their ids (most recent first, at most 20)."""
+    return await store.resolve_shipment(db, tenant.id, shipment_id)
 
 
 @router.patch("/{shipment_id}")

@@ -117,7 +117,8 @@ async def _unattributed(request: Request, state: Shared, error: TrackdError, raw
         metrics.QUARANTINED.labels("osmand", "http").inc()
 
 
-@router.api_route("/v1/osmand", methods=["GET", "POST"], status_code=200)
+@router.get("/v1/osmand", status_code=200, operation_id="osmand_get")
+@router.post("/v1/osmand", status_code=200, operation_id="osmand_post")
 async def osmand(request: Request, state: Shared, pipeline: IngestPipeline) -> Response:
     """Traccar Client / OsmAnd: `id` is a registered device key. Answers 200 once durable."""
     body = await read_body(request) if request.method == "POST" else b""

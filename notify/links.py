@@ -153,7 +153,7 @@ async def share_shipment(
     token = secrets.token_urlsafe(24)
     expires_at = state.clock() + timedelta(seconds=body.expires_in_s)
     async with store.transaction(state.pool) as conn:
-        await registry.require_shipment(conn, tenant.id, shipment_id)
+        shipment_id = (await store.resolve_shipment(conn, tenant.id, shipment_id))["id"]  # an id or a tracking number
         await link_store.create_share(conn, tenant.id, shipment_id, token, expires_at, body.position)
     base = str(request.base_url).rstrip("/")
     return {"token": token, "url": f"{base}/track/{token}", "expires_at": expires_at.isoformat()}

@@ -3,7 +3,10 @@ state that `serve.roles` opens."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -11,7 +14,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Response
-from fastapi.responses import FileResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -119,22 +123,51 @@ class BodyLimit:
 
 
 def openapi_errors(app: FastAPI) -> None:
-    """Document the 422 answers as they are sent: `{"error", "detail"}`, not FastAPI's default."""
+    """Document the error answers as they are sent: `{"error", "detail"}` (FastAPI's 422 included),
+    with 401 on the routes that take an API key and 404 on those that name an object."""
     default = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = default()
-            schema.setdefault("components", {}).setdefault("schemas", {})["HTTPValidationError"] = {
+            error = {
                 "title": "Error",
                 "type": "object",
                 "required": ["error", "detail"],
                 "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
             }
+            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+            schemas["HTTPValidationError"] = schemas["Error"] = error
+            as_error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+            for path, item in schema.get("paths", {}).items():
+                for op in item.values():
+                    answers = op.setdefault("responses", {})
+                    if op.get("security"):
+                        answers.setdefault("401", {"description": "missing or unknown API key"})
+                    if "{" in path:
+                        answers.setdefault("404", {"description": "not found (another tenant's objects included)"})
+                    for code, answer in answers.items():
+                        if code.startswith("4") and "content" not in answer:
+                            answer["content"] = as_error
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def docs_page(page: HTMLResponse) -> HTMLResponse:
+    """An API docs page (vendored Swagger UI or ReDoc, nothing from elsewhere) under a policy of its
+    own: the page's inline scripts by hash, inline styles, and workers from blob: (ReDoc's search)."""
+    body = bytes(page.body)
+    hashes = "".join(
+        f" 'sha256-{base64.b64encode(hashlib.sha256(m).digest()).decode()}'"
+        for m in re.findall(rb"<script>(.*?)</script>", body, re.S)
+    )
+    policy = (
+        f"default-src 'self'; script-src 'self'{hashes}; style-src 'self' 'unsafe-inline'; img-src 'self' data:;"
+        " connect-src 'self'; worker-src 'self' blob:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    )
+    return HTMLResponse(body, headers={"Content-Security-Policy": policy})
 
 
 def create_app(settings: Settings, state: AppState, pipeline: Pipeline, hub: Hub | None) -> FastAPI:
@@ -153,6 +186,8 @@ def create_app(settings: Settings, state: AppState, pipeline: Pipeline, hub: Hub
         version="0.1.0",
         summary="Real-time shipment tracking and visibility",
         lifespan=lifespan,
+        docs_url=None,  # served below, from the vendored assets
+        redoc_url=None,
     )
     errors.install(app)
 
@@ -169,6 +204,34 @@ def create_app(settings: Settings, state: AppState, pipeline: Pipeline, hub: Hub
     @app.get("/", include_in_schema=False)
     async def index() -> Response:
         return FileResponse(f"{static}/index.html", headers={"Cache-Control": "no-cache"})
+
+    vendor, spec = "/static/vendor", app.openapi_url or "/openapi.json"
+    swagger = docs_page(
+        get_swagger_ui_html(
+            openapi_url=spec,
+            title="trackd API",
+            swagger_js_url=f"{vendor}/swagger-ui/swagger-ui-bundle.js",
+            swagger_css_url=f"{vendor}/swagger-ui/swagger-ui.css",
+            swagger_favicon_url=f"{vendor}/swagger-ui/favicon-32x32.png",
+        )
+    )
+    redoc = docs_page(
+        get_redoc_html(
+            openapi_url=spec,
+            title="trackd API",
+            redoc_js_url=f"{vendor}/redoc/redoc.standalone.js",
+            redoc_favicon_url=f"{vendor}/swagger-ui/favicon-32x32.png",
+            with_google_fonts=False,
+        )
+    )
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        return swagger
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc_docs() -> Response:
+        return redoc
 
     @app.get("/config.json", include_in_schema=False)
     async def config() -> dict[str, str | None]:

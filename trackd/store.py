@@ -20,7 +20,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import DictRow, tuple_row
 from psycopg_pool import AsyncConnectionPool
 
-from trackd.errors import Conflict, Unavailable, ValidationError
+from trackd.errors import Conflict, NotFound, Unavailable, ValidationError
 from trackd.model import ref_key
 
 Conn = AsyncConnection[DictRow]
@@ -179,6 +179,57 @@ async def get_shipment(conn: Conn, tenant_id: int, shipment_id: str) -> dict[str
     return shipment_json(row) if row else None
 
 
+async def find_shipments(conn: Conn, tenant_id: int, ident: str, limit: int = 20) -> list[dict[str, Any]]:
+    """The tenant's shipments `ident` names, most recent first, at most `limit`: the one with that id,
+    else the one with that tracking number (case-insensitive, unique in a tenant), else every one
+    whose tracking number or references match it (`ref_key`: case, spaces and hyphens ignored)."""
+    for where, arg in (
+        ("s.id = %s", ident),
+        ("upper(s.tracking_number) = upper(%s)", ident),
+        ("s.ref_keys && %s", [ref_key(ident)]),
+    ):
+        if not arg:
+            continue
+        rows = await (
+            await conn.execute(
+                SHIPMENT_SELECT + f" WHERE s.tenant_id = %s AND {where} ORDER BY s.created_at DESC, s.id DESC LIMIT %s",
+                (tenant_id, arg, limit),
+            )
+        ).fetchall()
+        if rows:
+            return [shipment_json(r) for r in rows]
+    return []
+
+
+async def resolve_shipment(conn: Conn, tenant_id: int, ident: str) -> dict[str, Any]:
+    """The one shipment `ident` names (see `find_shipments`); NotFound when none does, Conflict
+    naming the ids (most recent first) when several references match and no id or tracking number does."""
+    found = await find_shipments(conn, tenant_id, ident, limit=21)
+    if not found:
+        raise NotFound(f"no shipment {ident!r}")
+    if len(found) > 1:
+        count = str(len(found)) if len(found) <= 20 else "more than 20"
+        raise Conflict(f"{ident!r} matches {count} shipments: {', '.join(s['id'] for s in found[:20])}")
+    return found[0]
+
+
+# `exception` filter terms: `any` (an open exception), `none` (no open exception), or an exception kind.
+_OPEN = "EXISTS (SELECT 1 FROM jsonb_array_elements(COALESCE(st.exceptions, '[]')) e WHERE e->>'cleared_at' IS NULL"
+
+
+def _exception_filter(terms: list[str], args: list[Any]) -> str:
+    kinds = [t for t in terms if t not in ("any", "none")]
+    alternatives = []
+    if "any" in terms:
+        alternatives.append(_OPEN + ")")
+    if "none" in terms:
+        alternatives.append("NOT " + _OPEN + ")")
+    if kinds:
+        alternatives.append(_OPEN + " AND e->>'kind' = ANY(%s))")
+        args.append(kinds)
+    return "(" + " OR ".join(alternatives) + ")"
+
+
 async def list_shipments(
     conn: Conn, tenant_id: int, filters: dict[str, Any], limit: int, cursor: str | None
 ) -> tuple[list[dict[str, Any]], str | None]:
@@ -193,9 +244,9 @@ async def list_shipments(
     if filters.get("mode"):
         where.append("(s.mode = %s OR s.legs @> %s::jsonb)")
         args.extend([filters["mode"], orjson.dumps([{"mode": filters["mode"]}]).decode()])
-    if filters.get("exception"):
-        where.append("st.exceptions @> %s::jsonb")
-        args.append(orjson.dumps([{"kind": filters["exception"], "cleared_at": None}]).decode())
+    if filters.get("exception"):  # terms (a list, or comma-separated), any of which matches
+        terms = filters["exception"]
+        where.append(_exception_filter(terms.split(",") if isinstance(terms, str) else list(terms), args))
     if filters.get("q"):
         where.append("(s.ref_keys && %s OR s.tracking_number ILIKE %s)")
         args.extend([[ref_key(filters["q"])], "%" + filters["q"].replace("%", "") + "%"])
