@@ -298,7 +298,10 @@ class Receivers:
 # -- the hostile traffic, in a process of its own ------------------------------------------------
 def hostile_traffic(conf: dict[str, Any], ready: Any, stop: Any, out: Any) -> None:
     """Every kind of hostile traffic at once, from `ready` until `stop`; reports what was sent and
-    how the servers answered."""
+    how the servers answered. It runs at the lowest CPU priority: an attacker's own CPU is on another
+    machine, and on one machine the figure must measure what the servers do, not which process the
+    scheduler favours (what it managed to send is counted and printed)."""
+    os.nice(19)
     out.put(_run(_hostile(conf, ready, stop)))
 
 
