@@ -31,6 +31,18 @@ const MODE_COLOUR = { sea: "#0369a1", air: "#7c3aed", road: "#b45309", rail: "#1
 const KEY_STORAGE = "trackd.apiKey";
 const PING_INTERVAL_MS = 20000;
 const PAGE_SIZE = 500;
+const CLUSTER_PX = 40;
+const CLUSTER_THROTTLE_MS = 250;
+const CLUSTER_LIST_MAX = 200;
+const LIST_PAGE_SIZE = 50;
+const LIST_OPEN_STORAGE = "trackd.listOpen";
+const LIST_THROTTLE_MS = 400;
+// Zoom from which a place label of each rank shows (rank 0, countries, use their own range).
+const LABEL_MIN_ZOOM = { 1: 2, 2: 4, 3: 6, 4: 7 };
+const COUNTRY_MIN_ZOOM = 3;
+const COUNTRY_MAX_ZOOM = 7;
+const LABEL_MAX = 250;
+const collator = new Intl.Collator(undefined, { numeric: true, sensitivity: "base" });
 
 const base = new URL(".", window.location.href);
 const $ = (id) => document.getElementById(id);
@@ -213,7 +225,11 @@ async function fetchShipment(id) {
   const session = state.session;
   try {
     const s = await api(`v1/shipments/${encodeURIComponent(id)}`);
-    if (session === state.session) upsert(s);
+    if (session === state.session) {
+      upsert(s);
+      // Asked for by another name (a link with a tracking number): follow the shipment's id.
+      if (state.selected === id && s && s.id !== undefined && String(s.id) !== id) select(String(s.id));
+    }
   } catch (error) {
     if (error.status !== 404) handleFailure(error);
   } finally {
@@ -379,6 +395,8 @@ const map = L.map("map", {
 map.attributionControl.setPrefix("");
 map.createPane("basemap").style.zIndex = 150;
 map.createPane("routes").style.zIndex = 350;
+map.createPane("labels").style.zIndex = 380;
+map.getPane("labels").style.pointerEvents = "none";
 /**
  * A canvas renderer that draws circle markers in batches: one path and one fill per style instead
  * of one per marker, which keeps a redraw of ten thousand markers within a frame. Other layers,
@@ -443,10 +461,16 @@ const markerRenderer = new BatchedCanvas({ padding: 0.3, tolerance: 3 });
 const routeRenderer = L.svg({ pane: "routes" });
 const markerLayer = L.layerGroup().addTo(map);
 map.on("moveend", () => {
+  clusters.schedule();
+  labels.schedule();
   const lon = map.getCenter().lng;
   if (Math.abs(lon - view.centreLon) < 20) return;
   view.centreLon = lon;
   refilter();
+});
+map.on("zoomend", () => {
+  clusters.schedule();
+  labels.schedule();
 });
 const routeLayer = L.layerGroup().addTo(map);
 
@@ -496,6 +520,119 @@ async function setupBasemap() {
     }).addTo(map);
   }
   map.attributionControl.addAttribution("Natural Earth");
+  await labels.load(countries);
+}
+
+// ---------------------------------------------------------------- basemap labels
+
+/**
+ * Place and country names over the offline basemap, from static/places-labels.json (built by
+ * scripts/build_place_labels.py from the UN/LOCODE table and `airportsdata`) and the country
+ * names of world-atlas. A label of rank r shows from zoom LABEL_MIN_ZOOM[r]; labels are placed
+ * best first and one that would overlap a placed one is left out, so the map never smears.
+ */
+const labelLayer = L.layerGroup();
+const labels = {
+  places: [],
+  timer: 0,
+  drawnAt: null,
+
+  async load(countries) {
+    const response = await fetch(new URL("static/places-labels.json", base));
+    const data = response.ok ? await response.json() : { places: [] };
+    const entries = [];
+    for (const [name, lat, lon, kind, rank] of data.places || []) {
+      if (validLatLng(lat, lon)) entries.push({ name, lat, lon, kind, rank });
+    }
+    for (const feature of countries.features) {
+      const point = countryAnchor(feature);
+      const name = feature.properties && feature.properties.name;
+      if (point && name) entries.push({ name, lat: point.lat, lon: point.lon, kind: "country", rank: 0, area: point.area });
+    }
+    // Best first: the hubs, then countries (largest first), then the rest by rank.
+    const order = (e) => (e.rank === 1 ? 0 : e.rank === 0 ? 1 : e.rank);
+    entries.forEach((e, i) => { e.index = i; });
+    entries.sort((a, b) => order(a) - order(b) || (b.area || 0) - (a.area || 0) || a.index - b.index);
+    this.places = entries;
+    labelLayer.addTo(map);
+    this.draw();
+  },
+
+  schedule() {
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.draw(), 60);
+  },
+
+  draw() {
+    if (!this.places.length || !map._loaded) return;
+    const zoom = map.getZoom();
+    const centre = map.getCenter().lng;
+    const size = map.getSize();
+    const placed = [];
+    const nodes = [];
+    for (const place of this.places) {
+      if (placed.length >= LABEL_MAX) break;
+      if (place.kind === "country" ? zoom < COUNTRY_MIN_ZOOM || zoom > COUNTRY_MAX_ZOOM
+        : zoom < (LABEL_MIN_ZOOM[place.rank] ?? 99)) continue;
+      const ll = L.latLng(place.lat, unwrap(place.lon, centre));
+      const p = map.latLngToContainerPoint(ll);
+      if (p.x < -50 || p.y < -20 || p.x > size.x + 50 || p.y > size.y + 20) continue;
+      const text = place.kind === "airport" ? `✈ ${place.name}` : place.name;
+      const w = text.length * (place.kind === "country" ? 7.5 : 6.6) + 10;
+      const box = place.kind === "country"
+        ? { x0: p.x - w / 2, x1: p.x + w / 2, y0: p.y - 8, y1: p.y + 8 }
+        : { x0: p.x - 4, x1: p.x + w, y0: p.y - 8, y1: p.y + 8 };
+      if (placed.some((b) => b.x0 < box.x1 && box.x0 < b.x1 && b.y0 < box.y1 && box.y0 < b.y1)) continue;
+      placed.push(box);
+      nodes.push(L.marker(ll, {
+        pane: "labels",
+        interactive: false,
+        keyboard: false,
+        icon: L.divIcon({
+          className: `place-label kind-${place.kind}`,
+          html: el("span", { "data-rank": place.rank }, text),
+          iconSize: null,
+          iconAnchor: place.kind === "country" ? [w / 2, 8] : [3, 8],
+        }),
+      }));
+    }
+    labelLayer.clearLayers();
+    for (const node of nodes) labelLayer.addLayer(node);
+    this.drawnAt = { zoom, lat: map.getCenter().lat, lng: map.getCenter().lng };
+  },
+
+  /** The names drawn now, and the view they were drawn for. */
+  shown() {
+    const names = [...document.querySelectorAll(".place-label span")].map((node) => node.textContent);
+    return { ...this.drawnAt, names };
+  },
+};
+
+/** Where a country's name goes: the centroid of its largest ring, with that ring's area. */
+function countryAnchor(feature) {
+  const g = feature.geometry;
+  if (!g) return null;
+  const polygons = g.type === "Polygon" ? [g.coordinates] : g.type === "MultiPolygon" ? g.coordinates : [];
+  let best = null;
+  for (const polygon of polygons) {
+    const ring = polygon[0];
+    if (!ring || ring.length < 4) continue;
+    let a = 0;
+    let cx = 0;
+    let cy = 0;
+    for (let i = 0, j = ring.length - 1; i < ring.length; j = i, i += 1) {
+      const f = ring[j][0] * ring[i][1] - ring[i][0] * ring[j][1];
+      a += f;
+      cx += (ring[j][0] + ring[i][0]) * f;
+      cy += (ring[j][1] + ring[i][1]) * f;
+    }
+    if (!a) continue;
+    const area = Math.abs(a / 2);
+    if (!best || area > best.area) best = { area, lon: cx / (3 * a), lat: cy / (3 * a) };
+  }
+  if (!best || !validLatLng(best.lat, ((best.lon + 540) % 360) - 180)) return null;
+  best.lon = ((best.lon + 540) % 360) - 180;
+  return best;
 }
 
 function markerStyle(s) {
@@ -550,12 +687,194 @@ function syncMarker(id) {
       marker.trackdStyle = key;
     }
   }
+  // Which shown markers are drawn alone and which inside a cluster is decided by `clusters`.
   const show = matches(s);
-  const shown = markerLayer.hasLayer(marker);
-  if (show && !shown) markerLayer.addLayer(marker);
-  else if (!show && shown) markerLayer.removeLayer(marker);
-  if (id === state.selected && show) marker.bringToFront();
+  if (marker.trackdShown !== show || !show) {
+    marker.trackdShown = show;
+    if (!show && markerLayer.hasLayer(marker)) markerLayer.removeLayer(marker);
+  }
+  clusters.schedule();
 }
+
+// ---------------------------------------------------------------- clustering
+
+/**
+ * Markers closer than CLUSTER_PX on screen are drawn as one cluster marker with their count.
+ * Recomputed (at most every CLUSTER_THROTTLE_MS) after a zoom, a move or a change of the
+ * markers, over the markers within half a screen of the view. Greedy: each marker not yet taken
+ * gathers the untaken ones within the radius, found through a grid of radius-sized cells. The
+ * selected shipment is always drawn alone, so it stays visible and clickable.
+ */
+const clusterLayer = L.layerGroup().addTo(map);
+const clusters = {
+  byKey: new Map(), // seed id -> cluster marker
+  timer: 0,
+  last: 0,
+
+  schedule() {
+    if (this.timer) return;
+    const wait = Math.max(0, this.last + CLUSTER_THROTTLE_MS - Date.now());
+    this.timer = setTimeout(() => this.compute(), wait);
+  },
+
+  compute() {
+    clearTimeout(this.timer);
+    this.timer = 0;
+    this.last = Date.now();
+    if (!map._loaded) return;
+    const size = map.getSize();
+    const area = L.bounds(map.containerPointToLayerPoint([-size.x / 2, -size.y / 2]),
+      map.containerPointToLayerPoint([size.x * 1.5, size.y * 1.5]));
+    const cells = new Map();
+    const points = [];
+    for (const [id, marker] of state.markers) {
+      if (!marker.trackdShown) continue;
+      const p = map.latLngToLayerPoint(marker.getLatLng());
+      if (!area.contains(p)) {
+        if (markerLayer.hasLayer(marker)) markerLayer.removeLayer(marker);
+        continue;
+      }
+      const point = { id, marker, x: p.x, y: p.y, taken: id === state.selected };
+      points.push(point);
+      if (point.taken) continue;
+      const key = `${Math.floor(p.x / CLUSTER_PX)},${Math.floor(p.y / CLUSTER_PX)}`;
+      const cell = cells.get(key);
+      if (cell) cell.push(point);
+      else cells.set(key, [point]);
+    }
+    const groups = [];
+    for (const point of points) {
+      if (point.taken) {
+        if (point.id === state.selected) groups.push([point]);
+        continue;
+      }
+      point.taken = true;
+      const group = [point];
+      const cx = Math.floor(point.x / CLUSTER_PX);
+      const cy = Math.floor(point.y / CLUSTER_PX);
+      for (let dx = -1; dx <= 1; dx += 1) {
+        for (let dy = -1; dy <= 1; dy += 1) {
+          for (const other of cells.get(`${cx + dx},${cy + dy}`) || []) {
+            if (other.taken) continue;
+            const ex = other.x - point.x;
+            const ey = other.y - point.y;
+            if (ex * ex + ey * ey > CLUSTER_PX * CLUSTER_PX) continue;
+            other.taken = true;
+            group.push(other);
+          }
+        }
+      }
+      groups.push(group);
+    }
+    const keep = new Set();
+    for (const group of groups) {
+      if (group.length === 1) {
+        const { marker } = group[0];
+        if (!markerLayer.hasLayer(marker)) markerLayer.addLayer(marker);
+        continue;
+      }
+      for (const { marker } of group) if (markerLayer.hasLayer(marker)) markerLayer.removeLayer(marker);
+      const key = group[0].id;
+      keep.add(key);
+      this.draw(key, group);
+    }
+    for (const [key, marker] of this.byKey) {
+      if (keep.has(key)) continue;
+      clusterLayer.removeLayer(marker);
+      this.byKey.delete(key);
+    }
+    const selected = state.selected && state.markers.get(state.selected);
+    if (selected && markerLayer.hasLayer(selected)) selected.bringToFront();
+  },
+
+  draw(key, group) {
+    let lat = 0;
+    let lng = 0;
+    let open = false;
+    for (const { marker } of group) {
+      const ll = marker.getLatLng();
+      lat += ll.lat;
+      lng += ll.lng;
+      const s = state.shipments.get(marker.trackdId);
+      if (s && !open && openExceptions(s).length) open = true;
+    }
+    const centre = L.latLng(lat / group.length, lng / group.length);
+    const ids = group.map((p) => p.id);
+    const look = `${ids.length}|${open}`;
+    const n = ids.length;
+    const px = n < 10 ? 28 : n < 100 ? 34 : n < 1000 ? 40 : 46;
+    const icon = () => L.divIcon({
+      className: `cluster-marker${open ? " has-exceptions" : ""}`,
+      html: `<span>${n}</span>`,
+      iconSize: [px, px],
+    });
+    let marker = this.byKey.get(key);
+    if (!marker) {
+      marker = L.marker(centre, { icon: icon(), keyboard: true, riseOnHover: true });
+      marker.on("click", () => this.open(marker));
+      this.byKey.set(key, marker);
+      clusterLayer.addLayer(marker);
+      marker.trackdLook = null;
+    } else if (!marker.getLatLng().equals(centre)) {
+      marker.setLatLng(centre);
+    }
+    marker.trackdIds = ids;
+    if (marker.trackdLook !== look) {
+      if (marker.trackdLook !== null) marker.setIcon(icon());
+      marker.trackdLook = look;
+      const node = marker.getElement();
+      if (node) {
+        node.dataset.count = String(n);
+        node.setAttribute("title", `${n} shipments`);
+        node.setAttribute("aria-label", `${n} shipments`);
+      }
+    }
+  },
+
+  /** A click on a cluster: zoom to its markers, or list them when no zoom would separate them. */
+  open(marker) {
+    const ids = marker.trackdIds || [];
+    const bounds = L.latLngBounds(ids.map((id) => state.markers.get(id)).filter(Boolean).map((m) => m.getLatLng()));
+    if (!bounds.isValid()) return;
+    const max = map.getMaxZoom();
+    const spread = map.project(bounds.getNorthEast(), max).distanceTo(map.project(bounds.getSouthWest(), max));
+    if (map.getZoom() < max && spread > CLUSTER_PX) {
+      map.fitBounds(bounds.pad(0.3), { maxZoom: max });
+      return;
+    }
+    this.list(marker, ids);
+  },
+
+  list(marker, ids) {
+    const items = ids.map((id) => state.shipments.get(id)).filter(Boolean)
+      .sort((a, b) => collator.compare(a.tracking_number || a.id, b.tracking_number || b.id));
+    const shown = items.slice(0, CLUSTER_LIST_MAX);
+    const content = el("div", { class: "cluster-list" },
+      el("div", { class: "cluster-list-head" }, `${items.length} shipments here`),
+      el("ul", null, shown.map((s) => el("li", null, el("button", {
+        type: "button",
+        "data-id": s.id,
+        onclick: () => {
+          map.closePopup();
+          select(s.id);
+        },
+      }, el("i", { style: { background: STATUS_COLOUR.get(s.status) || "#6b7280" } }),
+      el("b", null, s.tracking_number || s.id), " ",
+      el("span", { class: "muted" }, STATUS_LABEL.get(s.status) || humanize(s.status)))))),
+      items.length > shown.length
+        ? el("div", { class: "muted" }, `and ${items.length - shown.length} more: use the shipment list`) : null);
+    L.popup({ maxWidth: 320, minWidth: 220, className: "cluster-popup", autoPanPadding: [20, 20] })
+      .setLatLng(marker.getLatLng())
+      .setContent(content)
+      .openOn(map);
+  },
+
+  /** The clusters drawn now: their marker count and shipment ids. */
+  current() {
+    return [...this.byKey.values()].map((m) => ({ count: m.trackdIds.length, ids: [...m.trackdIds],
+      latlng: m.getLatLng() }));
+  },
+};
 
 // ---------------------------------------------------------------- batched view updates
 
@@ -605,6 +924,7 @@ function flush() {
   if (view.counters) {
     view.counters = false;
     renderCounters();
+    shipmentList.schedule();
   }
   if (selectedTouched) panel.renderLocal();
 }
@@ -688,6 +1008,208 @@ function bindToolbar() {
     const first = visibleIds()[0];
     if (first) select(first, { fly: true });
   });
+}
+
+// ---------------------------------------------------------------- shipment list
+
+const STATUS_ORDER = new Map(STATUSES.map(([k], i) => [k, i]));
+const LIST_COLUMNS = {
+  tracking_number: (s) => s.tracking_number || s.id,
+  carrier: (s) => s.carrier || "",
+  mode: (s) => [...shipmentModes(s)].join(" + "),
+  status: (s) => STATUS_LABEL.get(s.status) || humanize(s.status),
+  eta: (s) => (s.eta && s.eta.predicted_at) || "",
+  exceptions: (s) => openExceptions(s).map((e) => humanize(e.kind)).join(", "),
+};
+
+function compareBy(column) {
+  if (column === "eta") {
+    // Shipments without a prediction go last whatever the direction.
+    return (a, b) => (parseTime(a.eta?.predicted_at) ?? Infinity) - (parseTime(b.eta?.predicted_at) ?? Infinity);
+  }
+  if (column === "status") return (a, b) => (STATUS_ORDER.get(a.status) ?? 99) - (STATUS_ORDER.get(b.status) ?? 99);
+  if (column === "exceptions") {
+    return (a, b) => openExceptions(a).length - openExceptions(b).length
+      || collator.compare(LIST_COLUMNS.exceptions(a), LIST_COLUMNS.exceptions(b));
+  }
+  const key = LIST_COLUMNS[column];
+  return (a, b) => collator.compare(key(a), key(b));
+}
+
+/**
+ * The shipments the map shows (the toolbar's filters apply), as a sortable, paged table. Its
+ * exception select is the same filter as the toolbar's, listing the kinds open now. Rendered
+ * only while open, at most every LIST_THROTTLE_MS.
+ */
+const shipmentList = {
+  sort: "tracking_number",
+  dir: 1,
+  page: 0,
+  timer: 0,
+  last: 0,
+
+  isOpen() {
+    return !$("list").hidden;
+  },
+
+  toggle(open = !this.isOpen()) {
+    $("list").hidden = !open;
+    $("list-toggle").setAttribute("aria-expanded", String(open));
+    document.body.classList.toggle("list-open", open);
+    localStorage.setItem(LIST_OPEN_STORAGE, open ? "1" : "0");
+    // The list takes the bottom of the page: the map shrinks to the rest instead of hiding under it.
+    map.invalidateSize({ pan: false });
+    clusters.schedule();
+    labels.schedule();
+    if (open) this.render();
+  },
+
+  schedule() {
+    if (!this.isOpen() || this.timer) return;
+    const wait = Math.max(0, this.last + LIST_THROTTLE_MS - Date.now());
+    this.timer = setTimeout(() => this.render(), wait);
+  },
+
+  /** The filtered shipments in the list's order, every page. */
+  rows() {
+    const rows = [];
+    for (const s of state.shipments.values()) if (matches(s)) rows.push(s);
+    const compare = compareBy(this.sort);
+    const tie = (a, b) => collator.compare(a.tracking_number || a.id, b.tracking_number || b.id);
+    const dir = this.dir;
+    if (this.sort === "eta") {
+      rows.sort((a, b) => {
+        const ta = parseTime(a.eta?.predicted_at);
+        const tb = parseTime(b.eta?.predicted_at);
+        if (ta === null || tb === null) return (ta === null) - (tb === null) || tie(a, b);
+        return dir * (ta - tb) || tie(a, b);
+      });
+    } else {
+      rows.sort((a, b) => dir * compare(a, b) || tie(a, b));
+    }
+    return rows;
+  },
+
+  setSort(column) {
+    if (this.sort === column) this.dir = -this.dir;
+    else {
+      this.sort = column;
+      this.dir = 1;
+    }
+    this.page = 0;
+    this.render();
+  },
+
+  render() {
+    clearTimeout(this.timer);
+    this.timer = 0;
+    this.last = Date.now();
+    if (!this.isOpen()) return;
+    this.renderExceptionOptions();
+    const rows = this.rows();
+    const pages = Math.max(1, Math.ceil(rows.length / LIST_PAGE_SIZE));
+    this.page = Math.min(this.page, pages - 1);
+    const start = this.page * LIST_PAGE_SIZE;
+    $("list-count").textContent = `${rows.length}${rows.length !== state.shipments.size ? ` of ${state.shipments.size}` : ""}`;
+    $("list-page").textContent = `${rows.length ? start + 1 : 0}–${Math.min(start + LIST_PAGE_SIZE, rows.length)} · page ${this.page + 1} of ${pages}`;
+    $("list-prev").disabled = this.page === 0;
+    $("list-next").disabled = this.page >= pages - 1;
+    for (const th of $("list-table").querySelectorAll("th[data-sort]")) {
+      const on = th.dataset.sort === this.sort;
+      th.setAttribute("aria-sort", on ? (this.dir > 0 ? "ascending" : "descending") : "none");
+    }
+    fill("list-body", rows.slice(start, start + LIST_PAGE_SIZE).map((s) => el("tr", {
+      "data-id": s.id,
+      class: s.id === state.selected ? "selected" : null,
+      tabindex: "0",
+    },
+    el("td", { class: "tn" }, s.tracking_number || s.id),
+    el("td", null, s.carrier || "—"),
+    el("td", null, LIST_COLUMNS.mode(s) || "—"),
+    el("td", null, el("i", { class: "dot", style: { background: STATUS_COLOUR.get(s.status) || "#6b7280" } }),
+      LIST_COLUMNS.status(s)),
+    el("td", null, s.status === "delivered" ? "delivered" : fmtTime(s.eta?.predicted_at)),
+    el("td", { class: "exc-kinds" }, LIST_COLUMNS.exceptions(s)))));
+  },
+
+  renderExceptionOptions() {
+    const counts = new Map();
+    for (const s of state.shipments.values()) {
+      for (const kind of new Set(openExceptions(s).map((e) => e.kind))) counts.set(kind, (counts.get(kind) || 0) + 1);
+    }
+    const current = state.filters.exception;
+    if (current && current !== "any" && current !== "none" && !counts.has(current)) counts.set(current, 0);
+    const kinds = [...counts.keys()].sort();
+    const signature = kinds.map((k) => `${k}:${counts.get(k)}`).join(",");
+    const box = $("list-exception");
+    if (box.dataset.signature !== signature) {
+      box.dataset.signature = signature;
+      fill(box, el("option", { value: "" }, "Any exceptions"),
+        el("option", { value: "any" }, "With an open exception"),
+        el("option", { value: "none" }, "Without open exceptions"),
+        kinds.map((k) => el("option", { value: k }, `Open: ${humanize(k)} (${counts.get(k)})`)));
+      ensureOption($("filter-exception"), kinds);
+    }
+    if (box.value !== current) box.value = current;
+  },
+
+  exportCsv() {
+    const header = ["tracking_number", "carrier", "mode", "status", "eta", "open_exceptions", "id"];
+    const lines = [header.join(",")];
+    for (const s of this.rows()) {
+      lines.push([s.tracking_number || "", s.carrier || "", LIST_COLUMNS.mode(s), s.status || "",
+        (s.eta && s.eta.predicted_at) || "", openExceptions(s).map((e) => e.kind).join(" "), s.id].map(csvCell).join(","));
+    }
+    const blob = new Blob([`${lines.join("\r\n")}\r\n`], { type: "text/csv;charset=utf-8" });
+    const url = URL.createObjectURL(blob);
+    const stamp = new Date().toISOString().slice(0, 16).replace(/[-:]/g, "").replace("T", "-");
+    const link = el("a", { href: url, download: `shipments-${stamp}.csv`, hidden: true });
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+  },
+
+  bind() {
+    $("list-toggle").addEventListener("click", () => this.toggle());
+    $("list-close").addEventListener("click", () => this.toggle(false));
+    $("list-prev").addEventListener("click", () => {
+      this.page = Math.max(0, this.page - 1);
+      this.render();
+    });
+    $("list-next").addEventListener("click", () => {
+      this.page += 1;
+      this.render();
+    });
+    $("list-export").addEventListener("click", () => this.exportCsv());
+    $("list-exception").addEventListener("change", (event) => setFilter("exception", event.target.value));
+    for (const th of $("list-table").querySelectorAll("th[data-sort]")) {
+      th.querySelector("button").addEventListener("click", () => this.setSort(th.dataset.sort));
+    }
+    const body = $("list-body");
+    const pick = (event) => {
+      const row = event.target.closest("tr[data-id]");
+      if (row) select(row.dataset.id, { fly: true });
+    };
+    body.addEventListener("click", pick);
+    body.addEventListener("keydown", (event) => {
+      if (event.key === "Enter") pick(event);
+    });
+    if (localStorage.getItem(LIST_OPEN_STORAGE) === "1") this.toggle(true);
+  },
+};
+
+/** A CSV field (RFC 4180), with spreadsheet formulas defused (a leading ' before = + - @). */
+function csvCell(value) {
+  let text = String(value ?? "");
+  if (/^[=+\-@\t\r]/.test(text)) text = `'${text}`;
+  return /[",\r\n]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
+}
+
+/** Add to `select` an option for each exception kind it lacks (kinds the page did not know). */
+function ensureOption(select, kinds) {
+  const have = new Set([...select.options].map((o) => o.value));
+  for (const kind of kinds) if (!have.has(kind)) select.append(el("option", { value: kind }, `Open: ${humanize(kind)}`));
 }
 
 // ---------------------------------------------------------------- side panel
@@ -1188,9 +1710,43 @@ async function start() {
     if (session === state.session) handleFailure(error);
   }
   if (session !== state.session) return;
-  const match = /^#shipment=(.+)$/.exec(window.location.hash);
-  if (match && !state.selected) select(decodeURIComponent(match[1]), { fly: true });
+  const wanted = hashShipment();
+  if (wanted && !state.selected) select(resolveShipment(wanted), { fly: true });
 }
+
+/** The shipment a `#shipment=<id or tracking number>` link names, or null. */
+function hashShipment() {
+  const match = /^#shipment=(.+)$/.exec(window.location.hash);
+  if (!match) return null;
+  try {
+    return decodeURIComponent(match[1]);
+  } catch {
+    return null;
+  }
+}
+
+/** The id of a loaded shipment named by id or tracking number; else `key` as given. */
+function resolveShipment(key) {
+  if (state.shipments.has(key)) return key;
+  const wanted = normalizeId(key);
+  for (const s of state.shipments.values()) if (normalizeId(s.tracking_number) === wanted) return s.id;
+  return key;
+}
+
+// A link followed while the page is open (pasted, or clicked elsewhere) opens that shipment.
+window.addEventListener("hashchange", () => {
+  if (!state.key || /^#key=/.test(window.location.hash)) return;
+  const wanted = hashShipment();
+  if (!wanted) {
+    if (state.selected) select(null);
+    return;
+  }
+  const id = resolveShipment(wanted);
+  if (id !== state.selected) select(id, { fly: true });
+  else if (window.location.hash !== `#shipment=${encodeURIComponent(id)}`) {
+    history.replaceState(null, "", `#shipment=${encodeURIComponent(id)}`);
+  }
+});
 
 function signOut(message) {
   state.session += 1;
@@ -1247,10 +1803,19 @@ window.trackd = {
   map,
   state,
   flush,
+  clusters: () => {
+    flush();
+    clusters.compute();
+    return clusters.current();
+  },
+  listRows: () => shipmentList.rows().map((s) => s.id),
+  labels: () => labels.shown(),
+  recluster: () => clusters.compute(),
 };
 
 renderStatusOptions();
 bindToolbar();
+shipmentList.bind();
 bindLogin();
 renderCounters();
 setupBasemap().catch((error) => console.warn("basemap unavailable", error));
