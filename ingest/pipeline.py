@@ -223,9 +223,7 @@ class Pipeline:
         size: int | None = None,
     ) -> None:
         """Keep what could not be understood, with the reason (`size`: what arrived, when `raw` is its head)."""
-        metrics.QUARANTINED.labels(source, transport).inc()
-        reason = f"{error.code}: {error.detail}"
-        await quarantine_store.quarantine_now(self.pool, tenant_id, source, transport, reason, raw, size)
+        await self.reject_many([Rejection(tenant_id, source, error, raw, size)], transport)
 
     async def ingest(
         self,
