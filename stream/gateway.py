@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
 
 from fastapi import APIRouter, WebSocket
 from fastapi.responses import JSONResponse
 from psycopg_pool import AsyncConnectionPool
 from starlette.websockets import WebSocketDisconnect
 
+from api.deps import AppState
 from stream import protocol
 from stream.hub import Hub
 from stream.protocol import Message, Ping, ProtocolError, Selector, Subscribe
@@ -70,7 +70,7 @@ async def deny(websocket: WebSocket, status: int, code: str, detail: str) -> Non
 
 @router.websocket("/v1/stream")
 async def stream(websocket: WebSocket) -> None:
-    state: Any = websocket.app.state.trackd
+    state: AppState = websocket.app.state.trackd  # put there by serve.app
     key = api_key(websocket)
     try:
         tenant = await tenant_store.tenant_for_api_key(state.pool, key) if key else None
