@@ -2,16 +2,17 @@
 
 Carrier milestones become the carrier's own format per leg: DCSA Track & Trace v2.2 events,
 X12 214 interchanges, IATA ONE Record `LogisticsEvent`s, AfterShip tracking webhooks and EasyPost
-`tracker.updated` events; customs come as trackd event JSON from the broker; trackers publish
-trackd event JSON or OwnTracks locations over MQTT. Signatures are keyed with the tenant's ingest
-secret (UTF-8) exactly as each source's scheme says.
+`tracker.updated` events (a parcel leg carried by FedEx pushes FedEx's own track results); customs
+come as trackd event JSON from the broker; trackers publish trackd event JSON or OwnTracks locations
+over MQTT. Signatures are keyed with the tenant's ingest secret (UTF-8) exactly as each source's
+scheme says.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -386,6 +387,75 @@ def easypost_event(s: Scenario, ev: PlannedEvent) -> dict[str, Any]:
     }
 
 
+_FEDEX = {
+    M.INFO_RECEIVED: ("OC", "Shipment information sent to FedEx"),
+    M.PICKED_UP: ("PU", "Picked up"),
+    M.DEPARTED: ("DP", "Departed FedEx location"),
+    M.IN_TRANSIT: ("IT", "On the way"),
+    M.AT_FACILITY: ("AR", "Arrived at FedEx location"),
+    M.OUT_FOR_DELIVERY: ("OD", "On FedEx vehicle for delivery"),
+    M.DELIVERY_ATTEMPTED: ("DE", "Delivery exception"),
+    M.AVAILABLE_FOR_PICKUP: ("HP", "Ready for recipient pickup"),
+    M.DELIVERED: ("DL", "Delivered"),
+    M.RETURNED: ("RS", "Returning package to shipper"),
+}
+_PUSHING_CARRIERS = {"fedex": "fedex"}  # parcel carriers whose own push replaces the aggregator's
+
+
+def _push_source(s: Scenario, ev: PlannedEvent) -> str:
+    """The source that reports `ev`: a parcel leg's own carrier when it pushes, else the leg's feed."""
+    if ev.source in ("aftership", "easypost") and ev.leg is not None:
+        return _PUSHING_CARRIERS.get(s.legs[ev.leg].carrier.lower(), ev.source)
+    return ev.source
+
+
+def fedex_push(s: Scenario, ev: PlannedEvent) -> dict[str, Any]:
+    """A FedEx Advanced Integrated Visibility push: the leg's track result as the Track API has it."""
+    leg = s.legs[ev.leg or 0]
+    actual, estimate = _leg_history(s, ev)
+    scans: list[dict[str, Any]] = []
+    for cp in reversed(actual):  # newest first, as FedEx lists them
+        assert cp.milestone is not None
+        assert cp.place is not None
+        code, text = _FEDEX[cp.milestone]
+        p = cp.place
+        scans.append(
+            {
+                "date": _local(cp.occurred_at, p),
+                "eventType": code,
+                "eventDescription": text,
+                "exceptionCode": "08" if code == "DE" else "",
+                "exceptionDescription": (cp.detail or "") if code == "DE" else "",
+                "scanLocation": {
+                    "city": p.city.upper(),
+                    "stateOrProvinceCode": p.state,
+                    "postalCode": p.postal_code,
+                    "countryCode": p.country,
+                    "residential": False,
+                },
+                "derivedStatusCode": code,
+                "derivedStatus": text,
+            }
+        )
+    tracking = leg.ids["tracking"]
+    result: dict[str, Any] = {
+        "trackingNumberInfo": {"trackingNumber": tracking, "carrierCode": "FDXE"},
+        "additionalTrackingInfo": {"packageIdentifiers": [{"type": "PURCHASE_ORDER", "values": [leg.ids["po"]]}]},
+        "serviceDetail": {"type": "FEDEX_EXPRESS_SAVER", "description": "FedEx Express Saver"},
+        "scanEvents": scans,
+    }
+    if scans:
+        result["latestStatusDetail"] = {"code": scans[0]["eventType"], "description": scans[0]["eventDescription"]}
+    if scans and scans[0]["eventType"] == "DL":
+        result["deliveryDetails"] = {"receivedByName": "RECEPTION", "deliveryAttempts": "0"}
+    if estimate is not None:
+        ends = estimate.occurred_at.astimezone(ZoneInfo(leg.plan.to_place.tz))
+        window = {"begins": (ends - timedelta(hours=4)).isoformat(), "ends": ends.isoformat()}
+        result["estimatedDeliveryTimeWindow"] = {"description": "Estimated delivery window", "window": window}
+    complete = [{"trackingNumber": tracking, "trackResults": [result]}]
+    return {"transactionId": _uuid(s, ev), "output": {"completeTrackResults": complete}}
+
+
 # -- devices ----------------------------------------------------------------------------------
 def owntracks_location(s: Scenario, ev: PlannedEvent) -> dict[str, Any]:
     return {
@@ -429,11 +499,15 @@ def encode(s: Scenario, ev: PlannedEvent, *, tenant: str, secret: str, topic_pre
         return Delivery("mqtt", "native", topic, orjson.dumps(payload))
     if ev.kind is not EventKind.MILESTONE:
         raise ValueError(f"{ev.kind} events travel over MQTT")
-    body = x12_214(s, ev).encode("ascii") if ev.source == "x12-214" else orjson.dumps(_json_body(s, ev))
+    source = _push_source(s, ev)
+    if source == "fedex":
+        body = orjson.dumps(fedex_push(s, ev))
+    else:
+        body = x12_214(s, ev).encode("ascii") if ev.source == "x12-214" else orjson.dumps(_json_body(s, ev))
     headers = {
-        "Content-Type": CONTENT_TYPES.get(ev.source, "application/json"),
-        **signature_headers(ev.source, body, secret),
+        "Content-Type": CONTENT_TYPES.get(source, "application/json"),
+        **signature_headers(source, body, secret),
     }
     if ev.source == "dcsa":
         headers["API-Version"] = "2.2.0"
-    return Delivery("webhook", ev.source, f"/v1/ingest/{tenant}/{ev.source}", body, headers)
+    return Delivery("webhook", source, f"/v1/ingest/{tenant}/{source}", body, headers)

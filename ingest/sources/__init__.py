@@ -10,12 +10,25 @@ from collections.abc import Mapping
 
 from ingest import signatures
 from ingest.adapter import Adapter
-from ingest.sources import aftership, dcsa, dhl, easypost, native, onerecord, osmand, owntracks, traccar, x12_214
+from ingest.sources import (
+    aftership,
+    dcsa,
+    dhl,
+    easypost,
+    fedex,
+    native,
+    onerecord,
+    osmand,
+    owntracks,
+    traccar,
+    usps,
+    x12_214,
+)
 from trackd.errors import Unauthorized
 
 ADAPTERS: dict[str, Adapter] = {
     m.ADAPTER.name: m.ADAPTER
-    for m in (native, owntracks, osmand, dcsa, onerecord, x12_214, aftership, easypost, traccar, dhl)
+    for m in (native, owntracks, osmand, dcsa, onerecord, x12_214, aftership, easypost, traccar, dhl, usps, fedex)
 }
 WEBHOOK_SOURCES = tuple(name for name, a in ADAPTERS.items() if a.webhook)
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
+from dataclasses import replace
 from datetime import UTC, datetime, time, timedelta, timezone, tzinfo
 from functools import cache
 from pathlib import Path
@@ -227,3 +229,19 @@ def info(
     return MilestoneInfo(
         code=code, classifier=classifier, location=location, mode=mode, raw_code=raw_code, description=description
     )
+
+
+def keep_repeats(events: Iterable[Event]) -> dict[str, Event]:
+    """Events by id, a repeated id (two scans of one code at one time) kept as `id:2`, `id:3`...
+
+    Stable for a redelivery of the same scans, and linear however many repeats a delivery holds."""
+    out: dict[str, Event] = {}
+    repeats: dict[str, int] = {}
+    for event in events:
+        event_id, n = event.event_id, repeats.get(event.event_id, 1)
+        while event_id in out:
+            n += 1
+            event_id = f"{event.event_id}:{n}"
+        repeats[event.event_id] = n
+        out[event_id] = event if event_id == event.event_id else replace(event, event_id=event_id)
+    return out

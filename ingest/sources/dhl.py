@@ -11,7 +11,6 @@ offset are read as UTC.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -93,15 +92,10 @@ def _shipment(shipment: dict[str, Any], w: str, ctx: SourceContext) -> list[Even
         raise ValidationError(w + "events", "must be an array")
     if len(entries) > c.MAX_BATCH:
         raise ValidationError(w + "events", f"holds more than {c.MAX_BATCH} events")
-    out: dict[str, Event] = {}
-    for i, entry in enumerate(entries):
-        where = f"{w}events[{i}]."
-        event_id, event = _milestone(c.obj(entry, where.rstrip(".")), where, tracking, common, ctx)
-        n = 1
-        while event_id in out:  # two scans of one code at one time: keep both, stably
-            n += 1
-            event_id = f"{event.event_id}:{n}"
-        out[event_id] = replace(event, event_id=event_id)
+    out = c.keep_repeats(
+        _milestone(c.obj(entry, f"{w}events[{i}]"), f"{w}events[{i}].", tracking, common, ctx)[1]
+        for i, entry in enumerate(entries)
+    )
     status = c.opt_obj(shipment.get("status"), w + "status")
     if not entries and status is not None:
         event_id, event = _milestone(status, w + "status.", tracking, common, ctx)

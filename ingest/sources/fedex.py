@@ -1,0 +1,185 @@
+"""FedEx Advanced Integrated Visibility webhook: each push carries track results in the shape of the
+FedEx Track API (`{"output": {"completeTrackResults": [{"trackingNumber", "trackResults": [...]}]}}`;
+a flat `{"trackResults": [...]}` is accepted too).
+
+A track result's tracking number (`trackingNumberInfo.trackingNumber`) is its reference, with the
+`additionalTrackingInfo.packageIdentifiers[].values` (purchase order, customer reference...) as
+further identifiers. Each of its `scanEvents` becomes a milestone of its `eventType` at `date`, at its
+`scanLocation`; a delivery is described with who received it (`deliveryDetails.receivedByName`,
+the proof of delivery). The estimated delivery time window (`estimatedDeliveryTimeWindow.window`,
+else the `ESTIMATED_DELIVERY` of `dateAndTimes`) becomes an estimated `delivered` milestone at the
+window's end, made at the latest scan. FedEx times without an offset are read as UTC.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ingest import signatures
+from ingest.adapter import Adapter
+from ingest.sources import _common as c
+from trackd.codes import Classifier, Milestone
+from trackd.errors import ValidationError
+from trackd.model import Event, Location, SourceContext
+
+SOURCE = "fedex"
+CODES = c.load_codes(SOURCE)
+_EVENT: dict[str, str | None] = CODES["eventType"]
+
+
+def _array(value: Any, where: str, *, limit: int = c.MAX_BATCH) -> list[Any]:
+    value = [] if value is None else value
+    if not isinstance(value, list):
+        raise ValidationError(where, "must be an array")
+    if len(value) > limit:
+        raise ValidationError(where, f"holds more than {limit} items")
+    return value
+
+
+def _location(value: Any, where: str) -> Location | None:
+    loc = c.opt_obj(value, where)
+    if loc is None:
+        return None
+    city = c.text(loc.get("city"), where + ".city")
+    state = c.text(loc.get("stateOrProvinceCode"), where + ".stateOrProvinceCode")
+    country = c.text(loc.get("countryCode"), where + ".countryCode")
+    if country is not None and len(country) != 2:
+        raise ValidationError(where + ".countryCode", f"{country!r} is not an ISO 3166 alpha-2 code")
+    name = ", ".join(p for p in (city, state) if p) or None
+    return c.location(where, name=name, country=country.upper() if country else None)
+
+
+def _refs(result: dict[str, Any], w: str, tracking: str) -> tuple[str, ...]:
+    extra = c.opt_obj(result.get("additionalTrackingInfo"), w + "additionalTrackingInfo") or {}
+    found: list[str | None] = []
+    where = w + "additionalTrackingInfo.packageIdentifiers"
+    for i, ident in enumerate(_array(extra.get("packageIdentifiers"), where, limit=50)):
+        values = c.obj(ident, f"{where}[{i}]").get("values")
+        found += [
+            c.text(v, f"{where}[{i}].values[{j}]")
+            for j, v in enumerate(_array(values, f"{where}[{i}].values", limit=50))
+        ]
+    return c.refs(tracking, *found)
+
+
+def _scan(
+    item: dict[str, Any], where: str, tracking: str, signer: str | None, common: dict[str, Any], ctx: SourceContext
+) -> Event:
+    code = c.req_text(item.get("eventType"), where + "eventType", max_len=8)
+    occurred_at = c.time_at(item.get("date"), where + "date")
+    description = c.text(item.get("eventDescription"), where + "eventDescription", max_len=1000)
+    exception = c.text(item.get("exceptionDescription"), where + "exceptionDescription", max_len=1000)
+    if exception:
+        description = f"{description}: {exception}" if description else exception
+    mapped = c.milestone(_EVENT, code.upper())
+    raw = item
+    if signer and mapped is Milestone.DELIVERED:
+        description = f"{description or 'Delivered'}; received by {signer}"
+        raw = {**item, "receivedByName": signer}
+    info = c.info(
+        mapped, code, location=_location(item.get("scanLocation"), where + "scanLocation"), description=description
+    )
+    event_id = f"{SOURCE}:{tracking}:{occurred_at.isoformat()}:{code}"[:190]
+    return c.milestone_event(where, ctx, info=info, event_id=event_id, occurred_at=occurred_at, raw=raw, **common)
+
+
+def _estimate(result: dict[str, Any], w: str) -> tuple[str, Any, str | None] | None:
+    """The field, the end of the estimated delivery window and a description of the window."""
+    edtw = c.opt_obj(result.get("estimatedDeliveryTimeWindow"), w + "estimatedDeliveryTimeWindow") or {}
+    window = c.opt_obj(edtw.get("window"), w + "estimatedDeliveryTimeWindow.window") or {}
+    if window.get("ends") not in (None, ""):
+        begins = c.text(window.get("begins"), w + "estimatedDeliveryTimeWindow.window.begins", max_len=64)
+        about = f"between {begins} and {window['ends']}" if begins else None
+        return "estimatedDeliveryTimeWindow.window.ends", window["ends"], about
+    for i, entry in enumerate(_array(result.get("dateAndTimes"), w + "dateAndTimes", limit=50)):
+        entry = c.obj(entry, f"{w}dateAndTimes[{i}]")
+        if entry.get("type") == "ESTIMATED_DELIVERY" and entry.get("dateTime") not in (None, ""):
+            return "dateAndTimes.ESTIMATED_DELIVERY", entry["dateTime"], None
+    return None
+
+
+def _result(result: dict[str, Any], w: str, enclosing: str | None, ctx: SourceContext) -> list[Event]:
+    number = c.opt_obj(result.get("trackingNumberInfo"), w + "trackingNumberInfo") or {}
+    tracking = (
+        c.text(number.get("trackingNumber"), w + "trackingNumberInfo.trackingNumber", max_len=64)
+        or c.text(result.get("trackingNumber"), w + "trackingNumber", max_len=64)
+        or enclosing
+    )
+    if tracking is None:
+        raise ValidationError(w + "trackingNumberInfo.trackingNumber", "is required")
+    common: dict[str, Any] = {
+        "source": SOURCE,
+        "shipment": tracking,
+        "refs": _refs(result, w, tracking),
+        "carrier": "fedex",
+    }
+    details = c.opt_obj(result.get("deliveryDetails"), w + "deliveryDetails") or {}
+    signer = c.text(details.get("receivedByName"), w + "deliveryDetails.receivedByName")
+    scans = _array(result.get("scanEvents"), w + "scanEvents")
+    out = c.keep_repeats(
+        _scan(c.obj(entry, f"{w}scanEvents[{i}]"), f"{w}scanEvents[{i}].", tracking, signer, common, ctx)
+        for i, entry in enumerate(scans)
+    )
+    estimate = _estimate(result, w)
+    if estimate is not None:
+        field, value, about = estimate
+        event = c.milestone_event(
+            w,
+            ctx,
+            info=c.info(Milestone.DELIVERED, field, classifier=Classifier.ESTIMATED, description=about),
+            event_id=f"{SOURCE}:{tracking}:edtw:{value}"[:200],
+            occurred_at=c.estimate_time(value, w + field),
+            created_at=max((e.occurred_at for e in out.values()), default=None),
+            raw={field: value},
+            **common,
+        )
+        out[event.event_id] = event
+    if not out:
+        raise ValidationError(w + "scanEvents", "is required when a track result has no delivery estimate")
+    return list(out.values())
+
+
+def _results(body: dict[str, Any]) -> list[tuple[dict[str, Any], str, str | None]]:
+    """Every track result of a push: (result, where, the tracking number around it)."""
+    if "output" not in body:
+        results = _array(body.get("trackResults"), "trackResults")
+        if not results:
+            raise ValidationError("output", "is required: {output: {completeTrackResults}} or {trackResults}")
+        return [(c.obj(r, f"trackResults[{i}]"), f"trackResults[{i}].", None) for i, r in enumerate(results)]
+    output = c.obj(body["output"], "output")
+    complete = _array(output.get("completeTrackResults"), "output.completeTrackResults")
+    if not complete:
+        raise ValidationError("output.completeTrackResults", "must be a non-empty array")
+    out: list[tuple[dict[str, Any], str, str | None]] = []
+    for i, entry in enumerate(complete):
+        w = f"output.completeTrackResults[{i}]"
+        entry = c.obj(entry, w)
+        enclosing = c.text(entry.get("trackingNumber"), w + ".trackingNumber", max_len=64)
+        results = _array(entry.get("trackResults"), w + ".trackResults")
+        out += [
+            (c.obj(r, f"{w}.trackResults[{j}]"), f"{w}.trackResults[{j}].", enclosing) for j, r in enumerate(results)
+        ]
+        if len(out) > c.MAX_BATCH:
+            raise ValidationError("output.completeTrackResults", f"holds more than {c.MAX_BATCH} track results")
+    return out
+
+
+def normalize(payload: bytes, ctx: SourceContext) -> list[Event]:
+    """One push to the milestones and delivery estimates of every track result it carries."""
+    body = c.obj(c.loads(payload), "body")
+    out: list[Event] = []
+    for result, where, enclosing in _results(body):
+        out += _result(result, where, enclosing, ctx)
+    if not out:
+        raise ValidationError("output.completeTrackResults", "holds no track result")
+    return out
+
+
+ADAPTER = Adapter(
+    SOURCE,
+    normalize,
+    signature=signatures.Scheme("fdx-signature", "", "base64"),
+    status=202,
+    whole=False,
+    webhook=True,
+)
