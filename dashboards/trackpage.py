@@ -1,9 +1,12 @@
 """The public tracking page: what an end customer sees at `GET /track/{token}`.
 
 Pure functions, no I/O beyond reading the bundled translations once: `pick_language` turns an
-`Accept-Language` header into one of the supported languages and `render` turns the JSON of
-`GET /v1/track/{token}` into one self-contained HTML page. The page needs nothing but itself to
-be read; the small route map is progressive and loads only same-origin vendored files.
+`Accept-Language` header into one of the supported languages, `render` turns the JSON of
+`GET /v1/track/{token}` into one self-contained HTML page (the tenant's branding, progress steps,
+origin and destination, the delivery estimate as a day or a few days, the history and a small route
+map), and `render_ended` is the page of a link that is unknown (404) or has expired (410). The
+route map is progressive and loads only same-origin vendored files; the only other request a page
+can make is the tenant's logo, which its policy allows by origin.
 """
 
 from __future__ import annotations
@@ -13,16 +16,27 @@ import hashlib
 import html
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, tzinfo
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from babel import Locale
+from babel.dates import get_timezone_location
 
 LANGUAGES: tuple[str, ...] = ("en", "zh-Hans", "es", "de", "fr")
 DEFAULT_LANGUAGE = "en"
 STATIC_PREFIX = "/static"
+DEFAULT_ACCENT = "#2563eb"
+# p_late (the chance of landing after the promise) below this reads "on time", from LATE on "late".
+ON_TIME_BELOW = 0.25
+LATE_FROM = 0.75
+HOURS_SHOWN_WITHIN = timedelta(hours=12)  # a one-day estimate this narrow also shows its hours
 
 # Chinese tags read in Simplified script; Traditional ones (zh-Hant, zh-TW, zh-HK, zh-MO) are
 # not served Simplified text, they fall through to the next preference.
@@ -43,6 +57,44 @@ _STATUS_COLOURS: Mapping[str, str] = {
     "cancelled": "#57534e",
     "expired": "#78716c",
 }
+
+# The progress a buyer sees, in order, and which milestones and statuses reach each step.
+STEPS: tuple[str, ...] = ("ordered", "booked", "in_transit", "customs", "out_for_delivery", "delivered")
+_STEP_OF_MILESTONE: Mapping[str, int] = {
+    "booked": 1,
+    "info_received": 1,
+    **dict.fromkeys(
+        (
+            "picked_up",
+            "gate_in",
+            "gate_out",
+            "loaded",
+            "departed",
+            "arrived",
+            "discharged",
+            "in_transit",
+            "at_facility",
+        ),
+        2,
+    ),
+    **dict.fromkeys(("customs_submitted", "customs_hold", "customs_released"), 3),
+    **dict.fromkeys(("out_for_delivery", "delivery_attempted", "available_for_pickup"), 4),
+    "delivered": 5,
+}
+_STEP_OF_STATUS: Mapping[str, int] = {
+    "pending": 0,
+    "info_received": 1,
+    "in_transit": 2,
+    "customs": 3,
+    "out_for_delivery": 4,
+    "failed_attempt": 4,
+    "available_for_pickup": 4,
+    "delivered": 5,
+}
+Items = list[tuple[datetime | None, Mapping[str, Any]]]  # milestones with their parsed times
+_TROUBLE = frozenset({"exception", "failed_attempt", "returned", "cancelled", "expired"})
+_ABBREVIATION = re.compile(r"^[A-Z]{2,5}$")
+_CSP_HOST = re.compile(r"^[a-z0-9.-]+$")
 
 
 @cache
@@ -110,6 +162,11 @@ def _zone(tz_name: str) -> tzinfo:
         return UTC
 
 
+@cache
+def _locale(lang: str) -> Locale:
+    return Locale.parse(lang.replace("-", "_"))
+
+
 def _parse_time(value: Any) -> datetime | None:
     """An aware datetime from an ISO 8601 string or epoch seconds; naive times are UTC."""
     if isinstance(value, bool):
@@ -128,15 +185,71 @@ def _parse_time(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
-class _Page:
-    """Formatting helpers bound to one language and one time zone."""
+def _offset_name(offset: timedelta | None) -> str:
+    """`UTC`, `UTC+8`, `UTC-3:30`."""
+    minutes = round(offset.total_seconds() / 60) if offset is not None else 0
+    if minutes == 0:
+        return "UTC"
+    sign, minutes = ("+" if minutes > 0 else "-"), abs(minutes)
+    return f"UTC{sign}{minutes // 60}" + (f":{minutes % 60:02d}" if minutes % 60 else "")
 
-    def __init__(self, lang: str, tz_name: str) -> None:
+
+@dataclass(frozen=True, slots=True)
+class Brand:
+    """The tenant's look, from the `brand` of the track JSON; anything invalid is left out."""
+
+    name: str | None = None
+    logo_url: str | None = None
+    colour: str | None = None
+    support_url: str | None = None
+
+    @classmethod
+    def of(cls, value: Any) -> Brand:
+        if not isinstance(value, Mapping):
+            return cls()
+        name = value.get("name")
+        colour = value.get("colour")
+        return cls(
+            name.strip() or None if isinstance(name, str) else None,
+            value.get("logo_url") if _csp_source(value.get("logo_url")) else None,
+            colour.lower() if isinstance(colour, str) and re.fullmatch(r"#[0-9a-fA-F]{6}", colour) else None,
+            value.get("support_url") if _csp_source(value.get("support_url")) else None,
+        )
+
+    def css(self) -> str:
+        """The page's CSS variables: the accent colour and a text colour that reads on it."""
+        accent = self.colour or DEFAULT_ACCENT
+        r, g, b = (int(accent[i : i + 2], 16) / 255 for i in (1, 3, 5))
+        luminance = 0.2126 * r**2.2 + 0.7152 * g**2.2 + 0.0722 * b**2.2
+        ink = "#111827" if luminance > 0.4 else "#ffffff"
+        return f":root{{--brand:{accent};--brand-ink:{ink}}}"
+
+
+def _csp_source(url: Any) -> str | None:
+    """The CSP source (`https://host[:port]`) of an http(s) URL, or None when it is not one."""
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")) or re.search(r"[\s\"'<>\\]", url):
+        return None
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return None
+    if not host or not _CSP_HOST.match(host):
+        return None
+    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
+
+
+class _Page:
+    """Formatting helpers bound to one language, one time zone and, when known, today."""
+
+    def __init__(self, lang: str, tz_name: str, now: datetime | None = None) -> None:
         translations = catalog()
         self.lang = lang if lang in translations else DEFAULT_LANGUAGE
         self.text: Mapping[str, Any] = translations[self.lang]
         self.zone = _zone(tz_name)
-        self.zone_name = tz_name if self.zone is not UTC else "UTC"
+        self.zone_id = tz_name if self.zone is not UTC else "UTC"
+        self.now = now
+        self.today = self.local(now).date() if now is not None else None
 
     def label(self, key: str, **values: str) -> str:
         """A page label, with `values` (already HTML) put into its `{placeholders}`."""
@@ -158,33 +271,76 @@ class _Page:
         names: Mapping[str, str] = self.text["milestone"]
         return html.escape(names.get(str(code), str(code)))
 
-    def when(self, moment: datetime) -> str:
-        """`moment` in the page's zone and language, as a `<time>` element."""
+    def step(self, step: str) -> str:
+        return html.escape(str(self.text["step"][step]))
+
+    def local(self, moment: datetime) -> datetime:
         try:
-            local = moment.astimezone(self.zone)
+            return moment.astimezone(self.zone)
         except OverflowError:  # at the edge of the calendar (year 1 or 9999): shown in its own offset
-            local = moment
+            return moment
+
+    def _format(self, key: str, local: datetime | date) -> str:
         fmt: Mapping[str, Any] = self.text["format"]
-        text = str(fmt["datetime"]).format(
+        return str(fmt[key]).format(
             weekday=fmt["weekdays"][local.weekday()],
             day=local.day,
             month=fmt["months"][local.month - 1],
             month_num=local.month,
             year=local.year,
-            time=f"{local:%H:%M}",
+            time=f"{local:%H:%M}" if isinstance(local, datetime) else "",
         )
-        return f'<time datetime="{local.isoformat()}">{html.escape(text)}</time>'
+
+    def when(self, moment: datetime) -> str:
+        """`moment` in the page's zone and language, as a `<time>` element."""
+        local = self.local(moment)
+        return f'<time datetime="{local.isoformat()}">{html.escape(self._format("datetime", local))}</time>'
 
     def maybe_when(self, value: Any) -> str | None:
         moment = _parse_time(value)
         return self.when(moment) if moment is not None else None
 
+    def day(self, moment: datetime, relative: bool = False) -> str:
+        """The calendar day of `moment` in the page's zone (the year only when it is not this one's);
+        with `relative`, today and tomorrow say so."""
+        local = self.local(moment).date()
+        text = self._format("day" if self.today is not None and local.year == self.today.year else "day_year", local)
+        if relative and self.today is not None and local in (self.today, self.today + timedelta(days=1)):
+            text = self.text["label"]["today" if local == self.today else "tomorrow"] + " · " + text
+        return f'<time datetime="{local.isoformat()}">{html.escape(text)}</time>'
 
-def _place(location: Any) -> str:
-    if not isinstance(location, Mapping):
-        return ""
-    parts = [str(location[key]) for key in ("name", "country") if location.get(key)]
-    return html.escape(", ".join(parts))
+    def hour(self, moment: datetime) -> str:
+        local = self.local(moment)
+        return f'<time datetime="{local.isoformat()}">{local:%H:%M}</time>'
+
+    def country(self, code: Any) -> str | None:
+        if not isinstance(code, str) or not code:
+            return None
+        return str(_locale(self.lang).territories.get(code.upper(), code))
+
+    def place(self, location: Any) -> str:
+        """`Name, Country` of a location, the country named in the page's language."""
+        if not isinstance(location, Mapping):
+            return ""
+        name = location.get("name")
+        country = self.country(location.get("country"))
+        parts = [str(p) for p in (name, country) if p]
+        return html.escape(", ".join(parts))
+
+    def zone_name(self, moment: datetime | None) -> str:
+        """The page's time zone as a person names it, with its abbreviation (or offset) at `moment`
+        (else now): `New York time (EST)`, `Ortszeit Singapur (UTC+8)`."""
+        at = self.local(moment or datetime.now(UTC)) if self.zone is not UTC else None
+        if at is None or self.zone_id.startswith(("Etc/", "UTC", "GMT")):
+            return html.escape(_offset_name(at.utcoffset() if at is not None else None))
+        abbreviation = at.tzname() or ""
+        if not _ABBREVIATION.match(abbreviation):
+            abbreviation = _offset_name(at.utcoffset())
+        try:
+            city = get_timezone_location(self.zone_id, locale=_locale(self.lang), return_city=True)
+        except (LookupError, ValueError):  # a zone newer than the CLDR data: its own city name
+            city = self.zone_id.rsplit("/", 1)[-1].replace("_", " ")
+        return self.label("zone", city=html.escape(city)) + f" ({html.escape(abbreviation)})"
 
 
 def _coordinate(lat: Any, lon: Any) -> tuple[float, float] | None:
@@ -217,17 +373,23 @@ def _script_json(value: Any) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def _milestones_html(page: _Page, milestones: Any) -> str:
-    items: list[tuple[datetime | None, Mapping[str, Any]]] = []
-    if isinstance(milestones, Sequence) and not isinstance(milestones, str):
-        items = [(_parse_time(m.get("occurred_at")), m) for m in milestones if isinstance(m, Mapping)]
-    if not items:
-        return f'<p class="muted">{page.label("no_milestones")}</p>'
+def _milestones(track: Mapping[str, Any]) -> Items:
+    """The milestones with their parsed times, newest first (those without a time last)."""
+    raw = track.get("milestones")
+    if not isinstance(raw, Sequence) or isinstance(raw, str):
+        return []
+    items = [(_parse_time(m.get("occurred_at")), m) for m in raw if isinstance(m, Mapping)]
     epoch = datetime.min.replace(tzinfo=UTC)
     items.sort(key=lambda pair: pair[0] or epoch, reverse=True)
+    return items
+
+
+def _milestones_html(page: _Page, items: Items) -> str:
+    if not items:
+        return f'<p class="muted">{page.label("no_milestones")}</p>'
     rows = []
     for index, (moment, milestone) in enumerate(items):
-        place = _place(milestone.get("location"))
+        place = page.place(milestone.get("location"))
         when = page.when(moment) if moment is not None else ""
         rows.append(
             f'<li class="{"latest" if index == 0 else ""}">'
@@ -238,43 +400,78 @@ def _milestones_html(page: _Page, milestones: Any) -> str:
     return f'<ol class="timeline">{"".join(rows)}</ol>'
 
 
-def _delivered_at(milestones: Any) -> datetime | None:
-    if not isinstance(milestones, Sequence) or isinstance(milestones, str):
-        return None
-    times = [
-        moment
-        for m in milestones
-        if isinstance(m, Mapping) and m.get("code") == "delivered"
-        for moment in [_parse_time(m.get("occurred_at"))]
-        if moment is not None
-    ]
+def _steps_html(page: _Page, track: Mapping[str, Any], items: Items) -> str:
+    """The progress steps: those reached are done, the furthest is current (marked as a problem
+    while the shipment is in trouble); customs is left out of a domestic journey that had none."""
+    status = str(track.get("status") or "pending")
+    reached = _STEP_OF_STATUS.get(status, 0)
+    first: dict[int, datetime] = {}
+    for moment, milestone in items:
+        at = _STEP_OF_MILESTONE.get(str(milestone.get("code")))
+        if at is None:
+            continue
+        reached = max(reached, at)
+        if moment is not None and (at not in first or moment < first[at]):
+            first[at] = moment
+    origin, destination = track.get("origin"), track.get("destination")
+    countries = [p.get("country") for p in (origin, destination) if isinstance(p, Mapping)]
+    domestic = len(countries) == 2 and countries[0] and countries[0] == countries[1]
+    trouble = status in _TROUBLE or track.get("substatus") == "customs.hold"
+    rows = []
+    for index, step in enumerate(STEPS):
+        if step == "customs" and domestic and 3 not in first and reached != 3:
+            continue
+        state = "done" if index < reached else "current" if index == reached else "todo"
+        if state == "current" and trouble:
+            state = "current problem"
+        when = f'<span class="date">{page.day(first[index])}</span>' if index in first and index <= reached else ""
+        current = ' aria-current="step"' if index == reached else ""
+        rows.append(
+            f'<li class="step {state}" data-step="{step}"{current}><span class="dot"></span>'
+            f'<span class="name">{page.step(step)}</span>{when}</li>'
+        )
+    return (
+        f'<section class="card steps-card"><ol class="steps" aria-label="{page.label("progress")}">'
+        f"{''.join(rows)}</ol></section>"
+    )
+
+
+def _delivered_at(items: Items) -> datetime | None:
+    times = [moment for moment, m in items if m.get("code") == "delivered" and moment is not None]
     return max(times) if times else None
 
 
-def _window_bar(earliest: datetime, latest: datetime, predicted: datetime | None, promised: datetime | None) -> str:
-    """A small bar: the 80% window, the predicted time as a dot, the promised date as a line."""
-    moments = [earliest, latest] + [m for m in (predicted, promised) if m is not None]
-    start, end = min(moments), max(moments)
-    span = (end - start).total_seconds()
-    pad = max(span * 0.08, 1800.0)
-    total = span + 2 * pad
-
-    def at(moment: datetime) -> float:
-        return round(((moment - start).total_seconds() + pad) / total * 100, 2)
-
-    parts = [f'<span class="win" style="left:{at(earliest)}%;width:{max(at(latest) - at(earliest), 1.0)}%"></span>']
-    if promised is not None:
-        late = " late" if latest > promised else ""
-        parts.append(f'<span class="promise{late}" style="left:{at(promised)}%"></span>')
-    if predicted is not None:
-        parts.append(f'<span class="dot" style="left:{at(predicted)}%"></span>')
-    return f'<div class="bar" aria-hidden="true">{"".join(parts)}</div>'
+def _p_late(eta: Mapping[str, Any]) -> float | None:
+    value = eta.get("p_late")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        return None
+    return float(value)
 
 
-def _eta_html(page: _Page, track: Mapping[str, Any]) -> str:
+def punctuality(
+    eta: Mapping[str, Any], predicted: datetime | None, latest: datetime | None, now: datetime | None
+) -> str | None:
+    """`on_time`, `might_be_late` or `late` for a shipment on its way, from `p_late` when the
+    estimate has it, else by comparing the estimate with the promised date; None without either."""
+    p_late = _p_late(eta)
+    if p_late is not None:
+        return "on_time" if p_late < ON_TIME_BELOW else "late" if p_late >= LATE_FROM else "might_be_late"
+    promised = _parse_time(eta.get("promised_at"))
+    if promised is None:
+        return None
+    if now is not None and now > promised:
+        return "late"
+    if predicted is not None and predicted > promised:
+        return "late"
+    if latest is not None and latest > promised:
+        return "might_be_late"
+    return "on_time" if predicted is not None or latest is not None else None
+
+
+def _eta_html(page: _Page, track: Mapping[str, Any], items: Items) -> str:
     status = track.get("status")
-    delivered = _delivered_at(track.get("milestones"))
     if status == "delivered":
+        delivered = _delivered_at(items)
         when = page.when(delivered) if delivered is not None else ""
         heading = page.label("delivered_at")
         return f'<section class="card eta"><h2>{heading}</h2><p class="big">{when}</p></section>'
@@ -286,27 +483,35 @@ def _eta_html(page: _Page, track: Mapping[str, Any]) -> str:
     latest = _parse_time(eta.get("latest"))
     promised = _parse_time(eta.get("promised_at"))
     carrier_eta = _parse_time(eta.get("carrier_eta"))
-    if predicted is None and earliest is None and promised is None and carrier_eta is None:
-        return ""
+    if earliest is None or latest is None or earliest > latest:
+        earliest = latest = None
     lines = [f"<h2>{page.label('eta')}</h2>"]
-    if predicted is not None:
-        lines.append(f'<p class="big">{page.when(predicted)}</p>')
-    if earliest is not None and latest is not None and earliest <= latest:
-        window = page.label("eta_window", earliest=page.when(earliest), latest=page.when(latest))
-        lines.append(f'<p class="window">{window}</p>')
-        lines.append(_window_bar(earliest, latest, predicted, promised))
+    if earliest is not None and latest is not None:
+        if page.local(earliest).date() == page.local(latest).date():
+            lines.append(f'<p class="big" id="eta-day">{page.day(earliest, relative=True)}</p>')
+            if latest - earliest <= HOURS_SHOWN_WITHIN:
+                hours = page.label("eta_window", earliest=page.hour(earliest), latest=page.hour(latest))
+                lines.append(f'<p class="window">{hours}</p>')
+        else:
+            window = page.label("eta_window", earliest=page.day(earliest), latest=page.day(latest))
+            lines.append(f'<p class="big" id="eta-day">{window}</p>')
+    elif (single := predicted or carrier_eta) is not None:
+        lines.append(f'<p class="big" id="eta-day">{page.day(single, relative=True)}</p>')
+    elif promised is None:
+        return ""
+    verdict = punctuality(eta, predicted, latest, page.now)
+    if verdict is not None:
+        lines.append(
+            f'<p class="verdict {verdict.replace("_", "-")}" data-verdict="{verdict}">{page.label(verdict)}</p>'
+        )
     if promised is not None:
-        lines.append(f'<p class="muted">{page.label("promised")}: {page.when(promised)}</p>')
-        if predicted is not None:
-            late = predicted > promised
-            hint = page.label("eta_late" if late else "eta_on_time")
-            lines.append(f'<p class="hint {"late" if late else "ok"}">{hint}</p>')
-    if carrier_eta is not None:
-        lines.append(f'<p class="muted">{page.label("carrier_eta")}: {page.when(carrier_eta)}</p>')
+        lines.append(f'<p class="muted">{page.label("promised")} {page.day(promised)}</p>')
+    if carrier_eta is not None and (earliest is not None or predicted is not None):
+        lines.append(f'<p class="muted">{page.label("carrier_eta")}: {page.day(carrier_eta)}</p>')
     return f'<section class="card eta">{"".join(lines)}</section>'
 
 
-def _map_html(page: _Page, track: Mapping[str, Any]) -> tuple[str, str, str]:
+def _map_html(page: _Page, track: Mapping[str, Any], colour: str) -> tuple[str, str, str]:
     """(section, head links, scripts) for the route map, or empty strings when there is nothing to draw."""
     route = _route(track)
     destination = track.get("destination")
@@ -315,13 +520,10 @@ def _map_html(page: _Page, track: Mapping[str, Any]) -> tuple[str, str, str]:
         target = _coordinate(destination.get("lat"), destination.get("lon"))
     if not route and target is None:
         return "", "", ""
-    dest_name = _place(destination)
-    data = {"route": route, "destination": target}
+    data = {"route": route, "destination": target, "colour": colour}
     section = (
         f'<section class="card"><h2>{page.label("route")}</h2>'
-        f'<div id="route-map" role="img" aria-label="{page.label("route")}"></div>'
-        + (f'<p class="muted">{page.label("destination")}: {dest_name}</p>' if dest_name else "")
-        + "</section>"
+        f'<div id="route-map" role="img" aria-label="{page.label("route")}"></div></section>'
     )
     head = f'<link rel="stylesheet" href="{STATIC_PREFIX}/vendor/leaflet/leaflet.css">'
     scripts = (
@@ -333,48 +535,116 @@ def _map_html(page: _Page, track: Mapping[str, Any]) -> tuple[str, str, str]:
     return section, head, scripts
 
 
-def render(track: dict[str, Any], lang: str, tz_name: str) -> str:
-    """The tracking page for `track` (the JSON of `GET /v1/track/{token}`) as one HTML document.
+def _lane_html(page: _Page, track: Mapping[str, Any]) -> str:
+    origin, destination = page.place(track.get("origin")), page.place(track.get("destination"))
+    if not origin and not destination:
+        return ""
+    ends = [
+        f'<div class="end {key}"><span class="muted">{page.label(label)}</span><b id="{key}">{place}</b></div>'
+        for key, label, place in (("origin", "origin", origin), ("destination", "destination", destination))
+        if place
+    ]
+    return f'<div class="lane">{"<span class=arrow aria-hidden=true>→</span>".join(ends)}</div>'
 
-    `lang` is one of `LANGUAGES` (anything else renders English); times are shown in the IANA
-    zone `tz_name` (UTC when unknown). Every value taken from `track` is HTML-escaped.
-    """
-    page = _Page(lang, tz_name)
-    tracking = html.escape(str(track.get("tracking_number") or ""))
-    carrier = html.escape(str(track.get("carrier") or ""))
-    status = str(track.get("status") or "pending")
-    colour = _STATUS_COLOURS.get(status, "#6b7280")
-    substatus = page.substatus(track.get("substatus"))
-    updated = page.maybe_when(track.get("updated_at"))
-    map_section, map_head, map_scripts = _map_html(page, track)
-    title = f"{page.label('title')} · {tracking}" if tracking else page.label("title")
-    summary = (
-        '<section class="card head">'
-        f'<p class="muted">{page.label("tracking_number")}</p>'
-        f'<h1 id="tracking-number">{tracking}</h1>'
-        + (f'<p class="carrier">{page.label("carrier")}: <b>{carrier}</b></p>' if carrier else "")
-        + f'<p class="status" style="background:{colour}" data-status="{html.escape(status)}">'
-        f"{page.status(status)}</p>" + (f'<p class="substatus">{substatus}</p>' if substatus else "") + "</section>"
+
+def _brand_html(page: _Page, brand: Brand) -> str:
+    if brand.name is None and brand.logo_url is None:
+        return ""
+    name = html.escape(brand.name or "")
+    logo = (
+        f'<img class="logo" src="{html.escape(brand.logo_url)}" alt="{name}" referrerpolicy="no-referrer">'
+        if brand.logo_url
+        else ""
     )
-    timeline = (
-        f'<section class="card"><h2>{page.label("timeline")}</h2>'
-        f"{_milestones_html(page, track.get('milestones'))}</section>"
+    text = f'<span class="brand-name">{name}</span>' if brand.name and not brand.logo_url else ""
+    return f'<header class="brand" id="brand">{logo}{text}</header>'
+
+
+def _support_html(page: _Page, brand: Brand) -> str:
+    if brand.support_url is None:
+        return ""
+    text = page.label("contact_brand", name=html.escape(brand.name)) if brand.name else page.label("contact")
+    return (
+        f'<p class="support"><a id="support" href="{html.escape(brand.support_url)}" rel="noopener noreferrer"'
+        f' target="_blank">{text}</a></p>'
     )
-    footer = (
-        "<footer>"
-        + (f"<p>{page.label('last_updated')}: {updated}</p>" if updated else "")
-        + f"<p>{page.label('times_in', tz=html.escape(page.zone_name))}</p></footer>"
-    )
+
+
+def _document(page: _Page, brand: Brand, title: str, head: str, body: str) -> str:
     return (
         "<!doctype html>"
         f'<html lang="{html.escape(page.lang)}"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         '<meta name="robots" content="noindex, nofollow">'
         '<meta name="referrer" content="no-referrer">'
-        f"<title>{title}</title><style>{_CSS}</style>{map_head}</head>"
-        f"<body><main>{summary}{_eta_html(page, track)}{timeline}{map_section}{footer}</main>"
-        f"{map_scripts}</body></html>"
+        f"<title>{title}</title><style>{brand.css()}{_CSS}</style>{head}</head>"
+        f"<body>{_brand_html(page, brand)}<main>{body}</main></body></html>"
     )
+
+
+def render(track: dict[str, Any], lang: str, tz_name: str, now: datetime | None = None) -> str:
+    """The tracking page for `track` (the JSON of `GET /v1/track/{token}`) as one HTML document.
+
+    `lang` is one of `LANGUAGES` (anything else renders English); times are shown in the IANA
+    zone `tz_name` (UTC when unknown); `now`, when given, names today and tomorrow and tells a
+    missed promise. Every value taken from `track` is HTML-escaped.
+    """
+    page = _Page(lang, tz_name, now)
+    brand = Brand.of(track.get("brand"))
+    items = _milestones(track)
+    tracking = html.escape(str(track.get("tracking_number") or ""))
+    carrier = html.escape(str(track.get("carrier") or ""))
+    status = str(track.get("status") or "pending")
+    colour = _STATUS_COLOURS.get(status, "#6b7280")
+    substatus = page.substatus(track.get("substatus"))
+    updated = page.maybe_when(track.get("updated_at"))
+    map_section, map_head, map_scripts = _map_html(page, track, brand.colour or DEFAULT_ACCENT)
+    title = f"{page.label('title')} · {tracking}" if tracking else page.label("title")
+    if brand.name:
+        title = f"{html.escape(brand.name)} · {title}"
+    summary = (
+        '<section class="card head">'
+        f'<p class="muted">{page.label("tracking_number")}</p>'
+        f'<h1 id="tracking-number">{tracking}</h1>'
+        + (f'<p class="carrier">{page.label("carrier")}: <b>{carrier}</b></p>' if carrier else "")
+        + f'<p class="status" style="background:{colour}" data-status="{html.escape(status)}">'
+        f"{page.status(status)}</p>"
+        + (f'<p class="substatus">{substatus}</p>' if substatus else "")
+        + _lane_html(page, track)
+        + "</section>"
+    )
+    timeline = f'<section class="card"><h2>{page.label("timeline")}</h2>{_milestones_html(page, items)}</section>'
+    zone = page.zone_name(now or _parse_time(track.get("updated_at")))
+    footer = (
+        "<footer>"
+        + (f"<p>{page.label('last_updated')}: {updated}</p>" if updated else "")
+        + f'<p id="zone">{page.label("times_in", tz=zone)}</p></footer>'
+    )
+    body = (
+        summary
+        + _steps_html(page, track, items)
+        + _eta_html(page, track, items)
+        + timeline
+        + map_section
+        + _support_html(page, brand)
+        + footer
+        + map_scripts
+    )
+    return _document(page, brand, title, map_head, body)
+
+
+def render_ended(lang: str, expired: bool, brand: Mapping[str, Any] | None = None) -> str:
+    """The page of a tracking link that is unknown (`expired` False: answered 404) or that has
+    expired or been revoked (answered 410), in `lang`, with the tenant's `brand` when known."""
+    page = _Page(lang, "UTC")
+    look = Brand.of(brand)
+    kind = "ended" if expired else "not_found"
+    heading = page.label(f"{kind}_title")
+    body = (
+        f'<section class="card ended" id="ended" data-kind="{kind}"><h1>{heading}</h1>'
+        f"<p>{page.label(f'{kind}_text')}</p></section>{_support_html(page, look)}"
+    )
+    return _document(page, look, heading, "", body)
 
 
 _CSS = """
@@ -382,31 +652,60 @@ _CSS = """
 body{margin:0;background:#f3f4f6;color:#111827;font:15px/1.45 system-ui,-apple-system,"Segoe UI",
 Roboto,"Noto Sans","PingFang SC","Microsoft YaHei",sans-serif}
 main{max-width:40rem;margin:0 auto;padding:.75rem}
+.brand{background:var(--brand);color:var(--brand-ink);padding:.7rem 1rem;display:flex;align-items:center;
+justify-content:center;min-height:3.2rem}
+.brand .logo{max-height:2.2rem;max-width:12rem;object-fit:contain}
+.brand-name{font-weight:700;font-size:1.1rem;letter-spacing:.01em}
 .card{background:#fff;border-radius:.75rem;padding:1rem 1.1rem;margin:0 0 .75rem;
 box-shadow:0 1px 2px rgba(0,0,0,.06)}
 h1{font-size:1.35rem;margin:.1rem 0 .4rem;word-break:break-all}
+.ended h1{word-break:normal}
 h2{font-size:.85rem;text-transform:uppercase;letter-spacing:.04em;color:#6b7280;margin:0 0 .6rem}
 p{margin:.2rem 0}
 .muted{color:#6b7280;font-size:.9rem}
 .status{display:inline-block;color:#fff;font-weight:600;padding:.25rem .7rem;border-radius:999px;
 margin-top:.4rem}
 .substatus{color:#374151;font-size:.9rem}
-.big{font-size:1.2rem;font-weight:600}
-.hint.late{color:#b45309}.hint.ok{color:#15803d}
-.bar{position:relative;height:.7rem;background:#e5e7eb;border-radius:999px;margin:.6rem 0}
-.bar .win{position:absolute;top:0;bottom:0;background:#93c5fd;border-radius:999px}
-.bar .dot{position:absolute;top:50%;width:.8rem;height:.8rem;margin:-.4rem 0 0 -.4rem;
-background:#1d4ed8;border:2px solid #fff;border-radius:50%}
-.bar .promise{position:absolute;top:-.2rem;bottom:-.2rem;width:2px;background:#16a34a}
-.bar .promise.late{background:#dc2626}
+.lane{display:flex;align-items:flex-end;gap:.6rem;margin-top:.8rem;padding-top:.7rem;border-top:1px solid #e5e7eb}
+.lane .end{flex:1;display:flex;flex-direction:column;min-width:0}
+.lane .end b{font-weight:600;overflow-wrap:anywhere}
+.lane .destination{text-align:right}
+.lane .arrow{color:var(--brand);font-size:1.3rem;line-height:1.4}
+.steps{list-style:none;margin:0;padding:0;display:flex}
+.steps-card{padding:1rem .5rem}
+.step{flex:1;position:relative;text-align:center;font-size:.78rem;color:#6b7280;padding:0 .1rem;min-width:0}
+.step:before{content:"";position:absolute;top:.55rem;left:-50%;right:50%;height:3px;background:#e5e7eb}
+.step:first-child:before{display:none}
+.step.done:before,.step.current:before{background:var(--brand)}
+.step .dot{position:relative;display:block;width:1.1rem;height:1.1rem;margin:0 auto .35rem;border-radius:50%;
+background:#fff;border:3px solid #d1d5db}
+.step.done .dot{background:var(--brand);border-color:var(--brand)}
+.step.current .dot{border-color:var(--brand);box-shadow:0 0 0 4px color-mix(in srgb,var(--brand) 25%,transparent)}
+.step.problem .dot{border-color:#dc2626;box-shadow:0 0 0 4px rgba(220,38,38,.2)}
+.step.current .name{color:#111827;font-weight:700}
+.step .name{display:block;line-height:1.2;hyphens:auto;overflow-wrap:break-word}
+@media (max-width:32rem){.steps-card{padding:.8rem 1.1rem}.steps{flex-direction:column}
+.step{display:flex;align-items:center;gap:.7rem;text-align:left;font-size:.92rem;padding:.3rem 0}
+.step:before{top:-50%;bottom:50%;left:calc(.55rem - 1.5px);right:auto;width:3px;height:auto}
+.step .dot{flex:none;margin:0}.step .name{flex:1}.step .date{font-size:.8rem;margin:0}}
+.step .date{display:block;font-size:.72rem;margin-top:.15rem}
+.big{font-size:1.25rem;font-weight:600}
+.window{color:#374151}
+.verdict{display:inline-block;font-weight:600;font-size:.85rem;padding:.15rem .6rem;border-radius:999px;margin:.35rem 0}
+.verdict.on-time{background:#dcfce7;color:#166534}
+.verdict.might-be-late{background:#fef3c7;color:#92400e}
+.verdict.late{background:#fee2e2;color:#991b1b}
 .timeline{list-style:none;margin:0;padding:0 0 0 1.1rem;border-left:2px solid #e5e7eb}
 .timeline li{position:relative;padding:0 0 .9rem .2rem}
 .timeline li:before{content:"";position:absolute;left:-1.55rem;top:.3rem;width:.7rem;height:.7rem;
 border-radius:50%;background:#d1d5db;border:2px solid #fff}
-.timeline li.latest:before{background:#2563eb}
+.timeline li.latest:before{background:var(--brand)}
 .timeline li.latest .what{font-weight:600}
 .where,.when{color:#4b5563;font-size:.9rem}
 #route-map{height:15rem;border-radius:.5rem;background:#dbeafe}
+.support{text-align:center;margin:.25rem 0 .75rem}
+.support a{display:inline-block;background:var(--brand);color:var(--brand-ink);text-decoration:none;
+font-weight:600;padding:.55rem 1.1rem;border-radius:.5rem}
 footer{color:#6b7280;font-size:.8rem;text-align:center;padding:.5rem}
 """
 
@@ -422,11 +721,11 @@ if(prev!==null){while(lon-prev>180)lon-=360;while(lon-prev<-180)lon+=360}prev=lo
 var dest=data.destination;
 if(dest&&prev!==null){var dl=dest[1];while(dl-prev>180)dl-=360;while(dl-prev<-180)dl+=360;dest=[dest[0],dl]}
 var all=pts.concat(dest?[dest]:[]),b=L.latLngBounds(all);
-if(pts.length>1)L.polyline(pts,{color:"#2563eb",weight:3}).addTo(map);
-if(pts.length&&dest)L.polyline([pts[pts.length-1],dest],{color:"#2563eb",weight:2,dashArray:"6 6",
+if(pts.length>1)L.polyline(pts,{color:data.colour,weight:3}).addTo(map);
+if(pts.length&&dest)L.polyline([pts[pts.length-1],dest],{color:data.colour,weight:2,dashArray:"6 6",
 opacity:.7}).addTo(map);
 if(dest)L.circleMarker(dest,{radius:6,color:"#fff",weight:2,fillColor:"#16a34a",fillOpacity:1}).addTo(map);
-if(pts.length)L.circleMarker(pts[pts.length-1],{radius:7,color:"#fff",weight:2,fillColor:"#1d4ed8",
+if(pts.length)L.circleMarker(pts[pts.length-1],{radius:7,color:"#fff",weight:2,fillColor:data.colour,
 fillOpacity:1}).addTo(map);
 if(all.length===1)map.setView(all[0],5);else map.fitBounds(b,{padding:[24,24],maxZoom:8});
 if(!window.topojson)return;
@@ -449,10 +748,14 @@ def _map_script() -> str:
     return _MAP_SCRIPT.replace("__COUNTRIES__", f"{STATIC_PREFIX}/vendor/world-atlas/countries-110m.json")
 
 
-def content_security_policy() -> str:
-    """The page's policy: its own static files, and of inline code only the map script (by hash)."""
+def content_security_policy(logo_url: str | None = None, scripts: bool = True) -> str:
+    """The page's policy: its own static files, of inline code only the map script (by hash, and
+    none at all with `scripts` False), and images from this origin and the logo's."""
     digest = base64.b64encode(hashlib.sha256(_map_script().encode()).digest()).decode()
+    script = f"'self' 'sha256-{digest}'" if scripts else "'none'"
+    logo = _csp_source(logo_url)
+    images = "'self' data:" + (f" {logo}" if logo else "")
     return (
-        f"default-src 'none'; script-src 'self' 'sha256-{digest}'; style-src 'self' 'unsafe-inline';"
-        " img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+        f"default-src 'none'; script-src {script}; style-src 'self' 'unsafe-inline';"
+        f" img-src {images}; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
     )

@@ -1,7 +1,7 @@
 """SQL for public share links: create, resolve, revoke, and the rows a tracking page shows.
 
-A token resolves only while it is unexpired and not revoked; what it shows is scoped to the
-tenant and shipment it was made for.
+A token resolves only while it is unexpired; revoking a link expires it at once. What it shows is
+scoped to the tenant and shipment it was made for.
 """
 
 from __future__ import annotations
@@ -45,21 +45,33 @@ async def shared_shipment(conn: Conn, token: str, now: datetime) -> SharedLink |
     return SharedLink(row["tenant_id"], row["shipment_id"], row["position_mode"]) if row else None
 
 
-async def revoke_share(conn: Conn, tenant_id: int, shipment_id: str, token: str) -> bool:
-    """Revoke one link of the tenant's shipment (it is deleted: the token is unknown from now on)."""
+async def revoke_share(conn: Conn, tenant_id: int, shipment_id: str, token: str, now: datetime) -> bool:
+    """Revoke one live link of the tenant's shipment: it expires now (and answers as an expired one)."""
     cur = await conn.execute(
-        "DELETE FROM share_links WHERE token_hash = %s AND tenant_id = %s AND shipment_id = %s",
-        (keys.hash_key(token), tenant_id, shipment_id),
+        "UPDATE share_links SET expires_at = %s"
+        " WHERE token_hash = %s AND tenant_id = %s AND shipment_id = %s AND expires_at > %s",
+        (now, keys.hash_key(token), tenant_id, shipment_id, now),
     )
     return cur.rowcount == 1
 
 
-async def revoke_shares(conn: Conn, tenant_id: int, shipment_id: str) -> int:
-    """Revoke every link of the tenant's shipment; returns how many there were (expired ones too)."""
+async def revoke_shares(conn: Conn, tenant_id: int, shipment_id: str, now: datetime) -> int:
+    """Revoke every live link of the tenant's shipment; returns how many there were."""
     cur = await conn.execute(
-        "DELETE FROM share_links WHERE tenant_id = %s AND shipment_id = %s", (tenant_id, shipment_id)
+        "UPDATE share_links SET expires_at = %s WHERE tenant_id = %s AND shipment_id = %s AND expires_at > %s",
+        (now, tenant_id, shipment_id, now),
     )
     return cur.rowcount
+
+
+async def ended_link_tenant(conn: Conn, token: str, now: datetime) -> int | None:
+    """The tenant of a token that was real but has expired or been revoked; None for an unknown one."""
+    row = await (
+        await conn.execute(
+            "SELECT tenant_id FROM share_links WHERE token_hash = %s AND expires_at <= %s", (keys.hash_key(token), now)
+        )
+    ).fetchone()
+    return int(row["tenant_id"]) if row else None
 
 
 async def track_rows(

@@ -4,7 +4,8 @@ and `GET /track/{token}` (the page) show the shipment to whoever holds the token
 
 The public view carries no internal ids and no raw payloads: only what an end customer needs, and
 the positions only as precisely as the link allows (`position`: exact, coarse, none). Tokens are
-192-bit random strings; only their SHA-256 is stored. Unknown, expired and revoked tokens are 404.
+192-bit random strings; only their SHA-256 is stored. Unknown tokens answer 404; expired and
+revoked ones 410 (the page: a styled page in the reader's language, with the tenant's branding).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.deps import CurrentTenant, Shared
 from dashboards import trackpage
 from notify import link_store
-from trackd import registry, store
-from trackd.errors import NotFound
+from trackd import registry, store, tenant_store
+from trackd.errors import NotFound, TrackdError
 
 router = APIRouter(tags=["tracking links"])
 
@@ -33,6 +34,13 @@ MAX_EXPIRY_S = 366 * 86400
 MAX_ROUTE_POINTS = 500
 _SQL_POINTS = 5_000  # positions thinned evenly in SQL first, then simplified here
 COARSE_DECIMALS = 1  # coarse positions: rounded to 0.1 degree, about 11 km (city level)
+
+
+class LinkEnded(TrackdError):
+    """A tracking link that existed but has expired or been revoked."""
+
+    code = "Gone"
+    status = 410
 
 
 class ShareIn(BaseModel):
@@ -105,18 +113,26 @@ def zone_at(destination: dict[str, Any] | None) -> str:
     return str(name) if name else "UTC"
 
 
+_UNKNOWN = "no such tracking link"
+
+
 async def public_track(state: Shared, token: str) -> dict[str, Any]:
-    """The public JSON for a live token, or NotFound."""
+    """The public JSON for a live token; NotFound for an unknown one, LinkEnded for an ended one."""
+    now = state.clock()
     async with store.transaction(state.pool) as conn:
-        link = await link_store.shared_shipment(conn, token, state.clock())
+        link = await link_store.shared_shipment(conn, token, now)
         if link is None:
-            raise NotFound("no such tracking link, or it has expired or been revoked")
+            if await link_store.ended_link_tenant(conn, token, now) is not None:
+                raise LinkEnded("this tracking link has expired or been revoked")
+            raise NotFound(_UNKNOWN)
         rows = await link_store.track_rows(conn, link.tenant_id, link.shipment_id, _SQL_POINTS)
+        brand = await tenant_store.brand_for(conn, link.tenant_id)
     if rows is None:
-        raise NotFound("no such tracking link, or it has expired or been revoked")
+        raise NotFound(_UNKNOWN)
     shipment, milestones, positions = rows
     legs = shipment["legs"] or []
     dest = (legs[-1].get("destination") or {}) if legs else {}
+    origin = (legs[0].get("origin") or {}) if legs else {}
     points = public_route([(float(p["lon"]), float(p["lat"])) for p in positions], link.position)
     route = simplify(points, MAX_ROUTE_POINTS)
     return {
@@ -138,7 +154,9 @@ async def public_track(state: Shared, token: str) -> dict[str, Any]:
         ],
         "eta": shipment["eta"],
         "route": [[lon, lat] for lon, lat in route],
+        "origin": ({k: origin.get(k) for k in ("name", "country")} if origin else None),
         "destination": ({k: dest.get(k) for k in ("name", "country", "lat", "lon")} if dest else None),
+        "brand": brand.to_dict(),
         "updated_at": store.iso(shipment["updated_at"]),
     }
 
@@ -161,23 +179,29 @@ async def share_shipment(
 
 @router.delete("/v1/shipments/{shipment_id}/share/{token}", status_code=204)
 async def revoke_share(shipment_id: str, token: str, tenant: CurrentTenant, state: Shared) -> Response:
-    """Revoke the link: from now on it answers 404, like an unknown one."""
+    """Revoke the link: from now on it answers 410, like an expired one."""
     async with store.transaction(state.pool) as conn:
-        if not await link_store.revoke_share(conn, tenant.id, shipment_id, token):
+        if not await link_store.revoke_share(conn, tenant.id, shipment_id, token, state.clock()):
             raise NotFound(f"no such tracking link to shipment {shipment_id!r}")  # the token is not echoed
     return Response(status_code=204)
 
 
 @router.delete("/v1/shipments/{shipment_id}/share")
 async def revoke_shares(shipment_id: str, tenant: CurrentTenant, state: Shared) -> dict[str, int]:
-    """Revoke every link to the shipment (for a link whose token was lost); `{"revoked": n}`."""
+    """Revoke every live link to the shipment (for a link whose token was lost); `{"revoked": n}`."""
     async with store.transaction(state.pool) as conn:
         await registry.require_shipment(conn, tenant.id, shipment_id)
-        n = await link_store.revoke_shares(conn, tenant.id, shipment_id)
+        n = await link_store.revoke_shares(conn, tenant.id, shipment_id, state.clock())
     return {"revoked": n}
 
 
-@router.get("/v1/track/{token}")
+@router.get(
+    "/v1/track/{token}",
+    responses={
+        404: {"description": "no such tracking link"},
+        410: {"description": "the link has expired or been revoked"},
+    },
+)
 async def track_json(token: str, state: Shared, response: Response) -> dict[str, Any]:
     """What a tracking link shows: status, actual milestones, ETA, route so far. No authentication."""
     track = await public_track(state, token)
@@ -189,16 +213,26 @@ async def track_json(token: str, state: Shared, response: Response) -> dict[str,
 async def track_page(
     token: str, state: Shared, accept_language: str | None = Header(None, alias="accept-language")
 ) -> HTMLResponse:
+    """The tracking page; for an unknown link a 404 page, for an expired or revoked one a 410 page
+    (with the tenant's branding), both in the reader's language."""
+    lang = trackpage.pick_language(accept_language)
+    headers = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
     try:
         track = await public_track(state, token)
-    except NotFound:
-        return HTMLResponse(
-            "<!doctype html><title>Not found</title><p>This tracking link is unknown or has expired.", status_code=404
+    except (NotFound, LinkEnded) as exc:
+        brand = await _ended_brand(state, token) if isinstance(exc, LinkEnded) else None
+        headers["Content-Security-Policy"] = trackpage.content_security_policy(
+            (brand or {}).get("logo_url"), scripts=False
         )
-    page = trackpage.render(track, trackpage.pick_language(accept_language), zone_at(track["destination"]))
-    headers = {
-        "Cache-Control": "no-store",
-        "Referrer-Policy": "no-referrer",
-        "Content-Security-Policy": trackpage.content_security_policy(),
-    }
+        page = trackpage.render_ended(lang, isinstance(exc, LinkEnded), brand)
+        return HTMLResponse(page, status_code=exc.status, headers=headers)
+    page = trackpage.render(track, lang, zone_at(track["destination"]), state.clock())
+    headers["Content-Security-Policy"] = trackpage.content_security_policy(track["brand"]["logo_url"])
     return HTMLResponse(page, headers=headers)
+
+
+async def _ended_brand(state: Shared, token: str) -> dict[str, str | None] | None:
+    """The branding of the tenant whose link this was, for the page that says it has ended."""
+    async with store.transaction(state.pool) as conn:
+        tenant_id = await link_store.ended_link_tenant(conn, token, state.clock())
+        return (await tenant_store.brand_for(conn, tenant_id)).to_dict() if tenant_id is not None else None

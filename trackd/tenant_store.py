@@ -1,19 +1,23 @@
 """Tenants: their API keys and ingest secrets (kept hashed or encrypted), rotation with a grace
-period, and the lookups that authenticate a request. Every comparison is constant-time."""
+period, and the lookups that authenticate a request (every comparison is constant-time); their
+settings: the branding of the public tracking page and the retention of their data."""
 
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
 
 from psycopg_pool import AsyncConnectionPool
 
 from trackd import keys
 from trackd.errors import ConfigError
-from trackd.store import Conn, Tenant, transaction
+from trackd.store import Conn, Row, Tenant, transaction
 
 _TENANT_CACHE: dict[bytes, tuple[float, Tenant, float]] = {}  # digest -> (cached until, tenant, key valid until)
 _SECRET_CACHE: dict[str, tuple[float, IngestSecrets]] = {}
@@ -191,3 +195,117 @@ def _signed_by_one(signed: Callable[[str], bool], found: IngestSecrets | None) -
     candidates = found.candidates(time.monotonic()) if found is not None else (_DUMMY_SECRET, _DUMMY_SECRET)
     results = [signed(secret) for secret in candidates]  # both checked, whichever matches
     return any(results)
+
+
+MAX_BRAND_NAME = 80
+MAX_URL = 2048
+MAX_RETENTION_DAYS = 36500
+_COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
+_URL_CHARS = re.compile(r"^[^\s\"'<>\\]+$")
+_HOST = re.compile(r"^[a-z0-9.-]+$")  # a DNS name (IDNs in punycode) or an IPv4 address
+
+
+def _web_url(option: str, value: str) -> str:
+    """`value` if it is an absolute http(s) URL with a host, else a ConfigError naming `option`."""
+    try:
+        parts = urlsplit(value)
+        host, _ = parts.hostname, parts.port  # a bad port is a ValueError too
+    except ValueError:
+        host = None
+    good_host = host is not None and _HOST.match(host) is not None
+    if not value.startswith(("http://", "https://")) or not good_host or not _URL_CHARS.match(value):
+        raise ConfigError(f"{option}: an absolute http:// or https:// URL, got {value!r}")
+    if len(value) > MAX_URL:
+        raise ConfigError(f"{option}: at most {MAX_URL} characters")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Brand:
+    """How a tenant's public tracking page looks: every field optional (None: trackd's own look).
+    Validated on construction: a name of 1-80 characters (trimmed), the colour `#RRGGBB` (kept
+    lower case), absolute http(s) URLs whose host a policy can name."""
+
+    name: str | None = None
+    logo_url: str | None = None
+    colour: str | None = None
+    support_url: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.name is not None:
+            if not 1 <= len(self.name.strip()) <= MAX_BRAND_NAME:
+                raise ConfigError(f"--brand-name: 1 to {MAX_BRAND_NAME} characters")
+            object.__setattr__(self, "name", self.name.strip())
+        if self.colour is not None:
+            if not _COLOUR.match(self.colour):
+                raise ConfigError(f"--brand-colour: a colour as #RRGGBB, got {self.colour!r}")
+            object.__setattr__(self, "colour", self.colour.lower())
+        if self.logo_url is not None:
+            _web_url("--brand-logo", self.logo_url)
+        if self.support_url is not None:
+            _web_url("--support-url", self.support_url)
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"name": self.name, "logo_url": self.logo_url, "colour": self.colour, "support_url": self.support_url}
+
+
+@dataclass(frozen=True, slots=True)
+class TenantSettings:
+    """What `trackd tenant set` stores per tenant; `retention_days` None: TRACKD_RETENTION_DAYS."""
+
+    brand: Brand
+    retention_days: int | None
+
+    def __post_init__(self) -> None:
+        if self.retention_days is not None and not 1 <= self.retention_days <= MAX_RETENTION_DAYS:
+            raise ConfigError(f"--retention-days: 1 to {MAX_RETENTION_DAYS}")
+
+
+SETTING_KEYS = frozenset({"brand_name", "brand_logo_url", "brand_colour", "support_url", "retention_days"})
+
+
+def _settings_of(row: Row) -> TenantSettings:
+    brand = Brand(row["brand_name"], row["brand_logo_url"], row["brand_colour"], row["support_url"])
+    return TenantSettings(brand, row["retention_days"])
+
+
+def check_settings(changes: dict[str, Any]) -> None:
+    """Raise a ConfigError for the first setting in `changes` that `update_settings` would refuse."""
+    unknown = set(changes) - SETTING_KEYS
+    if unknown:
+        raise ConfigError(f"unknown tenant settings: {', '.join(sorted(unknown))}")
+    _settings_of({key: changes.get(key) for key in SETTING_KEYS})
+
+
+async def update_settings(pool: AsyncConnectionPool, name: str, changes: dict[str, Any]) -> TenantSettings | None:
+    """Set some of tenant `name`'s settings (of `SETTING_KEYS`; a None value clears one) and
+    return them all; None when there is no such tenant. The values are validated before any write."""
+    check_settings(changes)
+    async with transaction(pool) as conn:
+        row = await (
+            await conn.execute(
+                "SELECT brand_name, brand_logo_url, brand_colour, support_url, retention_days"
+                " FROM tenants WHERE name = %s FOR UPDATE",
+                (name,),
+            )
+        ).fetchone()
+        if row is None:
+            return None
+        merged = {**row, **changes}
+        settings = _settings_of(merged)  # validates the whole result
+        await conn.execute(
+            "UPDATE tenants SET brand_name = %s, brand_logo_url = %s, brand_colour = %s, support_url = %s,"
+            " retention_days = %s WHERE name = %s",
+            (*settings.brand.to_dict().values(), settings.retention_days, name),
+        )
+    return settings
+
+
+async def brand_for(conn: Conn, tenant_id: int) -> Brand:
+    """The tracking-page branding of a tenant (all None when unset or the tenant is gone)."""
+    row = await (
+        await conn.execute(
+            "SELECT brand_name, brand_logo_url, brand_colour, support_url FROM tenants WHERE id = %s", (tenant_id,)
+        )
+    ).fetchone()
+    return Brand(row["brand_name"], row["brand_logo_url"], row["brand_colour"], row["support_url"]) if row else Brand()

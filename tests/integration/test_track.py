@@ -1,4 +1,5 @@
-"""Public tracking links: share, the JSON and the page, expiry, and what the public never sees."""
+"""Public tracking links: share, the JSON and the page, expiry (410) and unknown links (404), the
+tenant's branding set by `trackd tenant set`, and what the public never sees."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from tests.conftest import RunEnv, Server
@@ -101,7 +103,9 @@ def test_share_link_json_has_no_internal_ids_or_raw_payloads(
         "milestones",
         "eta",
         "route",
+        "origin",
         "destination",
+        "brand",
         "updated_at",
     }
     assert (track["tracking_number"], track["carrier"], track["status"]) == ("TRACK-PUB-1", "Maersk", "in_transit")
@@ -113,6 +117,8 @@ def test_share_link_json_has_no_internal_ids_or_raw_payloads(
     assert track["route"][0] == [122.0, 31.0]
     assert track["route"][-1] == pytest.approx([122.0 + 5.99 + 0.002, 31.0 - 5.99])
     assert track["destination"] == {"name": "Rotterdam", "country": "NL", "lat": 51.95, "lon": 4.14}
+    assert track["origin"] == {"name": "Shanghai", "country": "CN"}
+    assert track["brand"] == {"name": None, "logo_url": None, "colour": None, "support_url": None}
     assert track["updated_at"]
     text = got.text
     assert tracked["id"] not in text
@@ -130,14 +136,18 @@ def test_tracking_page_follows_accept_language(owner: Any, tracked: dict[str, An
     assert '<html lang="zh-Hans">' in zh.text
     assert "运输中" in zh.text  # in transit
     assert "已出发" in zh.text  # departed
-    assert "Europe/Amsterdam" in zh.text  # the destination's zone
+    assert "阿姆斯特丹时间" in zh.text  # the destination's zone, as people name it
+    assert "Europe/Amsterdam" not in zh.text
     en = public.get(f"/track/{token}")
     assert "In transit" in en.text
+    assert '<b id="origin">Shanghai, China</b>' in en.text
+    assert '<b id="destination">Rotterdam, Netherlands</b>' in en.text
+    assert 'data-step="in_transit" aria-current="step"' in en.text
     assert '<html lang="en">' in en.text
     assert tracked["id"] not in en.text
 
 
-def test_expired_and_unknown_tokens_are_404(
+def test_expired_tokens_are_410_and_unknown_ones_404(
     owner: Any, tracked: dict[str, Any], public: httpx.Client, testenv: RunEnv
 ) -> None:
     token = share(owner, tracked["id"], expires_in_s=60).json()["token"]
@@ -147,10 +157,20 @@ def test_expired_and_unknown_tokens_are_404(
         " WHERE shipment_id = %s AND expires_at < now() + interval '2 minutes' RETURNING 1) SELECT count(*) FROM u",
         tracked["id"],
     )
-    for path in (f"/v1/track/{token}", f"/track/{token}", "/v1/track/nope", "/track/nope"):
-        r = public.get(path)
-        assert r.status_code == 404, path
-    assert public.get(f"/v1/track/{token}").json()["error"] == "NotFound"
+    statuses = {path: public.get(path).status_code for path in (f"/v1/track/{token}", f"/track/{token}")}
+    assert statuses == {f"/v1/track/{token}": 410, f"/track/{token}": 410}
+    assert public.get(f"/v1/track/{token}").json()["error"] == "Gone"
+    assert public.get("/v1/track/nope").status_code == 404
+    assert public.get("/v1/track/nope").json()["error"] == "NotFound"
+    unknown = public.get("/track/nope", headers={"Accept-Language": "de-DE,de;q=0.9"})
+    assert unknown.status_code == 404
+    assert unknown.headers["content-type"].startswith("text/html")
+    assert '<html lang="de">' in unknown.text
+    assert "Sendungslink nicht gefunden" in unknown.text
+    assert "script-src 'none'" in unknown.headers["content-security-policy"]
+    assert unknown.headers["cache-control"] == "no-store"
+    ended = public.get(f"/track/{token}", headers={"Accept-Language": "fr"})
+    assert "Ce lien de suivi a expiré" in ended.text
 
 
 def test_share_validation_and_isolation(owner: Any, make_tenant: Any, tracked: dict[str, Any], server: Server) -> None:
@@ -168,7 +188,7 @@ def test_share_validation_and_isolation(owner: Any, make_tenant: Any, tracked: d
     assert "/track/{token}" not in schema
 
 
-def test_a_revoked_link_answers_404(
+def test_a_revoked_link_answers_410(
     owner: Any, tracked: dict[str, Any], public: httpx.Client, make_tenant: Any, server: Server
 ) -> None:
     token = share(owner, tracked["id"]).json()["token"]
@@ -181,12 +201,12 @@ def test_a_revoked_link_answers_404(
 
     assert owner.http.delete(path).status_code == 204
     page = public.get(f"/track/{token}")
-    assert page.status_code == 404
+    assert page.status_code == 410
     assert page.headers["content-type"].startswith("text/html")
-    assert "unknown or has expired" in page.text
+    assert "This tracking link has expired" in page.text
     got = public.get(f"/v1/track/{token}")
-    assert got.status_code == 404
-    assert got.json()["error"] == "NotFound"
+    assert got.status_code == 410
+    assert got.json()["error"] == "Gone"
     assert owner.http.delete(path).status_code == 404  # revoked already
     assert owner.http.delete(f"/v1/shipments/shp_nope/share/{kept}").status_code == 404
     assert public.get(f"/v1/track/{kept}").status_code == 200  # the shipment's other link still works
@@ -202,7 +222,7 @@ def test_revoking_every_link_of_a_shipment(owner: Any, public: httpx.Client, ser
     r = owner.http.delete(f"/v1/shipments/{sid}/share")
     assert r.status_code == 200
     assert r.json() == {"revoked": 3}
-    assert [public.get(f"/track/{t}").status_code for t in tokens] == [404, 404, 404]
+    assert [public.get(f"/track/{t}").status_code for t in tokens] == [410, 410, 410]
     assert owner.http.delete(f"/v1/shipments/{sid}/share").json() == {"revoked": 0}
     assert owner.http.delete("/v1/shipments/shp_nope/share").status_code == 404
     schema = httpx.get(f"{server.url}/openapi.json", timeout=10).json()["paths"]
@@ -236,3 +256,50 @@ def test_a_link_can_show_positions_coarsely_or_not_at_all(
         assert {k: v for k, v in view.items() if k != "route"} == {k: v for k, v in exact.items() if k != "route"}
     assert share(owner, tracked["id"], position="street").status_code == 422
     assert share(owner, tracked["id"], position=None).status_code == 422
+
+
+def test_tenant_set_brands_the_page_and_keeps_retention(
+    owner: Any, tracked: dict[str, Any], public: httpx.Client, testenv: RunEnv
+) -> None:
+    r = testenv.trackd(
+        "tenant",
+        "set",
+        owner.name,
+        "--brand-name",
+        "Acme Parcels",
+        "--brand-logo",
+        "https://cdn.acme.example/logo.svg",
+        "--brand-colour",
+        "#0A7D33",
+        "--support-url",
+        "https://acme.example/help",
+        "--retention-days",
+        "90",
+    )
+    assert r.returncode == 0, r.stderr
+    brand = {
+        "name": "Acme Parcels",
+        "logo_url": "https://cdn.acme.example/logo.svg",
+        "colour": "#0a7d33",
+        "support_url": "https://acme.example/help",
+    }
+    assert orjson.loads(r.stdout) == {"tenant": owner.name, "brand": brand, "retention_days": 90}
+    assert testenv.sql("SELECT retention_days FROM tenants WHERE name = %s", owner.name) == [(90,)]
+    token = share(owner, tracked["id"]).json()["token"]
+    assert public.get(f"/v1/track/{token}").json()["brand"] == brand
+    page = public.get(f"/track/{token}")
+    assert "--brand:#0a7d33" in page.text
+    assert '<img class="logo" src="https://cdn.acme.example/logo.svg" alt="Acme Parcels"' in page.text
+    assert '<a id="support" href="https://acme.example/help"' in page.text
+    assert "img-src 'self' data: https://cdn.acme.example;" in page.headers["content-security-policy"]
+
+    # Only what is given changes; an empty value clears one, "default" the retention.
+    r = testenv.trackd("tenant", "set", owner.name, "--brand-logo", "", "--retention-days", "default")
+    assert r.returncode == 0, r.stderr
+    assert orjson.loads(r.stdout) == {
+        "tenant": owner.name,
+        "brand": {**brand, "logo_url": None},
+        "retention_days": None,
+    }
+    assert testenv.sql("SELECT retention_days FROM tenants WHERE name = %s", owner.name) == [(None,)]
+    assert "img-src 'self' data:;" in public.get(f"/track/{token}").headers["content-security-policy"]

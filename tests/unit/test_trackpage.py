@@ -1,9 +1,11 @@
-"""The public tracking page: language choice, translations, time zones and escaping."""
+"""The public tracking page: language choice, translations, time zones, progress steps, the
+delivery estimate as a buyer reads it, branding, the page of an ended link, and escaping."""
 
 from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,8 @@ import pytest
 from dashboards import trackpage
 from trackd.codes import Milestone, Status
 
+NOW = datetime(2024, 5, 5, 12, 0, tzinfo=UTC)
+NOW_ISO = NOW.isoformat()
 I18N = json.loads((Path(trackpage.__file__).with_name("i18n.json")).read_text("utf-8"))
 
 
@@ -89,6 +93,8 @@ def test_catalog_translates_every_code() -> None:
         assert set(text["status"]) == {s.value for s in Status}, language
         assert set(text["milestone"]) == {m.value for m in Milestone}, language
         assert set(text["label"]) == labels, language
+        assert set(text["step"]) == set(trackpage.STEPS), language
+        assert set(text["format"]) == set(I18N["en"]["format"]), language
         assert len(text["format"]["weekdays"]) == 7
         assert len(text["format"]["months"]) == 12
 
@@ -117,12 +123,35 @@ def test_times_are_converted_to_the_zone() -> None:
     assert "Wed, May 1, 2024, 20:00" in shanghai
     assert "Sat, May 4, 2024, 07:30" in shanghai
     assert 'datetime="2024-05-01T20:00:00+08:00"' in shanghai
-    assert "Asia/Shanghai" in shanghai
+    assert "Times shown in Shanghai time (CST)" in shanghai
+    assert "Asia/Shanghai" not in shanghai
 
     new_york = trackpage.render(_track(), "de", "America/New_York")
     # EDT (UTC-4) in May.
     assert "Mi., 1. Mai 2024, 08:00" in new_york
     assert "Fr., 3. Mai 2024, 19:30" in new_york
+    assert "Zeitangaben: Ortszeit New York (EDT)" in new_york
+
+
+@pytest.mark.parametrize(
+    ("lang", "zone", "now", "expected"),
+    [
+        ("en", "America/New_York", "2024-01-15T12:00:00Z", "New York time (EST)"),
+        ("en", "America/New_York", "2024-07-15T12:00:00Z", "New York time (EDT)"),
+        ("de", "Asia/Singapore", "2024-07-15T12:00:00Z", "Ortszeit Singapur (UTC+8)"),
+        ("es", "America/New_York", "2024-01-15T12:00:00Z", "hora de Nueva York (EST)"),
+        ("fr", "Asia/Kolkata", "2024-01-15T12:00:00Z", "heure de Calcutta (IST)"),
+        ("zh-Hans", "Europe/Amsterdam", "2024-01-15T12:00:00Z", "阿姆斯特丹时间 (CET)"),
+        ("en", "Asia/Kathmandu", "2024-01-15T12:00:00Z", "Kathmandu time (UTC+5:45)"),
+        ("en", "Etc/GMT+5", "2024-01-15T12:00:00Z", "UTC-5"),
+        ("en", "UTC", "2024-01-15T12:00:00Z", "Times shown in UTC"),
+    ],
+)
+def test_time_zones_are_named_as_people_name_them(lang: str, zone: str, now: str, expected: str) -> None:
+    page = trackpage.render(_track(), lang, zone, datetime.fromisoformat(now))
+    footer = page.split('<p id="zone">', 1)[1].split("</p>", 1)[0]
+    assert expected in footer
+    assert zone not in footer or zone == "UTC"
 
 
 def test_unknown_zone_falls_back_to_utc() -> None:
@@ -131,16 +160,183 @@ def test_unknown_zone_falls_back_to_utc() -> None:
     assert "Times shown in UTC" in page
 
 
-def test_eta_window_and_promised_date() -> None:
-    page = trackpage.render(_track(), "en", "UTC")
+def _eta_line(page: str) -> str:
+    found = re.search(r'<p class="big" id="eta-day">(.*?)</p>', page)
+    assert found is not None
+    return re.sub(r"<[^>]+>", "", found.group(1))
+
+
+def _verdict(page: str) -> str | None:
+    found = re.search(r'data-verdict="(\w+)"', page)
+    return found.group(1) if found else None
+
+
+def test_eta_reads_as_days_between_two_dates() -> None:
+    page = trackpage.render(_track(), "en", "UTC", NOW)
     assert "Estimated delivery" in page
-    assert "Mon, Jun 10, 2024, 08:00" in page
-    assert "Between" in page
-    assert "Sun, Jun 9, 2024, 08:00" in page
-    assert "Wed, Jun 12, 2024, 08:00" in page
-    assert "Expected by the promised date" in page
-    late = trackpage.render(_track(eta={**_track()["eta"], "predicted_at": "2024-06-11T12:00:00Z"}), "en", "UTC")
-    assert "Expected after the promised date" in late
+    assert _eta_line(page) == "Between Sun, Jun 9 and Wed, Jun 12"  # days, no hours, no year of this year
+    assert "08:00" not in page.split('id="eta-day"', 1)[1].split("</section>", 1)[0]
+    assert "Promised by Tue, Jun 11" in re.sub(r"<[^>]+>", "", page)
+    assert "promised date" not in page
+    next_year = trackpage.render(_track(), "en", "UTC", datetime(2023, 12, 1, tzinfo=UTC))
+    assert _eta_line(next_year) == "Between Sun, Jun 9, 2024 and Wed, Jun 12, 2024"
+    german = trackpage.render(_track(), "de", "UTC", NOW)
+    assert _eta_line(german) == "Zwischen So., 9. Juni und Mi., 12. Juni"
+
+
+def test_a_narrow_estimate_is_one_day_with_its_hours() -> None:
+    eta = {**_track()["eta"], "earliest": "2024-05-06T13:00:00Z", "latest": "2024-05-06T17:30:00Z"}
+    page = trackpage.render(_track(eta=eta), "en", "America/New_York", NOW)
+    assert _eta_line(page) == "Tomorrow · Mon, May 6"  # NOW is Sun, May 5 in New York
+    assert re.sub(r"<[^>]+>", "", page).count("Between 09:00 and 13:30") == 1
+    wide_day = {**eta, "earliest": "2024-05-06T05:00:00Z", "latest": "2024-05-07T03:00:00Z"}
+    page = trackpage.render(_track(eta=wide_day), "fr", "America/New_York", NOW)
+    assert _eta_line(page) == "Demain · lun. 6 mai"
+    assert "Entre 01:00" not in re.sub(r"<[^>]+>", "", page)  # a whole day: no hours
+
+
+@pytest.mark.parametrize(
+    ("eta", "now", "expected"),
+    [
+        ({"p_late": 0.05}, NOW_ISO, "on_time"),
+        ({"p_late": 0.5}, NOW_ISO, "might_be_late"),
+        ({"p_late": 0.9}, NOW_ISO, "late"),
+        ({"p_late": 0.1, "predicted_at": "2024-06-11T12:00:00Z"}, NOW_ISO, "on_time"),  # p_late wins
+        ({}, NOW_ISO, "might_be_late"),  # no p_late: the window (to Jun 12) crosses the promise (Jun 11)
+        ({"p_late": None, "latest": "2024-06-10T20:00:00Z"}, NOW_ISO, "on_time"),
+        ({"p_late": "high", "predicted_at": "2024-06-11T12:00:00Z"}, NOW_ISO, "late"),
+        ({}, "2024-06-11T01:00:00Z", "late"),  # the promised time has passed
+        ({"promised_at": None}, NOW_ISO, None),
+        ({"promised_at": None, "p_late": True}, NOW_ISO, None),
+    ],
+)
+def test_on_time_might_be_late_or_late(eta: dict[str, Any], now: str, expected: str | None) -> None:
+    track = _track(eta={**_track()["eta"], **eta})
+    page = trackpage.render(track, "en", "UTC", datetime.fromisoformat(now))
+    assert _verdict(page) == expected
+    labels = {"on_time": "On time", "might_be_late": "Might be late", "late": "Running late"}
+    if expected is not None:
+        assert f">{labels[expected]}</p>" in page
+
+
+@pytest.mark.parametrize(
+    ("status", "substatus", "codes", "current", "problem"),
+    [
+        ("pending", None, [], "ordered", False),
+        ("info_received", None, ["booked"], "booked", False),
+        ("in_transit", None, ["booked", "picked_up", "departed"], "in_transit", False),
+        ("customs", "customs.hold", ["departed", "customs_hold"], "customs", True),
+        ("in_transit", "customs.released", ["departed", "customs_released"], "customs", False),
+        ("out_for_delivery", None, ["departed", "out_for_delivery"], "out_for_delivery", False),
+        ("failed_attempt", None, ["departed", "out_for_delivery", "delivery_attempted"], "out_for_delivery", True),
+        ("delivered", None, ["departed", "delivered"], "delivered", False),
+        ("exception", None, ["departed", "exception"], "in_transit", True),
+    ],
+)
+def test_progress_steps_follow_status_and_milestones(
+    status: str, substatus: str | None, codes: list[str], current: str, problem: bool
+) -> None:
+    milestones = [{"code": c, "occurred_at": f"2024-05-{i + 1:02d}T12:00:00Z"} for i, c in enumerate(codes)]
+    page = trackpage.render(_track(status=status, substatus=substatus, milestones=milestones), "en", "UTC", NOW)
+    steps = re.findall(r'<li class="step ([a-z ]+)" data-step="(\w+)"', page)
+    assert [name for _, name in steps] == list(trackpage.STEPS)
+    index = trackpage.STEPS.index(current)
+    assert [state for state, _ in steps] == ["done"] * index + ["current problem" if problem else "current"] + [
+        "todo"
+    ] * (len(trackpage.STEPS) - index - 1)
+    assert page.count('aria-current="step"') == 1
+    assert f'data-step="{current}" aria-current="step"' in page
+
+
+def test_steps_carry_the_day_reached_and_skip_customs_at_home() -> None:
+    milestones = [
+        {"code": "booked", "occurred_at": "2024-05-01T12:00:00Z"},
+        {"code": "picked_up", "occurred_at": "2024-05-02T12:00:00Z"},
+        {"code": "departed", "occurred_at": "2024-05-03T12:00:00Z"},
+    ]
+    domestic = _track(
+        milestones=milestones,
+        origin={"name": "Lyon", "country": "FR"},
+        destination={"name": "Paris", "country": "FR", "lat": 48.85, "lon": 2.35},
+    )
+    page = trackpage.render(domestic, "en", "UTC", NOW)
+    assert re.findall(r'data-step="(\w+)"', page) == [
+        "ordered",
+        "booked",
+        "in_transit",
+        "out_for_delivery",
+        "delivered",
+    ]
+    in_transit = page.split('data-step="in_transit"', 1)[1].split("</li>", 1)[0]
+    assert '<time datetime="2024-05-02">Thu, May 2</time>' in in_transit  # the first milestone of the step
+    abroad = trackpage.render(_track(milestones=milestones, origin={"name": "Shanghai", "country": "CN"}), "en", "UTC")
+    assert 'data-step="customs"' in abroad
+
+
+def test_origin_and_destination_with_countries_in_the_language() -> None:
+    track = _track(origin={"name": "Shanghai", "country": "CN"})
+    page = trackpage.render(track, "de", "UTC")
+    assert '<b id="origin">Shanghai, China</b>' in page
+    assert '<b id="destination">Rotterdam, Niederlande</b>' in page
+    zh = trackpage.render(track, "zh-Hans", "UTC")
+    assert '<b id="destination">Rotterdam, 荷兰</b>' in zh
+    assert 'id="origin"' not in trackpage.render(_track(), "en", "UTC")  # none given: only the destination
+
+
+def test_branding_name_logo_colour_and_support_link() -> None:
+    brand = {
+        "name": "Acme & Sons",
+        "logo_url": "https://cdn.acme.example:8443/logo.png?v=1&x=2",
+        "colour": "#FFCC00",
+        "support_url": "https://acme.example/help",
+    }
+    page = trackpage.render(_track(brand=brand), "en", "UTC")
+    assert ":root{--brand:#ffcc00;--brand-ink:#111827}" in page  # dark text on a light colour
+    assert '<img class="logo" src="https://cdn.acme.example:8443/logo.png?v=1&amp;x=2" alt="Acme &amp; Sons"' in page
+    assert '<a id="support" href="https://acme.example/help"' in page
+    assert "Contact Acme &amp; Sons" in page
+    assert "<title>Acme &amp; Sons · Shipment tracking · MSKU1234565</title>" in page
+    dark = trackpage.render(_track(brand={"name": "Night", "colour": "#101040"}), "en", "UTC")
+    assert "--brand-ink:#ffffff" in dark
+    assert '<span class="brand-name">Night</span>' in dark
+    plain = trackpage.render(_track(), "en", "UTC")
+    assert f"--brand:{trackpage.DEFAULT_ACCENT}" in plain
+    assert 'id="brand"' not in plain
+    assert 'id="support"' not in plain
+    policy = trackpage.content_security_policy(brand["logo_url"])
+    assert "img-src 'self' data: https://cdn.acme.example:8443;" in policy
+    assert "img-src 'self' data:;" in trackpage.content_security_policy(None)
+
+
+def test_brand_values_that_could_break_out_are_dropped() -> None:
+    brand = {
+        "name": "<b>x</b>",
+        "logo_url": "javascript:alert(1)",
+        "colour": "red;}body{color:red}",
+        "support_url": 'https://a.example/"onmouseover=alert(1)',
+    }
+    page = trackpage.render(_track(brand=brand), "en", "UTC")
+    assert "<b>x</b>" not in page
+    assert "javascript:" not in page
+    assert "red;}" not in page
+    assert "onmouseover" not in page
+    assert f"--brand:{trackpage.DEFAULT_ACCENT}" in page
+    assert trackpage.content_security_policy("https://a.example;script-src *") == trackpage.content_security_policy()
+
+
+@pytest.mark.parametrize("lang", ["en", "zh-Hans", "es", "de", "fr"])
+def test_ended_and_unknown_link_pages_are_localized(lang: str) -> None:
+    text = I18N[lang]["label"]
+    unknown = trackpage.render_ended(lang, expired=False)
+    assert f'<html lang="{lang}">' in unknown
+    assert text["not_found_title"] in unknown
+    assert 'data-kind="not_found"' in unknown
+    assert "<script" not in unknown
+    ended = trackpage.render_ended(lang, expired=True, brand={"name": "Acme", "colour": "#0a7d33"})
+    assert text["ended_title"] in ended
+    assert '<span class="brand-name">Acme</span>' in ended
+    assert "--brand:#0a7d33" in ended
+    assert "script-src 'none'" in trackpage.content_security_policy(None, scripts=False)
 
 
 def test_delivered_shows_delivery_time_not_eta() -> None:
@@ -149,6 +345,7 @@ def test_delivered_shows_delivery_time_not_eta() -> None:
     assert "Livré" in page
     assert "lun. 10 juin 2024, 11:15" in page
     assert "Livraison estimée" not in page
+    assert 'data-step="delivered" aria-current="step"' in page
 
 
 def test_malicious_values_are_escaped() -> None:
@@ -185,6 +382,7 @@ def test_route_map_only_same_origin_assets() -> None:
     decoded = json.loads(data.group(1))
     assert decoded["route"][0] == [31.23, 121.47]
     assert decoded["destination"] == [51.95, 4.14]
+    assert decoded["colour"] == trackpage.DEFAULT_ACCENT
 
 
 def test_minimal_track_renders_without_map_or_eta() -> None:
