@@ -1,4 +1,4 @@
-"""Resources shared by the roles of one process, and `serve`: api, mqtt and worker together.
+"""Resources shared by the roles of one process, and `serve`: api, mqtt, worker and ais together.
 
 Any number of processes may run any roles against the same database, Redis and broker.
 """
@@ -144,6 +144,10 @@ async def run_roles(
             tasks.append(asyncio.create_task(ingester.run(stop), name="mqtt"))
         if "worker" in roles:
             tasks.append(asyncio.create_task(Worker(res.state).run(stop), name="worker"))
+        if "ais" in roles:
+            from ingest.ais import AisIngester  # imported here: pyais takes about half a second to import
+
+            tasks.append(asyncio.create_task(AisIngester(settings, res.pipeline).run(stop), name="ais"))
         if "api" in roles:
             app = create_app(settings, res.state, res.pipeline, res.hub)
             config = uvicorn.Config(

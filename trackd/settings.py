@@ -19,7 +19,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from trackd.errors import ConfigError
 
-ROLES = ("api", "mqtt", "worker")
+ROLES = ("api", "mqtt", "worker")  # what `trackd serve` runs by default
+OPTIONAL_ROLES = ("ais",)  # run only when named: the ais role needs TRACKD_AIS_URL
 MAX_RETRY_STEP_S = 30 * 86400  # one step of the webhook retry schedule
 _HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$|^[0-9A-Fa-f:.%]+$")  # a host name or an IP address
 
@@ -84,6 +85,8 @@ class Settings(BaseSettings):
     tile_url: str | None = None
     tile_attribution: str | None = None
     pool_size: int = Field(default=10, ge=1, le=1000)
+    ais_url: str | None = None  # tcp://host:port (a feed to connect to) or udp://[host]:port (to listen on)
+    ais_min_interval_s: float = Field(default=60.0, ge=0, le=86400)  # positions kept per vessel, at most one per
 
     @field_validator("log_level")
     @classmethod
@@ -188,6 +191,17 @@ class Settings(BaseSettings):
                 emissions.load_factors(v)
             except ConfigError as exc:
                 raise ValueError(exc.detail.removeprefix("emission factors: ")) from None
+        return v or None
+
+    @field_validator("ais_url")
+    @classmethod
+    def _ais(cls, v: str | None) -> str | None:
+        if v:
+            u = _split(v, "tcp://host:port or udp://:port")
+            if u.scheme not in {"tcp", "udp"} or (u.scheme == "tcp" and not u.hostname) or u.path not in {"", "/"}:
+                raise ValueError("must be tcp://host:port (a feed to read) or udp://:port (a port to listen on)")
+            if _port_of(u) is None:
+                raise ValueError("needs a port: tcp://host:port or udp://:port")
         return v or None
 
     @field_validator("tile_url")
