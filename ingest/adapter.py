@@ -16,7 +16,8 @@ class Adapter:
 
     `signature` is how its webhook deliveries are authenticated (`ingest.signatures`: an HMAC `Scheme`
     of the body, or a `HeaderSecret`, the ingest secret in a header; None: not a webhook source),
-    `status` what a stored delivery is answered with, `whole` whether a delivery is written in one
+    `status` what a stored delivery is answered with (`status_of`, when given, decides it from the
+    payload), `whole` whether a delivery is written in one
     transaction (one event may withdraw another of the same delivery), and `webhook` whether it is
     served at `POST /v1/ingest/{tenant}/{source}`.
     """
@@ -25,5 +26,6 @@ class Adapter:
     normalize: Callable[[bytes, SourceContext], list[Event]]
     signature: Auth | None
     status: int = 202
+    status_of: Callable[[bytes], int] | None = None
     whole: bool = False
     webhook: bool = True

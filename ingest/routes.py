@@ -70,7 +70,8 @@ def _secret_key(state: Shared) -> str | None:
 async def ingest_webhook(
     tenant: TenantName, source: SourceName, request: Request, state: Shared, pipeline: IngestPipeline
 ) -> Response:
-    """A signed delivery from a carrier or a system of the tenant's; 202 (DCSA: 204) once durable."""
+    """A signed delivery from a carrier or a system of the tenant's; 202 (DCSA: 204, a 3.0.0 body 200)
+    once durable."""
     body = await read_body(request)
     adapter = sources.get(source)
 
@@ -91,7 +92,7 @@ async def ingest_webhook(
         tenant=tenant_obj.name, received_at=pipeline.clock(), content_type=request.headers.get("content-type")
     )
     result = await pipeline.ingest(tenant_obj, source, body, ctx, "webhook")
-    return _accepted(result, adapter.status)
+    return _accepted(result, adapter.status_of(body) if adapter.status_of else adapter.status)
 
 
 @router.post("/v1/events", status_code=202)

@@ -18,7 +18,7 @@ import orjson
 
 from trackd import db, tenant_store
 from trackd.errors import ConfigError, NotFound, TrackdError
-from trackd.settings import ROLES, Settings, load_settings
+from trackd.settings import OPTIONAL_ROLES, ROLES, Settings, load_settings
 
 TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 MAX_GRACE_H = 720.0  # a rotated key or secret stays valid at most 30 days
@@ -47,9 +47,10 @@ def setup_logging(level: str) -> None:
 
 def parse_roles(text: str) -> list[str]:
     roles = [r.strip() for r in text.split(",") if r.strip()]
-    bad = [r for r in roles if r not in ROLES]
+    bad = [r for r in roles if r not in ROLES + OPTIONAL_ROLES]
     if bad or not roles:
-        raise ConfigError(f"--roles: unknown role {bad[0] if bad else '(none)'}; use any of {','.join(ROLES)}")
+        known = ",".join(ROLES + OPTIONAL_ROLES)
+        raise ConfigError(f"--roles: unknown role {bad[0] if bad else '(none)'}; use any of {known}")
     return list(dict.fromkeys(roles))
 
 
@@ -89,6 +90,8 @@ def check_listen(host: str, port: int) -> None:
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     roles = parse_roles(args.roles)
+    if "ais" in roles and not settings.ais_url:
+        raise ConfigError("TRACKD_AIS_URL: the ais role reads it: tcp://host:port or udp://:port")
     db.check_schema(settings.dsn())
     if "api" in roles:
         check_listen(settings.http_host, settings.http_port)
@@ -160,6 +163,78 @@ def cmd_tenant_rotate(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _set_tenant(settings: Settings, name: str, changes: dict[str, Any]) -> tenant_store.TenantSettings | None:
+    pool = await db.open_pool(settings.dsn(), 1)
+    try:
+        return await tenant_store.update_settings(pool, name, changes)
+    finally:
+        await pool.close()
+
+
+def cmd_tenant_set(settings: Settings, args: argparse.Namespace) -> int:
+    """Set a tenant's tracking-page branding and retention; an empty value clears one."""
+    name = _tenant_name(args.name)
+    given = {
+        "brand_name": args.brand_name,
+        "brand_logo_url": args.brand_logo,
+        "brand_colour": args.brand_colour,
+        "support_url": args.support_url,
+    }
+    changes: dict[str, Any] = {key: value or None for key, value in given.items() if value is not None}
+    if args.retention_days is not None:
+        days = args.retention_days.strip()
+        if days not in ("", "default") and not days.isdigit():
+            raise ConfigError("--retention-days: a whole number of days, or 'default' for TRACKD_RETENTION_DAYS")
+        changes["retention_days"] = int(days) if days.isdigit() else None
+    if not changes:
+        raise ConfigError("tenant set: nothing to set (see trackd tenant set --help)")
+    tenant_store.check_settings(changes)
+    db.check_schema(settings.dsn())
+    out = asyncio.run(_set_tenant(settings, name, changes))
+    if out is None:
+        raise NotFound(f"no tenant {name!r}")
+    print(orjson.dumps({"tenant": name, "brand": out.brand.to_dict(), "retention_days": out.retention_days}).decode())
+    return 0
+
+
+async def _source(settings: Settings, args: argparse.Namespace) -> Any:
+    from trackd import source_store, store
+
+    pool = await db.open_pool(settings.dsn(), 1)
+    try:
+        async with store.transaction(pool) as conn:
+            if args.source_command == "add":
+                secret = settings.secret_key.get_secret_value() if settings.secret_key else None
+                box = await tenant_store.box_for(conn, secret)
+                return await source_store.add_source(
+                    conn, args.tenant, args.kind, args.url, args.api_key, args.interval, box
+                )
+            if args.source_command == "list":
+                return await source_store.list_sources(conn, args.tenant)
+            return await source_store.remove_source(conn, args.id)
+    finally:
+        await pool.close()
+
+
+def cmd_source(settings: Settings, args: argparse.Namespace) -> int:
+    """Feeds the worker pulls: `add` prints the new source, `list` all of them, `remove` deletes one."""
+    if args.source_command == "add":
+        _tenant_name(args.tenant)
+        if not 1 <= args.interval <= 86_400:
+            raise ConfigError("--interval: 1 to 86,400 seconds")
+        from notify import ssrf  # the guard the worker applies to every request, checked once here
+
+        asyncio.run(ssrf.check_url(args.url.rstrip("/") + "/events", settings.webhook_allow_private))
+    db.check_schema(settings.dsn())
+    out = asyncio.run(_source(settings, args))
+    if out is None:
+        raise NotFound(f"no tenant {args.tenant!r}")
+    if out is False:
+        raise NotFound(f"no source {args.id!r}")
+    print(orjson.dumps({"removed": args.id} if out is True else out).decode())
+    return 0
+
+
 # The tools of lab/ are imported only by the command that runs them.
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     if not 1 <= args.shipments <= 100_000:
@@ -191,7 +266,7 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="trackd", description="Real-time shipment tracking and visibility.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
-    s = sub.add_parser("serve", help="run roles: api, mqtt, worker (all by default)")
+    s = sub.add_parser("serve", help="run roles: api, mqtt, worker (all by default), ais")
     s.add_argument("--roles", default=",".join(ROLES))
     s.set_defaults(func=cmd_serve)
     m = sub.add_parser("migrate", help="apply the schema (idempotent)")
@@ -213,6 +288,30 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"how long the replaced value stays valid (default 24, 0 to {MAX_GRACE_H:g})",
     )
     tr.set_defaults(func=cmd_tenant_rotate)
+    ts = tsub.add_parser("set", help="set a tenant's tracking-page branding and data retention ('' clears a value)")
+    ts.add_argument("name")
+    ts.add_argument("--brand-name", help="the name the tracking page shows")
+    ts.add_argument("--brand-logo", metavar="URL", help="the logo the tracking page shows (http or https)")
+    ts.add_argument("--brand-colour", metavar="#RRGGBB", help="the accent colour of the tracking page")
+    ts.add_argument("--support-url", metavar="URL", help="where the tracking page's support link goes")
+    ts.add_argument(
+        "--retention-days", metavar="N", help="days the tenant's data is kept ('default': TRACKD_RETENTION_DAYS)"
+    )
+    ts.set_defaults(func=cmd_tenant_set)
+    src = sub.add_parser("source", help="feeds the worker pulls (DCSA Track & Trace 3.0.0 GET /events)")
+    ssub = src.add_subparsers(dest="source_command", required=True, parser_class=Parser)
+    sa = ssub.add_parser("add", help="poll <url>/events at once and every --interval seconds")
+    sa.add_argument("kind", choices=["dcsa"])
+    sa.add_argument("--tenant", required=True)
+    sa.add_argument("--url", required=True, help="the publisher's base URL (without /events)")
+    sa.add_argument("--api-key", default=None, help="sent as Authorization: Bearer <key>")
+    sa.add_argument("--interval", type=int, default=30, help="seconds between polls (default 30)")
+    sl = ssub.add_parser("list", help="the sources, with their progress and last error")
+    sl.add_argument("--tenant", default=None)
+    sr = ssub.add_parser("remove", help="stop pulling a source")
+    sr.add_argument("id")
+    for command in (sa, sl, sr):
+        command.set_defaults(func=cmd_source)
     d = sub.add_parser("demo", help="the whole system on embedded defaults, fed by a simulator")
     d.add_argument("--reset", action="store_true", help="wipe the demo's state directory first")
     d.add_argument("--shipments", type=int, default=300)
@@ -247,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--clients", type=int, default=1000)
     b.add_argument("--shipments", type=int, default=10_000)
     b.add_argument("--positions", type=int, default=10_000_000)
+    b.add_argument("--places", type=int, default=0, help="ingest: run again with this many tenant places")
     b.add_argument(
         "--attacks",
         default="all",

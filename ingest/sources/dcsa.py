@@ -1,6 +1,7 @@
-"""DCSA Track & Trace events: v2.2/v2.3 flat events and v3 `{metadata, payload}` envelopes.
+"""DCSA Track & Trace events: v2.2/v2.3 flat events, early v3 `{metadata, payload}` envelopes and
+3.0.0 `{"events": [...]}` bodies (`dcsa3`, answered 200 as 3.0.0 asks; the others 204).
 
-The body is an array of events (a single event object is accepted too). TRANSPORT, EQUIPMENT,
+The older body is an array of events (a single event object is accepted too). TRANSPORT, EQUIPMENT,
 SHIPMENT (and OPERATIONS) events become milestones; `eventClassifierCode` ACT/EST/PLN becomes
 actual/estimated/planned, so an `EST ARRI` is the carrier's ETA. A v3 `retractedEventID` withdraws
 `dcsa:<retractedEventID>`.
@@ -13,6 +14,7 @@ from typing import Any
 from ingest import signatures
 from ingest.adapter import Adapter
 from ingest.sources import _common as c
+from ingest.sources import dcsa3
 from trackd.errors import ValidationError
 from trackd.model import Event, Location, SourceContext, derive_event_id
 from trackd.times import optional_number
@@ -222,11 +224,19 @@ def _parse(item: Any, where: str, ctx: SourceContext) -> Event:
 
 
 def normalize(payload: bytes, ctx: SourceContext) -> list[Event]:
-    """A DCSA notification body (an array of events, or one event) to milestone events."""
-    events = c.items(c.loads(payload), "body")
+    """A DCSA notification body (a 3.0.0 body; else an array of events, or one event) to events."""
+    body = c.loads(payload)
+    if dcsa3.is_v3_body(body):
+        return dcsa3.normalize_events(body, ctx)
+    events = c.items(body, "body")
     if not events:
         raise ValidationError("body", "is an empty array")
     return [_parse(item, f"[{i}]", ctx) for i, item in enumerate(events)]
+
+
+def answer_status(payload: bytes) -> int:
+    """What a stored delivery is answered: 200 for a 3.0.0 body (`POST /events`), else 204."""
+    return 200 if payload.lstrip()[:1] == b"{" and dcsa3.is_v3_body(c.loads(payload)) else 204
 
 
 ADAPTER = Adapter(
@@ -234,6 +244,7 @@ ADAPTER = Adapter(
     normalize,
     signature=signatures.Scheme("Notification-Signature", "sha256=", "hex"),
     status=204,
+    status_of=answer_status,
     whole=True,
     webhook=True,
 )
