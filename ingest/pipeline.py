@@ -192,8 +192,8 @@ class Pipeline:
         for source, n in Counter(e.source for e in events).items():
             metrics.EVENTS_STORED.labels(source).inc(stored[source])
             metrics.EVENTS_DUPLICATE.labels(source).inc(n - stored[source])
-        for source, code in result.unknown_codes:
-            metrics.UNKNOWN_CODES.labels(source, code[:40]).inc()
+        for source, n in Counter(source for source, _code in result.unknown_codes).items():
+            metrics.UNKNOWN_CODES.labels(source).inc(n)  # the codes themselves are in the events' raw_code
         return result
 
     async def answers(self) -> bool:

@@ -3,8 +3,8 @@
 Every label value comes from a bounded set, so that no input can grow `/metrics`: a labelled metric
 is a `Bounded` one, and each of its labels keeps the first `MAX_VALUES` distinct values it is given
 (for each combination of the labels before it), cut to `MAX_LEN` characters; any later value is
-counted as `other`. Sources, transports and outcomes are fixed in the code; the unknown codes of a
-source are the one set that input decides, and past its first `MAX_VALUES` they count as `other`.
+counted as `other`. Sources, transports and outcomes are fixed in the code, and unknown codes are
+counted under their source alone, so no label takes its values from input.
 """
 
 from __future__ import annotations
@@ -65,8 +65,8 @@ EVENTS_STORED = _counter("trackd_events_stored", "New events stored", ["source"]
 EVENTS_DUPLICATE = _counter("trackd_events_duplicate", "Redelivered events ignored", ["source"])
 UNKNOWN_CODES = _counter(
     "trackd_unknown_codes",
-    "Milestones stored with a source code trackd does not map (past the first 100 of a source: code=other)",
-    ["source", "code"],
+    "Milestones stored with a source code trackd does not map (the codes are in the events' raw_code)",
+    ["source"],
 )
 QUARANTINED = _counter("trackd_quarantined", "Inputs kept in quarantine", ["source", "transport"])
 UNATTRIBUTED = _counter(

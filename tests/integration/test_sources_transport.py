@@ -176,7 +176,7 @@ def test_owntracks_over_mqtt(tenant: Tenant, testenv: RunEnv, server: Server) ->
         (base, fixture("owntracks", "waypoint.json")),
     ]
     bad_lat = orjson.dumps(fixture_json("owntracks", "location.json") | {"lat": 91.5})
-    hover_before = metric(server, "trackd_unknown_codes_total", source="owntracks", code="hover")
+    hover_before = metric(server, "trackd_unknown_codes_total", source="owntracks")
     pub = Publisher()
     try:
         for topic, body in messages:
@@ -206,7 +206,7 @@ def test_owntracks_over_mqtt(tenant: Tenant, testenv: RunEnv, server: Server) ->
         assert (enter["source"], enter["device_id"]) == ("owntracks", "truck-42")
         geo = tenant.http.get(f"/v1/shipments/{shp['id']}/positions").json()
         assert [f["geometry"]["coordinates"] for f in geo["features"]] == [[4.47917, 51.9225], [4.88969, 52.37403]]
-        assert metric(server, "trackd_unknown_codes_total", source="owntracks", code="hover") == hover_before + 1
+        assert metric(server, "trackd_unknown_codes_total", source="owntracks") == hover_before + 1
 
         q = quarantine(tenant, "owntracks")
         assert {i["raw"] for i in q} == {bad_lat.decode(), "not json at all"}
@@ -225,7 +225,7 @@ def test_owntracks_over_mqtt(tenant: Tenant, testenv: RunEnv, server: Server) ->
         time.sleep(0.5)
         assert count_events(testenv, tenant.name) == 7
         assert view(tenant, shp["id"]) == before
-        assert metric(server, "trackd_unknown_codes_total", source="owntracks", code="hover") == hover_before + 1
+        assert metric(server, "trackd_unknown_codes_total", source="owntracks") == hover_before + 1
     finally:
         pub.close()
 
@@ -621,9 +621,7 @@ def test_webhook_source_end_to_end(case: Case, hooks: Tenant, testenv: RunEnv, s
     assert count_events(testenv, t.name, mine) == 0
     assert quarantine(t, case.source) == []
 
-    unknown_before = {
-        code: metric(server, "trackd_unknown_codes_total", source=case.source, code=code) for code in case.unknown
-    }
+    unknown_before = metric(server, "trackd_unknown_codes_total", source=case.source)
     stored = 0
     for body in case.bodies:
         r = deliver(t, case.source, body, case.content_type)
@@ -643,8 +641,7 @@ def test_webhook_source_end_to_end(case: Case, hooks: Tenant, testenv: RunEnv, s
         assert (got["status"], got["substatus"]) == case.status[name], name
         assert {e["source"] for e in events_of(t, shp["id"])} == {case.source}
     assert count_events(testenv, t.name, mine + " AND e.shipment_id IS NULL") == case.unattached
-    for code, before in unknown_before.items():
-        assert metric(server, "trackd_unknown_codes_total", source=case.source, code=code) == before + 1, code
+    assert metric(server, "trackd_unknown_codes_total", source=case.source) == unknown_before + len(case.unknown)
 
     # Redelivery of every payload: accepted, and nothing changes.
     views = {name: view(t, shp["id"]) for name, shp in shipments.items()}
@@ -656,8 +653,7 @@ def test_webhook_source_end_to_end(case: Case, hooks: Tenant, testenv: RunEnv, s
             assert r.json()["duplicates"] == r.json()["accepted"]
     assert count_events(testenv, t.name, mine) == case.stored
     assert {name: view(t, shp["id"]) for name, shp in shipments.items()} == views
-    for code, before in unknown_before.items():
-        assert metric(server, "trackd_unknown_codes_total", source=case.source, code=code) == before + 1, code
+    assert metric(server, "trackd_unknown_codes_total", source=case.source) == unknown_before + len(case.unknown)
 
     # Malformed: a clear 4xx naming the field, kept in quarantine with the reason.
     bad = deliver(t, case.source, case.malformed, case.content_type)
