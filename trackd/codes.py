@@ -74,6 +74,7 @@ class ExceptionKind(StrEnum):
     OFF_ROUTE = "off_route"
     TEMPERATURE_EXCURSION = "temperature_excursion"
     DELIVERY_FAILED = "delivery_failed"
+    DEMURRAGE_RISK = "demurrage_risk"
 
 
 _S = Status
