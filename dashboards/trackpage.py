@@ -1,12 +1,12 @@
 """The public tracking page: what an end customer sees at `GET /track/{token}`.
 
-Pure functions, no I/O beyond reading the bundled translations once: `pick_language` turns an
-`Accept-Language` header into one of the supported languages, `render` turns the JSON of
-`GET /v1/track/{token}` into one self-contained HTML page (the tenant's branding, progress steps,
-origin and destination, the delivery estimate as a day or a few days, the history and a small route
-map), and `render_ended` is the page of a link that is unknown (404) or has expired (410). The
-route map is progressive and loads only same-origin vendored files; the only other request a page
-can make is the tenant's logo, which its policy allows by origin.
+Pure functions, no I/O: `render` turns the JSON of `GET /v1/track/{token}` into one
+self-contained HTML page (the tenant's branding, the status, origin and destination, the progress
+steps, the delivery estimate and the history from `trackpage_journey`, and a small route map) in a
+language `trackpage_text.pick_language` chose, and `render_ended` is the page of a link that is
+unknown (404) or has expired (410). The route map is progressive and loads only same-origin vendored
+files; the only other request a page can make is the tenant's logo, which its policy allows by
+origin (`content_security_policy`).
 """
 
 from __future__ import annotations
@@ -19,29 +19,15 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta, tzinfo
-from functools import cache
-from pathlib import Path
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from babel import Locale
-from babel.dates import get_timezone_location
+from dashboards.trackpage_journey import eta_html, milestones, milestones_html, steps_html
+from dashboards.trackpage_text import PageText, parse_time
 
-LANGUAGES: tuple[str, ...] = ("en", "zh-Hans", "es", "de", "fr")
-DEFAULT_LANGUAGE = "en"
 STATIC_PREFIX = "/static"
 DEFAULT_ACCENT = "#2563eb"
-# p_late (the chance of landing after the promise) below this reads "on time", from LATE on "late".
-ON_TIME_BELOW = 0.25
-LATE_FROM = 0.75
-HOURS_SHOWN_WITHIN = timedelta(hours=12)  # a one-day estimate this narrow also shows its hours
-
-# Chinese tags read in Simplified script; Traditional ones (zh-Hant, zh-TW, zh-HK, zh-MO) are
-# not served Simplified text, they fall through to the next preference.
-_SIMPLIFIED_CHINESE = frozenset({"zh", "zh-cn", "zh-sg", "zh-my", "zh-hans"})
-_TRADITIONAL_CHINESE = frozenset({"zh-hant", "zh-tw", "zh-hk", "zh-mo"})
 
 _STATUS_COLOURS: Mapping[str, str] = {
     "pending": "#6b7280",
@@ -57,141 +43,7 @@ _STATUS_COLOURS: Mapping[str, str] = {
     "cancelled": "#57534e",
     "expired": "#78716c",
 }
-
-# The progress a buyer sees, in order, and which milestones and statuses reach each step.
-STEPS: tuple[str, ...] = ("ordered", "booked", "in_transit", "customs", "out_for_delivery", "delivered")
-_STEP_OF_MILESTONE: Mapping[str, int] = {
-    "booked": 1,
-    "info_received": 1,
-    **dict.fromkeys(
-        (
-            "picked_up",
-            "gate_in",
-            "gate_out",
-            "loaded",
-            "departed",
-            "arrived",
-            "discharged",
-            "in_transit",
-            "at_facility",
-        ),
-        2,
-    ),
-    **dict.fromkeys(("customs_submitted", "customs_hold", "customs_released"), 3),
-    **dict.fromkeys(("out_for_delivery", "delivery_attempted", "available_for_pickup"), 4),
-    "delivered": 5,
-}
-_STEP_OF_STATUS: Mapping[str, int] = {
-    "pending": 0,
-    "info_received": 1,
-    "in_transit": 2,
-    "customs": 3,
-    "out_for_delivery": 4,
-    "failed_attempt": 4,
-    "available_for_pickup": 4,
-    "delivered": 5,
-}
-Items = list[tuple[datetime | None, Mapping[str, Any]]]  # milestones with their parsed times
-_TROUBLE = frozenset({"exception", "failed_attempt", "returned", "cancelled", "expired"})
-_ABBREVIATION = re.compile(r"^[A-Z]{2,5}$")
 _CSP_HOST = re.compile(r"^[a-z0-9.-]+$")
-
-
-@cache
-def catalog() -> dict[str, Any]:
-    """All translations, keyed by language (`en`, `zh-Hans`, ...), read once from `i18n.json`."""
-    data: dict[str, Any] = json.loads(Path(__file__).with_name("i18n.json").read_text("utf-8"))
-    return data
-
-
-def _match(tag: str) -> str | None:
-    """The supported language a single language tag asks for, if any."""
-    tag = tag.strip().lower().replace("_", "-")
-    if tag in _SIMPLIFIED_CHINESE or tag.startswith("zh-hans-"):
-        return "zh-Hans"
-    if tag in _TRADITIONAL_CHINESE or tag.startswith("zh-hant-"):
-        return None
-    if tag.startswith("zh-"):
-        # zh-CN-x-..., zh-SG-..., and other region variants written with a script-less region
-        region = tag.split("-")[1]
-        return None if region in {"tw", "hk", "mo"} else "zh-Hans"
-    primary = tag.split("-")[0]
-    for language in LANGUAGES:
-        if language.lower() == primary:
-            return language
-    return None
-
-
-def pick_language(accept_language: str | None) -> str:
-    """The best supported language for an `Accept-Language` header (RFC 9110 §12.5.4).
-
-    Ranges are ranked by their q-value (default 1, ties keep header order); `q=0` means "not
-    this one"; `*` accepts the default. Anything malformed is skipped. Falls back to English.
-    """
-    if not accept_language:
-        return DEFAULT_LANGUAGE
-    ranked: list[tuple[float, int, str]] = []
-    for position, item in enumerate(accept_language.split(",")):
-        parts = [part.strip() for part in item.split(";")]
-        tag, quality = parts[0], 1.0
-        if not tag:
-            continue
-        for param in parts[1:]:
-            name, _, value = param.partition("=")
-            if name.strip().lower() == "q":
-                try:
-                    quality = float(value.strip())
-                except ValueError:
-                    quality = -1.0
-        if not 0.0 < quality <= 1.0 or math.isnan(quality):
-            continue
-        ranked.append((-quality, position, tag))
-    for _, _, tag in sorted(ranked):
-        if tag == "*":
-            return DEFAULT_LANGUAGE
-        language = _match(tag)
-        if language is not None:
-            return language
-    return DEFAULT_LANGUAGE
-
-
-def _zone(tz_name: str) -> tzinfo:
-    try:
-        return ZoneInfo(tz_name)
-    except (ZoneInfoNotFoundError, ValueError):
-        return UTC
-
-
-@cache
-def _locale(lang: str) -> Locale:
-    return Locale.parse(lang.replace("-", "_"))
-
-
-def _parse_time(value: Any) -> datetime | None:
-    """An aware datetime from an ISO 8601 string or epoch seconds; naive times are UTC."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        try:
-            return datetime.fromtimestamp(value, UTC)
-        except (OverflowError, OSError, ValueError):
-            return None
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
-
-
-def _offset_name(offset: timedelta | None) -> str:
-    """`UTC`, `UTC+8`, `UTC-3:30`."""
-    minutes = round(offset.total_seconds() / 60) if offset is not None else 0
-    if minutes == 0:
-        return "UTC"
-    sign, minutes = ("+" if minutes > 0 else "-"), abs(minutes)
-    return f"UTC{sign}{minutes // 60}" + (f":{minutes % 60:02d}" if minutes % 60 else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,110 +91,6 @@ def _csp_source(url: Any) -> str | None:
     return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
 
 
-class _Page:
-    """Formatting helpers bound to one language, one time zone and, when known, today."""
-
-    def __init__(self, lang: str, tz_name: str, now: datetime | None = None) -> None:
-        translations = catalog()
-        self.lang = lang if lang in translations else DEFAULT_LANGUAGE
-        self.text: Mapping[str, Any] = translations[self.lang]
-        self.zone = _zone(tz_name)
-        self.zone_id = tz_name if self.zone is not UTC else "UTC"
-        self.now = now
-        self.today = self.local(now).date() if now is not None else None
-
-    def label(self, key: str, **values: str) -> str:
-        """A page label, with `values` (already HTML) put into its `{placeholders}`."""
-        template = html.escape(str(self.text["label"][key]))
-        for name, value in values.items():
-            template = template.replace("{" + name + "}", value)
-        return template
-
-    def status(self, status: Any) -> str:
-        names: Mapping[str, str] = self.text["status"]
-        return html.escape(names.get(str(status), str(status or self.text["label"]["unknown"])))
-
-    def substatus(self, substatus: Any) -> str | None:
-        names: Mapping[str, str] = self.text["substatus"]
-        name = names.get(str(substatus)) if substatus else None
-        return html.escape(name) if name else None
-
-    def milestone(self, code: Any) -> str:
-        names: Mapping[str, str] = self.text["milestone"]
-        return html.escape(names.get(str(code), str(code)))
-
-    def step(self, step: str) -> str:
-        return html.escape(str(self.text["step"][step]))
-
-    def local(self, moment: datetime) -> datetime:
-        try:
-            return moment.astimezone(self.zone)
-        except OverflowError:  # at the edge of the calendar (year 1 or 9999): shown in its own offset
-            return moment
-
-    def _format(self, key: str, local: datetime | date) -> str:
-        fmt: Mapping[str, Any] = self.text["format"]
-        return str(fmt[key]).format(
-            weekday=fmt["weekdays"][local.weekday()],
-            day=local.day,
-            month=fmt["months"][local.month - 1],
-            month_num=local.month,
-            year=local.year,
-            time=f"{local:%H:%M}" if isinstance(local, datetime) else "",
-        )
-
-    def when(self, moment: datetime) -> str:
-        """`moment` in the page's zone and language, as a `<time>` element."""
-        local = self.local(moment)
-        return f'<time datetime="{local.isoformat()}">{html.escape(self._format("datetime", local))}</time>'
-
-    def maybe_when(self, value: Any) -> str | None:
-        moment = _parse_time(value)
-        return self.when(moment) if moment is not None else None
-
-    def day(self, moment: datetime, relative: bool = False) -> str:
-        """The calendar day of `moment` in the page's zone (the year only when it is not this one's);
-        with `relative`, today and tomorrow say so."""
-        local = self.local(moment).date()
-        text = self._format("day" if self.today is not None and local.year == self.today.year else "day_year", local)
-        if relative and self.today is not None and local in (self.today, self.today + timedelta(days=1)):
-            text = self.text["label"]["today" if local == self.today else "tomorrow"] + " · " + text
-        return f'<time datetime="{local.isoformat()}">{html.escape(text)}</time>'
-
-    def hour(self, moment: datetime) -> str:
-        local = self.local(moment)
-        return f'<time datetime="{local.isoformat()}">{local:%H:%M}</time>'
-
-    def country(self, code: Any) -> str | None:
-        if not isinstance(code, str) or not code:
-            return None
-        return str(_locale(self.lang).territories.get(code.upper(), code))
-
-    def place(self, location: Any) -> str:
-        """`Name, Country` of a location, the country named in the page's language."""
-        if not isinstance(location, Mapping):
-            return ""
-        name = location.get("name")
-        country = self.country(location.get("country"))
-        parts = [str(p) for p in (name, country) if p]
-        return html.escape(", ".join(parts))
-
-    def zone_name(self, moment: datetime | None) -> str:
-        """The page's time zone as a person names it, with its abbreviation (or offset) at `moment`
-        (else now): `New York time (EST)`, `Ortszeit Singapur (UTC+8)`."""
-        at = self.local(moment or datetime.now(UTC)) if self.zone is not UTC else None
-        if at is None or self.zone_id.startswith(("Etc/", "UTC", "GMT")):
-            return html.escape(_offset_name(at.utcoffset() if at is not None else None))
-        abbreviation = at.tzname() or ""
-        if not _ABBREVIATION.match(abbreviation):
-            abbreviation = _offset_name(at.utcoffset())
-        try:
-            city = get_timezone_location(self.zone_id, locale=_locale(self.lang), return_city=True)
-        except (LookupError, ValueError):  # a zone newer than the CLDR data: its own city name
-            city = self.zone_id.rsplit("/", 1)[-1].replace("_", " ")
-        return self.label("zone", city=html.escape(city)) + f" ({html.escape(abbreviation)})"
-
-
 def _coordinate(lat: Any, lon: Any) -> tuple[float, float] | None:
     if isinstance(lat, bool) or isinstance(lon, bool):
         return None
@@ -373,145 +121,7 @@ def _script_json(value: Any) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def _milestones(track: Mapping[str, Any]) -> Items:
-    """The milestones with their parsed times, newest first (those without a time last)."""
-    raw = track.get("milestones")
-    if not isinstance(raw, Sequence) or isinstance(raw, str):
-        return []
-    items = [(_parse_time(m.get("occurred_at")), m) for m in raw if isinstance(m, Mapping)]
-    epoch = datetime.min.replace(tzinfo=UTC)
-    items.sort(key=lambda pair: pair[0] or epoch, reverse=True)
-    return items
-
-
-def _milestones_html(page: _Page, items: Items) -> str:
-    if not items:
-        return f'<p class="muted">{page.label("no_milestones")}</p>'
-    rows = []
-    for index, (moment, milestone) in enumerate(items):
-        place = page.place(milestone.get("location"))
-        when = page.when(moment) if moment is not None else ""
-        rows.append(
-            f'<li class="{"latest" if index == 0 else ""}">'
-            f'<div class="what">{page.milestone(milestone.get("code"))}</div>'
-            + (f'<div class="where">{place}</div>' if place else "")
-            + f'<div class="when">{when}</div></li>'
-        )
-    return f'<ol class="timeline">{"".join(rows)}</ol>'
-
-
-def _steps_html(page: _Page, track: Mapping[str, Any], items: Items) -> str:
-    """The progress steps: those reached are done, the furthest is current (marked as a problem
-    while the shipment is in trouble); customs is left out of a domestic journey that had none."""
-    status = str(track.get("status") or "pending")
-    reached = _STEP_OF_STATUS.get(status, 0)
-    first: dict[int, datetime] = {}
-    for moment, milestone in items:
-        at = _STEP_OF_MILESTONE.get(str(milestone.get("code")))
-        if at is None:
-            continue
-        reached = max(reached, at)
-        if moment is not None and (at not in first or moment < first[at]):
-            first[at] = moment
-    origin, destination = track.get("origin"), track.get("destination")
-    countries = [p.get("country") for p in (origin, destination) if isinstance(p, Mapping)]
-    domestic = len(countries) == 2 and countries[0] and countries[0] == countries[1]
-    trouble = status in _TROUBLE or track.get("substatus") == "customs.hold"
-    rows = []
-    for index, step in enumerate(STEPS):
-        if step == "customs" and domestic and 3 not in first and reached != 3:
-            continue
-        state = "done" if index < reached else "current" if index == reached else "todo"
-        if state == "current" and trouble:
-            state = "current problem"
-        when = f'<span class="date">{page.day(first[index])}</span>' if index in first and index <= reached else ""
-        current = ' aria-current="step"' if index == reached else ""
-        rows.append(
-            f'<li class="step {state}" data-step="{step}"{current}><span class="dot"></span>'
-            f'<span class="name">{page.step(step)}</span>{when}</li>'
-        )
-    return (
-        f'<section class="card steps-card"><ol class="steps" aria-label="{page.label("progress")}">'
-        f"{''.join(rows)}</ol></section>"
-    )
-
-
-def _delivered_at(items: Items) -> datetime | None:
-    times = [moment for moment, m in items if m.get("code") == "delivered" and moment is not None]
-    return max(times) if times else None
-
-
-def _p_late(eta: Mapping[str, Any]) -> float | None:
-    value = eta.get("p_late")
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-        return None
-    return float(value)
-
-
-def punctuality(
-    eta: Mapping[str, Any], predicted: datetime | None, latest: datetime | None, now: datetime | None
-) -> str | None:
-    """`on_time`, `might_be_late` or `late` for a shipment on its way, from `p_late` when the
-    estimate has it, else by comparing the estimate with the promised date; None without either."""
-    p_late = _p_late(eta)
-    if p_late is not None:
-        return "on_time" if p_late < ON_TIME_BELOW else "late" if p_late >= LATE_FROM else "might_be_late"
-    promised = _parse_time(eta.get("promised_at"))
-    if promised is None:
-        return None
-    if now is not None and now > promised:
-        return "late"
-    if predicted is not None and predicted > promised:
-        return "late"
-    if latest is not None and latest > promised:
-        return "might_be_late"
-    return "on_time" if predicted is not None or latest is not None else None
-
-
-def _eta_html(page: _Page, track: Mapping[str, Any], items: Items) -> str:
-    status = track.get("status")
-    if status == "delivered":
-        delivered = _delivered_at(items)
-        when = page.when(delivered) if delivered is not None else ""
-        heading = page.label("delivered_at")
-        return f'<section class="card eta"><h2>{heading}</h2><p class="big">{when}</p></section>'
-    eta = track.get("eta")
-    if not isinstance(eta, Mapping) or status in {"returned", "cancelled", "expired"}:
-        return ""
-    predicted = _parse_time(eta.get("predicted_at"))
-    earliest = _parse_time(eta.get("earliest"))
-    latest = _parse_time(eta.get("latest"))
-    promised = _parse_time(eta.get("promised_at"))
-    carrier_eta = _parse_time(eta.get("carrier_eta"))
-    if earliest is None or latest is None or earliest > latest:
-        earliest = latest = None
-    lines = [f"<h2>{page.label('eta')}</h2>"]
-    if earliest is not None and latest is not None:
-        if page.local(earliest).date() == page.local(latest).date():
-            lines.append(f'<p class="big" id="eta-day">{page.day(earliest, relative=True)}</p>')
-            if latest - earliest <= HOURS_SHOWN_WITHIN:
-                hours = page.label("eta_window", earliest=page.hour(earliest), latest=page.hour(latest))
-                lines.append(f'<p class="window">{hours}</p>')
-        else:
-            window = page.label("eta_window", earliest=page.day(earliest), latest=page.day(latest))
-            lines.append(f'<p class="big" id="eta-day">{window}</p>')
-    elif (single := predicted or carrier_eta) is not None:
-        lines.append(f'<p class="big" id="eta-day">{page.day(single, relative=True)}</p>')
-    elif promised is None:
-        return ""
-    verdict = punctuality(eta, predicted, latest, page.now)
-    if verdict is not None:
-        lines.append(
-            f'<p class="verdict {verdict.replace("_", "-")}" data-verdict="{verdict}">{page.label(verdict)}</p>'
-        )
-    if promised is not None:
-        lines.append(f'<p class="muted">{page.label("promised")} {page.day(promised)}</p>')
-    if carrier_eta is not None and (earliest is not None or predicted is not None):
-        lines.append(f'<p class="muted">{page.label("carrier_eta")}: {page.day(carrier_eta)}</p>')
-    return f'<section class="card eta">{"".join(lines)}</section>'
-
-
-def _map_html(page: _Page, track: Mapping[str, Any], colour: str) -> tuple[str, str, str]:
+def _map_html(page: PageText, track: Mapping[str, Any], colour: str) -> tuple[str, str, str]:
     """(section, head links, scripts) for the route map, or empty strings when there is nothing to draw."""
     route = _route(track)
     destination = track.get("destination")
@@ -535,7 +145,7 @@ def _map_html(page: _Page, track: Mapping[str, Any], colour: str) -> tuple[str, 
     return section, head, scripts
 
 
-def _lane_html(page: _Page, track: Mapping[str, Any]) -> str:
+def _lane_html(page: PageText, track: Mapping[str, Any]) -> str:
     origin, destination = page.place(track.get("origin")), page.place(track.get("destination"))
     if not origin and not destination:
         return ""
@@ -547,7 +157,7 @@ def _lane_html(page: _Page, track: Mapping[str, Any]) -> str:
     return f'<div class="lane">{"<span class=arrow aria-hidden=true>→</span>".join(ends)}</div>'
 
 
-def _brand_html(page: _Page, brand: Brand) -> str:
+def _brand_html(page: PageText, brand: Brand) -> str:
     if brand.name is None and brand.logo_url is None:
         return ""
     name = html.escape(brand.name or "")
@@ -560,7 +170,7 @@ def _brand_html(page: _Page, brand: Brand) -> str:
     return f'<header class="brand" id="brand">{logo}{text}</header>'
 
 
-def _support_html(page: _Page, brand: Brand) -> str:
+def _support_html(page: PageText, brand: Brand) -> str:
     if brand.support_url is None:
         return ""
     text = page.label("contact_brand", name=html.escape(brand.name)) if brand.name else page.label("contact")
@@ -570,7 +180,7 @@ def _support_html(page: _Page, brand: Brand) -> str:
     )
 
 
-def _document(page: _Page, brand: Brand, title: str, head: str, body: str) -> str:
+def _document(page: PageText, brand: Brand, title: str, head: str, body: str) -> str:
     return (
         "<!doctype html>"
         f'<html lang="{html.escape(page.lang)}"><head><meta charset="utf-8">'
@@ -589,9 +199,9 @@ def render(track: dict[str, Any], lang: str, tz_name: str, now: datetime | None 
     zone `tz_name` (UTC when unknown); `now`, when given, names today and tomorrow and tells a
     missed promise. Every value taken from `track` is HTML-escaped.
     """
-    page = _Page(lang, tz_name, now)
+    page = PageText(lang, tz_name, now)
     brand = Brand.of(track.get("brand"))
-    items = _milestones(track)
+    items = milestones(track)
     tracking = html.escape(str(track.get("tracking_number") or ""))
     carrier = html.escape(str(track.get("carrier") or ""))
     status = str(track.get("status") or "pending")
@@ -613,8 +223,8 @@ def render(track: dict[str, Any], lang: str, tz_name: str, now: datetime | None 
         + _lane_html(page, track)
         + "</section>"
     )
-    timeline = f'<section class="card"><h2>{page.label("timeline")}</h2>{_milestones_html(page, items)}</section>'
-    zone = page.zone_name(now or _parse_time(track.get("updated_at")))
+    timeline = f'<section class="card"><h2>{page.label("timeline")}</h2>{milestones_html(page, items)}</section>'
+    zone = page.zone_name(now or parse_time(track.get("updated_at")))
     footer = (
         "<footer>"
         + (f"<p>{page.label('last_updated')}: {updated}</p>" if updated else "")
@@ -622,8 +232,8 @@ def render(track: dict[str, Any], lang: str, tz_name: str, now: datetime | None 
     )
     body = (
         summary
-        + _steps_html(page, track, items)
-        + _eta_html(page, track, items)
+        + steps_html(page, track, items)
+        + eta_html(page, track, items)
         + timeline
         + map_section
         + _support_html(page, brand)
@@ -636,7 +246,7 @@ def render(track: dict[str, Any], lang: str, tz_name: str, now: datetime | None 
 def render_ended(lang: str, expired: bool, brand: Mapping[str, Any] | None = None) -> str:
     """The page of a tracking link that is unknown (`expired` False: answered 404) or that has
     expired or been revoked (answered 410), in `lang`, with the tenant's `brand` when known."""
-    page = _Page(lang, "UTC")
+    page = PageText(lang, "UTC")
     look = Brand.of(brand)
     kind = "ended" if expired else "not_found"
     heading = page.label(f"{kind}_title")

@@ -22,7 +22,7 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import CurrentTenant, Shared
-from dashboards import trackpage
+from dashboards import trackpage, trackpage_text
 from notify import link_store
 from trackd import registry, store, tenant_store
 from trackd.errors import NotFound, TrackdError
@@ -215,7 +215,7 @@ async def track_page(
 ) -> HTMLResponse:
     """The tracking page; for an unknown link a 404 page, for an expired or revoked one a 410 page
     (with the tenant's branding), both in the reader's language."""
-    lang = trackpage.pick_language(accept_language)
+    lang = trackpage_text.pick_language(accept_language)
     headers = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
     try:
         track = await public_track(state, token)

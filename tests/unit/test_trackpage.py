@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from dashboards import trackpage
+from dashboards import trackpage, trackpage_journey, trackpage_text
 from trackd.codes import Milestone, Status
 
 NOW = datetime(2024, 5, 5, 12, 0, tzinfo=UTC)
@@ -83,17 +83,17 @@ def _track(**overrides: Any) -> dict[str, Any]:
     ],
 )
 def test_pick_language_honours_q_values(header: str | None, expected: str) -> None:
-    assert trackpage.pick_language(header) == expected
+    assert trackpage_text.pick_language(header) == expected
 
 
 def test_catalog_translates_every_code() -> None:
-    assert set(I18N) == set(trackpage.LANGUAGES)
+    assert set(I18N) == set(trackpage_text.LANGUAGES)
     labels = set(I18N["en"]["label"])
     for language, text in I18N.items():
         assert set(text["status"]) == {s.value for s in Status}, language
         assert set(text["milestone"]) == {m.value for m in Milestone}, language
         assert set(text["label"]) == labels, language
-        assert set(text["step"]) == set(trackpage.STEPS), language
+        assert set(text["step"]) == set(trackpage_journey.STEPS), language
         assert set(text["format"]) == set(I18N["en"]["format"]), language
         assert len(text["format"]["weekdays"]) == 7
         assert len(text["format"]["months"]) == 12
@@ -239,11 +239,11 @@ def test_progress_steps_follow_status_and_milestones(
     milestones = [{"code": c, "occurred_at": f"2024-05-{i + 1:02d}T12:00:00Z"} for i, c in enumerate(codes)]
     page = trackpage.render(_track(status=status, substatus=substatus, milestones=milestones), "en", "UTC", NOW)
     steps = re.findall(r'<li class="step ([a-z ]+)" data-step="(\w+)"', page)
-    assert [name for _, name in steps] == list(trackpage.STEPS)
-    index = trackpage.STEPS.index(current)
+    assert [name for _, name in steps] == list(trackpage_journey.STEPS)
+    index = trackpage_journey.STEPS.index(current)
     assert [state for state, _ in steps] == ["done"] * index + ["current problem" if problem else "current"] + [
         "todo"
-    ] * (len(trackpage.STEPS) - index - 1)
+    ] * (len(trackpage_journey.STEPS) - index - 1)
     assert page.count('aria-current="step"') == 1
     assert f'data-step="{current}" aria-current="step"' in page
 
