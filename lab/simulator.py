@@ -13,7 +13,7 @@ import heapq
 import itertools
 import random
 import string
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 
 from lab.simulator_lanes import LANES, Lane, LegPlan, leg_path
 from lab.simulator_legs import Journey, run_leg
-from lab.simulator_track import HISTORY_CADENCE, LIVE_CADENCE, Builder, Cadence, PlannedEvent
+from lab.simulator_track import HISTORY_CADENCE, LIVE_CADENCE, Builder, Cadence, PlannedEvent, Track
 from trackd.codes import EventKind, Milestone, Mode
 
 __all__ = [
@@ -48,6 +48,7 @@ SEA_LINES = {  # carrier: (SCAC, container owner code, vessels)
     "HMM": ("HDMU", "HMMU", ("HMM ALGECIRAS", "HMM OSLO")),
 }
 AIRLINES = {"Cathay Cargo": ("160", "CX"), "Lufthansa Cargo": ("020", "LH"), "Singapore Airlines Cargo": ("618", "SQ")}
+PROMISE_SLACK = (0.08, 0.12)  # a tight quote, sometimes optimistic
 REEFER_CARGO = {
     "frozen seafood": (-25.0, -18.0),
     "fresh produce": (2.0, 8.0),
@@ -118,6 +119,7 @@ class Scenario:
     events: tuple[PlannedEvent, ...]
     outcome: Milestone  # delivered or returned
     flags: frozenset[str]
+    track: Track = field(hash=False, compare=False, repr=False)  # where the tracker is at any instant
 
     @property
     def completed_at(self) -> datetime:
@@ -176,8 +178,8 @@ def _main_ids(legs: tuple[LegRun, ...]) -> tuple[str, list[str]]:
     return number, [r for r in dict.fromkeys(refs) if r and r != number]
 
 
-def _promised(rng: random.Random, lane: Lane, start: datetime) -> datetime:
-    """The date promised at booking: a nominal transit time with slack, sometimes optimistic."""
+def _promised(rng: random.Random, lane: Lane, start: datetime, slack: tuple[float, float]) -> datetime:
+    """The date promised at booking: a nominal transit time with slack (mean, deviation), sometimes optimistic."""
     nominal_h = 0.0
     for plan in lane.legs:
         km = leg_path(plan.mode, plan.origin, plan.destination).length_km
@@ -187,15 +189,25 @@ def _promised(rng: random.Random, lane: Lane, start: datetime) -> datetime:
             Mode.RAIL: km / 52 + 72,
             Mode.ROAD: km / 70 * 2.1 + 30,
         }[plan.mode]
-    at = start + timedelta(hours=nominal_h * (1 + rng.gauss(0.08, 0.12)))
+    at = start + timedelta(hours=nominal_h * (1 + rng.gauss(*slack)))
     local = at.astimezone(ZoneInfo(lane.legs[-1].to_place.tz))
     return local.replace(hour=18, minute=0, second=0, microsecond=0).astimezone(UTC)
 
 
-def simulate(index: int, start: datetime, *, seed: int, tag: str = "", cadence: Cadence = LIVE_CADENCE) -> Scenario:
+def simulate(
+    index: int,
+    start: datetime,
+    *,
+    seed: int,
+    tag: str = "",
+    cadence: Cadence = LIVE_CADENCE,
+    promise_slack: tuple[float, float] = PROMISE_SLACK,
+) -> Scenario:
     """Scenario number `index` of the run `seed`, booked at `start`; the same inputs give the same scenario.
 
-    `tag` namespaces identifiers (shipment, device, tracking numbers) so that runs can share a tenant.
+    `tag` namespaces identifiers (shipment, device, tracking numbers) so that runs can share a tenant;
+    `promise_slack` is the mean and deviation of the slack the promised date adds to the nominal
+    transit time.
     """
     rng = random.Random(f"{seed}:{tag}:{index}")
     lane = rng.choices(LANES, weights=[ln.weight for ln in LANES])[0]
@@ -240,7 +252,7 @@ def simulate(index: int, start: datetime, *, seed: int, tag: str = "", cadence: 
             {"mode": p.mode.value, "origin": p.from_place.location(), "destination": p.to_place.location()}
             for p in lane.legs
         ],
-        "promised_at": iso(_promised(rng, lane, start)),
+        "promised_at": iso(_promised(rng, lane, start, promise_slack)),
         "weight_kg": round(rng.uniform(lo_kg, hi_kg), 1),
     }
     if temp_range is not None:
@@ -261,6 +273,7 @@ def simulate(index: int, start: datetime, *, seed: int, tag: str = "", cadence: 
         events=b.finish(),
         outcome=j.outcome,
         flags=frozenset(j.flags),
+        track=b.track(),
     )
 
 
@@ -311,7 +324,13 @@ def scenarios(
 
 
 def history(
-    n: int, seed: int, start: datetime, *, span_days: float = 120.0, cadence: Cadence = HISTORY_CADENCE
+    n: int,
+    seed: int,
+    start: datetime,
+    *,
+    span_days: float = 120.0,
+    cadence: Cadence = HISTORY_CADENCE,
+    drift: Callable[[Iterator[Scenario]], Iterator[Scenario]] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """The eta-eval JSON lines of `n` shipments, in the order things became known.
 
@@ -319,6 +338,8 @@ def history(
     event is issued (`created_at` for carrier events, `occurred_at` for device events).
     """
     pending = scenarios(n, seed, start, span_days=span_days, cadence=cadence)
+    if drift is not None:  # e.g. `simulator_drift.Drift(seed, start).apply`
+        pending = drift(pending)
     heap: list[tuple[datetime, int, dict[str, Any], Iterator[tuple[datetime, dict[str, Any]]]]] = []
     order = itertools.count()
     upcoming = next(pending, None)

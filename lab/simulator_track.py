@@ -8,6 +8,7 @@ tracker is (stays and moves) and renders position fixes from it at the configure
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 from dataclasses import dataclass, field, replace
@@ -75,7 +76,9 @@ class PlannedEvent:
 
 
 @dataclass(slots=True)
-class _Segment:
+class Segment:
+    """A stretch of the tracker's track: standing at `point` (`mode` None) or moving along `path`."""
+
     t0: datetime
     t1: datetime
     mode: Mode | None  # None: standing still
@@ -95,18 +98,21 @@ class Builder:
     t: datetime
     point: LatLon
     events: list[PlannedEvent] = field(default_factory=list)
-    segments: list[_Segment] = field(default_factory=list)
+    segments: list[Segment] = field(default_factory=list)
+
+    def track(self) -> Track:
+        return Track(tuple(self.segments))
 
     # -- where the tracker goes -------------------------------------------------------------
     def stay_until(self, until: datetime) -> None:
         if until > self.t:
-            self.segments.append(_Segment(self.t, until, None, self.point))
+            self.segments.append(Segment(self.t, until, None, self.point))
             self.t = until
 
     def move(self, mode: Mode, path: Path, km0: float, km1: float, hours: float) -> datetime:
         """Travel along `path` from `km0` to `km1` in `hours`; returns the arrival time."""
         end = self.t + timedelta(hours=max(hours, 0.05))
-        self.segments.append(_Segment(self.t, end, mode, self.point, path, km0, km1))
+        self.segments.append(Segment(self.t, end, mode, self.point, path, km0, km1))
         lat, lon, _ = path.at(km1)
         self.t, self.point = end, (lat, lon)
         return end
@@ -289,9 +295,47 @@ class Builder:
         return tuple(out)
 
     def _battery_at(self, at: datetime) -> float:
-        start = self.segments[0].t0 if self.segments else at
-        hours = (at - start).total_seconds() / 3600
-        return round(max(98.0 - 0.035 * hours - 2 * math.sin(hours / 24), 3.0), 0)
+        return battery_at(self.segments[0].t0 if self.segments else at, at)
+
+
+def battery_at(start: datetime, at: datetime) -> float:
+    """The battery an OwnTracks phone reports `at`, charged full at `start`."""
+    hours = (at - start).total_seconds() / 3600
+    return round(max(98.0 - 0.035 * hours - 2 * math.sin(hours / 24), 3.0), 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Fix:
+    """Where the tracker is at one instant of its track."""
+
+    lat: float
+    lon: float
+    speed_kmh: float
+    heading: float
+    moving: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Track:
+    """The whole track of one tracker, to read its position at any instant (for live reports)."""
+
+    segments: tuple[Segment, ...]
+
+    def at(self, t: datetime) -> Fix | None:
+        """The fix at `t`; None before the track, after it and in the air (trackers sleep in flight)."""
+        i = bisect.bisect_right(self.segments, t, key=lambda seg: seg.t0) - 1
+        if i < 0 or t >= self.segments[-1].t1:
+            return None
+        seg = self.segments[i]
+        if seg.mode is Mode.AIR:
+            return None
+        if seg.path is None or seg.mode is None:
+            return Fix(seg.point[0], seg.point[1], 0.0, 0.0, moving=False)
+        span_h = (seg.t1 - seg.t0).total_seconds() / 3600
+        f = (t - seg.t0).total_seconds() / 3600 / span_h if span_h > 0 else 1.0
+        lat, lon, heading = seg.path.at(seg.km0 + (seg.km1 - seg.km0) * f)
+        kmh = abs(seg.km1 - seg.km0) / span_h if span_h > 0 else 0.0
+        return Fix(lat, ((lon + 180.0) % 360.0) - 180.0, round(kmh, 1), round(heading % 360.0, 1), moving=True)
 
 
 def _truncate(t: datetime, unit: str) -> datetime:
