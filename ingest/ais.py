@@ -1,14 +1,17 @@
 """The ais role: vessel positions from an NMEA AIS feed, fanned out to the shipments on each vessel.
 
 `TRACKD_AIS_URL` is a feed to connect to (`tcp://host:port`, reconnected with backoff) or a port to
-listen on (`udp://:port`). A sea leg's `vessel` links a shipment to a vessel by MMSI, or by IMO
-number once AIS static data (type 5) has named that vessel's MMSI (kept in the `vessels` table).
+listen on (`udp://:port` on loopback, `udp://host:port` on that address). A sea leg's `vessel` links
+a shipment to a vessel by MMSI, or by IMO number once AIS static data (type 5) has named that
+vessel's MMSI (kept in the `vessels` table; an IMO number's MMSI changes at most once per
+`RESOLVE_S`, and one writer records what was learnt at most once per `RESOLVE_S`).
 
 The linked vessels are kept in memory (`Reader.set_links`), read again when a notification says
 they changed and once a minute, so a sentence costs no query: a vessel no one follows costs a
-checksum and a set lookup. A linked vessel's position (types 1, 2, 3, 18, 19, 27) becomes one
-canonical position event per shipment on it, at most one per vessel per
-`TRACKD_AIS_MIN_INTERVAL_S` of report time, written through the pipeline like any other event.
+checksum and a set lookup or two. A linked vessel's position (types 1, 2, 3, 18, 19, 27) becomes
+one canonical position event per shipment on it, naming the shipment by id, at most one per
+vessel per `TRACKD_AIS_MIN_INTERVAL_S` of receipt time, written through the pipeline like any
+other event.
 Input that is not AIS is skipped and counted by outcome in `trackd_ais_lines_total` and
 `trackd_ais_messages_total`; nothing a feed sends can stop the role or grow its memory unbounded.
 """
@@ -17,13 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from urllib.parse import urlsplit
 
 from prometheus_client import Counter as PromCounter
@@ -40,6 +42,7 @@ from ingest.ais_codec import (
     decode,
     parse,
     peek,
+    peek_imo,
     report_time,
 )
 from ingest.pipeline import Pipeline
@@ -62,6 +65,8 @@ REFRESH_S = 60.0  # the links are read again at least this often
 DEBOUNCE_S = 0.2  # after a change: changes within this are covered by one read
 FLUSH_S = 0.1  # events gathered this long are written together
 MAX_PENDING = 20_000  # events waiting to be written; past this, positions are dropped (and counted)
+RESOLVE_S = 60.0  # an IMO number's MMSI changes at most this often; what was learnt is written at most this often
+MAX_LEARNT = 10_000  # IMO numbers whose learnt MMSI waits to be written; past this, new ones are not written
 
 LINES = Bounded(
     PromCounter(
@@ -101,35 +106,57 @@ class Reader:
     `counts` gathers the outcomes of lines and messages until the caller takes them."""
 
     def __init__(self, min_interval_s: float) -> None:
-        self.min_interval = timedelta(seconds=min_interval_s)
+        self.min_interval_s = min_interval_s
         self.counts: Counter[str] = Counter()
         self.splitter = LineSplitter()
         self.reassembler = Reassembler()
-        self.by_mmsi: dict[int, list[Link]] = {}
         self.imos: dict[int, int | None] = {}  # IMO number of a leg without MMSI -> the MMSI known for it
         self.names: dict[int, str] = {}  # linked MMSI -> the name its static data gave
-        self._links: list[Link] = []
-        self._resolved: dict[int, int] = {}  # IMO -> MMSI learnt here since the links were read
-        self._kept: dict[int, datetime] = {}  # MMSI -> report time of its last kept position
+        self._by_mmsi: dict[int, list[Link]] = {}  # the links of legs that name an MMSI
+        self._by_imo: dict[int, list[Link]] = {}  # the links of legs that name only an IMO number
+        self._imos_of: dict[int, set[int]] = {}  # MMSI -> the IMO numbers it is known to send
+        self._learnt: dict[int, int] = {}  # IMO -> MMSI learnt here that the links do not show yet
+        self._changed: dict[int, float] = {}  # IMO -> when its MMSI was learnt here (monotonic)
+        self._kept: dict[int, float] = {}  # MMSI -> when its last kept position was received (monotonic)
 
     def set_links(self, links: list[Link]) -> None:
-        self._links = links
-        self._resolved.clear()
-        self._index()
-
-    def _index(self) -> None:
         by_mmsi: dict[int, dict[tuple[int, str], Link]] = {}
-        imos: dict[int, int | None] = {}
-        for link in self._links:
-            mmsi = link.mmsi
-            if mmsi is None and link.imo is not None:
-                mmsi = imos[link.imo] = self._resolved.get(link.imo, link.imo_mmsi)
+        by_imo: dict[int, dict[tuple[int, str], Link]] = {}
+        stored: dict[int, int | None] = {}
+        for link in links:
+            key = (link.tenant_id, link.shipment_id)
+            if link.mmsi is not None:
+                by_mmsi.setdefault(link.mmsi, {})[key] = link
+            elif link.imo is not None:
+                by_imo.setdefault(link.imo, {})[key] = link
+                stored[link.imo] = link.imo_mmsi
+        self._by_mmsi = {m: list(v.values()) for m, v in by_mmsi.items()}
+        self._by_imo = {i: list(v.values()) for i, v in by_imo.items()}
+        self._learnt = {i: m for i, m in self._learnt.items() if i in stored and stored[i] != m}
+        self._changed = {i: t for i, t in self._changed.items() if i in stored}
+        self.imos = {i: self._learnt.get(i, m) for i, m in stored.items()}
+        self._imos_of = {}
+        for imo, mmsi in self.imos.items():
             if mmsi is not None:
-                by_mmsi.setdefault(mmsi, {})[(link.tenant_id, link.shipment_id)] = dataclasses.replace(link, mmsi=mmsi)
-        self.by_mmsi = {m: list(v.values()) for m, v in by_mmsi.items()}
-        self.imos = imos
-        self._kept = {m: t for m, t in self._kept.items() if m in self.by_mmsi}
-        self.names = {m: n for m, n in self.names.items() if m in self.by_mmsi}
+                self._imos_of.setdefault(mmsi, set()).add(imo)
+        self._kept = {m: t for m, t in self._kept.items() if self.linked(m)}
+        self.names = {m: n for m, n in self.names.items() if self.linked(m)}
+
+    def linked(self, mmsi: int) -> bool:
+        """Whether a shipment follows the vessel sending as `mmsi`."""
+        return mmsi in self._by_mmsi or mmsi in self._imos_of
+
+    @property
+    def linked_vessels(self) -> int:
+        return len(self._by_mmsi.keys() | self._imos_of.keys())
+
+    def links_of(self, mmsi: int) -> list[Link]:
+        """The shipments on the vessel sending as `mmsi`, each once."""
+        found = {(link.tenant_id, link.shipment_id): link for link in self._by_mmsi.get(mmsi, ())}
+        for imo in sorted(self._imos_of.get(mmsi, ())):
+            for link in self._by_imo[imo]:
+                found.setdefault((link.tenant_id, link.shipment_id), link)
+        return list(found.values())
 
     def restart(self) -> None:
         """A new connection: the half line the last one ended with is not joined to its first."""
@@ -161,22 +188,21 @@ class Reader:
             self.counts["sentence"] += 1
             parts = self.reassembler.add(sentence, now)
             if parts is not None:
-                self._message(parts, received_at, out)
+                self._message(parts, now, received_at, out)
         self.reassembler.expire(now)
         self.counts["incomplete"] += self.reassembler.dropped - dropped
         return out
 
-    def _message(self, parts: list[Sentence], received_at: datetime, out: Output) -> None:
+    def _message(self, parts: list[Sentence], now: float, received_at: datetime, out: Output) -> None:
         head = peek(parts[0].payload)
         if head is None:
             self.counts["undecodable"] += 1
             return
         msg_type, mmsi = head
-        linked = mmsi in self.by_mmsi
         if msg_type in POSITION_TYPES or msg_type == 24:
-            wanted = linked
+            wanted = self.linked(mmsi)
         elif msg_type == 5:
-            wanted = linked or bool(self.imos)
+            wanted = self.linked(mmsi) or peek_imo(parts[0].payload) in self.imos
         else:
             self.counts["other_type"] += 1
             return
@@ -189,38 +215,47 @@ class Reader:
             self.counts[bad.outcome] += 1
             return
         if isinstance(report, StaticReport):
-            self._static(report, out)
+            self._static(report, now, out)
         elif isinstance(report, PositionReport):
-            self._position(report, received_at, out)
+            self._position(report, now, received_at, out)
         else:
             self.counts["no_position"] += 1
 
-    def _static(self, report: StaticReport, out: Output) -> None:
+    def _static(self, report: StaticReport, now: float, out: Output) -> None:
+        """Keep a linked vessel's name; learn the MMSI of a linked IMO number (at most once per
+        `RESOLVE_S` for each: a feed that keeps changing it cannot keep the links churning)."""
         self.counts["static"] += 1
-        if report.mmsi in self.by_mmsi and report.name:
-            self.names[report.mmsi] = report.name
         imo = report.imo
         if imo is not None and imo in self.imos and self.imos[imo] != report.mmsi:
-            out.resolved.append((imo, report.mmsi, report.name))
-            self._resolved[imo] = report.mmsi
-            self._index()
-            if report.name:
-                self.names[report.mmsi] = report.name
+            last = self._changed.get(imo)
+            if last is None or now - last >= RESOLVE_S:
+                self._changed[imo] = now
+                self._learnt[imo] = report.mmsi
+                self._move(imo, report.mmsi)
+                out.resolved.append((imo, report.mmsi, report.name))
+        if report.name and self.linked(report.mmsi):
+            self.names[report.mmsi] = report.name
 
-    def _position(self, report: PositionReport, received_at: datetime, out: Output) -> None:
-        links = self.by_mmsi.get(report.mmsi)
-        if not links:  # unlinked since it was peeked (a static report re-indexed the links)
-            self.counts["unlinked"] += 1
-            return
-        at = report_time(report, received_at)
+    def _move(self, imo: int, mmsi: int) -> None:
+        old = self.imos[imo]
+        if old is not None:
+            imos = self._imos_of[old]
+            imos.discard(imo)
+            if not imos:
+                del self._imos_of[old]
+        self.imos[imo] = mmsi
+        self._imos_of.setdefault(mmsi, set()).add(imo)
+
+    def _position(self, report: PositionReport, now: float, received_at: datetime, out: Output) -> None:
         last = self._kept.get(report.mmsi)
-        if last is not None and at < last + self.min_interval:
+        if last is not None and now - last < self.min_interval_s:
             self.counts["limited"] += 1
             return
-        self._kept[report.mmsi] = at
+        self._kept[report.mmsi] = now
         self.counts["kept"] += 1
+        at = report_time(report, received_at)
         name = self.names.get(report.mmsi)
-        for link in links:
+        for link in self.links_of(report.mmsi):
             raw = {"mmsi": report.mmsi, "imo": link.imo, "name": name, "msg_type": report.msg_type}
             event = Event(
                 event_id=f"ais:{report.mmsi}:{int(at.timestamp())}:{link.shipment_id}",
@@ -228,7 +263,7 @@ class Reader:
                 occurred_at=at,
                 kind=EventKind.POSITION,
                 position=report.position,
-                shipment=link.tracking_number,
+                shipment_id=link.shipment_id,
                 raw={**raw, "nmea": list(report.nmea)},
             )
             out.events.setdefault(link.tenant_id, (Tenant(link.tenant_id, link.tenant), []))[1].append(event)
@@ -236,10 +271,10 @@ class Reader:
 
 def endpoint(url: str) -> tuple[str, str, int]:
     """(scheme, host, port) of a `TRACKD_AIS_URL` (checked by the settings); UDP's host defaults to
-    every interface."""
+    loopback (`udp://0.0.0.0:port` listens on every interface)."""
     u = urlsplit(url)
     assert u.port is not None
-    return u.scheme, u.hostname or ("0.0.0.0" if u.scheme == "udp" else ""), u.port
+    return u.scheme, u.hostname or ("127.0.0.1" if u.scheme == "udp" else ""), u.port
 
 
 class _Datagrams(asyncio.DatagramProtocol):
@@ -263,7 +298,8 @@ class AisIngester:
         self._waiting = 0
         self._wake = asyncio.Event()
         self._delivered = False  # the current connection has delivered data (backoff starts over)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._learnt: dict[int, tuple[int, str | None]] = {}  # IMO -> (MMSI, name) waiting to be written
+        self._learning = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
         tasks = [
@@ -272,6 +308,7 @@ class AisIngester:
             ),
             asyncio.create_task(self._feed(), name="ais-feed"),
             asyncio.create_task(self._write(), name="ais-write"),
+            asyncio.create_task(self._record(), name="ais-vessels"),
         ]
         try:
             await stop.wait()
@@ -286,7 +323,7 @@ class AisIngester:
 
     def _links(self, links: list[Link]) -> None:
         self.reader.set_links(links)
-        LINKED.set(len(self.reader.by_mmsi))
+        LINKED.set(self.reader.linked_vessels)
         self.linked.set()
 
     async def _feed(self) -> None:
@@ -353,20 +390,32 @@ class AisIngester:
             self._waiting += len(events)
             self._wake.set()
         for imo, mmsi, name in out.resolved:
-            task = asyncio.create_task(self._record(imo, mmsi, name))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            if imo in self._learnt or len(self._learnt) < MAX_LEARNT:
+                self._learnt[imo] = (mmsi, name)
+                self._learning.set()
         for outcome, n in self.reader.counts.items():
             (LINES if outcome in ("sentence", "overlong", "malformed", "checksum") else MESSAGES).labels(outcome).inc(n)
         self.reader.counts.clear()
 
-    async def _record(self, imo: int, mmsi: int, name: str | None) -> None:
-        try:
-            async with store.transaction(self.pipeline.pool) as conn:
-                await vessel_store.record_mmsi(conn, imo, mmsi, name)
-            log.info("AIS: IMO %d is MMSI %d", imo, mmsi)
-        except Exception as exc:  # the next static report tries again
-            log.warning("AIS: could not record IMO %d as MMSI %d: %s", imo, mmsi, exc)
+    async def _record(self) -> None:
+        """The one writer of learnt MMSIs: all that waits, in one statement (one notification to
+        every ais process), then nothing for `RESOLVE_S`."""
+        while True:
+            await self._learning.wait()
+            self._learning.clear()
+            learnt, self._learnt = self._learnt, {}
+            try:
+                async with store.transaction(self.pipeline.pool) as conn:
+                    await vessel_store.record_mmsis(conn, learnt)
+                for imo, (mmsi, _) in learnt.items():
+                    log.info("AIS: IMO %d is MMSI %d", imo, mmsi)
+            except Exception as exc:  # written with the next ones
+                log.warning("AIS: could not record the MMSIs of %d IMO numbers: %s", len(learnt), exc)
+                for imo, pair in learnt.items():  # what was learnt since is newer
+                    if imo in self._learnt or len(self._learnt) < MAX_LEARNT:
+                        self._learnt.setdefault(imo, pair)
+                self._learning.set()
+            await asyncio.sleep(RESOLVE_S)
 
     async def _write(self) -> None:
         while True:

@@ -3,8 +3,9 @@
 No I/O and no clock reads: the caller passes the receiving time. Every step is bounded: a line
 longer than `MAX_LINE` is skipped as it streams in (never buffered whole), at most `MAX_GROUPS`
 multi-sentence messages wait for their fragments, each at most `FRAGMENT_TIMEOUT_S`. A sentence's
-type and MMSI are read from its first characters without decoding it (`peek`), so that a vessel
-nobody follows costs a checksum and a set lookup; `pyais` decodes only what is kept.
+type and MMSI are read from its first characters without decoding it (`peek`), and a type 5's IMO
+number likewise (`peek_imo`), so that a vessel nobody follows costs a checksum and a set lookup or
+two; `pyais` decodes only what is kept.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 import pyais
 
 from trackd.errors import ValidationError
-from trackd.model import MAX_FUTURE, Position
+from trackd.model import Position
 from trackd.shipment import imo_valid
 
 MAX_LINE = 512  # an NMEA sentence is at most 82 characters; a tag block adds a few dozen
@@ -29,6 +30,7 @@ POSITION_TYPES = frozenset({1, 2, 3, 18, 19, 27})
 STATIC_TYPES = frozenset({5, 24})
 KNOT_KMH = 1.852
 EARLIEST_TAG = datetime(2000, 1, 1, tzinfo=UTC)
+TAG_AHEAD = timedelta(minutes=5)  # a tag block's time at most this far ahead of its receipt (clock skew)
 # `!` talker `VDM` (or `VDO`), fragment count, number, sequential id, channel, payload in the
 # six-bit armour, fill bits, `*` checksum.
 _SENTENCE = re.compile(
@@ -151,16 +153,30 @@ def parse(line: bytes) -> Sentence:
     return Sentence(n, k, seq, channel, payload, int(fill), text, tag_time)
 
 
-def peek(payload: str) -> tuple[int, int] | None:
-    """The message type and MMSI from a first fragment's first seven characters, or None when it
-    is too short to hold them."""
-    if len(payload) < 7:
-        return None
+def _bits(armoured: str) -> int:
+    """Six-bit armoured characters as one integer, the first character's bits the highest."""
     bits = 0
-    for ch in payload[:7]:
+    for ch in armoured:
         v = ord(ch) - 48
         bits = (bits << 6) | (v - 8 if v > 40 else v)
+    return bits
+
+
+def peek(payload: str) -> tuple[int, int] | None:
+    """The message type and MMSI (bits 0-5 and 8-37) from a first fragment's first seven
+    characters, or None when it is too short to hold them."""
+    if len(payload) < 7:
+        return None
+    bits = _bits(payload[:7])  # 42 bits
     return bits >> 36, (bits >> 4) & 0x3FFFFFFF
+
+
+def peek_imo(payload: str) -> int | None:
+    """The IMO number field of a type 5 (bits 40-69, unchecked) from its first fragment's first
+    twelve characters, or None when it is too short to hold it."""
+    if len(payload) < 12:
+        return None
+    return (_bits(payload[:12]) >> 2) & 0x3FFFFFFF  # 72 bits
 
 
 @dataclass(slots=True)
@@ -287,10 +303,10 @@ def decode(parts: list[Sentence]) -> PositionReport | StaticReport | None:
 
 
 def report_time(report: PositionReport, received_at: datetime) -> datetime:
-    """When a position was reported: the tag block's time when it is plausible (from 2000 to a day
-    ahead of its receipt); else the receipt, set back to the report's UTC second when it gave
-    one; else the receipt."""
-    if report.tag_time is not None and EARLIEST_TAG <= report.tag_time <= received_at + MAX_FUTURE:
+    """When a position was reported: the tag block's time when it is plausible (from 2000 to
+    `TAG_AHEAD` past its receipt); else the receipt, set back to the report's UTC second when it
+    gave one; else the receipt."""
+    if report.tag_time is not None and EARLIEST_TAG <= report.tag_time <= received_at + TAG_AHEAD:
         return report.tag_time
     if report.second is None:
         return received_at

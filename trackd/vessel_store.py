@@ -34,8 +34,9 @@ LEFT JOIN vessels known ON v.mmsi IS NULL AND known.imo = v.imo
 WHERE s.legs @? '$[*].vessel' AND st.status <> ALL(%s) AND (v.mmsi IS NOT NULL OR v.imo IS NOT NULL)
 """
 
+# Many IMO numbers in one statement: one notification on `CHANNEL` however many change.
 _RECORD = """
-INSERT INTO vessels (imo, mmsi, name) VALUES (%s, %s, %s)
+INSERT INTO vessels (imo, mmsi, name) SELECT * FROM unnest(%s::integer[], %s::integer[], %s::text[])
 ON CONFLICT (imo) DO UPDATE SET mmsi = EXCLUDED.mmsi, name = COALESCE(EXCLUDED.name, vessels.name), updated_at = now()
 WHERE vessels.mmsi IS DISTINCT FROM EXCLUDED.mmsi OR vessels.name IS DISTINCT FROM EXCLUDED.name
 """
@@ -66,9 +67,10 @@ async def links(conn: AsyncConnection[Any]) -> list[Link]:
     return [Link(*row) for row in await tuples(conn, _LINKS, (_OVER,))]
 
 
-async def record_mmsi(conn: AsyncConnection[Any], imo: int, mmsi: int, name: str | None) -> None:
-    """Keep the MMSI (and name) AIS static data gave for an IMO number."""
-    await conn.execute(_RECORD, (imo, mmsi, name))
+async def record_mmsis(conn: AsyncConnection[Any], learnt: dict[int, tuple[int, str | None]]) -> None:
+    """Keep the MMSI (and name) AIS static data gave for each IMO number: {imo: (mmsi, name)}."""
+    imos = sorted(learnt)
+    await conn.execute(_RECORD, (imos, [learnt[i][0] for i in imos], [learnt[i][1] for i in imos]))
 
 
 async def follow_links(dsn: str, apply: Callable[[list[Link]], None], refresh_s: float, debounce_s: float) -> None:

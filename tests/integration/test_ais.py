@@ -2,7 +2,9 @@
 `trackd serve --roles api,ais`. Two shipments on one vessel (one booked by MMSI, one by IMO number
 only, resolved through type 5 static data) both get its positions, through the write path and into
 the stream's outbox; an unknown vessel's positions are stored nowhere; hostile lines are counted;
-the role reconnects after the feed drops the connection. Then a datagram over UDP."""
+the role reconnects after the feed drops the connection. Shipments sharing an identifier each get
+their vessel's positions once. Then datagrams over UDP, with static data changing an IMO number's
+MMSI."""
 
 from __future__ import annotations
 
@@ -28,8 +30,10 @@ from trackd import db
 from trackd.assessment import Evaluator
 from trackd.settings import load_settings
 
-MMSI, IMO_MMSI, STRANGER, UDP_MMSI = 366053209, 211000001, 999000001, 538000001
-IMO = 9074729
+MMSI, IMO_MMSI, STRANGER, SHARED_MMSI = 366053209, 211000001, 999000001, 477000001
+UDP_MMSI, UDP_FIRST, UDP_SECOND = 538000001, 538000002, 538000003
+IMO, UDP_IMO = 9074729, 9300013
+MIN_INTERVAL_S = 0.5  # positions kept per vessel per this much receipt time: the feed's reconnection is longer
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
 
 
@@ -47,7 +51,7 @@ def ais_server(testenv: RunEnv, feed: AisFeed, tmp_path_factory: pytest.TempPath
         testenv,
         tmp_path_factory.mktemp("ais"),
         roles="api,ais",
-        extra={"TRACKD_AIS_URL": f"tcp://127.0.0.1:{feed.port}"},
+        extra={"TRACKD_AIS_URL": f"tcp://127.0.0.1:{feed.port}", "TRACKD_AIS_MIN_INTERVAL_S": str(MIN_INTERVAL_S)},
     )
     yield srv
     stop_server(srv)
@@ -62,7 +66,12 @@ def client(testenv: RunEnv, srv: Server) -> Iterator[httpx.Client]:
         yield http
 
 
-def book(http: httpx.Client, vessel: dict[str, Any] | None) -> dict[str, Any]:
+def book(
+    http: httpx.Client,
+    vessel: dict[str, Any] | None,
+    tracking_number: str | None = None,
+    references: tuple[str, ...] = (),
+) -> dict[str, Any]:
     leg: dict[str, Any] = {
         "mode": "sea",
         "origin": {"name": "Rotterdam", "lat": 51.95, "lon": 4.05},
@@ -70,7 +79,8 @@ def book(http: httpx.Client, vessel: dict[str, Any] | None) -> dict[str, Any]:
     }
     if vessel is not None:
         leg["vessel"] = vessel
-    r = http.post("/v1/shipments", json={"tracking_number": f"AIS{secrets.token_hex(4)}", "legs": [leg]})
+    number = tracking_number or f"AIS{secrets.token_hex(4)}"
+    r = http.post("/v1/shipments", json={"tracking_number": number, "references": list(references), "legs": [leg]})
     assert r.status_code == 201, r.text
     shipment: dict[str, Any] = r.json()
     return shipment
@@ -166,12 +176,31 @@ def test_positions_reach_every_shipment_on_the_vessel_and_the_feed_reconnects(
     assert http.get(f"/v1/shipments/{by_mmsi['id']}").json()["last_position"]["lat"] == pytest.approx(50.0, abs=1e-4)
 
 
+def test_shipments_sharing_an_identifier_each_get_the_vessels_positions_once(
+    ais_server: Server, feed: AisFeed, http: httpx.Client
+) -> None:
+    number = f"AIS{secrets.token_hex(4)}"
+    linked = metric(ais_server, "trackd_ais_linked_vessels")
+    older = book(http, {"mmsi": SHARED_MMSI}, references=(number,))  # the older wins its identifiers
+    newer = book(http, {"mmsi": SHARED_MMSI}, tracking_number=number)
+    wait_for(lambda: metric(ais_server, "trackd_ais_linked_vessels") >= linked + 1)
+    feed.send(position_report(SHARED_MMSI, 10.5, 20.5, at=T0 + timedelta(minutes=10)))
+    wait_for(lambda: len(positions(http, newer["id"])) == 1)
+    assert len(positions(http, older["id"])) == 1
+    assert http.get(f"/v1/shipments/{older['id']}").json()["last_position"]["lat"] == pytest.approx(10.5, abs=1e-4)
+
+
 def test_udp_datagrams(testenv: RunEnv, http: httpx.Client) -> None:
-    """The role over UDP, run in this process (a server of its own would cost its start-up)."""
+    """The role over UDP, run in this process (a server of its own would cost its start-up); static
+    data naming a second MMSI for an IMO number right after the first is not followed."""
     shipment = book(http, {"mmsi": UDP_MMSI})
+    by_imo = book(http, {"imo": UDP_IMO})
     port = free_port()
-    settings = load_settings(database_url=testenv.dsn, ais_url=f"udp://127.0.0.1:{port}")
+    settings = load_settings(database_url=testenv.dsn, ais_url=f"udp://:{port}")  # loopback
     at = T0 + timedelta(minutes=30)
+
+    async def recorded() -> bool:
+        return bool(await asyncio.to_thread(testenv.sql, "SELECT 1 FROM vessels WHERE imo = %s", UDP_IMO))
 
     async def run() -> list[tuple[Any, ...]]:
         pool = await db.open_pool(testenv.dsn, 2)
@@ -184,9 +213,17 @@ def test_udp_datagrams(testenv: RunEnv, http: httpx.Client) -> None:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
                 line = position_report(UDP_MMSI, 40.0, 20.0, at=at)[0]
                 sock.sendto(line.encode(), ("127.0.0.1", port))  # a datagram's end ends its line
+                learnt = [
+                    *static_report(UDP_FIRST, UDP_IMO, "FIRST", seq_id=1),
+                    *static_report(UDP_SECOND, UDP_IMO, "SECOND", seq_id=2),
+                    *position_report(UDP_SECOND, 30.0, 10.0, at=at),
+                    *position_report(UDP_FIRST, 35.0, 15.0, at=at),
+                ]
+                sock.sendto("\r\n".join(learnt).encode(), ("127.0.0.1", port))
             query = "SELECT lat, lon, occurred_at FROM positions WHERE shipment_id = %s"
             for _ in range(200):
-                if rows := await asyncio.to_thread(testenv.sql, query, shipment["id"]):
+                rows = await asyncio.to_thread(testenv.sql, query, shipment["id"])
+                if rows and await asyncio.to_thread(testenv.sql, query, by_imo["id"]) and await recorded():
                     return rows
                 await asyncio.sleep(0.05)
             return []
@@ -196,3 +233,6 @@ def test_udp_datagrams(testenv: RunEnv, http: httpx.Client) -> None:
             await pool.close()
 
     assert asyncio.run(run()) == [(pytest.approx(40.0, abs=1e-4), pytest.approx(20.0, abs=1e-4), at)]
+    query = "SELECT lat, lon FROM positions WHERE shipment_id = %s"
+    assert testenv.sql(query, by_imo["id"]) == [(pytest.approx(35.0, abs=1e-4), pytest.approx(15.0, abs=1e-4))]
+    assert testenv.sql("SELECT mmsi, name FROM vessels WHERE imo = %s", UDP_IMO) == [(UDP_FIRST, "FIRST")]

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pyais import encode_dict
 
-from ingest.ais import Reader, endpoint
+from ingest.ais import RESOLVE_S, Reader, endpoint
 from ingest.ais_codec import (
     MAX_LINE,
     BadLine,
@@ -23,6 +23,7 @@ from ingest.ais_codec import (
     decode,
     parse,
     peek,
+    peek_imo,
     report_time,
 )
 from lab.ais_feed import Voyage, voyage_sentences
@@ -79,7 +80,8 @@ def reader(interval_s: float = 60.0) -> Reader:
 
 
 def events_of(out: Any) -> dict[str, Any]:
-    return {e.shipment: e for _, evs in out.events.values() for e in evs}
+    """The events of an output by the id of the shipment they name."""
+    return {e.shipment_id: e for _, evs in out.events.values() for e in evs}
 
 
 # Lines
@@ -149,6 +151,14 @@ def test_peek_reads_type_and_mmsi_without_decoding() -> None:
     for msg_type, mmsi in [(1, MMSI), (18, 123456789), (27, 1)]:
         assert peek(parse(nmea(type=msg_type, mmsi=mmsi)[0].encode()).payload) == (msg_type, mmsi)
     assert peek("15M6") is None
+
+
+def test_peek_reads_the_imo_number_of_static_data() -> None:
+    first = parse(nmea(seq_id=1, type=5, mmsi=MMSI, imo=IMO, shipname="NORTH STAR")[0].encode()).payload
+    assert peek(first) == (5, MMSI)
+    assert peek_imo(first) == IMO
+    assert peek_imo(parse(nmea(seq_id=1, type=5, mmsi=MMSI)[0].encode()).payload) == 0
+    assert peek_imo(first[:11]) is None
 
 
 # Reassembly
@@ -226,9 +236,15 @@ def test_report_time_from_tag_block_else_the_reports_second() -> None:
     tagged_report = decode([parse(tagged(lines[0], at).encode())])
     assert isinstance(tagged_report, PositionReport)
     assert report_time(tagged_report, NOW) == at
-    future = decode([parse(tagged(lines[0], NOW + timedelta(days=2)).encode())])
-    assert isinstance(future, PositionReport)
-    assert report_time(future, NOW) == NOW.replace(second=20)  # implausible tag: ignored
+    for ahead, expected in [
+        (timedelta(minutes=4), NOW + timedelta(minutes=4)),  # a receiver's clock a little fast
+        (timedelta(minutes=6), NOW.replace(second=20)),  # implausible tags: ignored
+        (timedelta(hours=20), NOW.replace(second=20)),
+        (timedelta(days=2), NOW.replace(second=20)),
+    ]:
+        future = decode([parse(tagged(lines[0], NOW + ahead).encode())])
+        assert isinstance(future, PositionReport)
+        assert report_time(future, NOW) == expected, ahead
 
 
 # The reader
@@ -238,9 +254,10 @@ def test_a_linked_vessels_position_reaches_every_shipment_on_it() -> None:
     r = reader()
     out = r.feed(stream(position(second=20)), 0.0, NOW)
     got = events_of(out)
-    assert sorted(got) == ["TN-A", "TN-C"]  # by MMSI in two tenants; TN-B waits for its IMO
+    assert sorted(got) == ["shp_a", "shp_c"]  # by MMSI in two tenants; shp_b waits for its IMO
     assert sorted(out.events) == [1, 2]
-    e = got["TN-A"]
+    e = got["shp_a"]
+    assert (e.shipment, e.refs, e.match_keys()) == (None, (), ())  # named by id, never by identifier
     assert e.source == "ais"
     assert e.occurred_at == NOW.replace(second=20)
     assert e.event_id == f"ais:{MMSI}:{int(NOW.replace(second=20).timestamp())}:shp_a"
@@ -258,39 +275,83 @@ def test_a_vessel_known_by_imo_gets_its_mmsi_from_static_data() -> None:
     out = r.feed(stream(static, position(OTHER_MMSI)), 1.0, NOW)
     assert out.resolved == [(IMO, OTHER_MMSI, "NORTH STAR")]
     got = events_of(out)
-    assert sorted(got) == ["TN-B"]
-    assert got["TN-B"].raw["name"] == "NORTH STAR"
-    assert got["TN-B"].raw["imo"] == IMO
+    assert sorted(got) == ["shp_b"]
+    assert got["shp_b"].raw["name"] == "NORTH STAR"
+    assert got["shp_b"].raw["imo"] == IMO
     # recorded once: the same static data again resolves nothing new
     assert r.feed(stream(nmea(seq_id=4, type=5, mmsi=OTHER_MMSI, imo=IMO)), 2.0, NOW).resolved == []
+    # links read again before the MMSI is written keep what was learnt
+    r.set_links(links())
+    assert sorted(events_of(r.feed(stream(position(OTHER_MMSI)), 70.0, NOW + timedelta(minutes=1)))) == ["shp_b"]
     # once the links are read again with the recorded MMSI, it stays
     r.set_links([Link(1, "acme", "shp_b", "TN-B", None, IMO, OTHER_MMSI)])
-    assert sorted(events_of(r.feed(stream(position(OTHER_MMSI)), 3.0, NOW + timedelta(minutes=5)))) == ["TN-B"]
+    assert sorted(events_of(r.feed(stream(position(OTHER_MMSI)), 140.0, NOW + timedelta(minutes=5)))) == ["shp_b"]
+
+
+def test_static_data_changing_an_imo_numbers_mmsi_is_followed_at_most_once_per_interval() -> None:
+    r = reader()
+    resolved = []
+    for i in range(80):  # 80 reports in 20 s alternating two MMSIs: one change
+        static = nmea(seq_id=i % 10, type=5, mmsi=(OTHER_MMSI, STRANGER)[i % 2], imo=IMO)
+        resolved += r.feed(stream(static), i / 4, NOW).resolved
+    assert resolved == [(IMO, OTHER_MMSI, None)]
+    assert r.imos == {IMO: OTHER_MMSI}
+    assert r.linked_vessels == 2
+    assert r.feed(stream(nmea(seq_id=1, type=5, mmsi=STRANGER, imo=IMO)), RESOLVE_S, NOW).resolved == [
+        (IMO, STRANGER, None)
+    ]
+    assert sorted(events_of(r.feed(stream(position(STRANGER)), RESOLVE_S, NOW))) == ["shp_b"]
+    assert events_of(r.feed(stream(position(OTHER_MMSI)), RESOLVE_S, NOW)) == {}
+    assert r.linked_vessels == 2  # MMSI (shp_a, shp_c) and STRANGER (shp_b)
+
+
+def test_shipments_sharing_an_identifier_each_get_their_own_event() -> None:
+    r = Reader(60)
+    r.set_links([Link(1, "acme", "shp_old", "TN-1", MMSI, None), Link(1, "acme", "shp_new", "TN-1", None, IMO, MMSI)])
+    (tenant, events) = r.feed(stream(position()), 0.0, NOW).events[1]
+    assert tenant.name == "acme"
+    assert sorted(e.shipment_id for e in events) == ["shp_new", "shp_old"]
+    assert len({e.event_id for e in events}) == 2
 
 
 def test_unknown_vessels_are_skipped_without_decoding() -> None:
     r = reader()
+    # while an IMO number waits for its MMSI, a stranger's type 5 naming another IMO is not decoded
     out = r.feed(stream(position(STRANGER), nmea(seq_id=1, type=5, mmsi=STRANGER, imo=1234567)), 0.0, NOW)
     assert out.events == {}
     assert out.resolved == []
-    assert r.counts["unlinked"] == 1
+    assert r.counts["unlinked"] == 2
+    assert r.counts["static"] == 0
+    r.feed(stream(nmea(seq_id=2, type=5, mmsi=STRANGER, imo=IMO)), 0.0, NOW)  # the awaited IMO: decoded
     assert r.counts["static"] == 1
     r.set_links([Link(1, "acme", "shp_a", "TN-A", MMSI, None)])  # none waits: a stranger's type 5 is not
     r.feed(stream(nmea(seq_id=1, type=5, mmsi=STRANGER, imo=IMO)), 1.0, NOW)
-    assert r.counts["unlinked"] == 2
+    assert r.counts["unlinked"] == 3
     assert r.counts["static"] == 1
 
 
-def test_one_position_per_vessel_per_interval() -> None:
+def test_one_position_per_vessel_per_interval_of_receipt() -> None:
     r = reader(interval_s=60)
     t0 = NOW - timedelta(minutes=10)
     kept = []
-    for offset_s in (0, 10, 59, 60, 61, 30, 130):
-        line = tagged(position()[0], t0 + timedelta(seconds=offset_s))
-        kept += [e.occurred_at for e in events_of(r.feed(stream([line]), 0.0, NOW)).values() if e.shipment == "TN-A"]
-    assert kept == [t0, t0 + timedelta(seconds=60), t0 + timedelta(seconds=130)]
+    for received_s, tag_s in [(0, 0), (10, 10), (59, 59), (60, 1), (61, 61), (90, 30), (130, 130)]:
+        line = tagged(position()[0], t0 + timedelta(seconds=tag_s))
+        got = events_of(r.feed(stream([line]), 1000.0 + received_s, NOW + timedelta(seconds=received_s)))
+        kept += [e.occurred_at for s, e in got.items() if s == "shp_a"]
+    assert kept == [t0, t0 + timedelta(seconds=1), t0 + timedelta(seconds=130)]  # the report's own times
     assert r.counts["kept"] == 3
     assert r.counts["limited"] == 4
+
+
+def test_a_tag_time_far_ahead_neither_counts_nor_blocks_the_vessel() -> None:
+    r = reader(interval_s=60)
+    out = r.feed(stream([tagged(position(second=20)[0], NOW + timedelta(hours=20))]), 0.0, NOW)
+    assert [e.occurred_at for e in events_of(out).values()] == [NOW.replace(second=20)] * 2
+    later = NOW + timedelta(seconds=61)
+    out = r.feed(stream([tagged(position()[0], later)]), 61.0, later)
+    assert sorted(events_of(out)) == ["shp_a", "shp_c"]
+    assert {e.occurred_at for e in events_of(out).values()} == {later}
+    assert r.counts["limited"] == 0
 
 
 def test_names_from_type_24_and_other_types_counted() -> None:
@@ -314,7 +375,7 @@ def test_hostile_lines_are_counted_and_the_rest_read() -> None:
         "!AIVDM,2,2,7,A,0000,2*" + f"{_xor('AIVDM,2,2,7,A,0000,2'):02X}",
     ]
     out = r.feed(("\n".join(junk) + "\n" + line + "\n").encode(), 0.0, NOW)
-    assert sorted(events_of(out)) == ["TN-A", "TN-C"]
+    assert sorted(events_of(out)) == ["shp_a", "shp_c"]
     assert {k: v for k, v in r.counts.items() if v} == {
         "malformed": 2,
         "checksum": 1,
@@ -327,11 +388,11 @@ def test_hostile_lines_are_counted_and_the_rest_read() -> None:
 
 def test_datagrams_are_read_whole_and_a_new_connection_drops_the_half_line() -> None:
     r = reader()
-    assert sorted(events_of(r.feed_datagram(position()[0].encode(), 0.0, NOW))) == ["TN-A", "TN-C"]
+    assert sorted(events_of(r.feed_datagram(position()[0].encode(), 0.0, NOW))) == ["shp_a", "shp_c"]
     r2 = reader()
     r2.feed(position()[0][:20].encode(), 0.0, NOW)
     r2.restart()
-    assert sorted(events_of(r2.feed((position()[0] + "\n").encode(), 0.0, NOW))) == ["TN-A", "TN-C"]
+    assert sorted(events_of(r2.feed((position()[0] + "\n").encode(), 0.0, NOW))) == ["shp_a", "shp_c"]
     assert r2.counts["malformed"] == 0
 
 
@@ -346,7 +407,9 @@ def test_random_bytes_never_raise(data: bytes, cut: int) -> None:
 
 def test_endpoint_of_the_url() -> None:
     assert endpoint("tcp://feed.example:5631") == ("tcp", "feed.example", 5631)
-    assert endpoint("udp://:10110") == ("udp", "0.0.0.0", 10110)
+    assert endpoint("udp://:10110") == ("udp", "127.0.0.1", 10110)  # a UDP port takes anyone's positions
+    assert endpoint("udp://0.0.0.0:10110") == ("udp", "0.0.0.0", 10110)
+    assert endpoint("udp://10.0.0.5:10110") == ("udp", "10.0.0.5", 10110)
 
 
 # The vessel of a leg
