@@ -36,6 +36,7 @@ __all__ = ["MAX_BATCH", "loads"]
 _HERE = Path(__file__).parent
 _DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 MAX_TEXT = 200
+MAX_REFS = 50  # identifiers of one shipment in a delivery: every one of its events carries them all
 
 
 def load_codes(name: str) -> dict[str, Any]:
@@ -72,6 +73,24 @@ def items(value: Any, where: str) -> list[Any]:
     return value
 
 
+def array(value: Any, where: str, limit: int = MAX_BATCH) -> list[Any]:
+    """An optional JSON array (absent or null: empty) of at most `limit` items."""
+    value = [] if value is None else value
+    if not isinstance(value, list):
+        raise ValidationError(where, "must be an array")
+    if len(value) > limit:
+        raise ValidationError(where, f"holds more than {limit} items")
+    return value
+
+
+def within_batch(events: list[Event]) -> list[Event]:
+    """`events`, unless one delivery gave more than `MAX_BATCH` of them (refused as `body`, as the
+    native format refuses a longer array)."""
+    if len(events) > MAX_BATCH:
+        raise ValidationError("body", f"gives more than {MAX_BATCH} events; at most {MAX_BATCH} a request")
+    return events
+
+
 def text(value: Any, where: str, *, max_len: int = MAX_TEXT) -> str | None:
     """An optional identifier or label: strings (and integers, as some senders use) trimmed."""
     if value is None:
@@ -96,6 +115,19 @@ def req_text(value: Any, where: str, *, max_len: int = MAX_TEXT) -> str:
 def refs(*values: str | None) -> tuple[str, ...]:
     """Identifiers without blanks or repeats, first occurrence first."""
     return tuple(dict.fromkeys(v for v in values if v))
+
+
+def capped_refs(main: str, named: Iterable[tuple[str, str | None]], *, limit: int = MAX_REFS) -> tuple[str, ...]:
+    """`main` and the other identifiers (each with the field it came from) without blanks or
+    repeats, first occurrence first. The one that would make more than `limit` is refused, named by
+    its field: every event of the shipment carries them all, so their number multiplies."""
+    out = dict.fromkeys([main])
+    for where, value in named:
+        if value and value not in out:
+            if len(out) >= limit:
+                raise ValidationError(where, f"is one identifier more than the {limit} a shipment may carry")
+            out[value] = None
+    return tuple(out)
 
 
 def time_at(value: Any, where: str, *, require_offset: bool = False) -> datetime:
@@ -200,6 +232,37 @@ def event(where: str, ctx: SourceContext, **fields: Any) -> Event:
 
 def milestone_event(where: str, ctx: SourceContext, *, info: MilestoneInfo, **fields: Any) -> Event:
     return event(where, ctx, kind=EventKind.MILESTONE, milestone=info, **fields)
+
+
+def estimate_event(
+    where: str,
+    ctx: SourceContext,
+    common: dict[str, Any],
+    *,
+    tag: str,
+    field: str,
+    value: Any,
+    about: str | None = None,
+) -> Event:
+    """A carrier's delivery estimate (its `field` holds `value`) as an estimated `delivered`
+    milestone with the id `<source>:<shipment>:<tag>:<value>`, described by `about`; `common` holds
+    the fields every event of the shipment has (`source`, `shipment`, `refs`, `carrier`)."""
+    return milestone_event(
+        where,
+        ctx,
+        info=info(Milestone.DELIVERED, field, classifier=Classifier.ESTIMATED, description=about),
+        event_id=f"{common['source']}:{common['shipment']}:{tag}:{value}"[:200],
+        occurred_at=estimate_time(value, where + field),
+        # The fold keeps an estimate only if it was made no earlier than the one it holds, so every
+        # estimate of a shipment must be dated on one clock. Carrier pushes say nothing of when an
+        # estimate was made, and the latest scan is no stand-in: a push without scans has none, and
+        # a revised estimate often comes with no new scan. Receipt is the one clock every push has,
+        # so the estimate received last wins (a push that arrives late, overtaken or held in the
+        # carrier's retry queue, counts as made when it arrives).
+        created_at=ctx.received_at,
+        raw={field: value},
+        **common,
+    )
 
 
 def position(where: str, **fields: Any) -> Position:

@@ -5,19 +5,17 @@ A shipment's `id` (the tracking number) is its reference, with `details.referenc
 further identifiers. Each entry of `events` becomes a milestone of its `statusCode` (`pre-transit`,
 `transit`, `delivered`, `failure`, `unknown`), at its `location.address`; a shipment without events
 gives one milestone of its current `status`. `estimatedTimeOfDelivery` (else the end of
-`estimatedDeliveryTimeFrame`) becomes an estimated `delivered` milestone. DHL times without an
-offset are read as UTC.
+`estimatedDeliveryTimeFrame`) becomes an estimated `delivered` milestone, made when trackd received
+the push. DHL times without an offset are read as UTC.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from ingest import signatures
 from ingest.adapter import Adapter
 from ingest.sources import _common as c
-from trackd.codes import Classifier, Milestone
 from trackd.errors import ValidationError
 from trackd.model import Event, Location, SourceContext
 
@@ -68,14 +66,11 @@ def _estimate(shipment: dict[str, Any], w: str) -> tuple[str, Any] | None:
 
 def _refs(shipment: dict[str, Any], w: str, tracking: str) -> tuple[str, ...]:
     details = c.opt_obj(shipment.get("details"), w + "details") or {}
-    found = details.get("references") or []
-    if not isinstance(found, list) or len(found) > 50:
-        raise ValidationError(w + "details.references", "must be an array of at most 50 references")
-    numbers = [
-        c.text(c.obj(r, f"{w}details.references[{i}]").get("number"), f"{w}details.references[{i}].number")
-        for i, r in enumerate(found)
-    ]
-    return c.refs(tracking, *numbers)
+    numbers: list[tuple[str, str | None]] = []
+    for i, r in enumerate(c.array(details.get("references"), w + "details.references", 50)):
+        where = f"{w}details.references[{i}]"
+        numbers.append((where + ".number", c.text(c.obj(r, where).get("number"), where + ".number")))
+    return c.capped_refs(tracking, numbers)
 
 
 def _shipment(shipment: dict[str, Any], w: str, ctx: SourceContext) -> list[Event]:
@@ -86,12 +81,7 @@ def _shipment(shipment: dict[str, Any], w: str, ctx: SourceContext) -> list[Even
         "refs": _refs(shipment, w, tracking),
         "carrier": "dhl",
     }
-    entries = shipment.get("events")
-    entries = [] if entries is None else entries
-    if not isinstance(entries, list):
-        raise ValidationError(w + "events", "must be an array")
-    if len(entries) > c.MAX_BATCH:
-        raise ValidationError(w + "events", f"holds more than {c.MAX_BATCH} events")
+    entries = c.array(shipment.get("events"), w + "events")
     out = c.keep_repeats(
         _milestone(c.obj(entry, f"{w}events[{i}]"), f"{w}events[{i}].", tracking, common, ctx)[1]
         for i, entry in enumerate(entries)
@@ -105,37 +95,24 @@ def _shipment(shipment: dict[str, Any], w: str, ctx: SourceContext) -> list[Even
     estimate = _estimate(shipment, w)
     if estimate is not None:
         field, value = estimate
-        made: datetime | None = None
-        if status is not None and status.get("timestamp"):
-            made = c.time_at(status["timestamp"], w + "status.timestamp")
-        info = c.info(Milestone.DELIVERED, field, classifier=Classifier.ESTIMATED)
-        event = c.milestone_event(
-            w,
-            ctx,
-            info=info,
-            event_id=f"{SOURCE}:{tracking}:etd:{value}"[:200],
-            occurred_at=c.estimate_time(value, w + field),
-            created_at=made,
-            raw={field: value},
-            **common,
-        )
+        event = c.estimate_event(w, ctx, common, tag="etd", field=field, value=value)
         out[event.event_id] = event
     return list(out.values())
 
 
 def normalize(payload: bytes, ctx: SourceContext) -> list[Event]:
-    """One push to the milestones and delivery estimates of every shipment it carries."""
+    """One push to the milestones and delivery estimates of every shipment it carries, at most
+    `MAX_BATCH` events."""
     body = c.obj(c.loads(payload), "body")
     if "shipments" not in body:
-        return _shipment(body, "", ctx)
-    shipments = body["shipments"]
-    if not isinstance(shipments, list) or not shipments:
+        return c.within_batch(_shipment(body, "", ctx))
+    shipments = c.array(body["shipments"], "shipments")
+    if not shipments:
         raise ValidationError("shipments", "must be a non-empty array of shipments")
-    if len(shipments) > c.MAX_BATCH:
-        raise ValidationError("shipments", f"holds more than {c.MAX_BATCH} shipments")
     out: list[Event] = []
     for i, shipment in enumerate(shipments):
         out += _shipment(c.obj(shipment, f"shipments[{i}]"), f"shipments[{i}].", ctx)
+        c.within_batch(out)
     return out
 
 

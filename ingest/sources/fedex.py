@@ -8,32 +8,26 @@ further identifiers. Each of its `scanEvents` becomes a milestone of its `eventT
 `scanLocation`; a delivery is described with who received it (`deliveryDetails.receivedByName`,
 the proof of delivery). The estimated delivery time window (`estimatedDeliveryTimeWindow.window`,
 else the `ESTIMATED_DELIVERY` of `dateAndTimes`) becomes an estimated `delivered` milestone at the
-window's end, made at the latest scan. FedEx times without an offset are read as UTC.
+window's end, made when trackd received the push. A result that carries an `error` (FedEx has nothing
+for that number) is skipped. FedEx times without an offset are read as UTC.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from ingest import signatures
 from ingest.adapter import Adapter
 from ingest.sources import _common as c
-from trackd.codes import Classifier, Milestone
+from trackd.codes import Milestone
 from trackd.errors import ValidationError
 from trackd.model import Event, Location, SourceContext
 
 SOURCE = "fedex"
 CODES = c.load_codes(SOURCE)
 _EVENT: dict[str, str | None] = CODES["eventType"]
-
-
-def _array(value: Any, where: str, *, limit: int = c.MAX_BATCH) -> list[Any]:
-    value = [] if value is None else value
-    if not isinstance(value, list):
-        raise ValidationError(where, "must be an array")
-    if len(value) > limit:
-        raise ValidationError(where, f"holds more than {limit} items")
-    return value
+log = logging.getLogger("trackd.ingest.fedex")
 
 
 def _location(value: Any, where: str) -> Location | None:
@@ -51,15 +45,15 @@ def _location(value: Any, where: str) -> Location | None:
 
 def _refs(result: dict[str, Any], w: str, tracking: str) -> tuple[str, ...]:
     extra = c.opt_obj(result.get("additionalTrackingInfo"), w + "additionalTrackingInfo") or {}
-    found: list[str | None] = []
+    found: list[tuple[str, str | None]] = []
     where = w + "additionalTrackingInfo.packageIdentifiers"
-    for i, ident in enumerate(_array(extra.get("packageIdentifiers"), where, limit=50)):
+    for i, ident in enumerate(c.array(extra.get("packageIdentifiers"), where, 50)):
         values = c.obj(ident, f"{where}[{i}]").get("values")
         found += [
-            c.text(v, f"{where}[{i}].values[{j}]")
-            for j, v in enumerate(_array(values, f"{where}[{i}].values", limit=50))
+            (f"{where}[{i}].values[{j}]", c.text(v, f"{where}[{i}].values[{j}]"))
+            for j, v in enumerate(c.array(values, f"{where}[{i}].values", 50))
         ]
-    return c.refs(tracking, *found)
+    return c.capped_refs(tracking, found)
 
 
 def _scan(
@@ -91,7 +85,7 @@ def _estimate(result: dict[str, Any], w: str) -> tuple[str, Any, str | None] | N
         begins = c.text(window.get("begins"), w + "estimatedDeliveryTimeWindow.window.begins", max_len=64)
         about = f"between {begins} and {window['ends']}" if begins else None
         return "estimatedDeliveryTimeWindow.window.ends", window["ends"], about
-    for i, entry in enumerate(_array(result.get("dateAndTimes"), w + "dateAndTimes", limit=50)):
+    for i, entry in enumerate(c.array(result.get("dateAndTimes"), w + "dateAndTimes", 50)):
         entry = c.obj(entry, f"{w}dateAndTimes[{i}]")
         if entry.get("type") == "ESTIMATED_DELIVERY" and entry.get("dateTime") not in (None, ""):
             return "dateAndTimes.ESTIMATED_DELIVERY", entry["dateTime"], None
@@ -115,7 +109,7 @@ def _result(result: dict[str, Any], w: str, enclosing: str | None, ctx: SourceCo
     }
     details = c.opt_obj(result.get("deliveryDetails"), w + "deliveryDetails") or {}
     signer = c.text(details.get("receivedByName"), w + "deliveryDetails.receivedByName")
-    scans = _array(result.get("scanEvents"), w + "scanEvents")
+    scans = c.array(result.get("scanEvents"), w + "scanEvents")
     out = c.keep_repeats(
         _scan(c.obj(entry, f"{w}scanEvents[{i}]"), f"{w}scanEvents[{i}].", tracking, signer, common, ctx)
         for i, entry in enumerate(scans)
@@ -123,16 +117,7 @@ def _result(result: dict[str, Any], w: str, enclosing: str | None, ctx: SourceCo
     estimate = _estimate(result, w)
     if estimate is not None:
         field, value, about = estimate
-        event = c.milestone_event(
-            w,
-            ctx,
-            info=c.info(Milestone.DELIVERED, field, classifier=Classifier.ESTIMATED, description=about),
-            event_id=f"{SOURCE}:{tracking}:edtw:{value}"[:200],
-            occurred_at=c.estimate_time(value, w + field),
-            created_at=max((e.occurred_at for e in out.values()), default=None),
-            raw={field: value},
-            **common,
-        )
+        event = c.estimate_event(w, ctx, common, tag="edtw", field=field, value=value, about=about)
         out[event.event_id] = event
     if not out:
         raise ValidationError(w + "scanEvents", "is required when a track result has no delivery estimate")
@@ -142,12 +127,12 @@ def _result(result: dict[str, Any], w: str, enclosing: str | None, ctx: SourceCo
 def _results(body: dict[str, Any]) -> list[tuple[dict[str, Any], str, str | None]]:
     """Every track result of a push: (result, where, the tracking number around it)."""
     if "output" not in body:
-        results = _array(body.get("trackResults"), "trackResults")
+        results = c.array(body.get("trackResults"), "trackResults")
         if not results:
             raise ValidationError("output", "is required: {output: {completeTrackResults}} or {trackResults}")
         return [(c.obj(r, f"trackResults[{i}]"), f"trackResults[{i}].", None) for i, r in enumerate(results)]
     output = c.obj(body["output"], "output")
-    complete = _array(output.get("completeTrackResults"), "output.completeTrackResults")
+    complete = c.array(output.get("completeTrackResults"), "output.completeTrackResults")
     if not complete:
         raise ValidationError("output.completeTrackResults", "must be a non-empty array")
     out: list[tuple[dict[str, Any], str, str | None]] = []
@@ -155,7 +140,7 @@ def _results(body: dict[str, Any]) -> list[tuple[dict[str, Any], str, str | None
         w = f"output.completeTrackResults[{i}]"
         entry = c.obj(entry, w)
         enclosing = c.text(entry.get("trackingNumber"), w + ".trackingNumber", max_len=64)
-        results = _array(entry.get("trackResults"), w + ".trackResults")
+        results = c.array(entry.get("trackResults"), w + ".trackResults")
         out += [
             (c.obj(r, f"{w}.trackResults[{j}]"), f"{w}.trackResults[{j}].", enclosing) for j, r in enumerate(results)
         ]
@@ -165,13 +150,19 @@ def _results(body: dict[str, Any]) -> list[tuple[dict[str, Any], str, str | None
 
 
 def normalize(payload: bytes, ctx: SourceContext) -> list[Event]:
-    """One push to the milestones and delivery estimates of every track result it carries."""
+    """One push to the milestones and delivery estimates of every track result it carries, at most
+    `MAX_BATCH` events; results that carry an `error` give none (a push of only those, none at all)."""
     body = c.obj(c.loads(payload), "body")
     out: list[Event] = []
+    skipped = 0
     for result, where, enclosing in _results(body):
+        if result.get("error"):  # e.g. TRACKING.TRACKINGNUMBER.NOTFOUND: nothing to store for it
+            skipped += 1
+            continue
         out += _result(result, where, enclosing, ctx)
-    if not out:
-        raise ValidationError("output.completeTrackResults", "holds no track result")
+        c.within_batch(out)
+    if skipped:
+        log.debug("fedex push: %d track results skipped for their error", skipped)
     return out
 
 

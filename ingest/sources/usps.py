@@ -6,7 +6,7 @@ of its `eventCode` (the USPS event codes, `usps_codes.json`) at `GMTTimestamp` (
 read at its `GMTOffset`, else as UTC), at `eventCity`, `eventState`, `eventZIP` and `eventCountry`
 (empty for domestic scans: US), described by `eventType`; a delivery's `name` is who received it.
 `expectedDeliveryTimeStamp` (else `predictedDeliveryDate`) becomes an estimated `delivered`
-milestone, made at the latest scan of the notification.
+milestone, made when trackd received the notification.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 from ingest import signatures
 from ingest.adapter import Adapter
 from ingest.sources import _common as c
-from trackd.codes import Classifier, Milestone
+from trackd.codes import Milestone
 from trackd.errors import ValidationError
 from trackd.model import Event, Location, SourceContext
 
@@ -76,30 +76,14 @@ def _milestone(item: dict[str, Any], where: str, tracking: str, common: dict[str
 def _tracking(body: dict[str, Any], w: str, ctx: SourceContext) -> list[Event]:
     tracking = c.req_text(body.get("trackingNumber"), w + "trackingNumber", max_len=64)
     common: dict[str, Any] = {"source": SOURCE, "shipment": tracking, "refs": (tracking,), "carrier": "usps"}
-    entries = body.get("trackingEvents")
-    entries = [] if entries is None else entries
-    if not isinstance(entries, list):
-        raise ValidationError(w + "trackingEvents", "must be an array")
-    if len(entries) > c.MAX_BATCH:
-        raise ValidationError(w + "trackingEvents", f"holds more than {c.MAX_BATCH} events")
+    entries = c.array(body.get("trackingEvents"), w + "trackingEvents")
     out = c.keep_repeats(
         _milestone(c.obj(entry, f"{w}trackingEvents[{i}]"), f"{w}trackingEvents[{i}].", tracking, common, ctx)
         for i, entry in enumerate(entries)
     )
     field = next((f for f in _ESTIMATES if body.get(f) not in (None, "")), None)
     if field is not None:
-        value = body[field]
-        made = max((e.occurred_at for e in out.values()), default=None)
-        event = c.milestone_event(
-            w,
-            ctx,
-            info=c.info(Milestone.DELIVERED, field, classifier=Classifier.ESTIMATED),
-            event_id=f"{SOURCE}:{tracking}:edd:{value}"[:200],
-            occurred_at=c.estimate_time(value, w + field),
-            created_at=made,
-            raw={field: value},
-            **common,
-        )
+        event = c.estimate_event(w, ctx, common, tag="edd", field=field, value=body[field])
         out[event.event_id] = event
     if not out:
         raise ValidationError(w + "trackingEvents", "is required when a tracking has no delivery estimate")
@@ -107,13 +91,15 @@ def _tracking(body: dict[str, Any], w: str, ctx: SourceContext) -> list[Event]:
 
 
 def normalize(payload: bytes, ctx: SourceContext) -> list[Event]:
-    """One notification to the milestones and delivery estimates of every tracking it carries."""
+    """One notification to the milestones and delivery estimates of every tracking it carries, at
+    most `MAX_BATCH` events."""
     body = c.loads(payload)
     if isinstance(body, dict):
-        return _tracking(body, "", ctx)
+        return c.within_batch(_tracking(body, "", ctx))
     out: list[Event] = []
     for i, item in enumerate(c.items(body, "body")):
         out += _tracking(c.obj(item, f"[{i}]"), f"[{i}].", ctx)
+        c.within_batch(out)
     if not out:
         raise ValidationError("body", "must hold at least one tracking")
     return out

@@ -6,7 +6,7 @@ For each: a signed notification is stored and shows on the shipment with the car
 places, references and delivery estimate, the delivery with who received it; a wrong or missing
 signature, a hex digest, a signature of other bytes and an unknown tenant get the same 401 and store
 nothing; a redelivery stores nothing new; malformed input is a 422 naming the field, kept in
-quarantine.
+quarantine; a FedEx result that carries an error is skipped and the rest of its push stored.
 """
 
 from __future__ import annotations
@@ -219,3 +219,18 @@ def test_fedex_pushes_signed_with_fdx_signature(tenant: Tenant, testenv: RunEnv,
     assert "trackResults[0].scanEvents[1].eventType" in r.json()["detail"]
     assert len(quarantined(t, "fedex")) == 1
     assert count_events(testenv, t.name, "fedex") == 11
+
+
+def test_fedex_push_with_a_not_found_result_stores_the_others(tenant: Tenant, carrier: httpx.Client) -> None:
+    t = tenant
+    shp = t.http.post("/v1/shipments", json={"tracking_number": "770412345670"}).json()
+    mixed = orjson.loads(fixture("fedex", "push_not_found.json"))
+    errors_only = {"output": {"completeTrackResults": mixed["output"]["completeTrackResults"][:1]}}
+    for value, n in ((mixed, 2), (errors_only, 0)):
+        body = orjson.dumps(value)
+        r = post(carrier, t.name, "fedex", body, {"fdx-signature": b64mac(t.ingest_secret, body)})
+        assert (r.status_code, r.json()["stored"], r.json()["duplicates"]) == (202, n, 0), r.text
+    assert [m[:3] for m in milestones(t, shp["id"])] == [
+        ("picked_up", "PU", "actual"),
+        ("delivered", "dateAndTimes.ESTIMATED_DELIVERY", "estimated"),
+    ]

@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ingest import sources
+from ingest.sources import _common as c
 from ingest.sources import fedex, usps
 from lab.carrier_payloads import encode
 from lab.simulator import simulate
@@ -25,6 +26,7 @@ from tests.unit.test_sources_fuzz import SETTINGS, check, json_values, mutate, p
 from trackd.codes import Classifier, EventKind, Milestone
 from trackd.errors import Unauthorized, ValidationError
 from trackd.model import SourceContext, ref_key
+from trackd.state import State, advance
 
 PAYLOADS = Path(__file__).parents[1] / "payloads"
 CTX = SourceContext(tenant="acme", received_at=datetime(2024, 6, 1, 19, 0, tzinfo=UTC))
@@ -71,7 +73,7 @@ def test_usps_scans_become_milestones_of_their_event_code() -> None:
     assert (estimate.milestone.code, estimate.milestone.classifier) == (Milestone.DELIVERED, Classifier.ESTIMATED)
     assert estimate.milestone.raw_code == "expectedDeliveryTimeStamp"
     assert estimate.occurred_at == at("2024-06-03T21:00:00+00:00")
-    assert estimate.created_at == moving.occurred_at  # made at the latest scan
+    assert estimate.created_at == CTX.received_at  # made when received
 
 
 def test_usps_delivery_names_who_received_it() -> None:
@@ -159,7 +161,7 @@ def test_fedex_scans_become_milestones_with_the_window_as_the_estimate() -> None
     assert estimate.milestone.raw_code == "estimatedDeliveryTimeWindow.window.ends"
     assert estimate.occurred_at == at("2024-06-03T18:00:00+00:00")  # the window's end
     assert estimate.milestone.description == "between 2024-06-03T10:00:00-04:00 and 2024-06-03T14:00:00-04:00"
-    assert estimate.created_at == moving.occurred_at
+    assert estimate.created_at == CTX.received_at
 
 
 def test_fedex_proof_of_delivery_names_who_received_it() -> None:
@@ -236,6 +238,83 @@ def test_fedex_pushes_are_signed_with_fdx_signature() -> None:
     for headers in ({"fdx-signature": digest[:-2]}, {"X-HMAC": digest}, {}):
         with pytest.raises(Unauthorized):
             sources.verify("fedex", SECRET, body, headers)
+
+
+def test_fedex_results_that_carry_an_error_are_skipped_and_the_rest_stored() -> None:
+    body = load("fedex", "push_not_found.json")
+    picked, estimate = run(fedex, body)
+    assert (picked.shipment, picked.milestone.code) == ("770412345670", Milestone.PICKED_UP)
+    assert estimate.milestone.raw_code == "dateAndTimes.ESTIMATED_DELIVERY"
+    del body["output"]["completeTrackResults"][1]
+    assert run(fedex, body) == []  # nothing but the error: nothing to store
+
+
+def test_fedex_identifiers_are_capped_per_result_after_repeats_are_dropped() -> None:
+    body = load("fedex", "push_in_transit.json")
+    result = body["output"]["completeTrackResults"][0]["trackResults"][0]
+    idents = result["additionalTrackingInfo"]["packageIdentifiers"]
+    idents[:] = [{"type": "PURCHASE_ORDER", "values": ["PO-1"] * 50}] * 50  # 2,500 values, one identifier
+    assert {e.refs for e in run(fedex, body)} == {("794843185271", "PO-1")}
+    idents[:] = [{"type": "PURCHASE_ORDER", "values": [f"PO-{i}-{j}" for j in range(50)]} for i in range(2)]
+    with pytest.raises(ValidationError) as err:
+        run(fedex, body)
+    assert err.value.field == R + "additionalTrackingInfo.packageIdentifiers[0].values[49]"  # the 51st
+    assert "50" in err.value.detail
+
+
+SCAN = {"eventCode": "10", "GMTTimestamp": "2024-05-31T05:12:00Z", "eventType": "IT", "date": "2024-05-31T05:12:00Z"}
+ESTIMATED = {"type": "ESTIMATED_DELIVERY", "dateTime": "2024-06-04"}
+
+
+@pytest.mark.parametrize("module", [usps, fedex])
+@pytest.mark.parametrize("scans", [[51, 51], [100]])  # each within the bound, not all (with the estimate)
+def test_a_push_of_more_events_than_a_batch_in_all_is_refused(
+    module: Any, scans: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(c, "MAX_BATCH", 100)  # the push's bound; each array keeps its own 10,000
+    estimate = {"expectedDeliveryTimeStamp": "2024-06-03T21:00:00Z"}
+    body: Any = (
+        [{"trackingNumber": str(i), "trackingEvents": [SCAN] * n, **estimate} for i, n in enumerate(scans)]
+        if module is usps
+        else {
+            "trackResults": [
+                {"trackingNumber": str(i), "scanEvents": [SCAN] * n, "dateAndTimes": [ESTIMATED]}
+                for i, n in enumerate(scans)
+            ]
+        }
+    )
+    with pytest.raises(ValidationError) as err:
+        run(module, body)
+    assert (err.value.field, err.value.detail) == (
+        "body",
+        "body: gives more than 100 events; at most 100 a request",
+    )
+
+
+def carrier_eta(module: Any, pushes: list[tuple[Any, datetime]]) -> datetime | None:
+    """The carrier ETA of one shipment after each push is folded in, in the order received."""
+    state = State()
+    for body, received_at in pushes:
+        events = module.normalize(orjson.dumps(body), SourceContext(tenant="acme", received_at=received_at))
+        state, _ = advance(state, "shp_1", events, received_at)
+    return state.carrier_eta
+
+
+def test_the_estimate_received_last_wins_whatever_scans_came_with_it() -> None:
+    first, later = datetime(2024, 6, 1, 12, 0, tzinfo=UTC), datetime(2024, 6, 1, 19, 0, tzinfo=UTC)
+    only = {"trackingNumber": "9400111899223197428490", "expectedDeliveryTimeStamp": "2024-06-03T21:00:00Z"}
+    revised = load("usps", "notification_in_transit.json")  # scans up to 2024-05-31T12:00Z, before `first`
+    revised["expectedDeliveryTimeStamp"] = "2024-06-04T21:00:00Z"
+    assert carrier_eta(usps, [(only, first), (revised, later)]) == at("2024-06-04T21:00:00+00:00")
+
+    no_scans = load("fedex", "push_in_transit.json")
+    result = no_scans["output"]["completeTrackResults"][0]["trackResults"][0]
+    result["scanEvents"] = []
+    revised = load("fedex", "push_in_transit.json")  # scans up to 2024-05-31T10:12Z
+    revised["output"]["completeTrackResults"][0]["trackResults"][0]["estimatedDeliveryTimeWindow"]["window"] = {
+        "ends": "2024-06-04T14:00:00-04:00"
+    }
+    assert carrier_eta(fedex, [(no_scans, first), (revised, later)]) == at("2024-06-04T18:00:00+00:00")
 
 
 # -- hostile input ----------------------------------------------------------------------------

@@ -11,10 +11,12 @@ import orjson
 import pytest
 
 from ingest import sources
+from ingest.sources import _common as c
 from ingest.sources import dhl
 from trackd.codes import Classifier, Milestone
 from trackd.errors import Unauthorized, ValidationError
 from trackd.model import SourceContext
+from trackd.state import State, advance
 
 PAYLOADS = Path(__file__).parents[1] / "payloads" / "dhl"
 CTX = SourceContext(tenant="acme", received_at=datetime(2024, 6, 1, 16, 0, tzinfo=UTC))
@@ -47,7 +49,7 @@ def test_events_become_milestones_of_their_status_code() -> None:
     assert estimate.milestone.classifier is Classifier.ESTIMATED
     assert estimate.milestone.raw_code == "estimatedTimeOfDelivery"
     assert estimate.occurred_at == datetime(2024, 6, 3, 18, 0, tzinfo=UTC)
-    assert estimate.created_at == datetime(2024, 5, 31, 6, 12, tzinfo=UTC)  # the status it came with
+    assert estimate.created_at == CTX.received_at  # made when received
 
 
 def test_delivered_push() -> None:
@@ -116,3 +118,39 @@ def test_deliveries_authenticate_with_the_secret_in_dhl_api_key() -> None:
     sources.verify("dhl", "is_s3cret", b"{}", {"DHL-API-Key": "is_s3cret"})
     with pytest.raises(Unauthorized):
         sources.verify("dhl", "is_s3cret", b"{}", {"DHL-API-Key": "is_s3cret2"})
+
+
+def test_references_are_capped_after_repeats_are_dropped() -> None:
+    body = load("push_express_transit.json")
+    refs = body["shipments"][0]["details"]["references"]
+    refs[:] = [{"number": "ACME-PO-88123"}] * 50
+    assert {e.refs for e in run(body)} == {("7777777770", "ACME-PO-88123")}
+    refs[:] = [{"number": f"PO-{i}"} for i in range(50)]  # with the tracking number, 51
+    with pytest.raises(ValidationError) as err:
+        run(body)
+    assert err.value.field == "shipments[0].details.references[49].number"
+
+
+def test_a_push_of_more_events_than_a_batch_in_all_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(c, "MAX_BATCH", 100)  # the push's bound; each array keeps its own 10,000
+    event = {"timestamp": "2024-05-31T06:12:00Z", "statusCode": "transit"}
+    body = {"shipments": [{"id": n, "events": [event] * 51} for n in ("1", "2")]}
+    with pytest.raises(ValidationError) as err:
+        run(body)
+    assert (err.value.field, err.value.detail) == (
+        "body",
+        "body: gives more than 100 events; at most 100 a request",
+    )
+
+
+def test_the_estimate_received_last_wins_whatever_status_came_with_it() -> None:
+    first, later = datetime(2024, 6, 1, 12, 0, tzinfo=UTC), datetime(2024, 6, 1, 16, 0, tzinfo=UTC)
+    no_status = load("push_express_transit.json")
+    del no_status["shipments"][0]["status"]
+    revised = load("push_express_transit.json")  # its status is of 2024-05-31T06:12Z, before `first`
+    revised["shipments"][0]["estimatedTimeOfDelivery"] = "2024-06-04T18:00:00Z"
+    state = State()
+    for body, received_at in ((no_status, first), (revised, later)):
+        events = dhl.normalize(orjson.dumps(body), SourceContext(tenant="acme", received_at=received_at))
+        state, _ = advance(state, "shp_1", events, received_at)
+    assert state.carrier_eta == datetime(2024, 6, 4, 18, 0, tzinfo=UTC)
