@@ -16,15 +16,14 @@ import hashlib
 import html
 import json
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 from dashboards.trackpage_journey import eta_html, milestones, milestones_html, steps_html
-from dashboards.trackpage_text import PageText, parse_time
+from dashboards.trackpage_text import PageText
+from trackd import tenant_store
 
 STATIC_PREFIX = "/static"
 DEFAULT_ACCENT = "#2563eb"
@@ -43,7 +42,6 @@ _STATUS_COLOURS: Mapping[str, str] = {
     "cancelled": "#57534e",
     "expired": "#78716c",
 }
-_CSP_HOST = re.compile(r"^[a-z0-9.-]+$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,15 +55,14 @@ class Brand:
 
     @classmethod
     def of(cls, value: Any) -> Brand:
+        """The look of `value` by the rules the tenant's settings are stored under."""
         if not isinstance(value, Mapping):
             return cls()
-        name = value.get("name")
-        colour = value.get("colour")
         return cls(
-            name.strip() or None if isinstance(name, str) else None,
-            value.get("logo_url") if _csp_source(value.get("logo_url")) else None,
-            colour.lower() if isinstance(colour, str) and re.fullmatch(r"#[0-9a-fA-F]{6}", colour) else None,
-            value.get("support_url") if _csp_source(value.get("support_url")) else None,
+            tenant_store.valid_name(value.get("name")),
+            tenant_store.valid_web_url(value.get("logo_url")),
+            tenant_store.valid_colour(value.get("colour")),
+            tenant_store.valid_web_url(value.get("support_url")),
         )
 
     def css(self) -> str:
@@ -75,20 +72,6 @@ class Brand:
         luminance = 0.2126 * r**2.2 + 0.7152 * g**2.2 + 0.0722 * b**2.2
         ink = "#111827" if luminance > 0.4 else "#ffffff"
         return f":root{{--brand:{accent};--brand-ink:{ink}}}"
-
-
-def _csp_source(url: Any) -> str | None:
-    """The CSP source (`https://host[:port]`) of an http(s) URL, or None when it is not one."""
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")) or re.search(r"[\s\"'<>\\]", url):
-        return None
-    try:
-        parts = urlsplit(url)
-        host, port = parts.hostname, parts.port
-    except ValueError:
-        return None
-    if not host or not _CSP_HOST.match(host):
-        return None
-    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
 
 
 def _coordinate(lat: Any, lon: Any) -> tuple[float, float] | None:
@@ -192,12 +175,12 @@ def _document(page: PageText, brand: Brand, title: str, head: str, body: str) ->
     )
 
 
-def render(track: dict[str, Any], lang: str, tz_name: str, now: datetime | None = None) -> str:
+def render(track: dict[str, Any], lang: str, tz_name: str, now: datetime) -> str:
     """The tracking page for `track` (the JSON of `GET /v1/track/{token}`) as one HTML document.
 
     `lang` is one of `LANGUAGES` (anything else renders English); times are shown in the IANA
-    zone `tz_name` (UTC when unknown); `now`, when given, names today and tomorrow and tells a
-    missed promise. Every value taken from `track` is HTML-escaped.
+    zone `tz_name` (UTC when unknown); `now` (the caller's clock) names today and tomorrow, tells a
+    missed promise and the zone's abbreviation. Every value taken from `track` is HTML-escaped.
     """
     page = PageText(lang, tz_name, now)
     brand = Brand.of(track.get("brand"))
@@ -224,7 +207,7 @@ def render(track: dict[str, Any], lang: str, tz_name: str, now: datetime | None 
         + "</section>"
     )
     timeline = f'<section class="card"><h2>{page.label("timeline")}</h2>{milestones_html(page, items)}</section>'
-    zone = page.zone_name(now or parse_time(track.get("updated_at")))
+    zone = page.zone_name(now)
     footer = (
         "<footer>"
         + (f"<p>{page.label('last_updated')}: {updated}</p>" if updated else "")
@@ -363,7 +346,7 @@ def content_security_policy(logo_url: str | None = None, scripts: bool = True) -
     none at all with `scripts` False), and images from this origin and the logo's."""
     digest = base64.b64encode(hashlib.sha256(_map_script().encode()).digest()).decode()
     script = f"'self' 'sha256-{digest}'" if scripts else "'none'"
-    logo = _csp_source(logo_url)
+    logo = tenant_store.web_origin(logo_url)
     images = "'self' data:" + (f" {logo}" if logo else "")
     return (
         f"default-src 'none'; script-src {script}; style-src 'self' 'unsafe-inline';"

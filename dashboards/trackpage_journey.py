@@ -133,16 +133,17 @@ def _p_late(eta: Mapping[str, Any]) -> float | None:
 def punctuality(
     eta: Mapping[str, Any], predicted: datetime | None, latest: datetime | None, now: datetime | None
 ) -> str | None:
-    """`on_time`, `might_be_late` or `late` for a shipment on its way, from `p_late` when the
-    estimate has it, else by comparing the estimate with the promised date; None without either."""
+    """`on_time`, `might_be_late` or `late` for a shipment on its way: late once the promised time
+    has passed (whatever an older `p_late` said), else from `p_late` when the estimate has it, else
+    by comparing the estimate with the promised date; None without either."""
+    promised = parse_time(eta.get("promised_at"))
+    if promised is not None and now is not None and now > promised:
+        return "late"
     p_late = _p_late(eta)
     if p_late is not None:
         return "on_time" if p_late < ON_TIME_BELOW else "late" if p_late >= LATE_FROM else "might_be_late"
-    promised = parse_time(eta.get("promised_at"))
     if promised is None:
         return None
-    if now is not None and now > promised:
-        return "late"
     if predicted is not None and predicted > promised:
         return "late"
     if latest is not None and latest > promised:

@@ -218,10 +218,10 @@ class PageText:
         parts = [str(p) for p in (name, country) if p]
         return html.escape(", ".join(parts))
 
-    def zone_name(self, moment: datetime | None) -> str:
-        """The page's time zone as a person names it, with its abbreviation (or offset) at `moment`
-        (else now): `New York time (EST)`, `Ortszeit Singapur (UTC+8)`."""
-        at = self.local(moment or datetime.now(UTC)) if self.zone is not UTC else None
+    def zone_name(self, moment: datetime) -> str:
+        """The page's time zone as a person names it, with its abbreviation (or offset) at `moment`:
+        `New York time (EST)`, `Ortszeit Singapur (UTC+8)`."""
+        at = self.local(moment) if self.zone is not UTC else None
         if at is None or self.zone_id.startswith(("Etc/", "UTC", "GMT")):
             return html.escape(_offset_name(at.utcoffset() if at is not None else None))
         abbreviation = at.tzname() or ""

@@ -1,7 +1,8 @@
 """SQL for public share links: create, resolve, revoke, and the rows a tracking page shows.
 
-A token resolves only while it is unexpired; revoking a link expires it at once. What it shows is
-scoped to the tenant and shipment it was made for.
+A token resolves while it is unexpired (by the caller's clock) and not revoked; revoking records the
+database's time, so a revoked link has ended for every process whatever its clock says. What it
+shows is scoped to the tenant and shipment it was made for.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ POSITION_MODES = ("exact", "coarse", "none")  # how precisely a link shows posit
 
 @dataclass(frozen=True, slots=True)
 class SharedLink:
-    """What a live token points to."""
+    """What a token points to, and whether it still shows it."""
 
     tenant_id: int
     shipment_id: str
     position: str  # one of POSITION_MODES
+    live: bool  # False: expired or revoked
 
 
 async def create_share(
@@ -34,23 +36,24 @@ async def create_share(
     )
 
 
-async def shared_shipment(conn: Conn, token: str, now: datetime) -> SharedLink | None:
-    """The shipment a live (unexpired, not revoked) token points to."""
+async def find_link(conn: Conn, token: str, now: datetime) -> SharedLink | None:
+    """The link of a token (None: unknown), live unless it has expired by `now` or been revoked."""
     row = await (
         await conn.execute(
-            "SELECT tenant_id, shipment_id, position_mode FROM share_links WHERE token_hash = %s AND expires_at > %s",
-            (keys.hash_key(token), now),
+            "SELECT tenant_id, shipment_id, position_mode, revoked_at IS NULL AND expires_at > %s AS live"
+            " FROM share_links WHERE token_hash = %s",
+            (now, keys.hash_key(token)),
         )
     ).fetchone()
-    return SharedLink(row["tenant_id"], row["shipment_id"], row["position_mode"]) if row else None
+    return SharedLink(row["tenant_id"], row["shipment_id"], row["position_mode"], row["live"]) if row else None
 
 
 async def revoke_share(conn: Conn, tenant_id: int, shipment_id: str, token: str, now: datetime) -> bool:
-    """Revoke one live link of the tenant's shipment: it expires now (and answers as an expired one)."""
+    """Revoke one live link of the tenant's shipment (False: none such, or it had ended already)."""
     cur = await conn.execute(
-        "UPDATE share_links SET expires_at = %s"
-        " WHERE token_hash = %s AND tenant_id = %s AND shipment_id = %s AND expires_at > %s",
-        (now, keys.hash_key(token), tenant_id, shipment_id, now),
+        "UPDATE share_links SET revoked_at = now()"
+        " WHERE token_hash = %s AND tenant_id = %s AND shipment_id = %s AND revoked_at IS NULL AND expires_at > %s",
+        (keys.hash_key(token), tenant_id, shipment_id, now),
     )
     return cur.rowcount == 1
 
@@ -58,20 +61,11 @@ async def revoke_share(conn: Conn, tenant_id: int, shipment_id: str, token: str,
 async def revoke_shares(conn: Conn, tenant_id: int, shipment_id: str, now: datetime) -> int:
     """Revoke every live link of the tenant's shipment; returns how many there were."""
     cur = await conn.execute(
-        "UPDATE share_links SET expires_at = %s WHERE tenant_id = %s AND shipment_id = %s AND expires_at > %s",
-        (now, tenant_id, shipment_id, now),
+        "UPDATE share_links SET revoked_at = now()"
+        " WHERE tenant_id = %s AND shipment_id = %s AND revoked_at IS NULL AND expires_at > %s",
+        (tenant_id, shipment_id, now),
     )
     return cur.rowcount
-
-
-async def ended_link_tenant(conn: Conn, token: str, now: datetime) -> int | None:
-    """The tenant of a token that was real but has expired or been revoked; None for an unknown one."""
-    row = await (
-        await conn.execute(
-            "SELECT tenant_id FROM share_links WHERE token_hash = %s AND expires_at <= %s", (keys.hash_key(token), now)
-        )
-    ).fetchone()
-    return int(row["tenant_id"]) if row else None
 
 
 async def track_rows(

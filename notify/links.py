@@ -37,10 +37,14 @@ COARSE_DECIMALS = 1  # coarse positions: rounded to 0.1 degree, about 11 km (cit
 
 
 class LinkEnded(TrackdError):
-    """A tracking link that existed but has expired or been revoked."""
+    """A tracking link that existed but has expired or been revoked; `brand` is its tenant's."""
 
     code = "Gone"
     status = 410
+
+    def __init__(self, detail: str, brand: tenant_store.Brand) -> None:
+        super().__init__(detail)
+        self.brand = brand
 
 
 class ShareIn(BaseModel):
@@ -120,13 +124,13 @@ async def public_track(state: Shared, token: str) -> dict[str, Any]:
     """The public JSON for a live token; NotFound for an unknown one, LinkEnded for an ended one."""
     now = state.clock()
     async with store.transaction(state.pool) as conn:
-        link = await link_store.shared_shipment(conn, token, now)
+        link = await link_store.find_link(conn, token, now)
         if link is None:
-            if await link_store.ended_link_tenant(conn, token, now) is not None:
-                raise LinkEnded("this tracking link has expired or been revoked")
             raise NotFound(_UNKNOWN)
-        rows = await link_store.track_rows(conn, link.tenant_id, link.shipment_id, _SQL_POINTS)
         brand = await tenant_store.brand_for(conn, link.tenant_id)
+        if not link.live:
+            raise LinkEnded("this tracking link has expired or been revoked", brand)
+        rows = await link_store.track_rows(conn, link.tenant_id, link.shipment_id, _SQL_POINTS)
     if rows is None:
         raise NotFound(_UNKNOWN)
     shipment, milestones, positions = rows
@@ -220,7 +224,7 @@ async def track_page(
     try:
         track = await public_track(state, token)
     except (NotFound, LinkEnded) as exc:
-        brand = await _ended_brand(state, token) if isinstance(exc, LinkEnded) else None
+        brand = exc.brand.to_dict() if isinstance(exc, LinkEnded) else None
         headers["Content-Security-Policy"] = trackpage.content_security_policy(
             (brand or {}).get("logo_url"), scripts=False
         )
@@ -229,10 +233,3 @@ async def track_page(
     page = trackpage.render(track, lang, zone_at(track["destination"]), state.clock())
     headers["Content-Security-Policy"] = trackpage.content_security_policy(track["brand"]["logo_url"])
     return HTMLResponse(page, headers=headers)
-
-
-async def _ended_brand(state: Shared, token: str) -> dict[str, str | None] | None:
-    """The branding of the tenant whose link this was, for the page that says it has ended."""
-    async with store.transaction(state.pool) as conn:
-        tenant_id = await link_store.ended_link_tenant(conn, token, state.clock())
-        return (await tenant_store.brand_for(conn, tenant_id)).to_dict() if tenant_id is not None else None

@@ -4,6 +4,7 @@ settings: the branding of the public tracking page and the retention of their da
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import time
@@ -11,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -19,8 +19,10 @@ from trackd import keys
 from trackd.errors import ConfigError
 from trackd.store import Conn, Row, Tenant, transaction
 
+log = logging.getLogger("trackd.tenants")
 _TENANT_CACHE: dict[bytes, tuple[float, Tenant, float]] = {}  # digest -> (cached until, tenant, key valid until)
 _SECRET_CACHE: dict[str, tuple[float, IngestSecrets]] = {}
+_WARNED: set[tuple[int, str]] = set()  # (tenant id, brand field) already warned of
 # Seconds. A key or secret a process has cached stays accepted this long after a rotation ends its
 # grace (the cache saves a database read per request; a few seconds is all it needs for that).
 _CACHE_TTL = 5.0
@@ -200,20 +202,54 @@ def _signed_by_one(signed: Callable[[str], bool], found: IngestSecrets | None) -
 MAX_BRAND_NAME = 80
 MAX_URL = 2048
 MAX_RETENTION_DAYS = 36500
-_COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
-_URL_CHARS = re.compile(r"^[^\s\"'<>\\]+$")
-_HOST = re.compile(r"^[a-z0-9.-]+$")  # a DNS name (IDNs in punycode) or an IPv4 address
+# These rules are also the CHECKs of migration 015: nothing the database accepts is refused here.
+_COLOUR = re.compile(r"#[0-9a-fA-F]{6}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_NAME_SPACE = " \t\n\r\f\v"  # what a name is trimmed of (ASCII only, as PostgreSQL sees it)
+# Printable ASCII but for the quotes, angle brackets and the backslash (no IRIs: percent-encode).
+_URL_CHARS = re.compile(r"[!#-&(-;=?-\[\]-~]+")
+_PORT = r"(?:[0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+_HOST = r"[A-Za-z0-9.-]+"  # a DNS name (IDNs in punycode) or an IPv4 address; no user info
+_WEB_URL = re.compile(rf"(?P<scheme>https?)://(?P<host>{_HOST})(?::(?P<port>{_PORT}))?(?:[/?#].*)?", re.DOTALL)
+
+
+def valid_name(value: object) -> str | None:
+    """`value` trimmed when it is a brand name (1-80 characters, no control characters), else None."""
+    if not isinstance(value, str):
+        return None
+    name = value.strip(_NAME_SPACE)
+    return name if 1 <= len(name) <= MAX_BRAND_NAME and not _CONTROL.search(name) else None
+
+
+def valid_colour(value: object) -> str | None:
+    """`value` in lower case when it is a colour as `#RRGGBB`, else None."""
+    return value.lower() if isinstance(value, str) and _COLOUR.fullmatch(value) else None
+
+
+def _url_parts(value: object) -> re.Match[str] | None:
+    if not isinstance(value, str) or not _URL_CHARS.fullmatch(value):
+        return None
+    return _WEB_URL.fullmatch(value)
+
+
+def valid_web_url(value: object) -> str | None:
+    """`value` when it is an absolute http(s) URL of at most 2048 characters with a host a policy
+    can name (and a port, if any, of 0-65535), else None."""
+    return value if isinstance(value, str) and len(value) <= MAX_URL and _url_parts(value) else None
+
+
+def web_origin(value: object) -> str | None:
+    """The origin (`https://host[:port]`, the host in lower case) of a `valid_web_url`, else None."""
+    parts = _url_parts(value) if valid_web_url(value) else None
+    if parts is None:
+        return None
+    port = parts["port"]
+    return f"{parts['scheme']}://{parts['host'].lower()}" + (f":{int(port)}" if port is not None else "")
 
 
 def _web_url(option: str, value: str) -> str:
-    """`value` if it is an absolute http(s) URL with a host, else a ConfigError naming `option`."""
-    try:
-        parts = urlsplit(value)
-        host, _ = parts.hostname, parts.port  # a bad port is a ValueError too
-    except ValueError:
-        host = None
-    good_host = host is not None and _HOST.match(host) is not None
-    if not value.startswith(("http://", "https://")) or not good_host or not _URL_CHARS.match(value):
+    """`value` if it is a `valid_web_url`, else a ConfigError naming `option`."""
+    if _url_parts(value) is None:
         raise ConfigError(f"{option}: an absolute http:// or https:// URL, got {value!r}")
     if len(value) > MAX_URL:
         raise ConfigError(f"{option}: at most {MAX_URL} characters")
@@ -223,8 +259,8 @@ def _web_url(option: str, value: str) -> str:
 @dataclass(frozen=True, slots=True)
 class Brand:
     """How a tenant's public tracking page looks: every field optional (None: trackd's own look).
-    Validated on construction: a name of 1-80 characters (trimmed), the colour `#RRGGBB` (kept
-    lower case), absolute http(s) URLs whose host a policy can name."""
+    Validated on construction: a name of 1-80 characters (trimmed, no control characters), the
+    colour `#RRGGBB` (kept lower case), absolute http(s) URLs whose host a policy can name."""
 
     name: str | None = None
     logo_url: str | None = None
@@ -233,17 +269,32 @@ class Brand:
 
     def __post_init__(self) -> None:
         if self.name is not None:
-            if not 1 <= len(self.name.strip()) <= MAX_BRAND_NAME:
-                raise ConfigError(f"--brand-name: 1 to {MAX_BRAND_NAME} characters")
-            object.__setattr__(self, "name", self.name.strip())
+            name = valid_name(self.name)
+            if name is None:
+                raise ConfigError(f"--brand-name: 1 to {MAX_BRAND_NAME} characters, no control characters")
+            object.__setattr__(self, "name", name)
         if self.colour is not None:
-            if not _COLOUR.match(self.colour):
+            colour = valid_colour(self.colour)
+            if colour is None:
                 raise ConfigError(f"--brand-colour: a colour as #RRGGBB, got {self.colour!r}")
-            object.__setattr__(self, "colour", self.colour.lower())
+            object.__setattr__(self, "colour", colour)
         if self.logo_url is not None:
             _web_url("--brand-logo", self.logo_url)
         if self.support_url is not None:
             _web_url("--support-url", self.support_url)
+
+    @classmethod
+    def lenient(cls, name: object, logo_url: object, colour: object, support_url: object) -> tuple[Brand, list[str]]:
+        """The brand of these values with each invalid one left out, and the names of those left out."""
+        kept = {
+            "name": valid_name(name),
+            "logo_url": valid_web_url(logo_url),
+            "colour": valid_colour(colour),
+            "support_url": valid_web_url(support_url),
+        }
+        given = {"name": name, "logo_url": logo_url, "colour": colour, "support_url": support_url}
+        dropped = [field for field, value in given.items() if value is not None and kept[field] is None]
+        return cls(**kept), dropped
 
     def to_dict(self) -> dict[str, str | None]:
         return {"name": self.name, "logo_url": self.logo_url, "colour": self.colour, "support_url": self.support_url}
@@ -302,10 +353,19 @@ async def update_settings(pool: AsyncConnectionPool, name: str, changes: dict[st
 
 
 async def brand_for(conn: Conn, tenant_id: int) -> Brand:
-    """The tracking-page branding of a tenant (all None when unset or the tenant is gone)."""
+    """The tracking-page branding of a tenant (all None when unset or the tenant is gone). Never
+    raises for what is stored: a value these rules refuse is left out, with one warning per process."""
     row = await (
         await conn.execute(
             "SELECT brand_name, brand_logo_url, brand_colour, support_url FROM tenants WHERE id = %s", (tenant_id,)
         )
     ).fetchone()
-    return Brand(row["brand_name"], row["brand_logo_url"], row["brand_colour"], row["support_url"]) if row else Brand()
+    if row is None:
+        return Brand()
+    brand, dropped = Brand.lenient(row["brand_name"], row["brand_logo_url"], row["brand_colour"], row["support_url"])
+    for field in dropped:
+        if (tenant_id, field) not in _WARNED:
+            _WARNED.add((tenant_id, field))
+            # The value is not logged: a URL can carry a token or credentials.
+            log.warning("tenant %s: its stored brand %s is not valid and is left off its pages", tenant_id, field)
+    return brand

@@ -3,15 +3,21 @@ tenant's branding set by `trackd tenant set`, and what the public never sees."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import orjson
+import psycopg
 import pytest
+from psycopg.rows import dict_row
 
+from notify import link_store
 from tests.conftest import RunEnv, Server
+from trackd import keys, tenant_store
 
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(days=3)
 
@@ -303,3 +309,112 @@ def test_tenant_set_brands_the_page_and_keeps_retention(
     }
     assert testenv.sql("SELECT retention_days FROM tenants WHERE name = %s", owner.name) == [(None,)]
     assert "img-src 'self' data:;" in public.get(f"/track/{token}").headers["content-security-policy"]
+
+
+async def _with_link_store(dsn: str, step: Callable[[Any], Awaitable[Any]]) -> Any:
+    async with await psycopg.AsyncConnection.connect(dsn, row_factory=dict_row) as conn, conn.transaction():
+        return await step(conn)
+
+
+def test_a_revoked_link_has_ended_whatever_each_process_clock_says(
+    owner: Any, tracked: dict[str, Any], public: httpx.Client, testenv: RunEnv
+) -> None:
+    sid = tracked["id"]
+    tenant_id = testenv.sql("SELECT id FROM tenants WHERE name = %s", owner.name)[0][0]
+    ahead, behind = datetime.now(UTC) + timedelta(hours=1), datetime.now(UTC) - timedelta(hours=1)
+    # Revoked by a process whose clock runs an hour ahead: the server, on time, says it has ended.
+    token = share(owner, sid).json()["token"]
+    revoked = asyncio.run(
+        _with_link_store(testenv.dsn, lambda c: link_store.revoke_share(c, tenant_id, sid, token, ahead))
+    )
+    assert revoked is True
+    assert public.get(f"/v1/track/{token}").status_code == 410
+    # Revoked by the server: a process whose clock lags an hour sees it ended too.
+    lagged = share(owner, sid).json()["token"]
+    assert owner.http.delete(f"/v1/shipments/{sid}/share/{lagged}").status_code == 204
+    link = asyncio.run(_with_link_store(testenv.dsn, lambda c: link_store.find_link(c, lagged, behind)))
+    assert link is not None
+    assert (link.tenant_id, link.shipment_id, link.live) == (tenant_id, sid, False)
+    assert owner.http.delete(f"/v1/shipments/{sid}/share/{lagged}").status_code == 404
+    # The time of revocation is the database's; the expiry stays as it was made.
+    hashes = [keys.hash_key(t) for t in (token, lagged)]
+    rows = testenv.sql(
+        "SELECT revoked_at BETWEEN now() - interval '1 minute' AND now(), expires_at > now() + interval '29 days'"
+        " FROM share_links WHERE token_hash = ANY(%s)",
+        hashes,
+    )
+    assert rows == [(True, True), (True, True)]
+
+
+_COLUMN_RULES: dict[str, tuple[Callable[[object], str | None], list[str]]] = {
+    "brand_name": (tenant_store.valid_name, ["Acme", "x" * 80, "x" * 81, " Acme", "Acme\t", "Ac\x1cme", "\x1c", "é"]),
+    "brand_colour": (tenant_store.valid_colour, ["#0a7d33", "#0A7D33", "#0a7d33\n", "green", "#0a7d3"]),
+    **dict.fromkeys(
+        ("brand_logo_url", "support_url"),
+        (
+            tenant_store.valid_web_url,
+            [
+                "https://cdn.acme.example/l.png?v=1",
+                "http://127.0.0.1:8080/logo.svg",
+                "https://A.example:65535/x?y=`{}[]|^~%20#f",
+                "https://a_b.example/",
+                "https://a.example/\\l.png",
+                "https://a.example:99999/",
+                "https://a.example:/",
+                "https://user:pw@a.example/",
+                "https://[::1]/",
+                "https://a.example/é",
+                "https://a.example;script-src/",
+                "HTTPS://a.example/",
+                "https://a.example" + "/a" * 1016,
+            ],
+        ),
+    ),
+}
+
+
+def test_the_database_stores_exactly_the_brand_values_trackd_accepts(owner: Any, testenv: RunEnv) -> None:
+    """What a CHECK of migration 015 lets in is what the read side takes as it is, no more, no less."""
+    name = owner.name
+    mismatches = []
+    with psycopg.connect(testenv.dsn) as conn, conn.transaction(force_rollback=True):
+        for column, (valid, values) in _COLUMN_RULES.items():
+            for value in values:
+                try:
+                    with conn.transaction():  # a savepoint
+                        conn.execute(f"UPDATE tenants SET {column} = %s WHERE name = %s", (value, name))
+                    stored = True
+                except psycopg.errors.CheckViolation:
+                    stored = False
+                if stored != (valid(value) == value):
+                    mismatches.append((column, value, stored))
+    assert mismatches == []
+
+
+async def _brand_past_the_check(dsn: str, tenant: str) -> list[tenant_store.Brand]:
+    """The branding read twice while a logo URL the database would refuse is stored anyway."""
+    async with await psycopg.AsyncConnection.connect(dsn, row_factory=dict_row) as conn:
+        async with conn.transaction(force_rollback=True):
+            await conn.execute("ALTER TABLE tenants DROP CONSTRAINT tenants_brand_logo_url_check")
+            row = await (
+                await conn.execute(
+                    "UPDATE tenants SET brand_name = 'Acme', brand_logo_url = 'https://a_b.example/l.png?key=s3cret',"
+                    " brand_colour = NULL, support_url = NULL WHERE name = %s RETURNING id",
+                    (tenant,),
+                )
+            ).fetchone()
+            assert row is not None
+            return [await tenant_store.brand_for(conn, row["id"]) for _ in range(2)]
+
+
+def test_a_stored_brand_value_trackd_refuses_is_left_out(
+    owner: Any, testenv: RunEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="trackd.tenants"):
+        brands = asyncio.run(_brand_past_the_check(testenv.dsn, owner.name))
+    assert brands == [tenant_store.Brand(name="Acme")] * 2
+    warnings = [r.getMessage() for r in caplog.records if r.name == "trackd.tenants"]
+    assert len(warnings) == 1  # once per process
+    assert "logo_url" in warnings[0]
+    assert "s3cret" not in caplog.text
+    assert "a_b.example" not in caplog.text

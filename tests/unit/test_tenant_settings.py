@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from trackd import tenant_store
 from trackd.errors import ConfigError
 from trackd.tenant_store import Brand, TenantSettings, check_settings
 
@@ -54,3 +55,45 @@ def test_good_settings_and_clearing_pass() -> None:
     check_settings({"brand_name": "Acme", "brand_colour": "#ffffff", "retention_days": 30})
     check_settings({"brand_logo_url": None, "retention_days": None})  # None clears
     assert TenantSettings(Brand(), 36500).retention_days == 36500
+
+
+@pytest.mark.parametrize(
+    ("url", "valid"),
+    [
+        ("https://cdn.acme.example/l.png?v=1&x=2#top", True),
+        ("http://127.0.0.1:8080/logo.svg", True),
+        ("https://Acme.example:65535", True),
+        ("https://a.example/x?y=`{}[]|^~%20", True),
+        ("https://a_b.example/", False),
+        ("https://a.example/\\l.png", False),
+        ("https://a.example:99999/", False),
+        ("https://a.example:65536/", False),
+        ("https://a.example:/", False),
+        ("https://user:pw@a.example/", False),
+        ("https://[::1]/", False),
+        ("https://a.example/é.png", False),
+        ("https://a.example/l.png\n", False),
+        ("https://a.example/\x7f", False),
+        ("https://a.example" + "/a" * 1016, False),  # 2049 characters
+    ],
+)
+def test_web_urls_follow_one_grammar(url: str, valid: bool) -> None:
+    assert (tenant_store.valid_web_url(url) == url) is valid
+    assert (tenant_store.web_origin(url) is not None) is valid
+
+
+def test_names_and_colours_are_normalized_or_refused() -> None:
+    assert tenant_store.valid_name(" Acme Parcels\t") == "Acme Parcels"
+    assert tenant_store.valid_name("Ac\x1cme") is None
+    assert tenant_store.valid_name("\x1c") is None
+    assert tenant_store.valid_colour("#0A7D33") == "#0a7d33"
+    assert tenant_store.valid_colour("#0a7d33\n") is None
+    with pytest.raises(ConfigError):
+        Brand(colour="#0a7d33\n")
+
+
+def test_a_lenient_brand_leaves_out_what_is_invalid_and_says_which() -> None:
+    brand, dropped = Brand.lenient("Acme", "https://a_b.example/l.png", "#ABCDEF", "https://a.example:99999/")
+    assert brand == Brand("Acme", None, "#abcdef", None)
+    assert dropped == ["logo_url", "support_url"]
+    assert Brand.lenient(None, None, None, None) == (Brand(), [])

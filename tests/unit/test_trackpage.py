@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +102,7 @@ def test_catalog_translates_every_code() -> None:
 
 @pytest.mark.parametrize("lang", ["en", "zh-Hans", "es", "de", "fr"])
 def test_translated_status_and_milestones_appear(lang: str) -> None:
-    page = trackpage.render(_track(), lang, "UTC")
+    page = trackpage.render(_track(), lang, "UTC", NOW)
     text = I18N[lang]
     assert f'<html lang="{lang}">' in page
     assert text["status"]["in_transit"] in page
@@ -111,14 +112,14 @@ def test_translated_status_and_milestones_appear(lang: str) -> None:
 
 
 def test_chinese_page_uses_chinese_status() -> None:
-    page = trackpage.render(_track(status="customs", substatus="customs.hold"), "zh-Hans", "Asia/Shanghai")
+    page = trackpage.render(_track(status="customs", substatus="customs.hold"), "zh-Hans", "Asia/Shanghai", NOW)
     assert "清关中" in page
     assert "海关扣留" in page
     assert "Maersk" in page
 
 
 def test_times_are_converted_to_the_zone() -> None:
-    shanghai = trackpage.render(_track(), "en", "Asia/Shanghai")
+    shanghai = trackpage.render(_track(), "en", "Asia/Shanghai", NOW)
     # 2024-05-01T12:00Z is 20:00 in Shanghai (UTC+8); 2024-05-03T23:30Z is 07:30 the next day.
     assert "Wed, May 1, 2024, 20:00" in shanghai
     assert "Sat, May 4, 2024, 07:30" in shanghai
@@ -126,7 +127,7 @@ def test_times_are_converted_to_the_zone() -> None:
     assert "Times shown in Shanghai time (CST)" in shanghai
     assert "Asia/Shanghai" not in shanghai
 
-    new_york = trackpage.render(_track(), "de", "America/New_York")
+    new_york = trackpage.render(_track(), "de", "America/New_York", NOW)
     # EDT (UTC-4) in May.
     assert "Mi., 1. Mai 2024, 08:00" in new_york
     assert "Fr., 3. Mai 2024, 19:30" in new_york
@@ -155,7 +156,7 @@ def test_time_zones_are_named_as_people_name_them(lang: str, zone: str, now: str
 
 
 def test_unknown_zone_falls_back_to_utc() -> None:
-    page = trackpage.render(_track(), "en", "Not/AZone")
+    page = trackpage.render(_track(), "en", "Not/AZone", NOW)
     assert "Wed, May 1, 2024, 12:00" in page
     assert "Times shown in UTC" in page
 
@@ -201,7 +202,9 @@ def test_a_narrow_estimate_is_one_day_with_its_hours() -> None:
         ({"p_late": 0.05}, NOW_ISO, "on_time"),
         ({"p_late": 0.5}, NOW_ISO, "might_be_late"),
         ({"p_late": 0.9}, NOW_ISO, "late"),
-        ({"p_late": 0.1, "predicted_at": "2024-06-11T12:00:00Z"}, NOW_ISO, "on_time"),  # p_late wins
+        # p_late wins while the promise (Jun 11) is still ahead
+        ({"p_late": 0.1, "predicted_at": "2024-06-11T12:00:00Z"}, NOW_ISO, "on_time"),
+        ({"p_late": 0.05}, "2024-06-12T00:00:00Z", "late"),  # the promise has passed: p_late is stale
         ({}, NOW_ISO, "might_be_late"),  # no p_late: the window (to Jun 12) crosses the promise (Jun 11)
         ({"p_late": None, "latest": "2024-06-10T20:00:00Z"}, NOW_ISO, "on_time"),
         ({"p_late": "high", "predicted_at": "2024-06-11T12:00:00Z"}, NOW_ISO, "late"),
@@ -217,6 +220,14 @@ def test_on_time_might_be_late_or_late(eta: dict[str, Any], now: str, expected: 
     labels = {"on_time": "On time", "might_be_late": "Might be late", "late": "Running late"}
     if expected is not None:
         assert f">{labels[expected]}</p>" in page
+
+
+def test_a_passed_promise_outranks_a_stale_p_late() -> None:
+    promised = datetime(2024, 6, 11, tzinfo=UTC)
+    eta = {"p_late": 0.05, "promised_at": promised.isoformat()}
+    assert trackpage_journey.punctuality(eta, None, None, promised + timedelta(days=1)) == "late"
+    assert trackpage_journey.punctuality(eta, None, None, promised - timedelta(days=1)) == "on_time"
+    assert trackpage_journey.punctuality({"p_late": 0.05}, None, None, promised + timedelta(days=1)) == "on_time"
 
 
 @pytest.mark.parametrize(
@@ -269,18 +280,20 @@ def test_steps_carry_the_day_reached_and_skip_customs_at_home() -> None:
     ]
     in_transit = page.split('data-step="in_transit"', 1)[1].split("</li>", 1)[0]
     assert '<time datetime="2024-05-02">Thu, May 2</time>' in in_transit  # the first milestone of the step
-    abroad = trackpage.render(_track(milestones=milestones, origin={"name": "Shanghai", "country": "CN"}), "en", "UTC")
+    abroad = trackpage.render(
+        _track(milestones=milestones, origin={"name": "Shanghai", "country": "CN"}), "en", "UTC", NOW
+    )
     assert 'data-step="customs"' in abroad
 
 
 def test_origin_and_destination_with_countries_in_the_language() -> None:
     track = _track(origin={"name": "Shanghai", "country": "CN"})
-    page = trackpage.render(track, "de", "UTC")
+    page = trackpage.render(track, "de", "UTC", NOW)
     assert '<b id="origin">Shanghai, China</b>' in page
     assert '<b id="destination">Rotterdam, Niederlande</b>' in page
-    zh = trackpage.render(track, "zh-Hans", "UTC")
+    zh = trackpage.render(track, "zh-Hans", "UTC", NOW)
     assert '<b id="destination">Rotterdam, 荷兰</b>' in zh
-    assert 'id="origin"' not in trackpage.render(_track(), "en", "UTC")  # none given: only the destination
+    assert 'id="origin"' not in trackpage.render(_track(), "en", "UTC", NOW)  # none given: only the destination
 
 
 def test_branding_name_logo_colour_and_support_link() -> None:
@@ -290,16 +303,16 @@ def test_branding_name_logo_colour_and_support_link() -> None:
         "colour": "#FFCC00",
         "support_url": "https://acme.example/help",
     }
-    page = trackpage.render(_track(brand=brand), "en", "UTC")
+    page = trackpage.render(_track(brand=brand), "en", "UTC", NOW)
     assert ":root{--brand:#ffcc00;--brand-ink:#111827}" in page  # dark text on a light colour
     assert '<img class="logo" src="https://cdn.acme.example:8443/logo.png?v=1&amp;x=2" alt="Acme &amp; Sons"' in page
     assert '<a id="support" href="https://acme.example/help"' in page
     assert "Contact Acme &amp; Sons" in page
     assert "<title>Acme &amp; Sons · Shipment tracking · MSKU1234565</title>" in page
-    dark = trackpage.render(_track(brand={"name": "Night", "colour": "#101040"}), "en", "UTC")
+    dark = trackpage.render(_track(brand={"name": "Night", "colour": "#101040"}), "en", "UTC", NOW)
     assert "--brand-ink:#ffffff" in dark
     assert '<span class="brand-name">Night</span>' in dark
-    plain = trackpage.render(_track(), "en", "UTC")
+    plain = trackpage.render(_track(), "en", "UTC", NOW)
     assert f"--brand:{trackpage.DEFAULT_ACCENT}" in plain
     assert 'id="brand"' not in plain
     assert 'id="support"' not in plain
@@ -315,13 +328,35 @@ def test_brand_values_that_could_break_out_are_dropped() -> None:
         "colour": "red;}body{color:red}",
         "support_url": 'https://a.example/"onmouseover=alert(1)',
     }
-    page = trackpage.render(_track(brand=brand), "en", "UTC")
+    page = trackpage.render(_track(brand=brand), "en", "UTC", NOW)
     assert "<b>x</b>" not in page
     assert "javascript:" not in page
     assert "red;}" not in page
     assert "onmouseover" not in page
     assert f"--brand:{trackpage.DEFAULT_ACCENT}" in page
     assert trackpage.content_security_policy("https://a.example;script-src *") == trackpage.content_security_policy()
+
+
+@pytest.mark.parametrize(
+    ("brand", "kept", "origin"),
+    [
+        ({"logo_url": "https://a_b.example/l.png"}, {}, None),
+        ({"logo_url": "https://a.example/\\l.png"}, {}, None),
+        ({"logo_url": "https://a.example:99999/l.png"}, {}, None),
+        ({"logo_url": "https://user:pw@a.example/l.png"}, {}, None),
+        ({"logo_url": "https://CDN.Acme.example:0443/l.png"}, {"logo_url": True}, "https://cdn.acme.example:443"),
+        ({"name": "x" * 81, "colour": "#0A7D33\n"}, {}, None),
+        ({"name": " Acme ", "colour": "#0A7D33"}, {"name": "Acme", "colour": "#0a7d33"}, None),
+    ],
+)
+def test_the_page_keeps_only_brand_values_the_settings_accept(
+    brand: dict[str, Any], kept: dict[str, Any], origin: str | None
+) -> None:
+    look = trackpage.Brand.of(brand)
+    expected = {key: (brand[key] if value is True else value) for key, value in kept.items()}
+    assert {key: value for key, value in asdict(look).items() if value is not None} == expected
+    policy = trackpage.content_security_policy(brand.get("logo_url"))
+    assert f"img-src 'self' data:{f' {origin}' if origin else ''};" in policy
 
 
 @pytest.mark.parametrize("lang", ["en", "zh-Hans", "es", "de", "fr"])
@@ -341,7 +376,7 @@ def test_ended_and_unknown_link_pages_are_localized(lang: str) -> None:
 
 def test_delivered_shows_delivery_time_not_eta() -> None:
     milestones = [*_track()["milestones"], {"code": "delivered", "occurred_at": "2024-06-10T09:15:00Z"}]
-    page = trackpage.render(_track(status="delivered", milestones=milestones), "fr", "Europe/Paris")
+    page = trackpage.render(_track(status="delivered", milestones=milestones), "fr", "Europe/Paris", NOW)
     assert "Livré" in page
     assert "lun. 10 juin 2024, 11:15" in page
     assert "Livraison estimée" not in page
@@ -358,7 +393,7 @@ def test_malicious_values_are_escaped() -> None:
         destination={"name": "</script><script>alert(2)</script>", "country": "NL", "lat": 1, "lon": 2},
         route=[[1, 2], ["</script>", 3]],
     )
-    page = trackpage.render(track, "en", "UTC")
+    page = trackpage.render(track, "en", "UTC", NOW)
     assert evil not in page
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
     assert "<img" not in page
@@ -371,7 +406,7 @@ def test_malicious_values_are_escaped() -> None:
 
 
 def test_route_map_only_same_origin_assets() -> None:
-    page = trackpage.render(_track(), "en", "UTC")
+    page = trackpage.render(_track(), "en", "UTC", NOW)
     assert 'id="route-map"' in page
     assert "/static/vendor/leaflet/leaflet.js" in page
     assert "/static/vendor/world-atlas/countries-110m.json" in page
@@ -399,6 +434,7 @@ def test_minimal_track_renders_without_map_or_eta() -> None:
         },
         "es",
         "Europe/Madrid",
+        NOW,
     )
     assert "Pendiente" in page
     assert "Todavía no hay actualizaciones." in page
