@@ -7,16 +7,18 @@ delivery; at 25/50/75/90 % of it each method predicts the delivery from what was
 (events whose `created_at`, else `occurred_at`, is not later) and, for trackd, from history
 learned only from shipments whose delivery was known strictly before that instant.
 
-Methods: `trackd` (`trackd.eta.predict`, with its 80 % interval), `promised` (the shipment's
-`promised_at`), `carrier` (the carrier's latest estimate known then) and `naive` (remaining
-great-circle distance to the destination / the nominal speed of the main mode). The baselines
-state no interval, so their `coverage` is null rather than a misleading 0. A method that has
-nothing to say for a shipment at a horizon (no promise, no carrier estimate) is left out of
-that horizon's `n`.
+Methods: `trackd` (`trackd.eta.predict`, with its 80 % interval and `p_late`), `promised` (the
+shipment's `promised_at`), `carrier` (the carrier's latest estimate known then, else the promised
+date: what a user has without trackd; its own estimates alone are scored apart) and `naive`
+(remaining great-circle distance to the destination / the nominal speed of the main mode). The
+baselines state no interval and no `p_late`, so their `coverage` and `brier` are null rather than
+a misleading 0. A method that has nothing to say for a shipment at a horizon (no promise) is left
+out of that horizon's `n`.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -26,7 +28,7 @@ from trackd import eta, geo, places
 from trackd.codes import Classifier, Milestone, Mode
 from trackd.errors import ValidationError
 from trackd.model import Location, ref_key
-from trackd.shipment import Leg, PositionFix, Shipment
+from trackd.shipment import Eta, Leg, PositionFix, Shipment
 from trackd.times import number, optional_number, parse_time
 
 HORIZONS = (25, 50, 75, 90)
@@ -56,6 +58,19 @@ class _Track:
     devices: frozenset[str]
     events: list[_Event] = field(default_factory=list)
     forecasts: list[eta.Forecast] = field(default_factory=list)
+    _usable: list[_Event] = field(default_factory=list)  # by the time each became usable
+    _usable_at: list[datetime] = field(default_factory=list)
+
+    def known(self, at: datetime) -> list[_Event]:
+        """The events known at `at` (an actual one also has to have happened), oldest first."""
+        if len(self._usable) != len(self.events):
+
+            def usable_at(e: _Event) -> datetime:
+                return max(e.known_at, e.occurred_at) if e.actual else e.known_at
+
+            self._usable = sorted(self.events, key=usable_at)
+            self._usable_at = [usable_at(e) for e in self._usable]
+        return self._usable[: bisect.bisect_right(self._usable_at, at)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +78,9 @@ class Score:
     mae_h: float | None
     coverage: float | None
     n: int
+    bias_h: float | None = None
+    hit_day: float | None = None
+    brier: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +91,11 @@ class Report:
     horizons: dict[str, dict[str, Score]]
     shipments: int
     paired: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    late_share: float | None = None  # delivered after the promise, of those with one
+    brier_constant: float | None = None  # the Brier score of always saying `late_share`
+    revisions: float | None = None  # material changes per shipment over its scored predictions
+    # per horizon: the carrier's own estimates where it gave one, and trackd's MAE on those shipments
+    carrier_own: dict[str, tuple[Score, float | None]] = field(default_factory=dict)
 
 
 def _location(d: object, where: str) -> Location | None:
@@ -119,13 +142,37 @@ def parse_shipment(body: Mapping[str, Any]) -> tuple[Shipment, frozenset[str]]:
     return shipment, frozenset(str(d) for d in body.get("devices") or ())
 
 
+def _time(value: object, name: str) -> datetime:
+    """`parse_time`, with a fast path for the plain ISO 8601 UTC times a replay file is made of."""
+    if isinstance(value, str) and value.endswith("Z") and len(value) <= 32:
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            pass
+    return parse_time(value, name)
+
+
+_REF_KEYS: dict[str, str] = {}
+
+
+def _ref_key(identifier: str) -> str:
+    key = _REF_KEYS.get(identifier)
+    if key is None:
+        if len(_REF_KEYS) > 100_000:
+            _REF_KEYS.clear()
+        key = _REF_KEYS[identifier] = ref_key(identifier)
+    return key
+
+
 def parse_event(d: Mapping[str, Any]) -> _Event | None:
     """The fields the replay needs from a trackd event; None for kinds it does not use."""
-    occurred = parse_time(d.get("occurred_at"), "occurred_at")
-    created = parse_time(d["created_at"], "created_at") if d.get("created_at") is not None else None
-    keys = tuple(ref_key(str(d[k])) for k in ("shipment",) if d.get(k))
+    occurred = _time(d.get("occurred_at"), "occurred_at")
+    created = _time(d["created_at"], "created_at") if d.get("created_at") is not None else None
+    keys = (_ref_key(str(d["shipment"])),) if d.get("shipment") else ()
     device = str(d["device"]) if d.get("device") else None
     known = created or occurred
+    if isinstance(d.get("sensor"), Mapping):
+        return _Event(known, occurred, keys, device)
     if isinstance(d.get("position"), Mapping):
         p = d["position"]
         lat, lon = number(p.get("lat"), "position.lat"), number(p.get("lon"), "position.lon")
@@ -140,8 +187,6 @@ def parse_event(d: Mapping[str, Any]) -> _Event | None:
             return None
         loc = _location(m.get("location"), "milestone.location")
         return _Event(known, occurred, keys, device, code, classifier, loc)
-    if isinstance(d.get("sensor"), Mapping):
-        return _Event(known, occurred, keys, device)
     raise ValidationError("event", "needs a position, milestone or sensor")
 
 
@@ -194,7 +239,7 @@ def carrier_estimate(
 
 
 def _journey(track: _Track, at: datetime) -> eta.Journey:
-    known = [e for e in track.events if e.known_at <= at and (not e.actual or e.occurred_at <= at)]
+    known = track.known(at)
     milestones = tuple((e.occurred_at, e.code, e.location) for e in known if e.code is not None and e.actual)
     fixes = sorted((e.fix for e in known if e.fix is not None), key=lambda f: f.at)
     estimates = [(e.known_at, e.occurred_at, e.code, e.location) for e in known if e.code and not e.actual]
@@ -226,16 +271,46 @@ def naive(journey: eta.Journey, now: datetime) -> datetime | None:
     return now + timedelta(hours=geo.haversine_km(here, legs[-1][2]) / eta.SPEED_KMH[mode])
 
 
-def score(rows: list[tuple[datetime, datetime | None, datetime | None, datetime]]) -> Score:
-    """MAE (hours) and coverage of (predicted, earliest, latest, actual) rows; coverage is null
-    when a row has no interval."""
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One method's answer for one shipment at one horizon, and what happened."""
+
+    predicted: datetime
+    actual: datetime
+    earliest: datetime | None = None
+    latest: datetime | None = None
+    p_late: float | None = None
+    late: bool | None = None  # delivered after the promise; None without one
+    utc_offset: timedelta = timedelta(0)  # of the destination's time zone
+
+
+def score(rows: list[Row]) -> Score:
+    """MAE, bias (actual - predicted), share on the right local day and coverage (hours), and the
+    Brier score of `p_late`; coverage and Brier are null when a row has no interval or no p_late."""
     if not rows:
         return Score(None, None, 0)
-    mae = sum(abs(eta.hours(p - actual)) for p, _, _, actual in rows) / len(rows)
-    if any(lo is None or hi is None for _, lo, hi, _ in rows):
-        return Score(mae, None, len(rows))
-    inside = sum(1 for _, lo, hi, actual in rows if lo is not None and hi is not None and lo <= actual <= hi)
-    return Score(mae, inside / len(rows), len(rows))
+    errors = [eta.hours(r.actual - r.predicted) for r in rows]
+    mae = sum(abs(e) for e in errors) / len(rows)
+    bias = sum(errors) / len(rows)
+    hit = sum(1 for r in rows if (r.predicted + r.utc_offset).date() == (r.actual + r.utc_offset).date()) / len(rows)
+    coverage = None
+    if all(r.earliest is not None and r.latest is not None for r in rows):
+        coverage = sum(
+            1 for r in rows if r.earliest is not None and r.latest is not None and r.earliest <= r.actual <= r.latest
+        ) / len(rows)
+    judged = [(r.p_late, r.late) for r in rows if r.late is not None]
+    brier = None
+    if judged and all(p is not None for p, _ in judged):
+        brier = sum(((p or 0.0) - float(late)) ** 2 for p, late in judged) / len(judged)
+    return Score(mae, coverage, len(rows), bias, hit, brier)
+
+
+def utc_offset(shipment: Shipment) -> timedelta:
+    """The destination's offset from UTC, from its longitude (15 degrees an hour)."""
+    legs = eta.resolved_legs(shipment)
+    if legs is None:
+        return timedelta(0)
+    return timedelta(hours=round(legs[-1][2][1] / 15.0))
 
 
 def evaluate(lines: Iterable[Mapping[str, Any]]) -> Report:
@@ -256,9 +331,10 @@ def evaluate(lines: Iterable[Mapping[str, Any]]) -> Report:
             agenda.append((start + (end - start) * (h / 100), 0, i, h))
         agenda.append((known, 1, i, 0))
     agenda.sort()
-    rows: dict[int, dict[str, dict[int, tuple[datetime, datetime | None, datetime | None, datetime]]]] = {
-        h: {m: {} for m in METHODS} for h in HORIZONS
-    }
+    rows: dict[int, dict[str, dict[int, Row]]] = {h: {m: {} for m in METHODS} for h in HORIZONS}
+    own: dict[int, dict[int, Row]] = {h: {} for h in HORIZONS}  # the carrier's own estimates alone
+    revisions = [0] * len(done)
+    last: list[Eta | None] = [None] * len(done)
     stats = eta.LaneStats.empty()
     for at, action, i, h in agenda:
         track, start, end, _ = done[i]
@@ -268,17 +344,28 @@ def evaluate(lines: Iterable[Mapping[str, Any]]) -> Report:
             stats = eta.learn(stats, completed)
             continue
         journey = _journey(track, at)
+        promised = track.shipment.promised_at
+        late = None if promised is None else end > promised
+        offset = utc_offset(track.shipment)
         predicted = eta.predict(journey, stats, at)
         if predicted is not None:
-            track.forecasts.append(eta.Forecast(at, predicted.predicted_at))
-            rows[h]["trackd"][i] = (predicted.predicted_at, predicted.earliest, predicted.latest, end)
-        if track.shipment.promised_at is not None:
-            rows[h]["promised"][i] = (track.shipment.promised_at, None, None, end)
+            track.forecasts.append(eta.Forecast(at, predicted.predicted_at, journey.carrier_eta))
+            rows[h]["trackd"][i] = Row(
+                predicted.predicted_at, end, predicted.earliest, predicted.latest, predicted.p_late, late, offset
+            )
+            if last[i] is not None and eta.eta_changed(last[i], predicted):
+                revisions[i] += 1
+            last[i] = predicted
+        if promised is not None:
+            rows[h]["promised"][i] = Row(promised, end, late=late, utc_offset=offset)
+        told = journey.carrier_eta or promised
+        if told is not None:
+            rows[h]["carrier"][i] = Row(told, end, late=late, utc_offset=offset)
         if journey.carrier_eta is not None:
-            rows[h]["carrier"][i] = (journey.carrier_eta, None, None, end)
+            own[h][i] = Row(journey.carrier_eta, end, utc_offset=offset)
         guess = naive(journey, at)
         if guess is not None:
-            rows[h]["naive"][i] = (guess, None, None, end)
+            rows[h]["naive"][i] = Row(guess, end, late=late, utc_offset=offset)
     horizons = {str(h): {m: score(list(rows[h][m].values())) for m in METHODS} for h in HORIZONS}
     paired = {
         str(h): {
@@ -288,35 +375,80 @@ def evaluate(lines: Iterable[Mapping[str, Any]]) -> Report:
         }
         for h in HORIZONS
     }
-    return Report(horizons, len(done), paired)
+    carrier_own = {
+        str(h): (score(list(own[h].values())), score([r for i, r in rows[h]["trackd"].items() if i in own[h]]).mae_h)
+        for h in HORIZONS
+    }
+    outcomes = [end > t.shipment.promised_at for t, _, end, _ in done if t.shipment.promised_at is not None]
+    share = sum(outcomes) / len(outcomes) if outcomes else None
+    constant = None if share is None else sum((share - float(o)) ** 2 for o in outcomes) / len(outcomes)
+    predicted_for = [r for r, p in zip(revisions, last, strict=True) if p is not None]
+    per_shipment = sum(predicted_for) / len(predicted_for) if predicted_for else None
+    return Report(horizons, len(done), paired, share, constant, per_shipment, carrier_own)
+
+
+def _round(v: float | None, digits: int) -> float | None:
+    return None if v is None else round(v, digits)
 
 
 def to_json(report: Report) -> dict[str, Any]:
     def one(h: str, m: str, s: Score) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "mae_h": None if s.mae_h is None else round(s.mae_h, 3),
-            "coverage": None if s.coverage is None else round(s.coverage, 4),
+            "mae_h": _round(s.mae_h, 3),
+            "coverage": _round(s.coverage, 4),
             "n": s.n,
+            "bias_h": _round(s.bias_h, 3),
+            "hit_day": _round(s.hit_day, 4),
+            "brier": _round(s.brier, 4),
         }
         if m in report.paired.get(h, {}):
             same = report.paired[h][m]
-            out["trackd_mae_h_same_shipments"] = None if same is None else round(same, 3)
+            out["trackd_mae_h_same_shipments"] = _round(same, 3)
+        if m == "carrier" and h in report.carrier_own:
+            alone, trackd_same = report.carrier_own[h]
+            out["own_estimates"] = {
+                "n": alone.n,
+                "mae_h": _round(alone.mae_h, 3),
+                "trackd_mae_h": _round(trackd_same, 3),
+            }
         return out
 
-    return {"horizons": {h: {m: one(h, m, s) for m, s in by.items()} for h, by in report.horizons.items()}}
+    return {
+        "shipments": report.shipments,
+        "horizons": {h: {m: one(h, m, s) for m, s in by.items()} for h, by in report.horizons.items()},
+        "late": {"share": _round(report.late_share, 4), "brier_constant": _round(report.brier_constant, 4)},
+        "revisions": {"per_shipment": _round(report.revisions, 3)},
+    }
 
 
 def format_table(report: Report) -> str:
+    def f(v: float | None, fmt: str, scale: float = 1.0) -> str:
+        return "-" if v is None else format(v * scale, fmt)
+
     out = [
-        f"{report.shipments} completed shipments; MAE in hours, coverage of the stated 80 % interval;",
+        f"{report.shipments} completed shipments; MAE and bias (actual - predicted) in hours, coverage of the",
+        "stated 80 % interval, share delivered on the predicted local day, Brier score of p_late;",
         "'trackd same n': trackd's MAE on just the shipments where that baseline had an answer",
-        f"{'horizon':>7}  {'method':<9}{'n':>6}{'MAE (h)':>10}{'coverage':>10}{'trackd same n':>15}",
+        f"{'horizon':>7}  {'method':<9}{'n':>6}{'MAE (h)':>10}{'bias (h)':>10}{'coverage':>10}{'hit day':>9}"
+        f"{'Brier':>7}{'trackd same n':>15}",
     ]
     for h, by in report.horizons.items():
         for m, s in by.items():
-            mae = "-" if s.mae_h is None else f"{s.mae_h:.2f}"
-            cov = "-" if s.coverage is None else f"{100 * s.coverage:.1f}%"
             same = report.paired.get(h, {}).get(m)
-            paired = "" if m == "trackd" else ("-" if same is None else f"{same:.2f}")
-            out.append(f"{h + '%':>7}  {m:<9}{s.n:>6}{mae:>10}{cov:>10}{paired:>15}")
+            paired = "" if m == "trackd" else f(same, ".2f")
+            cov = f(s.coverage, ".1f", 100) + ("%" if s.coverage is not None else "")
+            hit = f(s.hit_day, ".1f", 100) + ("%" if s.hit_day is not None else "")
+            out.append(
+                f"{h + '%':>7}  {m:<9}{s.n:>6}{f(s.mae_h, '.2f'):>10}{f(s.bias_h, '.2f'):>10}"
+                f"{cov:>10}{hit:>9}{f(s.brier, '.3f'):>7}{paired:>15}"
+            )
+    for h, (alone, trackd_same) in report.carrier_own.items():
+        out.append(
+            f"{h + '%':>7}  carrier's own estimates alone: n {alone.n}, MAE {f(alone.mae_h, '.2f')} h"
+            f" (trackd on those shipments {f(trackd_same, '.2f')} h)"
+        )
+    out.append(
+        f"late: {f(report.late_share, '.1f', 100)}% of shipments with a promise; Brier of that constant rate "
+        f"{f(report.brier_constant, '.3f')}; revisions per shipment {f(report.revisions, '.2f')}"
+    )
     return "\n".join(out)

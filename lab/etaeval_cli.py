@@ -1,7 +1,8 @@
 """`trackd eta-eval`: replay completed shipments as if live and score the ETA against baselines.
 
 Input, in the order things became known: a JSON-lines file (`--events`), the simulator's history
-(`--simulate N`, reproducible with `--seed`), or, by default, the configured database.
+(`--simulate N`: a year of bookings through the disruptions of `lab/simulator_drift.py`,
+reproducible with `--seed`), or, by default, the configured database.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +22,8 @@ from lab import etaeval, queries
 from trackd.errors import ConfigError
 from trackd.settings import Settings
 
+SIMULATED_DAYS = 365.0  # --simulate: a year of bookings, through that year's disruptions
+SENSOR_EVERY_MIN = 1440.0  # sensor readings tell the ETA nothing: one a day keeps the replay quick
 POSITION_EVERY_S = 1800  # positions read back from the database, at most one per half hour
 
 
@@ -86,9 +90,14 @@ def main(settings: Settings, args: argparse.Namespace) -> int:
     if args.events:
         lines: Any = from_file(args.events)
     elif getattr(args, "simulate", None):
-        from lab import simulator
+        from lab import simulator, simulator_drift
 
-        lines = simulator.history(args.simulate, args.seed, datetime(2025, 1, 1, tzinfo=UTC))
+        start = datetime(2025, 1, 1, tzinfo=UTC)
+        drift = simulator_drift.Drift(args.seed, start).apply
+        cadence = replace(simulator.HISTORY_CADENCE, reefer_sensor=SENSOR_EVERY_MIN, battery=SENSOR_EVERY_MIN)
+        lines = simulator.history(
+            args.simulate, args.seed, start, span_days=SIMULATED_DAYS, cadence=cadence, drift=drift
+        )
     else:
         lines = from_database(settings.dsn())
     report = etaeval.evaluate(lines)

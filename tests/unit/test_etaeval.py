@@ -94,11 +94,17 @@ def test_mae_and_coverage_by_hand() -> None:
         assert got["mae_h"] == pytest.approx(mae, abs=1e-3)
         assert got["coverage"] == coverage
         assert got["n"] == 2
-        # promised: A off by 2 h, B by 1 h; no interval, so no coverage
+        # promised: A 2 h early (actual 8, promised 10), B 1 h late: bias (-2 + 1) / 2; both on the
+        # promised day; no interval and no p_late, so no coverage and no Brier score
         promised = {k: v for k, v in out[horizon]["promised"].items() if k != "trackd_mae_h_same_shipments"}
-        assert promised == {"mae_h": 1.5, "coverage": None, "n": 2}
+        assert promised == {"mae_h": 1.5, "coverage": None, "n": 2, "bias_h": -0.5, "hit_day": 1.0, "brier": None}
         assert out[horizon]["promised"]["trackd_mae_h_same_shipments"] == out[horizon]["trackd"]["mae_h"]
-        assert out[horizon]["carrier"] == {"mae_h": None, "coverage": None, "n": 0, "trackd_mae_h_same_shipments": None}
+        # no carrier estimates: the carrier baseline is the promise
+        carrier = out[horizon]["carrier"]
+        assert {k: carrier[k] for k in promised} == promised
+        assert carrier["own_estimates"] == {"n": 0, "mae_h": None, "trackd_mae_h": None}
+        # A was on time, B late: p_late against that (from the prior interval, no history yet)
+        assert 0 < out[horizon]["trackd"]["brier"] < 1
     naive = {
         "25": (abs(2 + GC_H - 8) + abs(1.5 + GC_H - 6)) / 2,
         "50": (abs(4 + GC_H - 8) + abs(3 + GC_H - 6)) / 2,
@@ -114,37 +120,39 @@ def test_mae_and_coverage_by_hand() -> None:
 def test_carrier_baseline_uses_the_estimate_known_then() -> None:
     out = etaeval.to_json(etaeval.evaluate(lines(carrier_estimate=True)))["horizons"]
     for horizon in ("25", "50", "75", "90"):
-        # A only: the estimate (made at T0, for T0+7 h) is 1 h early; matched ignoring case, spaces, hyphens
-        carrier = {k: v for k, v in out[horizon]["carrier"].items() if k != "trackd_mae_h_same_shipments"}
-        assert carrier == {"mae_h": 1.0, "coverage": None, "n": 1}
+        # A: the estimate (made at T0, for T0+7 h) is 1 h early; matched ignoring case, spaces, hyphens.
+        # B has none: its promise (1 h early) stands in.
+        assert out[horizon]["carrier"]["own_estimates"]["n"] == 1
+        assert out[horizon]["carrier"]["own_estimates"]["mae_h"] == 1.0
+        assert (out[horizon]["carrier"]["mae_h"], out[horizon]["carrier"]["n"]) == (1.0, 2)
+        assert out[horizon]["carrier"]["bias_h"] == 1.0
         assert out[horizon]["trackd"]["n"] == 2
 
 
 def test_estimate_made_later_is_not_used_earlier() -> None:
     late = [*lines()[:2], milestone("TN-A", "delivered", 7, 1, classifier="estimated", created_at=iso(5)), *lines()[2:]]
     out = etaeval.to_json(etaeval.evaluate(late))["horizons"]
-    assert out["25"]["carrier"]["n"] == 0
-    assert out["50"]["carrier"]["n"] == 0
-    assert out["75"]["carrier"]["n"] == 1
-    assert out["90"]["carrier"]["n"] == 1
+    assert [out[h]["carrier"]["own_estimates"]["n"] for h in ("25", "50", "75", "90")] == [0, 0, 1, 1]
 
 
 def test_score_and_table() -> None:
     hour = timedelta(hours=1)
-    rows: list[tuple[datetime, datetime | None, datetime | None, datetime]] = [
-        (T0 + 2 * hour, T0, T0 + 3 * hour, T0 + hour),  # 1 h off, covered
-        (T0 + 5 * hour, T0 + 4 * hour, T0 + 6 * hour, T0 + hour),  # 4 h off, not covered
+    rows = [
+        etaeval.Row(T0 + 2 * hour, T0 + hour, T0, T0 + 3 * hour, 0.8, True),  # 1 h off, covered
+        etaeval.Row(T0 + 5 * hour, T0 + hour, T0 + 4 * hour, T0 + 6 * hour, 0.4, False),  # 4 h off, not covered
+        # predicted 23:00 UTC on the 1st, delivered 01:00 UTC on the 2nd: the same day at UTC-2
+        etaeval.Row(T0 + 23 * hour, T0 + 25 * hour, T0, T0 + 30 * hour, None, None, timedelta(hours=-2)),
     ]
     s = etaeval.score(rows)
-    assert s.mae_h == pytest.approx(2.5)
-    assert (s.coverage, s.n) == (0.5, 2)
+    assert s.mae_h == pytest.approx(7 / 3)
+    assert s.bias_h == pytest.approx((-1 - 4 + 2) / 3)
+    assert (s.coverage, s.n, s.hit_day) == (pytest.approx(2 / 3), 3, 1.0)
+    assert s.brier == pytest.approx(((0.8 - 1) ** 2 + 0.4**2) / 2)  # the row without a promise is not judged
     assert etaeval.score([]) == etaeval.Score(None, None, 0)
     table = etaeval.format_table(etaeval.evaluate(lines()))
     assert "MAE" in table
     assert "coverage" in table
-    assert any(
-        line.split()[:2] == ["50%", "trackd"] and line.rstrip().endswith("100.0%") for line in table.splitlines()
-    )
+    assert any(line.split()[:2] == ["50%", "trackd"] and line.split()[5] == "100.0%" for line in table.splitlines())
 
 
 def test_bad_line_names_it() -> None:
@@ -181,5 +189,8 @@ def test_cli_reads_a_jsonl_file_and_prints_json(tmp_path, capsys) -> None:  # ty
     assert main(["eta-eval", "--events", str(path), "--json"]) == 0
     out = orjson.loads(capsys.readouterr().out)
     assert set(out["horizons"]) == {"25", "50", "75", "90"}
-    assert {"mae_h", "coverage", "n"} <= set(out["horizons"]["50"]["trackd"])
+    assert {"mae_h", "coverage", "n", "bias_h", "hit_day", "brier"} <= set(out["horizons"]["50"]["trackd"])
+    assert out["late"]["share"] == 0.5  # B was late, A was not
+    assert out["late"]["brier_constant"] == 0.25
+    assert out["revisions"]["per_shipment"] is not None
     assert main(["eta-eval", "--events", str(tmp_path / "missing.jsonl")]) == 2
