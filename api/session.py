@@ -1,9 +1,9 @@
 """`/v1/session`: sign a browser in with the API key once; it then sends a session cookie.
 
 `POST` takes the key (`{"api_key": ...}` or `Authorization: Bearer`) and sets the cookie (see
-`api/session_token.py`); `GET` answers the session's tenant, expiry and key (the page needs the key
-for its websocket handshake, which takes no cookie); `DELETE` signs out (clears the cookie).
-`POST` and `DELETE` from a page of another origin are refused.
+`api/session_token.py`); `GET` answers the session's tenant and expiry, never the key: the REST
+routes and the websocket take the cookie, so the page's script never holds it; `DELETE` signs out
+(clears the cookie). `POST` and `DELETE` from a page of another origin are refused.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ class SignIn(BaseModel):
 class Session(BaseModel):
     tenant: str
     expires_at: str = Field(description="when the cookie expires (ISO 8601, UTC)")
-    api_key: str = Field(description="for the websocket handshake (`?token=`)")
 
 
 def _cross_site(request: Request) -> bool:
@@ -57,7 +56,7 @@ async def sign_in(
         raise Unauthorized("unknown API key")
     value, expires = await session_token.seal(request, key, state.clock())
     session_token.set_cookie(response, request, value, expires)
-    return Session(tenant=tenant.name, expires_at=_iso(expires), api_key=key)
+    return Session(tenant=tenant.name, expires_at=_iso(expires))
 
 
 @router.get("/v1/session", response_model=Session)
@@ -68,7 +67,7 @@ async def current(request: Request, response: Response, state: Shared) -> Sessio
     if found is None or tenant is None:
         raise Unauthorized("not signed in")
     response.headers["Cache-Control"] = "no-store"
-    return Session(tenant=tenant.name, expires_at=_iso(found[1]), api_key=found[0])
+    return Session(tenant=tenant.name, expires_at=_iso(found[1]))
 
 
 @router.delete("/v1/session", status_code=204)

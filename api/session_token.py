@@ -4,8 +4,8 @@ The cookie's value is the API key and its expiry, sealed with the key that seals
 (`TRACKD_SECRET_KEY`, or the database's keyring): nothing is stored per session, and a session
 ends when it expires or its API key stops working (rotation ends it with the old key's grace). The
 cookie is HttpOnly, SameSite=Strict, Secure over https. A request authenticated by the cookie that
-changes something must come from this origin (`Origin`, else `Sec-Fetch-Site`), whatever the browser
-does with SameSite.
+changes something, and every websocket handshake it authenticates, must come from this origin
+(`Origin`, else `Sec-Fetch-Site`), whatever the browser does with SameSite.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 from fastapi import Request, Response
+from starlette.requests import HTTPConnection
 
 from trackd import keys, store, tenant_store
 from trackd.errors import ConfigError, Unauthorized
@@ -25,7 +26,7 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _BOX = "session_box"  # where AppState.extras keeps this process's box
 
 
-async def _box(request: Request) -> keys.SecretBox:
+async def _box(request: HTTPConnection) -> keys.SecretBox:
     state = request.app.state.trackd
     box: keys.SecretBox | None = state.extras.get(_BOX)
     if box is None:
@@ -41,7 +42,7 @@ async def seal(request: Request, api_key: str, now: datetime) -> tuple[str, date
     return (await _box(request)).seal(f"{int(expires.timestamp())}:{api_key}"), expires
 
 
-async def unseal(request: Request, now: datetime) -> tuple[str, datetime] | None:
+async def unseal(request: HTTPConnection, now: datetime) -> tuple[str, datetime] | None:
     """The API key and expiry in the request's session cookie; None without a valid, live one."""
     value = request.cookies.get(COOKIE)
     if not value or len(value) > 1000:
@@ -57,7 +58,7 @@ async def unseal(request: Request, now: datetime) -> tuple[str, datetime] | None
     return (api_key, expires) if expires > now else None
 
 
-def same_origin(request: Request) -> bool:
+def same_origin(request: HTTPConnection) -> bool:
     """Whether a browser says the request comes from a page of this origin (`Origin` names this
     server's `Host`; without it, `Sec-Fetch-Site: same-origin`)."""
     origin = request.headers.get("origin")
@@ -66,13 +67,17 @@ def same_origin(request: Request) -> bool:
     return request.headers.get("sec-fetch-site") == "same-origin"
 
 
-async def tenant_for_cookie(request: Request, now: datetime) -> Tenant | None:
+async def tenant_for_cookie(request: HTTPConnection, now: datetime) -> Tenant | None:
     """The tenant of the request's session cookie; None without one. Unauthorized when a cookie
-    authenticates a change that does not come from this origin (cross-site request forgery)."""
+    authenticates a change (cross-site request forgery) or a websocket handshake (cross-site
+    websocket hijacking) that does not come from this origin."""
     found = await unseal(request, now)
     if found is None:
         return None
-    if request.method not in SAFE_METHODS and not same_origin(request):
+    if request.scope["type"] == "websocket":
+        if not same_origin(request):
+            raise Unauthorized("a websocket authenticated by the session cookie must come from this origin")
+    elif request.scope["method"] not in SAFE_METHODS and not same_origin(request):
         raise Unauthorized("a change authenticated by the session cookie must come from this origin")
     return await tenant_store.tenant_for_api_key(request.app.state.trackd.pool, found[0])
 

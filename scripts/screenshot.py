@@ -5,7 +5,7 @@ Starts the demo on a temporary state directory (embedded PostgreSQL, bus and bro
 environment says), waits until a few hundred shipments are on the map, opens the side panel of one
 that is under way, takes a 1280x800 screenshot with Chromium and stops the demo.
 
-    python scripts/screenshot.py [--out docs/dashboard.png] [--shipments 300] [--speed 3000]
+    python scripts/screenshot.py [--out docs/dashboard.png] [--shipments 300]
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ PICK = """() => {
 }"""
 
 
-def start_demo(state_dir: Path, shipments: int, speed: float, log: Path) -> tuple[subprocess.Popen[str], str, str]:
+def start_demo(state_dir: Path, shipments: int, log: Path) -> tuple[subprocess.Popen[str], str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TRACKD_", "PG"))}
     env |= {"PYTHONPATH": str(ROOT), "TRACKD_HTTP_PORT": str(free_port()), "PYTHONUNBUFFERED": "1"}
     with open(log, "w") as err:
@@ -55,8 +55,6 @@ def start_demo(state_dir: Path, shipments: int, speed: float, log: Path) -> tupl
                 str(state_dir),
                 "--shipments",
                 str(shipments),
-                "--speed",
-                str(speed),
             ],
             env=env,
             stdout=subprocess.PIPE,
@@ -111,14 +109,13 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "dashboard.png")
     p.add_argument("--shipments", type=int, default=300)
-    p.add_argument("--speed", type=float, default=3000.0)
     p.add_argument("--want", type=int, default=200, help="markers on the map before the screenshot")
     p.add_argument("--moving", type=int, default=100, help="of them under way with a position")
     args = p.parse_args()
     if not os.path.exists(CHROMIUM):
         raise SystemExit(f"screenshot: {CHROMIUM} is missing (apt-get install -y chromium)")
     tmp = Path(tempfile.mkdtemp(prefix="trackd-screenshot-"))
-    proc, url, key = start_demo(tmp / "state", args.shipments, args.speed, tmp / "demo.log")
+    proc, url, key = start_demo(tmp / "state", args.shipments, tmp / "demo.log")
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(

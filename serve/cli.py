@@ -239,8 +239,6 @@ def cmd_source(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     if not 1 <= args.shipments <= 100_000:
         raise ConfigError("demo --shipments: 1 to 100,000")
-    if not 0 < args.speed <= 1_000_000:
-        raise ConfigError("demo --speed: more than 0, at most 1,000,000 simulated seconds per second")
     if args.duration is not None and not args.duration > 0:
         raise ConfigError("demo --duration: more than 0 seconds")
     from lab import demo
@@ -315,7 +313,6 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the whole system on embedded defaults, fed by a simulator")
     d.add_argument("--reset", action="store_true", help="wipe the demo's state directory first")
     d.add_argument("--shipments", type=int, default=300)
-    d.add_argument("--speed", type=float, default=1800.0, help="simulated seconds per real second")
     d.add_argument("--state-dir", default=None)
     d.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     d.set_defaults(func=cmd_demo)

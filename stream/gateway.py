@@ -1,7 +1,8 @@
 """`GET /v1/stream`: the websocket endpoint.
 
-The handshake is authenticated (`Authorization: Bearer <api_key>` or `?token=`); a missing or
-wrong key is answered with an HTTP 401 before the upgrade. After that the socket has two tasks:
+The handshake is authenticated (`Authorization: Bearer <api_key>` or `?token=`, else a browser's
+session cookie, which counts only from a page of this origin: no cross-site websocket hijacking);
+missing or wrong credentials are answered with an HTTP 401 before the upgrade. After that the socket has two tasks:
 the receiver parses client operations (`stream.protocol`) and applies them to this process's
 `Hub`; the relay sends what the hub queued for the client's `Session`, in order, and closes the
 socket when the hub closes the session (1013 for a client too far behind, 1008 after too many bad
@@ -19,6 +20,7 @@ from fastapi.responses import JSONResponse
 from psycopg_pool import AsyncConnectionPool
 from starlette.websockets import WebSocketDisconnect
 
+from api import session_token
 from api.deps import AppState
 from stream import protocol
 from stream.hub import Hub
@@ -26,6 +28,7 @@ from stream.protocol import Message, Ping, ProtocolError, Selector, Subscribe
 from stream.session import Session, SessionClosed
 from trackd import store, tenant_store
 from trackd.errors import TrackdError
+from trackd.store import Tenant
 
 log = logging.getLogger("trackd.stream")
 
@@ -68,17 +71,29 @@ async def deny(websocket: WebSocket, status: int, code: str, detail: str) -> Non
         await websocket.close(code=CLOSE_POLICY_VIOLATION, reason=detail)
 
 
+async def authenticate(websocket: WebSocket, state: AppState) -> Tenant | None:
+    """The tenant of the handshake's API key, else of its session cookie; None without either."""
+    key = api_key(websocket)
+    if key:
+        return await tenant_store.tenant_for_api_key(state.pool, key)
+    return await session_token.tenant_for_cookie(websocket, state.clock())
+
+
 @router.websocket("/v1/stream")
 async def stream(websocket: WebSocket) -> None:
     state: AppState = websocket.app.state.trackd  # put there by serve.app
-    key = api_key(websocket)
     try:
-        tenant = await tenant_store.tenant_for_api_key(state.pool, key) if key else None
+        tenant = await authenticate(websocket, state)
     except TrackdError as exc:
         await deny(websocket, exc.status, exc.code, exc.detail)
         return
     if tenant is None:
-        detail = "unknown API key" if key else "missing Authorization: Bearer <api_key> (or ?token=)"
+        if api_key(websocket):
+            detail = "unknown API key"
+        elif session_token.COOKIE in websocket.cookies:
+            detail = "the session cookie has expired or its API key no longer works: sign in again"
+        else:
+            detail = "missing Authorization: Bearer <api_key> (or ?token=, or the session cookie)"
         await deny(websocket, 401, "Unauthorized", detail)
         return
     hub: Hub = websocket.app.state.hub  # put there by serve.app
