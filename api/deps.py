@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 from psycopg_pool import AsyncConnectionPool
 
 from api import session_token
@@ -58,12 +58,20 @@ def bearer(request: Request) -> str | None:
 api_key_scheme = HTTPBearer(
     auto_error=False, scheme_name="apiKey", description="the tenant's API key: `Authorization: Bearer tk_...`"
 )
+# ... and the dashboard's alternative, the session cookie `POST /v1/session` sets (api.session_token).
+session_scheme = APIKeyCookie(
+    name=session_token.COOKIE,
+    auto_error=False,
+    scheme_name="session",
+    description="a browser's session, set by `POST /v1/session`; changes must come from this origin",
+)
 
 
 async def get_tenant(
     request: Request,
     state: Shared,
     _declared: Annotated[HTTPAuthorizationCredentials | None, Depends(api_key_scheme)] = None,
+    _session: Annotated[str | None, Depends(session_scheme)] = None,
 ) -> Tenant:
     token = bearer(request)
     if token is None:

@@ -11,11 +11,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Request, Response
+from fastapi import APIRouter, Body, Depends, Request, Response
 from pydantic import BaseModel, Field
 
 from api import session_token
-from api.deps import Shared, bearer
+from api.deps import Shared, api_key_scheme, bearer, session_scheme
 from trackd import tenant_store
 from trackd.errors import Unauthorized
 
@@ -41,7 +41,7 @@ def _cross_site(request: Request) -> bool:
     )
 
 
-@router.post("/v1/session", response_model=Session)
+@router.post("/v1/session", response_model=Session, dependencies=[Depends(api_key_scheme)])
 async def sign_in(
     request: Request, response: Response, state: Shared, body: Annotated[SignIn | None, Body()] = None
 ) -> Session:
@@ -59,7 +59,7 @@ async def sign_in(
     return Session(tenant=tenant.name, expires_at=_iso(expires))
 
 
-@router.get("/v1/session", response_model=Session)
+@router.get("/v1/session", response_model=Session, dependencies=[Depends(session_scheme)])
 async def current(request: Request, response: Response, state: Shared) -> Session:
     """The signed-in session, from its cookie; 401 without a valid one."""
     found = await session_token.unseal(request, state.clock())
@@ -70,7 +70,7 @@ async def current(request: Request, response: Response, state: Shared) -> Sessio
     return Session(tenant=tenant.name, expires_at=_iso(found[1]))
 
 
-@router.delete("/v1/session", status_code=204)
+@router.delete("/v1/session", status_code=204, dependencies=[Depends(session_scheme)])
 async def sign_out(request: Request) -> Response:
     """Clear the session cookie."""
     if _cross_site(request):

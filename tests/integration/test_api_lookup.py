@@ -220,12 +220,25 @@ def test_openapi_document(server: Server) -> None:
             "type": "http",
             "scheme": "bearer",
             "description": "the tenant's API key: `Authorization: Bearer tk_...`",
-        }
+        },
+        "session": {
+            "type": "apiKey",
+            "in": "cookie",
+            "name": "trackd_session",
+            "description": "a browser's session, set by `POST /v1/session`; changes must come from this origin",
+        },
     }
-    secured = {(m, p) for m, p, op in ops if op.get("security") == [{"apiKey": []}]}
+    # every tenant route takes the key or the dashboard's session cookie; the session routes one each
+    secured = {(m, p) for m, p, op in ops if op.get("security") == [{"apiKey": []}, {"session": []}]}
     unsecured = {(m, p) for m, p, op in ops if "security" not in op}
     assert unsecured == PUBLIC
-    assert len(secured) == len(ops) - len(PUBLIC)
+    session = {(m, p): op["security"] for m, p, op in ops if p == "/v1/session"}
+    assert session == {
+        ("post", "/v1/session"): [{"apiKey": []}],
+        ("get", "/v1/session"): [{"session": []}],
+        ("delete", "/v1/session"): [{"session": []}],
+    }
+    assert len(secured) == len(ops) - len(PUBLIC) - len(session)
     assert ("get", "/v1/shipments/{shipment_id}") in secured
     assert ("get", "/v1/shipments.csv") in secured
 
@@ -244,7 +257,7 @@ def test_openapi_document(server: Server) -> None:
             if code.startswith("4"):
                 assert answer["content"]["application/json"]["schema"]["$ref"] in refs, (m, p, code)
                 errors += 1
-        assert ((m, p) in secured) == ("401" in op["responses"]), (m, p)
+        assert ((m, p) in secured or (m, p) in session) == ("401" in op["responses"]), (m, p)
         assert ("{" in p) <= ("404" in op["responses"]), (m, p)
     assert errors > len(ops)
     assert "409" in doc["paths"]["/v1/shipments/{shipment_id}"]["get"]["responses"]
