@@ -1,7 +1,8 @@
 """Inbound webhook authentication, as each source's sender does it, with a constant-time check:
 
 - `Scheme`: an HMAC-SHA256 of the raw body keyed by the ingest secret, in a header (prefix and hex or
-  base64 encoding as the sender publishes them);
+  base64 encoding as the sender publishes them; older header names as fallbacks), or of a message
+  and key that a function of the sender's derives from the body and the secret;
 - `HeaderSecret`: the ingest secret itself in a header after a prefix (`Authorization: Bearer <secret>`,
   `DHL-API-Key: <secret>`), for senders that cannot sign a body (Traccar's `forward.header`, DHL's
   subscription `ApiKeyAuthentication`).
@@ -16,7 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from trackd.errors import Unauthorized
@@ -32,21 +33,30 @@ def _header(headers: Mapping[str, str], name: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Scheme:
-    """An HMAC-SHA256 signature of the body: `header: <prefix><hex or base64 digest>`."""
+    """An HMAC-SHA256 signature of the body: `header: <prefix><hex or base64 digest>`, read from the
+    first of `header` and then `fallbacks` that is present. `signed`, when given, derives the HMAC
+    key and the signed message from the secret and the body (for senders that sign fields of the
+    body, or with a key made from the secret), raising `Unauthorized` for a body it cannot sign;
+    by default the message is the raw body and the key the secret."""
 
     header: str
     prefix: str
     encoding: str  # "hex" or "base64"
+    fallbacks: tuple[str, ...] = ()
+    signed: Callable[[str, bytes], tuple[bytes, bytes]] | None = None
 
     def sign(self, secret: str, body: bytes) -> str:
-        mac = hmac.new(secret.encode("utf-8"), body, hashlib.sha256).digest()
+        key, message = self.signed(secret, body) if self.signed else (secret.encode("utf-8"), body)
+        mac = hmac.new(key, message, hashlib.sha256).digest()
         text = mac.hex() if self.encoding == "hex" else base64.b64encode(mac).decode()
         return self.prefix + text
 
     def check(self, secret: str, body: bytes, headers: Mapping[str, str]) -> None:
         """Raise `Unauthorized` unless the header holds the body's signature under `secret`."""
+        names = (self.header, *self.fallbacks)
+        name = next((n for n in names if (headers.get(n) or headers.get(n.lower()) or "").strip()), self.header)
         try:
-            given = _header(headers, self.header)
+            given = _header(headers, name)
         except Unauthorized:
             raise Unauthorized(f"missing {self.header} signature header") from None
         expected = self.sign(secret, body)

@@ -1,6 +1,7 @@
 """Carrier push APIs through a real server, signed as the carriers sign: USPS Subscriptions - Tracking
 (`X-HMAC`) and FedEx Advanced Integrated Visibility (`fdx-signature`), each a base64 HMAC-SHA256 of
-the raw body keyed with the tenant's ingest secret.
+the raw body keyed with the tenant's ingest secret, or, for a USPS envelope, of its
+`timestamp + payload` keyed with the secret's first 32 characters.
 
 For each: a signed notification is stored and shows on the shipment with the carrier's times, codes,
 places, references and delivery estimate, the delivery with who received it; a wrong or missing
@@ -15,7 +16,7 @@ import base64
 import hashlib
 import hmac
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +160,39 @@ def test_usps_notifications_signed_with_x_hmac(tenant: Tenant, testenv: RunEnv, 
     (kept,) = quarantined(t, "usps")
     assert "trackingEvents[2].GMTOffset" in kept["reason"]
     assert count_events(testenv, t.name, "usps") == 7
+
+
+def test_usps_envelopes_signed_over_timestamp_and_payload(tenant: Tenant, carrier: httpx.Client) -> None:
+    """USPS's own form: the envelope's `timestamp + payload` signed with the first 32 characters of
+    the ingest secret, in `X-HMAC` or the older `hmac-header`; a stale timestamp is refused."""
+    t = tenant
+    shp = t.http.post("/v1/shipments", json={"tracking_number": "9434636208303341829035"}).json()
+    env = orjson.loads(fixture("usps", "envelope_delivered.json"))
+
+    def stamped(when: datetime) -> tuple[bytes, str]:
+        stamp = when.strftime("%Y-%m-%dT%H:%M:%SZ")
+        mac = hmac.new(t.ingest_secret[:32].encode(), (stamp + env["payload"]).encode(), hashlib.sha256)
+        return orjson.dumps({**env, "timestamp": stamp}), base64.b64encode(mac.digest()).decode()
+
+    body, good = stamped(datetime.now(UTC))
+    stale, stale_mac = stamped(datetime.now(UTC) - timedelta(minutes=10))
+    attempts = [
+        post(carrier, t.name, "usps", body, {"X-HMAC": b64mac(t.ingest_secret, body)}),  # the raw-body form
+        post(carrier, t.name, "usps", body, {"X-HMAC": good.swapcase()}),
+        post(carrier, t.name, "usps", stale, {"X-HMAC": stale_mac}),
+    ]
+    assert [(r.status_code, r.json()) for r in attempts] == [(401, DENIED)] * 3
+
+    r = post(carrier, t.name, "usps", body, {"X-HMAC": good})
+    assert r.status_code == 202, r.text
+    assert (r.json()["stored"], r.json()["duplicates"]) == (2, 0)
+    again = post(carrier, t.name, "usps", body, {"hmac-header": good})
+    assert (again.status_code, again.json()["stored"], again.json()["duplicates"]) == (202, 0, 2)
+    seattle = "SEATTLE, WA 98101"
+    assert milestones(t, shp["id"]) == [
+        ("out_for_delivery", "OF", "actual", at("2024-06-01T14:02:00Z"), seattle, "Out for Delivery"),
+        ("delivered", "01", "actual", at("2024-06-01T18:46:00Z"), seattle, "Delivered, In/At Mailbox"),
+    ]
 
 
 def test_fedex_pushes_signed_with_fdx_signature(tenant: Tenant, testenv: RunEnv, carrier: httpx.Client) -> None:

@@ -140,6 +140,112 @@ def test_usps_notifications_are_signed_with_x_hmac() -> None:
         sources.verify("usps", SECRET, body + b" ", {"X-HMAC": digest})
 
 
+LONG_SECRET = "is_" + "AbC-d_0123456789" * 3  # the length of a real ingest secret: 51
+
+
+def envelope(timestamp: datetime | None = None, **fields: Any) -> dict[str, Any]:
+    """The sample envelope, stamped `timestamp` (default: now), with `fields` replaced."""
+    env: dict[str, Any] = load("usps", "envelope_delivered.json")
+    stamp = (timestamp or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {**env, "timestamp": stamp, **fields}
+
+
+def usps_mac(key: str, message: str) -> str:
+    return base64.b64encode(hmac.new(key.encode(), message.encode(), hashlib.sha256).digest()).decode()
+
+
+def test_usps_envelope_payload_as_a_string_or_an_object_is_the_tracking() -> None:
+    env = load("usps", "envelope_delivered.json")
+    for body in (env, {**env, "payload": orjson.loads(env["payload"])}):
+        out_for_delivery, delivered = run(usps, body)
+        assert (out_for_delivery.shipment, out_for_delivery.milestone.code) == (
+            "9434636208303341829035",
+            Milestone.OUT_FOR_DELIVERY,
+        )
+        assert (delivered.milestone.code, delivered.occurred_at) == (
+            Milestone.DELIVERED,
+            at("2024-06-01T18:46:00+00:00"),
+        )
+    both = [orjson.loads(env["payload"]), load("usps", "notification_in_transit.json")]
+    out = run(usps, {**env, "payload": orjson.dumps(both).decode()})
+    assert [e.shipment for e in out] == ["9434636208303341829035"] * 2 + ["9400111899223197428490"] * 5
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"payload": '{"trackingNumber": '}, "payload"),
+        ({"payload": "[" * 70 + "]" * 70}, "payload"),
+        ({"payload": 17}, "payload"),
+        ({"payload": '{"trackingEvents": []}'}, "payload.trackingNumber"),
+        ({"payload": '[{"trackingNumber": "1"}]'}, "payload[0].trackingEvents"),
+        ({"subscriptionType": "SCAN_EVENT_EXTRACT"}, "subscriptionType"),
+        ({"subscriptionType": {"kind": "TRACKING"}}, "subscriptionType"),
+        ({"payload": "[]"}, "payload"),
+    ],
+)
+def test_usps_bad_envelopes_name_the_field(fields: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        run(usps, {**load("usps", "envelope_delivered.json"), **fields})
+    assert err.value.field == field
+
+
+def test_usps_envelope_payload_over_the_batch_is_refused() -> None:
+    scans = [{"eventCode": "10", "GMTTimestamp": "2024-05-31T05:12:00Z"}] * 10_001
+    body = {
+        **load("usps", "envelope_delivered.json"),
+        "payload": orjson.dumps({"trackingNumber": "1", "trackingEvents": scans}).decode(),
+    }
+    with pytest.raises(ValidationError, match="more than 10000"):
+        run(usps, body)
+
+
+def test_usps_envelopes_are_signed_over_timestamp_and_payload_with_the_subscription_secret() -> None:
+    assert usps.subscription_secret(LONG_SECRET) == LONG_SECRET[:32]
+    env = envelope()
+    body, message = orjson.dumps(env), env["timestamp"] + env["payload"]
+    good = usps_mac(LONG_SECRET[:32], message)
+    for headers in ({"X-HMAC": good}, {"hmac-header": good}, {"x-hmac": good}):
+        sources.verify("usps", LONG_SECRET, body, headers)
+    refused = [
+        {"X-HMAC": usps_mac(LONG_SECRET, message)},  # the whole ingest secret
+        {"X-HMAC": usps_mac(LONG_SECRET[:32], env["payload"])},  # the payload alone
+        {"X-HMAC": usps_mac(LONG_SECRET, body.decode())},  # the raw body
+        {"X-HMAC": usps_mac(LONG_SECRET[:32], message + " ")},
+        {"X-HMAC": good.lower()},
+        {"X-HMAC": "", "other": good},
+    ]
+    for headers in refused:
+        with pytest.raises(Unauthorized):
+            sources.verify("usps", LONG_SECRET, body, headers)
+    # A copy of the envelope with another payload keeps neither signature.
+    other = orjson.dumps({**env, "payload": env["payload"].replace("SEATTLE", "TACOMA")})
+    with pytest.raises(Unauthorized):
+        sources.verify("usps", LONG_SECRET, other, {"X-HMAC": good})
+
+
+@pytest.mark.parametrize("minutes", [-6, 6])
+def test_usps_envelopes_stamped_more_than_five_minutes_away_are_refused(minutes: int) -> None:
+    env = envelope(datetime.now(UTC) + timedelta(minutes=minutes))
+    good = usps_mac(LONG_SECRET[:32], env["timestamp"] + env["payload"])
+    with pytest.raises(Unauthorized, match="more than 5 minutes from now"):
+        sources.verify("usps", LONG_SECRET, orjson.dumps(env), {"X-HMAC": good})
+    within = envelope(datetime.now(UTC) + timedelta(minutes=minutes * 0.5))
+    ok = usps_mac(LONG_SECRET[:32], within["timestamp"] + within["payload"])
+    sources.verify("usps", LONG_SECRET, orjson.dumps(within), {"X-HMAC": ok})
+    for stamp in (None, 1717267625, "soon"):
+        with pytest.raises(Unauthorized, match="timestamp"):
+            sources.verify("usps", LONG_SECRET, orjson.dumps({**env, "timestamp": stamp}), {"X-HMAC": good})
+
+
+def test_usps_envelope_with_an_object_payload_is_signed_as_a_whole() -> None:
+    env = envelope()
+    body = orjson.dumps({**env, "payload": orjson.loads(env["payload"])})
+    sources.verify("usps", LONG_SECRET, body, {"X-HMAC": usps_mac(LONG_SECRET, body.decode())})
+    with pytest.raises(Unauthorized):
+        sources.verify("usps", LONG_SECRET, body, {"X-HMAC": usps_mac(LONG_SECRET[:32], body.decode())})
+
+
 # -- FedEx ------------------------------------------------------------------------------------
 def test_fedex_scans_become_milestones_with_the_window_as_the_estimate() -> None:
     moving, departed, picked, created, estimate = run(fedex, load("fedex", "push_in_transit.json"))
