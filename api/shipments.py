@@ -6,18 +6,19 @@ from __future__ import annotations
 import csv
 import io
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import CurrentTenant, Cursor, Db, Limit, Shared
-from trackd import registry, store
+from trackd import registry, release_store, rules, store
 from trackd.codes import EventKind, ExceptionKind, Mode, Status
 from trackd.errors import NotFound, ValidationError
 from trackd.model import Location
 from trackd.places import with_coordinates as resolve_location
-from trackd.shipment import Leg, Shipment
+from trackd.release import MAX_HOLDS
+from trackd.shipment import MAX_ROUTE_POINTS, Leg, Shipment, Vessel, route_from_geojson
 
 router = APIRouter(prefix="/v1/shipments", tags=["shipments"])
 
@@ -32,11 +33,40 @@ class PlaceIn(BaseModel):
     lon: float | None = Field(None, ge=-180, le=180)
 
 
+class VesselIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    imo: int | str | None = Field(None, description="IMO number, 7 digits (`9074729` or `IMO 9074729`)")
+    mmsi: int | str | None = Field(None, description="MMSI, the 9 digits the vessel's AIS transponder sends")
+    name: str | None = Field(None, max_length=120)
+
+
+class RouteIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["LineString"]
+    coordinates: list[list[float]] = Field(min_length=2, max_length=MAX_ROUTE_POINTS, description="[lon, lat] pairs")
+
+
+class HoldIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["customs", "freight", "terminal", "other"]
+    since: datetime
+    cleared_at: datetime | None = None
+
+
+class ReleaseIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    last_free_day: datetime | None = None
+    available_for_pickup_at: datetime | None = None
+    holds: list[HoldIn] | None = Field(None, max_length=MAX_HOLDS)
+
+
 class LegIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     mode: Mode
     origin: PlaceIn
     destination: PlaceIn
+    vessel: VesselIn | None = Field(None, description="a sea leg's vessel: its AIS positions reach the shipment")
+    route: RouteIn | None = Field(None, description="the planned path; `off_route` is measured against it")
 
 
 class ShipmentIn(BaseModel):
@@ -62,6 +92,7 @@ class ShipmentPatch(BaseModel):
     promised_at: datetime | None = None
     weight_kg: float | None = Field(None, ge=0, le=1_000_000)
     temperature_range_c: tuple[float, float] | None = None
+    release: ReleaseIn | None = Field(None, description="fields given replace the stored ones; null clears it")
 
 
 class AttachIn(BaseModel):
@@ -86,7 +117,12 @@ def _leg(i: int, leg: LegIn) -> Leg:
             ends.append(resolve_location(loc))
         except ValidationError as exc:
             raise ValidationError(f"legs.{i}.{side}", exc.detail) from None
-    return Leg(leg.mode, ends[0], ends[1])
+    try:
+        vessel = Vessel.from_dict(leg.vessel.model_dump()) if leg.vessel is not None else None
+        route = route_from_geojson(leg.route.model_dump(), "legs.route") if leg.route is not None else None
+        return Leg(leg.mode, ends[0], ends[1], route=route, vessel=vessel)
+    except ValidationError as exc:
+        raise ValidationError(exc.field.replace("legs.", f"legs.{i}.", 1), exc.reason) from None
 
 
 def to_domain(shipment_id: str, body: dict[str, Any]) -> Shipment:
@@ -270,6 +306,9 @@ async def get_shipment(
 async def patch_shipment(shipment_id: str, body: ShipmentPatch, tenant: CurrentTenant, state: Shared) -> dict[str, Any]:
     async with store.transaction(state.pool) as conn:
         current = await registry.require_shipment(conn, tenant.id, shipment_id)
+        if "release" in body.model_fields_set:
+            patch = body.release.model_dump(exclude_unset=True) if body.release is not None else None
+            await release_store.set_release(conn, tenant.id, shipment_id, patch, state.clock(), state.evaluator)
         merged = {**current, **body.model_dump(exclude_unset=True)}
         if "legs" not in body.model_fields_set:
             merged["legs"] = [LegIn.model_validate(x) for x in current["legs"]]
@@ -351,6 +390,14 @@ async def shipment_positions(
             for r in rows
         ],
     }
+
+
+@router.get("/{shipment_id}/route")
+async def shipment_route(shipment_id: str, tenant: CurrentTenant, db: Db) -> dict[str, Any]:
+    """The planned path of each leg as a GeoJSON FeatureCollection of LineStrings: the booked
+    `route`, else the computed one (`properties.planned` tells which)."""
+    current = await registry.require_shipment(db, tenant.id, shipment_id)
+    return rules.plan_geojson(tuple(Leg.from_dict(x) for x in current["legs"]))
 
 
 @router.get("/{shipment_id}/eta")

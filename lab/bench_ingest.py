@@ -27,7 +27,7 @@ import orjson
 import psycopg
 
 from ingest.mqtt import BATCHES_IN_FLIGHT, MAX_BATCH, RECEIVE_MAXIMUM
-from lab import queries
+from lab import bench_places, queries
 from lab.bench_env import BenchEnv, Server
 from lab.bench_figures import Figure
 from lab.bench_load import mqtt_publisher, raw_broker, webhook_sender
@@ -45,6 +45,7 @@ CTX = mp.get_context("spawn")
 
 
 def run(settings: Settings, args: argparse.Namespace, out: TextIO) -> tuple[str, list[Figure], list[str]]:
+    bench_places.check(args)
     with BenchEnv(settings, out) as env:
         seeded = env.seed_shipments(args.shipments)
         env.say(f"seeded {args.shipments:,} shipments in {seeded:.1f} s")
@@ -55,6 +56,10 @@ def run(settings: Settings, args: argparse.Namespace, out: TextIO) -> tuple[str,
         else:
             servers = env.start_servers("api,mqtt", args.processes)
             rate, stored, notes = _mqtt(env, servers, args, base)
+        placed: tuple[list[Figure], list[str]] = ([], [])
+        if getattr(args, "places", 0):  # the same run again, with the tenant's places
+            again = _webhook if args.transport == "webhook" else _mqtt
+            placed = bench_places.compare(env, servers, args, base, rate, lambda b: again(env, servers, args, b)[0])
         env.stop_servers()
         copy_rate = copy_ceiling(env, max(stored, 10_000))
         figures = []
@@ -66,6 +71,8 @@ def run(settings: Settings, args: argparse.Namespace, out: TextIO) -> tuple[str,
             figures.append(
                 Figure("MQTT QoS 1 ingest", rate, "events/s", copy_rate, "PostgreSQL COPY", target=">= 12,000")
             )
+        figures += placed[0]
+        notes += placed[1]
         notes.append(
             f"{args.processes} server process(es), {args.shipments:,} shipments, position events, "
             f"indexes, dedupe, state update and outbox/relay to Redis on"

@@ -20,7 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api import devices, errors, health, quarantine, shipments
+from api import dcsa, devices, errors, health, places, promise, quarantine, session, shipments
 from api.deps import AppState
 from api.errors import error_response
 from ingest import routes as ingest_routes
@@ -35,13 +35,17 @@ log = logging.getLogger("trackd.api")
 
 ROUTERS = (
     health.router,
+    session.router,
     shipments.router,
+    promise.router,
     devices.router,
+    places.router,
     quarantine.router,
     ingest_routes.router,
     gateway.router,
     notify_routes.router,
     links.router,
+    dcsa.router,
 )
 
 
@@ -143,7 +147,7 @@ def openapi_errors(app: FastAPI) -> None:
                 for op in item.values():
                     answers = op.setdefault("responses", {})
                     if op.get("security"):
-                        answers.setdefault("401", {"description": "missing or unknown API key"})
+                        answers.setdefault("401", {"description": "missing or unknown API key or session"})
                     if "{" in path:
                         answers.setdefault("404", {"description": "not found (another tenant's objects included)"})
                     for code, answer in answers.items():

@@ -343,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--clients", type=int, default=1000)
     b.add_argument("--shipments", type=int, default=10_000)
     b.add_argument("--positions", type=int, default=10_000_000)
-    b.add_argument("--places", type=int, default=0, help="ingest: run again with this many tenant places")
+    b.add_argument("--places", type=int, default=0, help="ingest: also compare runs with and without N tenant places")
     b.add_argument(
         "--attacks",
         default="all",

@@ -1,4 +1,5 @@
-"""The `worker` role: time-based rules, retention, outbox upkeep and notification delivery.
+"""The `worker` role: time-based rules, retention, outbox upkeep, notification delivery and the
+pull of DCSA feeds (`ingest.poller`).
 
 Each job takes an advisory lock for its run, so many workers share the work without doing it twice.
 """
@@ -11,8 +12,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from api.deps import AppState
+from ingest.poller import Poller
+from notify import ssrf
 from notify.delivery import Deliverer
-from trackd import quarantine_store, store
+from trackd import quarantine_store, retention_store, store
 
 log = logging.getLogger("trackd.worker")
 RETENTION_LOCK = 7_242_019_010
@@ -31,6 +34,8 @@ class Worker:
             self._every(stop, self.retention_s, self.retention, "retention"),
         ]
         jobs.append(Deliverer(self.state).run(stop))
+        allow_private = self.state.settings.webhook_allow_private
+        jobs.append(Poller(self.state, guard=lambda url: ssrf.check_url(url, allow_private)).run(stop))
         await asyncio.gather(*jobs)
 
     async def _every(self, stop: asyncio.Event, period: float, job: Callable[[], Awaitable[Any]], name: str) -> None:
@@ -53,9 +58,13 @@ class Worker:
         return n
 
     async def retention(self) -> None:
+        """Each tenant's events and positions past its retention (in batches), then the outbox and
+        the unattributed sample."""
         s = self.state.settings
+        if await retention_store.purge(self.state.pool, s.retention_days, RETENTION_LOCK) is None:
+            return
         async with store.transaction(self.state.pool) as conn:
             if not await store.try_job_lock(conn, RETENTION_LOCK):
                 return
-            await store.purge_history(conn, s.retention_days, s.outbox_retention_hours)
+            await store.purge_history(conn, s.outbox_retention_hours)
             await quarantine_store.purge_quarantine_sample(conn)

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from trackd import emissions, eta, ledger, rules
+from trackd import crossings, emissions, eta, ledger, rules, store
 from trackd import messages as msg
 from trackd.codes import Milestone, Mode
 from trackd.errors import ValidationError
@@ -86,7 +86,33 @@ def eta_from_dict(d: dict[str, Any] | None) -> Eta | None:
         computed_at=datetime.fromisoformat(d["computed_at"]),
         carrier_eta=_dt(d.get("carrier_eta")),
         promised_at=_dt(d.get("promised_at")),
+        p_late=d.get("p_late"),
+        revision=int(d.get("revision") or 0),
     )
+
+
+def _forecast(item: list[Any]) -> eta.Forecast:
+    computed, predicted, *rest = item
+    carrier = rest[0] if rest else None
+    return eta.Forecast(datetime.fromisoformat(computed), datetime.fromisoformat(predicted), _dt(carrier))
+
+
+def learned(rows: list[Row]) -> eta.LaneStats:
+    """What the ETA learns from completed journeys (`store.completed_journeys` rows, newest first),
+    replayed oldest first; a row that cannot be read is skipped."""
+    stats = eta.LaneStats.empty()
+    for r in reversed(rows):
+        try:
+            shipment = shipment_from_row(r)
+            fake = State(milestones=tuple(r["milestones"] or ()))
+            j = journey_of(shipment, fake)
+            raw = r["forecasts"] if isinstance(r["forecasts"], list) else orjson.loads(r["forecasts"])
+            started = r["started_at"] or j.started_at or r["created_at"]
+            done = eta.CompletedJourney(shipment, started, r["delivered_at"], j.milestones, tuple(map(_forecast, raw)))
+            stats = eta.learn(stats, done)
+        except (ValidationError, ValueError, KeyError, TypeError) as exc:
+            log.debug("history of %s not learned from: %s", r["id"], exc)
+    return stats
 
 
 class Evaluator:
@@ -101,23 +127,7 @@ class Evaluator:
         hit = self._stats.get(tenant_id)
         if hit and hit[0] > time.monotonic():
             return hit[1]
-        rows = await ledger.completed_journeys(conn, tenant_id, STATS_SHIPMENTS)
-        stats = eta.LaneStats.empty()
-        for r in reversed(rows):
-            try:
-                shipment = shipment_from_row(r)
-                fake = State(milestones=tuple(r["milestones"] or ()))
-                j = journey_of(shipment, fake)
-                forecasts = tuple(
-                    eta.Forecast(datetime.fromisoformat(a), datetime.fromisoformat(b))
-                    for a, b in (r["forecasts"] if isinstance(r["forecasts"], list) else orjson.loads(r["forecasts"]))
-                )
-                started = r["started_at"] or j.started_at or r["created_at"]
-                stats = eta.learn(
-                    stats, eta.CompletedJourney(shipment, started, r["delivered_at"], j.milestones, forecasts)
-                )
-            except (ValidationError, ValueError, KeyError) as exc:
-                log.debug("history of %s not learned from: %s", r["id"], exc)
+        stats = learned(await store.completed_journeys(conn, tenant_id, STATS_SHIPMENTS))
         self._stats[tenant_id] = (time.monotonic() + STATS_TTL_S, stats)
         return stats
 
@@ -130,7 +140,7 @@ class Evaluator:
     def fresh(self, row: Row, before: State, s: State, now: datetime) -> bool:
         """True when only positions moved, by a few km at most, since an ETA computed under a minute
         ago: the full model then runs on a later batch, which keeps ingest at map scale cheap."""
-        if s.milestones != before.milestones or s.last_sensor != before.last_sensor:
+        if s.milestones != before.milestones or s.last_sensor != before.last_sensor or s.release != before.release:
             return False
         if s.status.status != before.status.status or s.carrier_eta != before.carrier_eta:
             return False
@@ -160,6 +170,7 @@ class Evaluator:
         s = replace(s, emissions=self.emissions_for(shipment))
         journey = journey_of(shipment, s)
         stats = await self.stats(conn, row["tenant_id"])
+        stats = await crossings.with_learned_dwell(conn, row["tenant_id"], stats)  # dwell from place visits
         try:
             new = eta.predict(journey, stats, now)
         except ValidationError:
@@ -167,11 +178,13 @@ class Evaluator:
         old = eta_from_dict(s.eta)
         if new is not None:
             if eta.eta_changed(old, new, self.threshold):
+                new = replace(new, revision=old.revision + 1 if old is not None else 0)
                 messages.append(msg.eta_changed(sid, now, new.to_dict(), old.predicted_at if old else None))
                 await ledger.record_eta(conn, sid, new)
                 s = replace(s, eta=new.to_dict())
             elif s.eta is not None:
-                s = replace(s, eta={**s.eta, "computed_at": new.computed_at.isoformat()})
+                fresh = new.to_dict()
+                s = replace(s, eta={**s.eta, "computed_at": fresh["computed_at"], "p_late": fresh["p_late"]})
         opened = {
             e["kind"]: OpenException(e["kind"], datetime.fromisoformat(e["raised_at"]), None, e.get("detail"))
             for e in s.exceptions
@@ -186,6 +199,7 @@ class Evaluator:
             last_sensor=s.last_sensor,
             status=s.status,
             stats=stats,
+            release=s.release,
         )
         if changes:
             exceptions = [dict(e) for e in s.exceptions]

@@ -8,13 +8,15 @@ commit order equals seq order per tenant.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import orjson
 
+from trackd import crossings
 from trackd.codes import Classifier, EventKind, Milestone, Mode, Status
 from trackd.errors import ValidationError
 from trackd.messages import Message, status_changed
@@ -34,12 +36,14 @@ class Evaluator(Protocol):
 
 
 # Batches travel as one JSON document: one parameter, decoded by PostgreSQL, whatever the size. The
-# same statement finds each event's shipment (the first of its identifiers that names one, the oldest
-# shipment winning a shared identifier; else the shipment its device was attached to when the event
-# occurred) and writes the position rows of the events it inserted (not of duplicates).
+# same statement finds each event's shipment (the one it names by id, when the tenant's; else the first
+# of its identifiers that names one, the oldest shipment winning a shared identifier; else the shipment
+# its device was attached to when the event occurred) and writes the position rows of the events it
+# inserted (not of duplicates).
 EVENTS_CTE = """
 WITH e AS (
   SELECT r.*, COALESCE(
+    (SELECT s.id FROM shipments s WHERE s.id = r.named_shipment AND s.tenant_id = %(tenant)s),
     (SELECT k.shipment_id FROM unnest(r.match_keys) WITH ORDINALITY AS mk(key, ord)
        JOIN shipment_keys k ON k.tenant_id = %(tenant)s AND k.key = mk.key
      ORDER BY mk.ord, k.created_at, k.shipment_id LIMIT 1),
@@ -50,7 +54,7 @@ WITH e AS (
   FROM jsonb_to_recordset(%(rows)s::jsonb)
        AS r(event_id text, occurred_at timestamptz, created_at timestamptz, device_id text, source text,
             kind text, code text, raw_code text, classifier text, match_keys text[], retracts text, data jsonb,
-            raw jsonb)
+            raw jsonb, named_shipment text)
 ), ins AS (
   INSERT INTO events (tenant_id, event_id, occurred_at, received_at, created_at, shipment_id, device_id,
                       source, kind, code, raw_code, classifier, match_keys, retracts, data, raw)
@@ -91,7 +95,7 @@ WHERE st.shipment_id = ANY(%s) ORDER BY st.shipment_id FOR UPDATE OF st
 STATE_COLUMNS = (
     "status", "substatus", "status_at", "last_lat", "last_lon", "last_speed_kmh", "last_heading", "last_position_at",
     "last_event_at", "last_sensor", "carrier_eta", "carrier_eta_created_at", "eta", "exceptions", "emissions",
-    "delivered_at", "started_at", "milestones", "recent_positions",
+    "delivered_at", "started_at", "milestones", "recent_positions", "release",
 )  # fmt: skip
 LOAD_STATES = f"""
 SELECT s.*, {", ".join("st." + c for c in STATE_COLUMNS)}
@@ -108,12 +112,13 @@ UPDATE shipment_state st SET status = b.status, substatus = b.substatus, status_
   carrier_eta = b.carrier_eta, carrier_eta_created_at = b.carrier_eta_created_at, eta = b.eta,
   exceptions = COALESCE(b.exceptions, st.exceptions), emissions = COALESCE(b.emissions, st.emissions),
   delivered_at = b.delivered_at, started_at = b.started_at, milestones = COALESCE(b.milestones, st.milestones),
-  recent_positions = COALESCE(b.recent, st.recent_positions), updated_at = now(), version = st.version + 1
+  recent_positions = COALESCE(b.recent, st.recent_positions), release = b.release, updated_at = now(),
+  version = st.version + 1
 FROM jsonb_to_recordset(%(states)s::jsonb)
      AS b(id text, status text, substatus text, status_at timestamptz, lat float8, lon float8, speed float8,
           heading float8, pos_at timestamptz, last_event_at timestamptz, last_sensor jsonb, carrier_eta timestamptz,
           carrier_eta_created_at timestamptz, eta jsonb, exceptions jsonb, emissions jsonb, delivered_at timestamptz,
-          started_at timestamptz, milestones jsonb, recent jsonb)
+          started_at timestamptz, milestones jsonb, recent jsonb, release jsonb)
 WHERE st.shipment_id = b.id
 RETURNING st.shipment_id, st.xmin::text AS x, st.version::bigint AS v
 """
@@ -170,6 +175,7 @@ def state_from_row(r: Row) -> State:
             PositionFix(p["lat"], p["lon"], datetime.fromisoformat(p["at"]), p.get("speed_kmh"), p.get("heading"))
             for p in r.get("recent_positions") or ()
         ),
+        release=r.get("release"),
     )
 
 
@@ -237,6 +243,7 @@ async def insert_events(
                 "retracts": e.retracts,
                 "data": e.data(),
                 "raw": e.raw,
+                "named_shipment": e.shipment_id,
             }
         )
     doc = _dumps(rows).replace("\\u0000", "")
@@ -250,6 +257,39 @@ async def insert_events(
         else:
             new[r[0]] = r[1]
     return new
+
+
+# An event id `<family>@v<UTC time>` is one version of the event `<family>` (DCSA 3.0.0: the eventID
+# and its eventUpdatedDateTime): the latest version stands and every other is retracted, whatever
+# the order they arrive in. A version that itself withdraws (`retracts`) leaves none standing.
+_VERSIONED = re.compile(r"^(.+)@v(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z)$")
+VERSION_FIRST = datetime(1, 1, 1, tzinfo=UTC)
+VERSION_LAST = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+# Served by the index of migrations/013_dcsa_sources.sql (same expression and predicate).
+VERSIONS = (
+    "SELECT event_id FROM events WHERE tenant_id = %s AND event_id LIKE '%%@v%%'"
+    r" AND substring(event_id from '^(.+)@v\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$') = ANY(%s)"
+)
+
+
+def versioned_id(family: str, at: datetime) -> str:
+    """The id of the version of `family` issued `at` (ids of one family sort as their times)."""
+    return f"{family}@v{at.astimezone(UTC).replace(tzinfo=None).isoformat(timespec='microseconds')}Z"
+
+
+async def superseded(conn: Conn, tenant_id: int, event_ids: list[str]) -> list[str]:
+    """The versions that `event_ids` (just stored) and the stored versions of their families leave
+    behind: all but each family's latest."""
+    families = {m.group(1) for m in map(_VERSIONED.match, event_ids) if m}
+    if not families:
+        return []
+    rows = await tuples(conn, VERSIONS, (tenant_id, sorted(families)))
+    latest: dict[str, str] = {}
+    for (event_id,) in rows:
+        m = _VERSIONED.match(event_id)
+        if m and m.group(2) > latest.get(m.group(1), ""):
+            latest[m.group(1)] = m.group(2)
+    return [eid for (eid,) in rows if (m := _VERSIONED.match(eid)) and m.group(2) != latest[m.group(1)]]
 
 
 async def retract(conn: Conn, tenant_id: int, event_ids: list[str]) -> dict[str, set[str]]:
@@ -379,6 +419,7 @@ def state_row(shipment_id: str, s: State, before: State | None = None) -> dict[s
         "started_at": s.started_at,
         "milestones": changed(list(s.milestones), before and list(before.milestones)),
         "recent": None if before is not None and s.recent is before.recent else [p.to_dict() for p in s.recent],
+        "release": s.release,
     }
 
 
@@ -431,6 +472,8 @@ async def update_shipments(
         saves.append(state_row(sid, state, before))
         states[sid] = state
         messages.extend(msgs)
+    moved = [(sid, cur.state, by_shipment[sid]) for sid, cur in loaded.items() if sid in by_shipment]
+    messages.extend(await crossings.detect(conn, tenant_id, moved))  # place.entered / place.exited
     if not saves and not (emitting and messages):
         return messages
     n = len(messages) if emitting else 0
@@ -472,6 +515,7 @@ async def write_events(
             )
         ).fetchall()
         targets += [r["retracts"] for r in rows]
+    targets += await superseded(conn, tenant_id, [e.event_id for e, _ in fresh if e.source == "dcsa"])
     retracted = await retract(conn, tenant_id, targets)
     by_shipment: dict[str, list[Event]] = {}
     for e, sid in fresh:
@@ -482,23 +526,6 @@ async def write_events(
             conn, tenant_id, by_shipment, received_at, evaluator, retracted, emitting=True, locked=locked
         )
     return result
-
-
-async def completed_journeys(conn: Conn, tenant_id: int, limit: int) -> list[Row]:
-    """The tenant's `limit` most recently delivered shipments with their milestones and the
-    history of their predictions (`forecasts`: [computed_at, predicted_at] pairs), newest first."""
-    rows: list[Row] = await (
-        await conn.execute(
-            "SELECT s.*, st.started_at, st.delivered_at, st.milestones,"
-            " COALESCE((SELECT json_agg(json_build_array(h.computed_at, h.predicted_at) ORDER BY h.computed_at)"
-            "           FROM eta_history h WHERE h.shipment_id = s.id), '[]') AS forecasts"
-            " FROM shipment_state st JOIN shipments s ON s.id = st.shipment_id"
-            " WHERE st.tenant_id = %s AND st.delivered_at IS NOT NULL AND st.status = 'delivered'"
-            " ORDER BY st.delivered_at DESC LIMIT %s",
-            (tenant_id, limit),
-        )
-    ).fetchall()
-    return rows
 
 
 async def record_eta(conn: Conn, shipment_id: str, prediction: Eta) -> None:

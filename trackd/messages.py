@@ -21,6 +21,9 @@ MESSAGE_TYPES = (
     "exception.cleared",
     "shipment.created",
     "shipment.updated",
+    "release.changed",
+    "place.entered",
+    "place.exited",
 )
 
 
@@ -70,3 +73,12 @@ def exception_changed(kind: str, shipment_id: str, at: datetime, exception: dict
 def shipment_changed(kind: str, shipment_id: str, at: datetime, shipment: dict[str, Any]) -> Message:
     """`shipment.created` or `shipment.updated` (`kind`: "created" or "updated")."""
     return {"type": f"shipment.{kind}", "shipment_id": shipment_id, "occurred_at": at.isoformat(), "shipment": shipment}
+
+
+def release_changed(shipment_id: str, at: datetime, release: dict[str, Any] | None) -> Message:
+    return {"type": "release.changed", "shipment_id": shipment_id, "occurred_at": at.isoformat(), "release": release}
+
+
+def place_changed(kind: str, shipment_id: str, at: datetime, place: dict[str, Any]) -> Message:
+    """`place.entered` or `place.exited` (`kind`: "entered" or "exited"); `place` is {id, name, kind}."""
+    return {"type": f"place.{kind}", "shipment_id": shipment_id, "occurred_at": at.isoformat(), "place": place}

@@ -147,7 +147,8 @@ class Event:
     """One canonical event.
 
     `shipment` is the identifier the source gave (tracking number or reference); `refs` every
-    identifier it carries, for matching; `device` the device id (MQTT topic, OsmAnd key lookup).
+    identifier it carries, for matching; `device` the device id (MQTT topic, OsmAnd key lookup);
+    `shipment_id` the shipment itself, when the source knows it by id (it wins over the others).
     Exactly one of `position`, `milestone`, `sensor` is set, as `kind` says. `retracts` names an
     earlier `event_id` this event withdraws (DCSA v3). `raw` is the source's own payload item.
     """
@@ -165,6 +166,7 @@ class Event:
     created_at: datetime | None = None
     carrier: str | None = None
     retracts: str | None = None
+    shipment_id: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -185,7 +187,8 @@ class Event:
             raise ValidationError(self.kind.value, f"is required for a {self.kind.value} event")
         if sum(v is not None for v in want.values()) != 1:
             raise ValidationError("event", "exactly one of position, milestone, sensor")
-        if self.shipment is None and self.device is None and not self.refs and self.retracts is None:
+        unnamed = self.shipment is None and self.device is None and not self.refs and not self.shipment_id
+        if unnamed and self.retracts is None:
             raise ValidationError("shipment", "an event needs a shipment or a device")
 
     def match_keys(self) -> tuple[str, ...]:

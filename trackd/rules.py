@@ -1,23 +1,28 @@
 """Exception rules: what is wrong with a shipment now, as raise/clear changes against what is open.
 
 `evaluate` is pure and idempotent: called again with the same facts and the changes it
-returned applied to `open`, it returns nothing. Time-based rules (`no_signal`, `long_dwell`)
-look only at `now` and the last facts, so a scheduled call with no new event raises them.
+returned applied to `open`, it returns nothing. Time-based rules (`no_signal`, `long_dwell`,
+`demurrage_risk`) look only at `now` and the last facts, so a scheduled call with no new event
+raises them.
 Once a shipment is delivered, returned or cancelled nothing new is raised and the watch rules
 clear; `delivery_failed` clears only on delivery.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any, Literal
 
 from trackd import eta as eta_engine
 from trackd import geo, routing
+from trackd import release as rel
 from trackd.codes import FINAL_STATUSES, ExceptionKind, Milestone, Mode, Status
-from trackd.shipment import Eta, OpenException, StatusState
+from trackd.errors import ValidationError
+from trackd.shipment import Eta, Leg, OpenException, StatusState, route_geojson
 
 K = ExceptionKind
 DELAY_TOLERANCE = timedelta(hours=2)
@@ -28,6 +33,7 @@ NO_SIGNAL_AFTER = {
     Mode.SEA: timedelta(hours=24),
 }
 CORRIDOR_KM = {Mode.ROAD: 50.0, Mode.RAIL: 50.0, Mode.SEA: 300.0, Mode.AIR: 200.0}
+PLANNED_CORRIDOR_KM = {Mode.ROAD: 15.0, Mode.RAIL: 15.0, Mode.SEA: 100.0, Mode.AIR: 200.0}
 STATIONARY_M = 500.0
 # Usual stop between nodes when nothing is learned: a driver's daily rest, a rail yard, an
 # anchorage wait, a missed connection. Long dwell is twice the usual stop.
@@ -109,6 +115,73 @@ def _usual_dwell_h(
     return EN_ROUTE_DWELL_H[_mode(journey, now) or Mode.ROAD]
 
 
+ROUTE_CHUNK = 32  # segments per box of a booked route's index
+
+
+@lru_cache(maxsize=1024)
+def _route_boxes(route: tuple[geo.LatLon, ...]) -> tuple[tuple[float, float, float, float, int], ...]:
+    """(south, north, west, east, first point) of each run of ROUTE_CHUNK segments; a run that
+    crosses the antimeridian spans all longitudes."""
+    boxes = []
+    for i in range(0, len(route) - 1, ROUTE_CHUNK):
+        pts = route[i : i + ROUTE_CHUNK + 1]
+        lats, lons = [q[0] for q in pts], [q[1] for q in pts]
+        west, east = min(lons), max(lons)
+        if east - west > 180:
+            west, east = -180.0, 180.0
+        boxes.append((min(lats), max(lats), west, east, i))
+    return tuple(boxes)
+
+
+def _box_bound_km(p: geo.LatLon, box: tuple[float, float, float, float, int]) -> float:
+    """A lower bound of the great-circle distance from `p` to any point in the box: the latitude
+    gap alone, and hav(d) >= cos²(max |lat|) hav(longitude gap)."""
+    south, north, west, east, _ = box
+    dlat = max(0.0, south - p[0], p[0] - north)
+    dlon = 0.0 if west <= p[1] <= east else min(abs(p[1] - west), abs(p[1] - east), 360 - abs(p[1] - west))
+    cos_max = math.cos(math.radians(min(90.0, max(abs(p[0]), abs(south), abs(north)))))
+    lon_km = 2 * math.asin(min(1.0, cos_max * math.sin(math.radians(min(dlon, 180.0)) / 2))) * geo.EARTH_RADIUS_KM
+    return max(math.radians(dlat) * geo.EARTH_RADIUS_KM, lon_km)
+
+
+def route_distance_km(p: geo.LatLon, route: tuple[geo.LatLon, ...]) -> float:
+    """Distance from `p` to a booked route, visiting only the runs of segments that could be
+    nearer than the best found so far (a route may have thousands of points)."""
+    best = math.inf
+    for bound, box in sorted((_box_bound_km(p, box), box) for box in _route_boxes(route)):
+        if bound >= best:
+            break
+        i = box[4]
+        for j in range(i, min(i + ROUTE_CHUNK, len(route) - 1)):
+            best = min(best, geo.project_on_segment(p, route[j], route[j + 1]).distance_km)
+    return best
+
+
+def planned_path(leg: Leg, a: geo.LatLon, b: geo.LatLon) -> tuple[geo.LatLon, ...]:
+    """The leg's planned path: the booked `route`, else the computed one (sea lanes; land and air
+    legs the straight line between their ends, whose travel distance is the mode's circuity)."""
+    return leg.route or routing.path_between(leg.mode, a, b)
+
+
+def plan_geojson(legs: tuple[Leg, ...]) -> dict[str, Any]:
+    """Every leg's planned path as a GeoJSON FeatureCollection (legs whose ends cannot be resolved
+    are left out); `properties`: `leg` (its index), `mode`, `planned` (booked rather than computed)."""
+    features = []
+    for i, leg in enumerate(legs):
+        try:
+            a, b = routing.endpoints(leg)
+        except ValidationError:
+            continue
+        features.append(
+            {
+                "type": "Feature",
+                "geometry": route_geojson(planned_path(leg, a, b)),
+                "properties": {"leg": i, "mode": leg.mode.value, "planned": leg.route is not None},
+            }
+        )
+    return {"type": "FeatureCollection", "features": features}
+
+
 def _off_route(journey: eta_engine.Journey) -> tuple[bool, datetime | None, str]:
     pos = journey.position
     legs = eta_engine.resolved_legs(journey.shipment)
@@ -116,13 +189,17 @@ def _off_route(journey: eta_engine.Journey) -> tuple[bool, datetime | None, str]
         return False, None, ""
     here = (pos.lat, pos.lon)
     # Off route only when outside every leg's corridor: a fix near any leg of the plan is on it.
+    # A booked route is the path itself, so its corridor is narrower than a computed one's.
     margins = []
     for leg, a, b in legs:
-        off = geo.distance_to_path_km(here, routing.path_between(leg.mode, a, b))
-        margins.append((off - CORRIDOR_KM[leg.mode], off, leg.mode))
+        off = (
+            route_distance_km(here, leg.route) if leg.route else geo.distance_to_path_km(here, planned_path(leg, a, b))
+        )
+        corridor = (PLANNED_CORRIDOR_KM if leg.route else CORRIDOR_KM)[leg.mode]
+        margins.append((off - corridor, off, leg.mode, "planned" if leg.route else "computed"))
     worst = min(margins)
     if worst[0] > 0:
-        return True, pos.at, f"{worst[1]:.0f} km off the {worst[2].value} route"
+        return True, pos.at, f"{worst[1]:.0f} km off the {worst[3]} {worst[2].value} route"
     return False, pos.at, "back on route"
 
 
@@ -163,11 +240,13 @@ def evaluate(
     last_sensor: Mapping[str, Any] | None,
     status: StatusState,
     stats: eta_engine.LaneStats | None = None,
+    release: Mapping[str, Any] | None = None,
 ) -> list[RuleChange]:
     """The raise/clear changes that bring `open` (kind -> open exception) in line with the facts.
 
     `last_event_at` is the time of the shipment's newest event of any kind; `last_sensor` its
-    newest sensor reading (`temperature_c`, ..., optionally `at`); `stats` learned dwell.
+    newest sensor reading (`temperature_c`, ..., optionally `at`); `stats` learned dwell;
+    `release` the ocean release in its stored form (`trackd.release`).
     """
     stats = stats or eta_engine.LaneStats.empty()
     is_open = {k for k, e in open.items() if e.cleared_at is None}
@@ -202,4 +281,7 @@ def evaluate(
     decide(K.TEMPERATURE_EXCURSION, *_temperature(journey, last_sensor, now))
     # A failed attempt stays on record when the shipment is returned or cancelled instead.
     decide(K.DELIVERY_FAILED, *_delivery_failed(journey), closes=status.status is Status.DELIVERED)
+    if release is not None or K.DEMURRAGE_RISK.value in is_open:
+        rows = ((at, code) for at, code, _ in journey.milestones)
+        decide(K.DEMURRAGE_RISK, *rel.demurrage(rel.Release.from_dict(release), rows, now))
     return out

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from trackd import messages as msg
+from trackd import release as rel
 from trackd.codes import Classifier, EventKind, Milestone, Status
 from trackd.messages import Message
 from trackd.model import Event
@@ -36,6 +37,7 @@ class State:
     exceptions: tuple[dict[str, Any], ...] = ()
     emissions: dict[str, Any] | None = None
     recent: tuple[PositionFix, ...] = ()  # downsampled trail, oldest first
+    release: dict[str, Any] | None = None  # `trackd.release.Release` in its stored form
 
 
 TRAIL_KEEP = 50
@@ -78,6 +80,8 @@ def advance(
     replay_needed = False
     # the fields every position moves are kept in locals and set once, after the loop
     last_event_at, started_at, last, recent = s.last_event_at, s.started_at, s.last, s.recent
+    release: rel.Release | None = None  # decoded at the first milestone
+    release_at = received_at
     for ev in sorted(events, key=lambda e: e.occurred_at):
         at = ev.occurred_at
         if ev.retracts is None and (last_event_at is None or at > last_event_at):
@@ -94,6 +98,10 @@ def advance(
                 s = replace(s, last_sensor={**ev.sensor.to_dict(), "at": at.isoformat()})
         elif ev.milestone is not None:
             ms = ev.milestone
+            if ev.retracts is None:
+                was = release if release is not None else rel.Release.from_dict(s.release)
+                release = rel.fold(was, ev)
+                release_at = at if release != was else release_at
             if ms.classifier is Classifier.ESTIMATED and ms.code in CARRIER_ETA_CODES:
                 made = ev.created_at or received_at
                 if (s.carrier_eta_created_at is None or made >= s.carrier_eta_created_at) and _is_final_destination(
@@ -124,6 +132,9 @@ def advance(
         messages.append(msg.position(shipment_id, s.last))
     if (s.status.status, s.status.substatus) != (prev_status.status, prev_status.substatus):
         messages.append(msg.status_changed(shipment_id, prev_status, s.status))
+    if release is not None and rel.stored(release) != s.release:
+        s = replace(s, release=rel.stored(release))
+        messages.append(msg.release_changed(shipment_id, release_at, s.release))
     return s, messages
 
 

@@ -129,7 +129,7 @@ def iso(d: datetime | None) -> str | None:
 
 SHIPMENT_SELECT = """
 SELECT s.*, st.status, st.substatus, st.last_lat, st.last_lon, st.last_speed_kmh, st.last_heading,
-       st.last_position_at, st.eta, st.exceptions, st.emissions,
+       st.last_position_at, st.eta, st.exceptions, st.emissions, st.release,
        GREATEST(s.updated_at, st.updated_at) AS changed_at,
        COALESCE((SELECT array_agg(DISTINCT a.device_id) FROM device_attachments a
                  WHERE a.shipment_id = s.id AND (a.until_at IS NULL OR a.until_at > now())), '{}') AS devices
@@ -167,6 +167,7 @@ def shipment_json(r: Row) -> dict[str, Any]:
         "eta": r["eta"],
         "exceptions": r["exceptions"] or [],
         "emissions": r["emissions"],
+        "release": r.get("release"),
         "created_at": iso(r["created_at"]),
         "updated_at": iso(r.get("changed_at") or r["updated_at"]),
     }
@@ -419,21 +420,37 @@ async def eta_history(conn: Conn, shipment_id: str) -> list[dict[str, Any]]:
     return [r["eta"] for r in rows]
 
 
+async def completed_journeys(conn: Conn, tenant_id: int, limit: int, *, forecasts: bool = True) -> list[Row]:
+    """The tenant's `limit` most recently delivered shipments with their milestones and, with
+    `forecasts`, the history of their predictions ([computed_at, predicted_at, carrier_eta]
+    triples, oldest first), newest first: what the ETA learns from."""
+    history = (
+        "COALESCE((SELECT json_agg(json_build_array(h.computed_at, h.predicted_at, h.carrier_eta)"
+        " ORDER BY h.computed_at) FROM eta_history h WHERE h.shipment_id = s.id), '[]')"
+        if forecasts
+        else "'[]'::json"
+    )
+    rows: list[Row] = await (
+        await conn.execute(
+            f"SELECT s.*, st.started_at, st.delivered_at, st.milestones, {history} AS forecasts"
+            " FROM shipment_state st JOIN shipments s ON s.id = st.shipment_id"
+            " WHERE st.tenant_id = %s AND st.delivered_at IS NOT NULL AND st.status = 'delivered'"
+            " ORDER BY st.delivered_at DESC LIMIT %s",
+            (tenant_id, limit),
+        )
+    ).fetchall()
+    return rows
+
+
 async def try_job_lock(conn: Conn, key: int) -> bool:
     """Take the advisory lock `key` for this transaction if no other worker holds it."""
     row = await (await conn.execute("SELECT pg_try_advisory_xact_lock(%s) AS ok", (key,))).fetchone()
     return bool(row and row["ok"])
 
 
-async def purge_history(conn: Conn, retention_days: int, outbox_retention_hours: int) -> None:
-    """Delete events and positions past the retention (TimescaleDB's policy does that where it
-    runs) and outbox rows every relay has passed, older than `outbox_retention_hours`."""
-    ts = await (await conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'")).fetchone()
-    if ts is None:
-        for table in ("events", "positions"):
-            await conn.execute(
-                f"DELETE FROM {table} WHERE occurred_at < now() - make_interval(days => %s)", (retention_days,)
-            )
+async def purge_history(conn: Conn, outbox_retention_hours: int) -> None:
+    """Delete outbox rows every relay has passed, older than `outbox_retention_hours` (events and
+    positions go per tenant, in `retention_store`)."""
     await conn.execute(
         "DELETE FROM outbox o USING relay_marks m WHERE o.tenant_id = m.tenant_id AND o.seq <= m.seq"
         " AND o.created_at < now() - make_interval(hours => %s)",
