@@ -24,11 +24,11 @@ const STATUS_LABEL = new Map(STATUSES.map(([k, label]) => [k, label]));
 const STATUS_COLOUR = new Map(STATUSES.map(([k, , colour]) => [k, colour]));
 const EXCEPTION_KINDS = [
   "delayed", "no_signal", "long_dwell", "customs_hold", "off_route", "temperature_excursion",
-  "delivery_failed",
+  "delivery_failed", "demurrage_risk",
 ];
 const FINAL_STATUSES = new Set(["delivered", "returned", "cancelled", "expired"]);
 const MODE_COLOUR = { sea: "#0369a1", air: "#7c3aed", road: "#b45309", rail: "#15803d" };
-const KEY_STORAGE = "trackd.apiKey";
+const FILTER_NAMES = ["status", "mode", "carrier", "exception", "q"];
 const PING_INTERVAL_MS = 20000;
 const PAGE_SIZE = 500;
 const CLUSTER_PX = 40;
@@ -48,7 +48,7 @@ const base = new URL(".", window.location.href);
 const $ = (id) => document.getElementById(id);
 
 const state = {
-  key: null,
+  tenant: null, // the signed-in tenant's name; its session cookie authenticates every request
   shipments: new Map(),
   markers: new Map(),
   filters: { status: "", mode: "", carrier: "", exception: "", q: "" },
@@ -181,7 +181,7 @@ function toast(message) {
 async function api(path, options = {}) {
   const response = await fetch(new URL(path, base), {
     ...options,
-    headers: { Accept: "application/json", Authorization: `Bearer ${state.key}`, ...(options.headers || {}) },
+    headers: { Accept: "application/json", ...(options.headers || {}) },
   });
   if (response.status === 401) throw new AuthError("The API key was not accepted.");
   if (!response.ok) {
@@ -345,7 +345,9 @@ function handleMessage(msg) {
     s.eta = msg.eta ?? null;
   } else if (type === "exception.raised" || type === "exception.cleared") {
     if (msg.exception) applyException(s, msg.exception, type === "exception.raised");
-  } else {
+  } else if (type === "release.changed") {
+    s.release = msg.release ?? null;
+  } else if (type !== "place.entered" && type !== "place.exited") {  // crossings: in the timeline
     return;
   }
   if (msg.occurred_at && (parseTime(msg.occurred_at) ?? 0) > (parseTime(s.updated_at) ?? 0)) {
@@ -473,6 +475,79 @@ map.on("zoomend", () => {
   labels.schedule();
 });
 const routeLayer = L.layerGroup().addTo(map);
+
+/**
+ * Places (the bundled ports and airports, and the tenant's own) as a layer toggled by a checkbox on
+ * the map: fetched for the view from zoom PLACES_MIN_ZOOM on, where a port's or an airport's circle
+ * is big enough to mean something; the choice is kept in localStorage.
+ */
+const PLACES_MIN_ZOOM = 7;
+const PLACES_STORAGE = "trackd.places";
+const PLACE_COLOUR = { port: "#0e7490", airport: "#7c3aed", border: "#b45309", customs: "#b91c1c" };
+const placeLayer = L.layerGroup();
+const placesOverlay = {
+  on: localStorage.getItem(PLACES_STORAGE) !== "0",
+  timer: 0,
+  token: 0,
+
+  schedule() {
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.load(), 250);
+  },
+
+  async load() {
+    const token = ++this.token;
+    if (!this.on || !state.tenant || map.getZoom() < PLACES_MIN_ZOOM) {
+      placeLayer.clearLayers();
+      return;
+    }
+    const b = map.getBounds();
+    const wrap = (lon) => ((((lon + 180) % 360) + 360) % 360) - 180;
+    const box = [wrap(b.getWest()), Math.max(b.getSouth(), -90), wrap(b.getEast()), Math.min(b.getNorth(), 90)];
+    let page;
+    try {
+      page = await api(`v1/places?limit=500&bbox=${box.map((v) => v.toFixed(4)).join(",")}`);
+    } catch (error) {
+      if (error instanceof AuthError) handleFailure(error);
+      return;
+    }
+    if (token !== this.token) return;
+    placeLayer.clearLayers();
+    for (const p of page.items || []) {
+      const style = { color: PLACE_COLOUR[p.kind] || "#475569", weight: 1, fillOpacity: 0.08, pane: "routes",
+        renderer: routeRenderer, interactive: true };
+      const g = p.geometry || {};
+      const shape = g.type === "Point"
+        ? L.circle([g.coordinates[1], g.coordinates[0]], { ...style, radius: p.radius_m })
+        : L.polygon((g.coordinates || []).map((ring) => ring.map(([lon, lat]) => [lat, lon])), style);
+      shape.bindTooltip(`${p.name} · ${p.kind}${p.unlocode || p.iata ? ` · ${p.unlocode || p.iata}` : ""}`);
+      placeLayer.addLayer(shape);
+    }
+  },
+
+  toggle(on) {
+    this.on = on;
+    localStorage.setItem(PLACES_STORAGE, on ? "1" : "0");
+    if (on) placeLayer.addTo(map);
+    else placeLayer.remove();
+    this.load();
+  },
+};
+const PlacesControl = L.Control.extend({
+  options: { position: "topleft" },  // the side panel covers the right
+  onAdd() {
+    const box = el("input", { type: "checkbox", id: "places-toggle" });
+    box.checked = placesOverlay.on;
+    box.addEventListener("change", () => placesOverlay.toggle(box.checked));
+    const label = el("label", { class: "leaflet-bar places-toggle", title: `Shown from zoom ${PLACES_MIN_ZOOM}`,
+      style: { background: "#fff", padding: "4px 8px", cursor: "pointer" } }, box, " Ports & airports");
+    L.DomEvent.disableClickPropagation(label);
+    return label;
+  },
+});
+map.addControl(new PlacesControl());
+if (placesOverlay.on) placeLayer.addTo(map);
+map.on("moveend", () => placesOverlay.schedule());
 
 /**
  * Rings that cross the antimeridian (Fiji, Chukotka) made continuous, so they are not drawn as a
@@ -640,6 +715,7 @@ function markerStyle(s) {
   const open = openExceptions(s).length > 0;
   return {
     key: `${s.status}|${open}|${selected}`,
+    open,
     style: {
       radius: selected ? 8 : 5,
       fillColor: STATUS_COLOUR.get(s.status) || "#6b7280",
@@ -671,7 +747,7 @@ function syncMarker(id) {
   }
   // Drawn on the world copy nearest the view centre, so a Pacific view shows both shores.
   ll[1] = unwrap(ll[1], view.centreLon);
-  const { key, style } = markerStyle(s);
+  const { key, open, style } = markerStyle(s);
   if (!marker) {
     marker = L.circleMarker(ll, { ...style, renderer: markerRenderer, bubblingMouseEvents: false });
     marker.trackdId = id;
@@ -687,6 +763,7 @@ function syncMarker(id) {
       marker.trackdStyle = key;
     }
   }
+  marker.trackdOpen = open; // read by the clusters' colour, so they need not look again
   // Which shown markers are drawn alone and which inside a cluster is decided by `clusters`.
   const show = matches(s);
   if (marker.trackdShown !== show || !show) {
@@ -706,6 +783,26 @@ function syncMarker(id) {
  * selected shipment is always drawn alone, so it stays visible and clickable.
  */
 const clusterLayer = L.layerGroup().addTo(map);
+
+/**
+ * A marker's point in world pixels at `zoom` (as `latLngToLayerPoint` rounds it, before the pixel
+ * origin), kept on the marker until it moves or the zoom changes: with ten thousand markers of
+ * which a few hundred move between two clusterings, most need no projection.
+ */
+function projected(marker, zoom) {
+  const ll = marker.getLatLng();
+  const c = marker.trackdProjected;
+  if (c && c.zoom === zoom && c.lat === ll.lat && c.lng === ll.lng) return c;
+  const p = map.project(ll, zoom);
+  marker.trackdProjected = { zoom, lat: ll.lat, lng: ll.lng, x: Math.round(p.x), y: Math.round(p.y) };
+  return marker.trackdProjected;
+}
+
+/** A grid cell's key as one number (cells lie within a few screens of the view). */
+function cellKey(cx, cy) {
+  return (cx + 32768) * 65536 + (cy + 32768);
+}
+
 const clusters = {
   byKey: new Map(), // seed id -> cluster marker
   timer: 0,
@@ -725,19 +822,23 @@ const clusters = {
     const size = map.getSize();
     const area = L.bounds(map.containerPointToLayerPoint([-size.x / 2, -size.y / 2]),
       map.containerPointToLayerPoint([size.x * 1.5, size.y * 1.5]));
+    const zoom = map.getZoom();
+    const origin = map.getPixelOrigin();
     const cells = new Map();
     const points = [];
     for (const [id, marker] of state.markers) {
       if (!marker.trackdShown) continue;
-      const p = map.latLngToLayerPoint(marker.getLatLng());
-      if (!area.contains(p)) {
+      const p = projected(marker, zoom);
+      const x = p.x - origin.x;
+      const y = p.y - origin.y;
+      if (x < area.min.x || x > area.max.x || y < area.min.y || y > area.max.y) {
         if (markerLayer.hasLayer(marker)) markerLayer.removeLayer(marker);
         continue;
       }
-      const point = { id, marker, x: p.x, y: p.y, taken: id === state.selected };
+      const point = { id, marker, x, y, taken: id === state.selected };
       points.push(point);
       if (point.taken) continue;
-      const key = `${Math.floor(p.x / CLUSTER_PX)},${Math.floor(p.y / CLUSTER_PX)}`;
+      const key = cellKey(Math.floor(x / CLUSTER_PX), Math.floor(y / CLUSTER_PX));
       const cell = cells.get(key);
       if (cell) cell.push(point);
       else cells.set(key, [point]);
@@ -754,7 +855,7 @@ const clusters = {
       const cy = Math.floor(point.y / CLUSTER_PX);
       for (let dx = -1; dx <= 1; dx += 1) {
         for (let dy = -1; dy <= 1; dy += 1) {
-          for (const other of cells.get(`${cx + dx},${cy + dy}`) || []) {
+          for (const other of cells.get(cellKey(cx + dx, cy + dy)) || []) {
             if (other.taken) continue;
             const ex = other.x - point.x;
             const ey = other.y - point.y;
@@ -795,8 +896,7 @@ const clusters = {
       const ll = marker.getLatLng();
       lat += ll.lat;
       lng += ll.lng;
-      const s = state.shipments.get(marker.trackdId);
-      if (s && !open && openExceptions(s).length) open = true;
+      if (marker.trackdOpen) open = true;
     }
     const centre = L.latLng(lat / group.length, lng / group.length);
     const ids = group.map((p) => p.id);
@@ -880,6 +980,7 @@ const clusters = {
 
 const view = {
   dirty: new Set(),
+  listed: new Set(), // changed in what the list shows (not only moved) since the last flush
   all: false,
   counters: false,
   carriersChanged: false,
@@ -888,9 +989,15 @@ const view = {
   timer: 0,
 };
 
+/** A shipment changed; `counters` false when it only moved (its marker follows in a batch). */
 function touch(id, counters = true) {
+  if (!counters) {
+    moves.add(id);
+    return;
+  }
   view.dirty.add(id);
-  if (counters) view.counters = true;
+  view.counters = true;
+  view.listed.add(id);
   schedule();
 }
 
@@ -914,6 +1021,8 @@ function flush() {
   view.timer = 0;
   const ids = view.all ? new Set([...state.shipments.keys(), ...state.markers.keys()]) : view.dirty;
   const selectedTouched = state.selected !== null && (view.all || view.dirty.has(state.selected));
+  listOrder.note(view.all ? null : view.listed);
+  view.listed = new Set();
   view.dirty = new Set();
   view.all = false;
   for (const id of ids) syncMarker(id);
@@ -923,11 +1032,109 @@ function flush() {
   }
   if (view.counters) {
     view.counters = false;
-    renderCounters();
+    counterView.schedule();
     shipmentList.schedule();
   }
   if (selectedTouched) panel.renderLocal();
 }
+
+// ---------------------------------------------------------------- at scale
+
+/**
+ * Shipments that only moved: their markers are moved in the first frame after a window of
+ * MOVES_BATCH_MS (the stream's own tick), so thousands of positions a second cost a few marker
+ * passes, canvas redraws and cluster updates a second instead of one per frame, whatever else
+ * (status changes, say) is drawn in the frames between.
+ */
+const MOVES_BATCH_MS = 250;
+const moves = {
+  ids: new Set(),
+  timer: 0,
+  last: 0,
+
+  add(id) {
+    this.ids.add(id);
+    if (this.timer) return;
+    const wait = Math.max(0, this.last + MOVES_BATCH_MS - Date.now());
+    this.timer = setTimeout(() => this.take(), wait);
+  },
+
+  /** Hand the moved shipments to the next frame's flush. */
+  take() {
+    clearTimeout(this.timer);
+    this.timer = 0;
+    this.last = Date.now();
+    if (!this.ids.size) return;
+    for (const id of this.ids) view.dirty.add(id);
+    this.ids = new Set();
+    schedule();
+  },
+};
+
+/** The counters, redrawn at most every COUNTERS_THROTTLE_MS: each pass counts every shipment. */
+const COUNTERS_THROTTLE_MS = 250;
+const counterView = {
+  timer: 0,
+  last: 0,
+
+  schedule() {
+    if (this.timer) return;
+    const wait = Math.max(0, this.last + COUNTERS_THROTTLE_MS - Date.now());
+    this.timer = setTimeout(() => {
+      this.timer = 0;
+      this.last = Date.now();
+      renderCounters();
+    }, wait);
+  },
+};
+
+/**
+ * The list's rows kept in order between renders: a status, ETA or exception change puts back only
+ * the shipments it touched (taken out, then inserted by binary search) instead of sorting them all
+ * again; a new sort or filter, or more than LIST_RESORT_AT changes, sorts afresh.
+ */
+const LIST_RESORT_AT = 256;
+const listOrder = {
+  rows: null,
+  key: "",
+  changed: new Set(),
+
+  /** Shipments changed since the last flush; null when everything may have. */
+  note(ids) {
+    if (ids === null) this.rows = null;
+    else if (this.rows) for (const id of ids) this.changed.add(id);
+    if (this.changed.size > LIST_RESORT_AT) this.rows = null;
+    if (!this.rows) this.changed.clear();
+  },
+
+  current() {
+    const key = `${shipmentList.sort}|${shipmentList.dir}|${JSON.stringify(state.filters)}`;
+    if (!this.rows || key !== this.key) {
+      this.rows = shipmentList.rows();
+      this.key = key;
+      this.changed.clear();
+      return this.rows;
+    }
+    const rows = this.rows;
+    const compare = shipmentList.comparator();
+    for (const id of this.changed) {
+      const at = rows.findIndex((s) => s.id === id);
+      if (at >= 0) rows.splice(at, 1);
+      const s = state.shipments.get(id);
+      if (!s || !matches(s)) continue;
+      let lo = 0;
+      let hi = rows.length;
+      while (lo < hi) {
+        const mid = (lo + hi) >> 1;
+        if (compare(rows[mid], s) <= 0) lo = mid + 1;
+        else hi = mid;
+      }
+      rows.splice(lo, 0, s);
+    }
+    this.changed.clear();
+    return rows;
+  },
+};
 
 // ---------------------------------------------------------------- toolbar and counters
 
@@ -944,7 +1151,8 @@ function renderCarrierOptions() {
   const carriers = [...state.carriers].sort((a, b) => a.localeCompare(b));
   fill(select, el("option", { value: "" }, "All carriers"),
     ...carriers.map((c) => el("option", { value: c }, c)));
-  select.value = carriers.includes(current) ? current : "";
+  const wanted = state.filters.carrier || current;
+  select.value = carriers.includes(wanted) ? wanted : "";
 }
 
 function renderCounters() {
@@ -986,6 +1194,7 @@ function setFilter(name, value) {
   const input = $(name === "q" ? "search" : `filter-${name}`);
   if (input.value !== value) input.value = value;
   refilter();
+  writeHash();
 }
 
 function bindToolbar() {
@@ -994,6 +1203,7 @@ function bindToolbar() {
     const update = () => {
       state.filters[name] = select.value;
       refilter();
+      writeHash();
     };
     select.addEventListener("change", update);
     select.addEventListener("input", update);
@@ -1002,6 +1212,7 @@ function bindToolbar() {
   search.addEventListener("input", () => {
     state.filters.q = search.value.trim();
     refilter();
+    writeHash();
   });
   search.addEventListener("keydown", (event) => {
     if (event.key !== "Enter") return;
@@ -1074,20 +1285,23 @@ const shipmentList = {
   rows() {
     const rows = [];
     for (const s of state.shipments.values()) if (matches(s)) rows.push(s);
+    return rows.sort(this.comparator());
+  },
+
+  /** The list's order: the sort column in its direction, then the tracking number. */
+  comparator() {
     const compare = compareBy(this.sort);
     const tie = (a, b) => collator.compare(a.tracking_number || a.id, b.tracking_number || b.id);
     const dir = this.dir;
     if (this.sort === "eta") {
-      rows.sort((a, b) => {
+      return (a, b) => {
         const ta = parseTime(a.eta?.predicted_at);
         const tb = parseTime(b.eta?.predicted_at);
         if (ta === null || tb === null) return (ta === null) - (tb === null) || tie(a, b);
         return dir * (ta - tb) || tie(a, b);
-      });
-    } else {
-      rows.sort((a, b) => dir * compare(a, b) || tie(a, b));
+      };
     }
-    return rows;
+    return (a, b) => dir * compare(a, b) || tie(a, b);
   },
 
   setSort(column) {
@@ -1106,7 +1320,7 @@ const shipmentList = {
     this.last = Date.now();
     if (!this.isOpen()) return;
     this.renderExceptionOptions();
-    const rows = this.rows();
+    const rows = listOrder.current();
     const pages = Math.max(1, Math.ceil(rows.length / LIST_PAGE_SIZE));
     this.page = Math.min(this.page, pages - 1);
     const start = this.page * LIST_PAGE_SIZE;
@@ -1275,9 +1489,14 @@ function renderEta(s) {
     : predicted <= promised
       ? el("span", { class: "ok" }, `${fmtHours(promised - predicted)} before the promised date`)
       : el("span", { class: "late" }, `${fmtHours(predicted - promised)} after the promised date`);
+  const pLate = typeof eta.p_late === "number" ? eta.p_late : null;
+  const chance = pLate === null ? null
+    : el("div", { class: pLate < 0.25 ? "ok" : "late", title: `probability of missing the promise: ${Math.round(pLate * 100)}%` },
+      pLate < 0.25 ? "Likely on time" : pLate < 0.75 ? "Might be late" : "Late");
   fill(box,
     el("div", { class: "big" }, fmtTime(eta.predicted_at), " ", el("span", { class: "muted" }, fmtAgo(eta.predicted_at))),
     verdict,
+    chance,
     etaBar(eta, promisedAt),
     el("dl", { class: "kv" },
       el("dt", null, "80% interval"), el("dd", null, `${fmtTime(eta.earliest)} – ${fmtTime(eta.latest)}`),
@@ -1303,6 +1522,29 @@ function renderExceptions(s) {
     open.length ? el("ul", { class: "exc open-list" }, open.map(row)) : null,
     past.length ? el("details", { open: wasOpen }, el("summary", null, `${past.length} cleared`), el("ul", { class: "exc" }, past.map(row))) : null,
   );
+}
+
+/** The ocean release: last free day with its countdown, availability, holds (a section made once). */
+function renderRelease(s) {
+  let box = $("panel-release");
+  if (!box) {
+    box = el("div", { id: "panel-release" });
+    $("panel-eta").closest("section").after(el("section", null, el("h3", null, "Release"), box));
+  }
+  const r = s.release;
+  box.closest("section").hidden = !r;
+  if (!r) return;
+  const lfd = parseTime(r.last_free_day);
+  const left = lfd === null ? null : lfd - Date.now();
+  const holds = (r.holds || []).map((h) => el("li", { class: h.cleared_at ? "past" : "open" },
+    el("b", null, `${humanize(h.kind)} hold`), ` since ${fmtTime(h.since)}`, h.cleared_at ? ` · cleared ${fmtTime(h.cleared_at)}` : ""));
+  fill(box,
+    el("dl", { class: "kv" },
+      el("dt", null, "Last free day"), el("dd", null, lfd === null ? "—" : fmtTime(r.last_free_day),
+        left === null ? null : el("span", { class: left < 86400000 ? "late" : "muted" },
+          left >= 0 ? ` · ${fmtHours(left)} left` : ` · passed ${fmtHours(-left)} ago`)),
+      el("dt", null, "Available"), el("dd", null, r.available_for_pickup_at ? fmtTime(r.available_for_pickup_at) : "—")),
+    holds.length ? el("ul", { class: "exc" }, holds) : el("div", { class: "muted" }, "No holds"));
 }
 
 function placeName(place) {
@@ -1461,7 +1703,7 @@ const panel = {
     this.drawRemaining(s);
     // Positions arrive several times a second; the rest of the panel only changes with its fields.
     const signature = JSON.stringify([s.tracking_number, s.carrier, s.status, s.substatus, s.eta, s.exceptions,
-      s.emissions, s.devices, s.references, s.legs, s.mode, s.promised_at, s.weight_kg, s.updated_at]);
+      s.emissions, s.devices, s.references, s.legs, s.mode, s.promised_at, s.weight_kg, s.updated_at, s.release]);
     if (signature === this.signature) return;
     this.signature = signature;
     $("panel-tracking").textContent = s.tracking_number || s.id;
@@ -1471,6 +1713,7 @@ const panel = {
         STATUS_LABEL.get(s.status) || humanize(s.status)),
       s.substatus ? el("span", { class: "substatus" }, humanize(s.substatus)) : null);
     renderEta(s);
+    renderRelease(s);
     renderExceptions(s);
     renderEmissions(s);
     renderDevices(s);
@@ -1480,17 +1723,43 @@ const panel = {
     const token = this.token;
     const session = state.session;
     const path = `v1/shipments/${encodeURIComponent(id)}`;
-    const [events, positions] = await Promise.allSettled([
+    const [events, positions, plan, visits] = await Promise.allSettled([
       api(`${path}/events?kind=milestone&limit=500`),
       api(`${path}/positions`),
+      api(`${path}/route`),
+      api(`v1/places/visits?limit=500&shipment_id=${encodeURIComponent(id)}`),
     ]);
     if (token !== this.token || session !== state.session) return;
     for (const result of [events, positions]) {
       if (result.status === "rejected" && result.reason?.status !== 404) handleFailure(result.reason);
     }
-    if (events.status === "fulfilled") renderTimeline((events.value && events.value.items) || []);
+    // Entering and leaving places, beside the milestones.
+    const crossed = visits.status === "fulfilled" ? (visits.value.items || []).flatMap((v) => [
+      { occurred_at: v.entered_at, code: `entered ${v.place.kind || "place"}`, location: { name: v.place.name },
+        classifier: "actual", source: "place" },
+      ...(v.exited_at ? [{ occurred_at: v.exited_at, code: `left ${v.place.kind || "place"}`,
+        location: { name: v.place.name }, classifier: "actual", source: "place" }] : []),
+    ]) : [];
+    if (events.status === "fulfilled") renderTimeline([...((events.value && events.value.items) || []), ...crossed]);
     else fill("panel-timeline", el("div", { class: "muted" }, "Unavailable"));
     if (positions.status === "fulfilled") this.drawRoute(positions.value);
+    if (plan.status === "fulfilled") this.drawPlan(plan.value);
+  },
+
+  /** Each leg's planned path (booked, else computed), dashed and faint, beside the route so far. */
+  drawPlan(collection) {
+    const lines = ((collection && collection.features) || [])
+      .filter((f) => f && f.geometry && Array.isArray(f.geometry.coordinates))
+      .map((f) => {
+        let previous = null;
+        const line = f.geometry.coordinates.filter(([lon, lat]) => validLatLng(lat, lon)).map(([lon, lat]) => {
+          previous = unwrap(lon, previous);
+          return [lat, previous];
+        });
+        return L.polyline(line, { renderer: routeRenderer, color: MODE_COLOUR[f.properties?.mode] || "#374151",
+          weight: 2, dashArray: "2 6", opacity: 0.55, interactive: false });
+      });
+    if (lines.length) L.featureGroup(lines).addTo(routeLayer);
   },
 
   refetchSoon() {
@@ -1578,11 +1847,11 @@ function select(id, options = {}) {
   if (previous) touch(previous);
   if (!key) {
     panel.close();
-    if (window.location.hash) history.replaceState(null, "", window.location.pathname + window.location.search);
+    writeHash();
     return Promise.resolve();
   }
   touch(key);
-  history.replaceState(null, "", `#shipment=${encodeURIComponent(key)}`);
+  writeHash();
   const s = state.shipments.get(key);
   const ll = s ? latLngOf(s) : null;
   if (ll && (options.fly || !map.getBounds().contains(ll))) map.flyTo(ll, Math.max(map.getZoom(), 4), { duration: 0.6 });
@@ -1592,6 +1861,18 @@ function select(id, options = {}) {
 }
 
 // ---------------------------------------------------------------- the stream
+
+/** One websocket frame as text: a message or an array of them. */
+function receive(data) {
+  let msg;
+  try {
+    msg = JSON.parse(data);
+  } catch {
+    return;
+  }
+  if (Array.isArray(msg)) msg.forEach(handleMessage);
+  else handleMessage(msg);
+}
 
 const stream = {
   ws: null,
@@ -1607,11 +1888,10 @@ const stream = {
 
   connect() {
     clearTimeout(this.timer);
-    if (!state.key) return;
+    if (!state.tenant) return;
     const session = state.session;
-    const url = new URL("v1/stream", base);
+    const url = new URL("v1/stream", base); // the handshake carries the session cookie
     url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
-    url.searchParams.set("token", state.key);
     if (this.attempt === 0) this.status("connecting", "connecting…");
     let opened = false;
     let ws;
@@ -1640,15 +1920,7 @@ const stream = {
       }, PING_INTERVAL_MS);
     };
     ws.onmessage = (event) => {
-      if (session !== state.session) return;
-      let msg;
-      try {
-        msg = JSON.parse(event.data);
-      } catch {
-        return;
-      }
-      if (Array.isArray(msg)) msg.forEach(handleMessage);
-      else handleMessage(msg);
+      if (session === state.session) receive(event.data);
     };
     ws.onclose = () => {
       clearInterval(this.ping);
@@ -1665,7 +1937,7 @@ const stream = {
     const offline = navigator.onLine === false;
     this.status(offline ? "offline" : "reconnecting", offline ? "offline" : `reconnecting in ${Math.ceil(delay / 1000)} s`);
     if (!wasOpen && this.attempt >= 2) {
-      // A refused handshake looks like any other failure to a browser: ask REST whether the key still works.
+      // A refused handshake looks like any other failure to a browser: ask REST whether the session still works.
       api("v1/shipments?limit=1").catch((error) => {
         if (error instanceof AuthError && session === state.session) handleFailure(error);
       });
@@ -1677,7 +1949,7 @@ const stream = {
   },
 
   now() {
-    if (!state.key || (this.ws && this.ws.readyState <= WebSocket.OPEN)) return;
+    if (!state.tenant || (this.ws && this.ws.readyState <= WebSocket.OPEN)) return;
     this.attempt = 0;
     this.connect();
   },
@@ -1694,7 +1966,7 @@ const stream = {
 
 window.addEventListener("online", () => stream.now());
 window.addEventListener("offline", () => {
-  if (state.key) stream.status("offline", "offline");
+  if (state.tenant) stream.status("offline", "offline");
 });
 
 // ---------------------------------------------------------------- sign-in
@@ -1704,6 +1976,7 @@ async function start() {
   $("login").hidden = true;
   $("sign-out").hidden = false;
   stream.connect();
+  placesOverlay.schedule();
   try {
     await loadShipments(session);
   } catch (error) {
@@ -1716,13 +1989,45 @@ async function start() {
 
 /** The shipment a `#shipment=<id or tracking number>` link names, or null. */
 function hashShipment() {
-  const match = /^#shipment=(.+)$/.exec(window.location.hash);
-  if (!match) return null;
+  return hashParams().get("shipment") || null;
+}
+
+/** The address's hash as parameters: `#shipment=<id>&status=in_transit&q=MSKU` (all optional). */
+function hashParams() {
   try {
-    return decodeURIComponent(match[1]);
+    return new URLSearchParams(window.location.hash.replace(/^#/, ""));
   } catch {
-    return null;
+    return new URLSearchParams();
   }
+}
+
+/** The selection and the filters, in the address (so that a reload or a copied link keeps them). */
+function writeHash() {
+  const params = new URLSearchParams();
+  if (state.selected) params.set("shipment", state.selected);
+  for (const name of FILTER_NAMES) if (state.filters[name]) params.set(name, state.filters[name]);
+  const hash = params.toString() ? `#${params}` : "";
+  if (hash !== window.location.hash) history.replaceState(null, "", window.location.pathname + window.location.search + hash);
+}
+
+/** Take the filters the hash names (the others cleared); true when one changed. */
+function applyHashFilters() {
+  const params = hashParams();
+  let changed = false;
+  for (const name of FILTER_NAMES) {
+    const value = (params.get(name) || "").trim();
+    if (state.filters[name] === value) continue;
+    changed = true;
+    state.filters[name] = value;
+    const input = $(name === "q" ? "search" : `filter-${name}`);
+    if (name === "exception" && value && value !== "any" && value !== "none") ensureOption(input, [value]);
+    if (name === "carrier" && value && ![...input.options].some((o) => o.value === value)) {
+      input.append(el("option", { value }, value));
+    }
+    input.value = value;
+  }
+  if (changed) refilter();
+  return changed;
 }
 
 /** The id of a loaded shipment named by id or tracking number; else `key` as given. */
@@ -1735,7 +2040,8 @@ function resolveShipment(key) {
 
 // A link followed while the page is open (pasted, or clicked elsewhere) opens that shipment.
 window.addEventListener("hashchange", () => {
-  if (!state.key || /^#key=/.test(window.location.hash)) return;
+  if (!state.tenant || /^#key=/.test(window.location.hash)) return;
+  applyHashFilters();
   const wanted = hashShipment();
   if (!wanted) {
     if (state.selected) select(null);
@@ -1743,15 +2049,13 @@ window.addEventListener("hashchange", () => {
   }
   const id = resolveShipment(wanted);
   if (id !== state.selected) select(id, { fly: true });
-  else if (window.location.hash !== `#shipment=${encodeURIComponent(id)}`) {
-    history.replaceState(null, "", `#shipment=${encodeURIComponent(id)}`);
-  }
+  else writeHash();
 });
 
 function signOut(message) {
   state.session += 1;
-  state.key = null;
-  sessionStorage.removeItem(KEY_STORAGE);
+  state.tenant = null;
+  fetch(new URL("v1/session", base), { method: "DELETE" }).catch(() => {});
   stream.stop();
   select(null);
   state.shipments.clear();
@@ -1774,13 +2078,11 @@ function bindLogin() {
     const button = $("login-form").querySelector("button");
     button.disabled = true;
     $("login-error").textContent = "";
-    state.key = key;
     try {
-      await api("v1/shipments?limit=1");
-      sessionStorage.setItem(KEY_STORAGE, key);
+      await signIn(key);
       start();
     } catch (error) {
-      state.key = null;
+      state.tenant = null;
       $("login-error").textContent = error instanceof AuthError ? "That API key was not accepted." : `Cannot reach trackd: ${error.message}`;
     } finally {
       button.disabled = false;
@@ -1793,6 +2095,30 @@ function bindLogin() {
   });
 }
 
+/** Sign in with `key`: the server sets a session cookie (12 h), so a new tab need not ask again. */
+async function signIn(key) {
+  const response = await fetch(new URL("v1/session", base), {
+    method: "POST",
+    headers: { Accept: "application/json", "Content-Type": "application/json" },
+    body: JSON.stringify({ api_key: key }),
+  });
+  if (response.status === 401) throw new AuthError("The API key was not accepted.");
+  if (!response.ok) throw new Error(`${response.status}: ${response.statusText}`);
+  state.tenant = (await response.json()).tenant;
+}
+
+/** The session this browser signed in to earlier (its cookie), if it is still good. */
+async function resumeSession() {
+  try {
+    const response = await fetch(new URL("v1/session", base), { headers: { Accept: "application/json" } });
+    if (!response.ok) return false;
+    state.tenant = (await response.json()).tenant;
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 // ---------------------------------------------------------------- boot
 
 window.trackd = {
@@ -1802,8 +2128,12 @@ window.trackd = {
   select,
   map,
   state,
-  flush,
+  flush: () => {
+    moves.take();
+    flush();
+  },
   clusters: () => {
+    moves.take();
     flush();
     clusters.compute();
     return clusters.current();
@@ -1811,6 +2141,7 @@ window.trackd = {
   listRows: () => shipmentList.rows().map((s) => s.id),
   labels: () => labels.shown(),
   recluster: () => clusters.compute(),
+  receive, // the websocket's message handler, for feeding recorded or generated frames
 };
 
 renderStatusOptions();
@@ -1820,18 +2151,20 @@ bindLogin();
 renderCounters();
 setupBasemap().catch((error) => console.warn("basemap unavailable", error));
 
-// A ready login link (`/#key=<api key>`, as `trackd demo` prints it): keep the key for this
-// browser session and take it out of the address bar at once.
-const fromLink = /^#key=([^&]+)$/.exec(window.location.hash);
-if (fromLink) {
-  sessionStorage.setItem(KEY_STORAGE, decodeURIComponent(fromLink[1]));
-  history.replaceState(null, "", window.location.pathname + window.location.search);
+// A ready login link (`/#key=<api key>`, as `trackd demo` prints it): sign in with it and take it
+// out of the address bar at once. Otherwise the session cookie of an earlier sign-in, if any.
+async function boot() {
+  const fromLink = /^#key=([^&]+)$/.exec(window.location.hash);
+  if (fromLink) history.replaceState(null, "", window.location.pathname + window.location.search);
+  applyHashFilters();
+  let signedIn = false;
+  if (fromLink) signedIn = await signIn(decodeURIComponent(fromLink[1])).then(() => true, () => false);
+  if (!signedIn) signedIn = await resumeSession();
+  if (signedIn) {
+    start();
+  } else {
+    $("login").hidden = false;
+    $("api-key").focus();
+  }
 }
-const saved = sessionStorage.getItem(KEY_STORAGE);
-if (saved) {
-  state.key = saved;
-  start();
-} else {
-  $("login").hidden = false;
-  $("api-key").focus();
-}
+boot();
