@@ -1,10 +1,11 @@
 """The exact bytes each simulated feed sends to trackd, with its headers and signature.
 
-Carrier milestones become the carrier's own format per leg: DCSA Track & Trace v2.2 events,
-X12 214 interchanges, IATA ONE Record `LogisticsEvent`s, AfterShip tracking webhooks and EasyPost
-`tracker.updated` events (a parcel leg carried by FedEx pushes FedEx's own track results); customs
-come as trackd event JSON from the broker; trackers publish trackd event JSON or OwnTracks locations
-over MQTT. Signatures are keyed with the tenant's ingest secret (UTF-8) exactly as each source's
+Carrier milestones become the carrier's own format per leg: DCSA Track & Trace v2.2 events (3.0.0
+`{"events": [...]}` bodies from the lines in `DCSA3_CARRIERS`), X12 214 interchanges, IATA ONE
+Record `LogisticsEvent`s, AfterShip tracking webhooks and EasyPost `tracker.updated` events (a
+parcel leg carried by FedEx or USPS pushes that carrier's own track results); customs come as
+trackd event JSON from the broker; trackers publish trackd event JSON or OwnTracks locations over
+MQTT. Signatures are keyed with the tenant's ingest secret (UTF-8) exactly as each source's
 scheme says.
 """
 
@@ -148,6 +149,74 @@ def dcsa_event(s: Scenario, ev: PlannedEvent) -> dict[str, Any]:
         raise ValueError(f"no DCSA event for {code}")
     out.update(documentReferences=documents, references=references)
     return out
+
+
+# -- DCSA Track & Trace 3.0.0 (`{"events": [...]}`) ------------------------------------------
+DCSA3_CARRIERS = frozenset({"Maersk", "CMA CGM", "Hapag-Lloyd", "Evergreen"})  # the lines that speak 3.0.0
+
+
+def dcsa3_event(s: Scenario, ev: PlannedEvent) -> dict[str, Any]:
+    """The 3.0.0 form of the leg's v2.2 event: classification, shipment, equipment and transport details nested."""
+    flat, leg = dcsa_event(s, ev), s.legs[ev.leg or 0]
+    ids = leg.ids
+    kind = flat["eventType"]
+    code_field = {"TRANSPORT": "transportEventTypeCode", "EQUIPMENT": "equipmentEventTypeCode"}.get(
+        kind, "shipmentEventTypeCode"
+    )
+    out: dict[str, Any] = {
+        "eventRouting": {
+            "originatingParty": {"partyCode": ids["scac"], "codeListProvider": "NMFTA", "partyFunction": "CA"}
+        },
+        "eventID": flat["eventID"],
+        "eventDateTime": flat["eventDateTime"],
+        "eventUpdatedDateTime": flat["eventCreatedDateTime"],
+        "eventClassification": {
+            "eventTypeCode": kind,
+            "eventClassifierCode": flat["eventClassifierCode"],
+            code_field: flat[code_field],
+        },
+        "shipmentDetails": {
+            "documentReference": {"typeCode": "TRD", "reference": ids["bl"]},
+            "additionalDocumentReferences": [{"typeCode": "BKG", "reference": ids["booking"]}],
+            "shipmentReferences": [{"typeCode": "PO", "reference": ids["po"]}],
+        },
+    }
+    if kind == "SHIPMENT":
+        out["shipmentDetails"]["documentReference"] = {"typeCode": "BKG", "reference": ids["booking"]}
+        out["shipmentDetails"]["additionalDocumentReferences"] = [{"typeCode": "TRD", "reference": ids["bl"]}]
+        return out
+    call = flat["transportCall"]
+    location = call["location"]
+    out["eventLocation"] = {
+        "locationName": location["locationName"],
+        "UNLocationCode": location["UNLocationCode"],
+        "facilityTypeCode": call["facilityTypeCode"],
+        "geoCoordinate": {"latitude": float(location["latitude"]), "longitude": float(location["longitude"])},
+    }
+    transport: dict[str, Any] = {
+        "transportCall": {
+            "transportCallReference": call["transportCallID"],
+            "modeOfTransport": "VESSEL",
+            "exportVoyageNumberOrReference": {"carrierVoyageNumber": ids["voyage"]},
+            "importVoyageNumberOrReference": {"carrierVoyageNumber": ids["voyage"]},
+            "vesselTransport": {"vesselIMONumber": ids["imo"], "vesselName": ids["vessel"]},
+        }
+    }
+    if "delayReasonCode" in flat:
+        transport |= {"delayReasonCodes": [flat["delayReasonCode"]], "changeRemark": flat["changeRemark"]}
+    out["transportDetails"] = transport
+    if kind == "EQUIPMENT":
+        out["equipmentDetails"] = {
+            "equipmentReference": ids["container"],
+            "ISOEquipmentCode": flat["ISOEquipmentCode"],
+            "emptyIndicatorCode": "LADEN",
+            "seals": flat["seals"],
+        }
+    return out
+
+
+def _speaks_dcsa3(s: Scenario, ev: PlannedEvent) -> bool:
+    return ev.source == "dcsa" and s.legs[ev.leg or 0].carrier in DCSA3_CARRIERS
 
 
 # -- IATA ONE Record LogisticsEvent ------------------------------------------------------------
@@ -399,7 +468,7 @@ _FEDEX = {
     M.DELIVERED: ("DL", "Delivered"),
     M.RETURNED: ("RS", "Returning package to shipper"),
 }
-_PUSHING_CARRIERS = {"fedex": "fedex"}  # parcel carriers whose own push replaces the aggregator's
+_PUSHING_CARRIERS = {"fedex": "fedex", "usps": "usps"}  # parcel carriers whose own push replaces the aggregator's
 
 
 def _push_source(s: Scenario, ev: PlannedEvent) -> str:
@@ -456,6 +525,65 @@ def fedex_push(s: Scenario, ev: PlannedEvent) -> dict[str, Any]:
     return {"transactionId": _uuid(s, ev), "output": {"completeTrackResults": complete}}
 
 
+_USPS = {
+    M.INFO_RECEIVED: ("GX", "Shipping Label Created, USPS Awaiting Item"),
+    M.PICKED_UP: ("03", "USPS picked up item"),
+    M.DEPARTED: ("82", "Departed USPS Facility"),
+    M.IN_TRANSIT: ("NT", "In Transit to Next Facility"),
+    M.AT_FACILITY: ("10", "Arrived at USPS Regional Facility"),
+    M.ARRIVED: ("07", "Arrived at USPS Facility"),
+    M.OUT_FOR_DELIVERY: ("OF", "Out for Delivery"),
+    M.DELIVERY_ATTEMPTED: ("02", "Notice Left (No Authorized Recipient Available)"),
+    M.AVAILABLE_FOR_PICKUP: ("14", "Available for Pickup"),
+    M.DELIVERED: ("01", "Delivered, Front Desk/Reception/Mail Room"),
+    M.RETURNED: ("09", "Return to Sender"),
+}
+
+
+def usps_tracking(s: Scenario, ev: PlannedEvent) -> dict[str, Any]:
+    """A USPS Tracking 3 tracking object, as a USPS subscription notification carries it bare."""
+    leg = s.legs[ev.leg or 0]
+    actual, estimate = _leg_history(s, ev)
+    scans: list[dict[str, Any]] = []
+    for cp in reversed(actual):  # newest first, as USPS lists them
+        assert cp.milestone is not None
+        assert cp.place is not None
+        code, text = _USPS[cp.milestone]
+        p = cp.place
+        local = cp.occurred_at.astimezone(ZoneInfo(p.tz))
+        scan = {
+            "eventType": cp.detail or text,
+            "eventTimestamp": local.replace(tzinfo=None).isoformat(timespec="seconds"),
+            "GMTTimestamp": iso(cp.occurred_at),
+            "GMTOffset": local.isoformat()[-6:],
+            "eventCountry": "",
+            "eventCity": p.city.upper(),
+            "eventState": p.state,
+            "eventZIP": p.postal_code,
+            "eventCode": code,
+        }
+        if code == "01":
+            scan["name"] = "RECEPTION"
+        scans.append(scan)
+    origin, dest = leg.plan.from_place, leg.plan.to_place
+    out: dict[str, Any] = {
+        "trackingNumber": leg.ids["tracking"],
+        "mailClass": "USPS Ground Advantage",
+        "mailType": "DOMESTIC_MAIL",
+        "statusCategory": scans[0]["eventType"] if scans else "Pre-Shipment",
+        "originCity": origin.city.upper(),
+        "originState": origin.state,
+        "originZIP": origin.postal_code,
+        "destinationCity": dest.city.upper(),
+        "destinationState": dest.state,
+        "destinationZIP": dest.postal_code,
+        "trackingEvents": scans,
+    }
+    if estimate is not None:
+        out["expectedDeliveryTimeStamp"] = iso(estimate.occurred_at)
+    return out
+
+
 # -- devices ----------------------------------------------------------------------------------
 def owntracks_location(s: Scenario, ev: PlannedEvent) -> dict[str, Any]:
     return {
@@ -474,6 +602,8 @@ def owntracks_location(s: Scenario, ev: PlannedEvent) -> dict[str, Any]:
 
 
 def _json_body(s: Scenario, ev: PlannedEvent) -> Any:
+    if _speaks_dcsa3(s, ev):
+        return {"events": [dcsa3_event(s, ev)]}
     if ev.source == "dcsa":
         return [dcsa_event(s, ev)]
     if ev.source == "onerecord":
@@ -502,6 +632,8 @@ def encode(s: Scenario, ev: PlannedEvent, *, tenant: str, secret: str, topic_pre
     source = _push_source(s, ev)
     if source == "fedex":
         body = orjson.dumps(fedex_push(s, ev))
+    elif source == "usps":
+        body = orjson.dumps(usps_tracking(s, ev))
     else:
         body = x12_214(s, ev).encode("ascii") if ev.source == "x12-214" else orjson.dumps(_json_body(s, ev))
     headers = {
@@ -509,5 +641,5 @@ def encode(s: Scenario, ev: PlannedEvent, *, tenant: str, secret: str, topic_pre
         **signature_headers(source, body, secret),
     }
     if ev.source == "dcsa":
-        headers["API-Version"] = "2.2.0"
+        headers["API-Version"] = "3.0.0" if _speaks_dcsa3(s, ev) else "2.2.0"
     return Delivery("webhook", source, f"/v1/ingest/{tenant}/{source}", body, headers)

@@ -78,9 +78,21 @@ def imo_number(rng: random.Random) -> str:
     return six + str(sum(int(c) * w for c, w in zip(six, range(7, 1, -1), strict=True)) % 10)
 
 
+def mmsi_number(imo: str) -> str:
+    """The vessel's MMSI (9 digits, a Danish MID), drawn from its IMO number so that a vessel keeps it."""
+    return f"219{int(imo) % 1_000_000:06d}"
+
+
 def awb_number(rng: random.Random, prefix: str) -> str:
     serial = rng.randint(1_000_000, 9_999_999)
     return f"{prefix}-{serial}{serial % 7}"
+
+
+def usps_number(rng: random.Random) -> str:
+    """A 22-digit USPS Intelligent Mail package barcode (Ground Advantage), with its mod-10 check digit."""
+    body = "9400111" + _digits(rng, 14)
+    total = sum(int(d) * (3 if i % 2 == 0 else 1) for i, d in enumerate(reversed(body)))
+    return body + str(-total % 10)
 
 
 def parcel_number(rng: random.Random, carrier: str) -> str:
@@ -89,6 +101,8 @@ def parcel_number(rng: random.Random, carrier: str) -> str:
         return "1Z" + "".join(rng.choice(alnum) for _ in range(6)) + "03" + _digits(rng, 8)
     if carrier.lower() in ("fedex",):
         return _digits(rng, 12)
+    if carrier.lower() == "usps":
+        return usps_number(rng)
     if carrier == "DPDUK":
         return "15" + _digits(rng, 12)
     return _digits(rng, 10)
@@ -165,8 +179,23 @@ def _legs(rng: random.Random, lane: Lane, po: str) -> tuple[LegRun, ...]:
             }
         else:
             ids |= {"tracking": parcel_number(rng, carrier), "tracker": "trk_" + rng.randbytes(16).hex()}
+        if plan.mode is Mode.SEA:
+            ids["mmsi"] = mmsi_number(ids["imo"])
         out.append(LegRun(plan, carrier, ids))
     return tuple(out)
+
+
+def _leg_body(leg: LegRun) -> dict[str, Any]:
+    """A leg as the shipment's body has it; a sea leg names its vessel."""
+    p = leg.plan
+    out: dict[str, Any] = {
+        "mode": p.mode.value,
+        "origin": p.from_place.location(),
+        "destination": p.to_place.location(),
+    }
+    if p.mode is Mode.SEA:
+        out["vessel"] = {"imo": int(leg.ids["imo"]), "mmsi": int(leg.ids["mmsi"]), "name": leg.ids["vessel"]}
+    return out
 
 
 def _main_ids(legs: tuple[LegRun, ...]) -> tuple[str, list[str]]:
@@ -248,10 +277,7 @@ def simulate(
         "tracking_number": number,
         "carrier": legs[0].carrier,
         "references": refs,
-        "legs": [
-            {"mode": p.mode.value, "origin": p.from_place.location(), "destination": p.to_place.location()}
-            for p in lane.legs
-        ],
+        "legs": [_leg_body(leg) for leg in legs],
         "promised_at": iso(_promised(rng, lane, start, promise_slack)),
         "weight_kg": round(rng.uniform(lo_kg, hi_kg), 1),
     }

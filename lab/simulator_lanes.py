@@ -238,7 +238,7 @@ LANES: tuple[Lane, ...] = (
         "SIN-JFK-USNYC",
         (
             _L(Mode.AIR, "SIN", "JFK", "onerecord", ("Singapore Airlines Cargo",)),
-            _L(Mode.ROAD, "JFK", "USNYC", "aftership", ("fedex", "ups")),
+            _L(Mode.ROAD, "JFK", "USNYC", "aftership", ("fedex", "ups", "usps")),
         ),
         1.5,
         0.30,

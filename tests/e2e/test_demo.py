@@ -178,6 +178,8 @@ def test_demo_runs_on_embedded_services(state: Path, tmp_path: Path) -> None:
         caught_up(first)
         in_flight = check_steady_state(http)
         check_sources(http)
+        refused = re.findall(r"feeder: [\w:-]+: POST \S+ -> \d+: .*", err.read_text())
+        assert not refused, "a carrier webhook was refused: " + "; ".join(refused[:5])
         total = len(shipments(http))
         took = stop_demo(first)
         assert took < STOP_WITHIN_S, f"SIGTERM took {took:.1f} s\n{first.log()}"

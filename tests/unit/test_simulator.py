@@ -8,17 +8,22 @@ import hashlib
 import hmac
 import itertools
 import json
+import re
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from functools import cache
 
+import orjson
 import pytest
 
-from lab.carrier_payloads import encode, signature_headers
+from ingest.sources import dcsa, usps
+from lab.carrier_payloads import dcsa3_event, dcsa_event, encode, signature_headers
 from lab.carrier_x12 import x12_214
 from lab.simulator import HISTORY_CADENCE, Scenario, history, simulate
 from lab.simulator_lanes import LANES, Path, haversine_km, leg_path
 from trackd.codes import Classifier, EventKind, Milestone, Mode
+from trackd.model import SourceContext
+from trackd.shipment import Vessel, imo_valid
 
 START = datetime(2025, 3, 1, 6, 0, tzinfo=UTC)
 SECRET = "whsec-ünïcode-key"
@@ -202,9 +207,15 @@ def test_signatures_verify() -> None:
     assert signature_headers("aftership", body, SECRET) == {"aftership-hmac-sha256": b64}
 
 
+@cache
+def carried_by(carrier: str, n: int = 200) -> Scenario:
+    """The first scenario of seed 7 whose last leg `carrier` carries."""
+    return next(s for i in range(n) if (s := simulate(i, START, seed=7)).legs[-1].carrier == carrier)
+
+
 def test_every_event_encodes_to_a_signed_payload() -> None:
     seen: Counter[str] = Counter()
-    for s in sample():
+    for s in (*sample(), carried_by("usps")):
         for ev in s.events:
             d = encode(s, ev, tenant="acme", secret=SECRET, topic_prefix="t1/")
             seen[d.source] += 1
@@ -219,12 +230,83 @@ def test_every_event_encodes_to_a_signed_payload() -> None:
                 d.body.decode("ascii")
             else:
                 payload = json.loads(d.body)
-                assert isinstance(payload, list if d.source == "dcsa" else dict)
-    assert set(seen) == {"native", "owntracks", "dcsa", "x12-214", "onerecord", "aftership", "easypost"}
+                if d.source == "dcsa" and d.headers["API-Version"] == "3.0.0":
+                    assert isinstance(payload, dict)
+                    assert len(payload["events"]) == 1
+                    seen["dcsa 3.0.0"] += 1
+                else:
+                    assert isinstance(payload, list if d.source == "dcsa" else dict)
+    assert set(seen) == {
+        "native",
+        "owntracks",
+        "dcsa",
+        "x12-214",
+        "onerecord",
+        "aftership",
+        "easypost",
+        "usps",
+        "dcsa 3.0.0",
+    }
 
 
 def _x12_events() -> list[tuple[Scenario, int]]:
     return [(s, ev.seq) for s in sample() for ev in s.events if ev.source == "x12-214"]
+
+
+def test_usps_legs_push_tracking_the_adapter_reads() -> None:
+    s = carried_by("usps")
+    leg = len(s.legs) - 1
+    planned = [ev for ev in s.events if ev.leg == leg and ev.transport == "webhook"]
+    assert planned
+    for ev in planned:
+        d = encode(s, ev, tenant="acme", secret=SECRET)
+        assert d.source == "usps"
+        tracking = json.loads(d.body)
+        assert tracking["trackingNumber"] == s.legs[leg].ids["tracking"]
+        assert re.fullmatch(r"9400111\d{15}", tracking["trackingNumber"])
+        ctx = SourceContext(tenant="acme", received_at=ev.send_at + timedelta(seconds=2))
+        events = usps.normalize(d.body, ctx)
+        actual = [e for e in events if e.milestone and e.milestone.classifier is Classifier.ACTUAL]
+        known = [p for p in planned if p.seq <= ev.seq and p.classifier is Classifier.ACTUAL]
+        assert sorted(e.milestone.code for e in actual if e.milestone) == sorted(
+            (p.milestone.value if p.milestone is not Milestone.ARRIVED else "at_facility") for p in known if p.milestone
+        )
+        assert all(e.carrier == "usps" for e in events)
+
+
+def test_dcsa_3_0_0_events_read_as_their_v2_2_twins() -> None:
+    pairs = [(s, ev) for s in sample() for ev in s.events if ev.source == "dcsa"]
+    versions = Counter(encode(s, ev, tenant="acme", secret=SECRET).headers["API-Version"] for s, ev in pairs)
+    assert versions["3.0.0"] > 0
+    assert versions["2.2.0"] > 0
+    for s, ev in pairs:
+        ctx = SourceContext(tenant="acme", received_at=ev.send_at + timedelta(seconds=2))
+        v3 = dcsa.normalize(orjson.dumps({"events": [dcsa3_event(s, ev)]}), ctx)
+        v2 = dcsa.normalize(orjson.dumps([dcsa_event(s, ev)]), ctx)
+        assert len(v3) == len(v2) == 1
+        a, b = v3[0], v2[0]
+        assert a.milestone == b.milestone
+        assert (a.occurred_at, a.created_at, a.shipment) == (b.occurred_at, b.created_at, b.shipment)
+        assert a.carrier == b.carrier or (b.carrier is None and a.carrier == s.legs[ev.leg or 0].ids["scac"])
+        assert set(b.refs) <= set(a.refs)
+
+
+def test_sea_legs_name_a_valid_vessel() -> None:
+    vessels = 0
+    for s in sample():
+        for leg, body in zip(s.legs, s.body["legs"], strict=True):
+            if leg.plan.mode is not Mode.SEA:
+                assert "vessel" not in body
+                continue
+            vessel = Vessel.from_dict(body["vessel"])
+            assert vessel.imo is not None
+            assert imo_valid(vessel.imo)
+            assert str(vessel.imo) == leg.ids["imo"]
+            assert vessel.name == leg.ids["vessel"]
+            assert vessel.mmsi is not None
+            assert 100_000_000 <= vessel.mmsi <= 999_999_999
+            vessels += 1
+    assert vessels >= 10
 
 
 def test_x12_envelopes_have_correct_counts() -> None:
