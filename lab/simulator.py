@@ -32,6 +32,7 @@ __all__ = [
     "Scenario",
     "history",
     "iso",
+    "lane_of",
     "native_event",
     "scenarios",
     "simulate",
@@ -223,6 +224,15 @@ def _promised(rng: random.Random, lane: Lane, start: datetime, slack: tuple[floa
     return local.replace(hour=18, minute=0, second=0, microsecond=0).astimezone(UTC)
 
 
+def _lane(rng: random.Random) -> Lane:
+    return rng.choices(LANES, weights=[ln.weight for ln in LANES])[0]
+
+
+def lane_of(index: int, *, seed: int, tag: str = "") -> Lane:
+    """The lane of scenario number `index` (what `simulate` draws first), without simulating it."""
+    return _lane(random.Random(f"{seed}:{tag}:{index}"))
+
+
 def simulate(
     index: int,
     start: datetime,
@@ -239,7 +249,7 @@ def simulate(
     transit time.
     """
     rng = random.Random(f"{seed}:{tag}:{index}")
-    lane = rng.choices(LANES, weights=[ln.weight for ln in LANES])[0]
+    lane = _lane(rng)
     perishable = [c for c in lane.cargo if c[0] in REEFER_CARGO]
     reefer = rng.random() < lane.reefer_share
     commodity, lo_kg, hi_kg = rng.choice(perishable if reefer and perishable else lane.cargo)

@@ -20,6 +20,8 @@ from lab.simulator_track import Builder
 from trackd.codes import Milestone, Mode
 
 M = Milestone
+RELEASE_SHARE = 0.3  # the share of sea legs whose carrier reports the container's release at the terminal
+FREE_DAYS = (3, 6)  # free time at the terminal after the container becomes available, in days
 
 
 def hours(x: float) -> timedelta:
@@ -81,6 +83,23 @@ def customs(
         release = arrived + hours(j.u(*clear_h))
     b.milestone(release, M.CUSTOMS_RELEASED, place, leg, "native")
     return release
+
+
+def terminal_release(j: Journey, i: int, place: Place, ready: datetime) -> datetime:
+    """The carrier's release of a discharged container: a customs examination hold at the terminal
+    and its release, then available for pickup with a last free day; returns the availability."""
+    b, src = j.b, j.legs[i].source
+    held = ready + hours(j.u(1, 6))
+    b.milestone(held, M.CUSTOMS_HOLD, place, i, src, detail="customs examination at the terminal")
+    cleared = held + hours(j.u(12, 48))
+    b.milestone(cleared, M.CUSTOMS_RELEASED, place, i, src, detail="customs examination cleared")
+    available = cleared + hours(j.u(0.5, 4))
+    zone = ZoneInfo(place.tz)
+    last_day = available.astimezone(zone).replace(hour=23, minute=59, second=0, microsecond=0)
+    last_day += timedelta(days=j.rng.randint(*FREE_DAYS))
+    b.milestone(available, M.AVAILABLE_FOR_PICKUP, place, i, src, last_free_day=last_day.astimezone(available.tzinfo))
+    j.flags.add("release")
+    return available
 
 
 def sea(j: Journey, i: int) -> None:
@@ -150,6 +169,8 @@ def sea(j: Journey, i: int) -> None:
     release = discharged
     if i == 0:
         release = customs(j, i, d, arrived, submit_h=(2, 12), clear_h=(1, 12))
+    if j.rng.random() < RELEASE_SHARE:
+        release = terminal_release(j, i, d, max(discharged, release))
     gate_out = max(discharged, release) + hours(j.u(12, 72))
     b.stay_until(gate_out)
     b.milestone(gate_out, M.GATE_OUT, d, i, src)

@@ -73,6 +73,7 @@ class PlannedEvent:
     temperature_c: float | None = None
     battery_pct: float | None = None
     detail: str | None = None
+    last_free_day: datetime | None = None  # an availability's last free day, which the forwarder enters
 
 
 @dataclass(slots=True)
@@ -137,6 +138,7 @@ class Builder:
         source: str,
         *,
         detail: str | None = None,
+        last_free_day: datetime | None = None,
     ) -> None:
         lo, hi = SOURCE_LAG_MIN[source]
         lag = timedelta(minutes=self.rng.uniform(lo, hi))
@@ -151,6 +153,7 @@ class Builder:
                 milestone=code,
                 place=place,
                 detail=detail,
+                last_free_day=last_free_day,
             )
         )
 

@@ -1,7 +1,8 @@
 """`trackd demo` on a machine with no services configured: embedded PostgreSQL, the in-process bus
-and an embedded MQTT broker, fed by the simulator through the real ingest paths. It starts in a
-steady state (few open exceptions, trackers moving), stops at once, and a restart on the same state
-continues the same world (same login, same broker port, the shipments in flight move on)."""
+and an embedded MQTT broker, fed by the simulator through the real ingest paths (and the vessels
+of its sea legs over a loopback AIS feed). It starts in a steady state (few open exceptions,
+trackers moving), stops at once, and a restart on the same state continues the same world (same
+login, same broker port, the shipments in flight move on)."""
 
 from __future__ import annotations
 
@@ -178,6 +179,7 @@ def test_demo_runs_on_embedded_services(state: Path, tmp_path: Path) -> None:
         caught_up(first)
         in_flight = check_steady_state(http)
         check_sources(http)
+        check_vessels(http)
         refused = re.findall(r"feeder: [\w:-]+: POST \S+ -> \d+: .*", err.read_text())
         assert not refused, "a carrier webhook was refused: " + "; ".join(refused[:5])
         total = len(shipments(http))
@@ -250,3 +252,20 @@ def check_sources(http: httpx.Client) -> None:
     assert rejected == [], "the simulator's input was refused: " + "; ".join(
         f"{q['source']}: {q['reason']}" for q in rejected[:5]
     )
+
+
+def check_vessels(http: httpx.Client) -> None:
+    """The vessels of the sea legs in flight report over AIS: positions of source `ais` on their shipments."""
+    on_vessels = [
+        s["id"] for s in shipments(http) if s["status"] in IN_FLIGHT and any(leg.get("vessel") for leg in s["legs"])
+    ]
+    assert on_vessels, "no shipment in flight on a vessel"
+
+    def ais_positions() -> int:
+        found = 0
+        for sid in on_vessels:
+            events = http.get(f"/v1/shipments/{sid}/events", params={"limit": 500}).json()["items"]
+            found += sum(1 for ev in events if ev["source"] == "ais" and ev["kind"] == "position")
+        return found
+
+    wait_for(ais_positions, timeout=30, interval=1)

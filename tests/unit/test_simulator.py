@@ -21,6 +21,7 @@ from lab.carrier_payloads import dcsa3_event, dcsa_event, encode, signature_head
 from lab.carrier_x12 import x12_214
 from lab.simulator import HISTORY_CADENCE, Scenario, history, simulate
 from lab.simulator_lanes import LANES, Path, haversine_km, leg_path
+from trackd import release
 from trackd.codes import Classifier, EventKind, Milestone, Mode
 from trackd.model import SourceContext
 from trackd.shipment import Vessel, imo_valid
@@ -371,3 +372,33 @@ def test_history_lines_in_the_order_they_became_known() -> None:
     assert len(delivered) >= 10
     starts = sorted(datetime.fromisoformat(ln["event"]["occurred_at"]) for ln in delivered)
     assert starts[-1] - starts[0] > timedelta(days=30)  # spread over months
+
+
+def test_some_sea_legs_plan_a_release_the_adapter_folds_with_a_last_free_day() -> None:
+    sea = [s for s in sample() if any(leg.plan.mode is Mode.SEA for leg in s.legs)]
+    released = [s for s in sea if "release" in s.flags]
+    assert 0 < len(released) < len(sea)  # one in a few container shipments
+    for s in released:
+        planned = [ev for ev in s.events if ev.source == "dcsa" and ev.classifier is Classifier.ACTUAL]
+        codes = [ev.milestone for ev in planned]
+        assert codes.count(Milestone.CUSTOMS_HOLD) == codes.count(Milestone.CUSTOMS_RELEASED) == 1
+        (available,) = [ev for ev in planned if ev.milestone is Milestone.AVAILABLE_FOR_PICKUP]
+        arrived = next(ev for ev in planned if ev.milestone is Milestone.ARRIVED and ev.leg == available.leg)
+        gate_out = next(ev for ev in planned if ev.milestone is Milestone.GATE_OUT and ev.leg == available.leg)
+        assert arrived.occurred_at < available.occurred_at < gate_out.occurred_at
+        assert available.last_free_day is not None
+        assert timedelta(days=3) < available.last_free_day - available.occurred_at < timedelta(days=7)
+        r = release.Release()
+        for ev in planned:
+            d = encode(s, ev, tenant="acme", secret=SECRET)
+            ctx = SourceContext(tenant="acme", received_at=ev.send_at + timedelta(seconds=2))
+            for e in dcsa.normalize(d.body, ctx):
+                r = release.fold(r, e)
+        r = release.merge(r.to_dict(), {"last_free_day": available.last_free_day}, available.send_at)
+        hold = next(ev for ev in planned if ev.milestone is Milestone.CUSTOMS_HOLD)
+        cleared = next(ev for ev in planned if ev.milestone is Milestone.CUSTOMS_RELEASED)
+        assert r.available_for_pickup_at == available.occurred_at
+        assert r.last_free_day == available.last_free_day
+        assert [(h.kind, h.since, h.cleared_at) for h in r.holds] == [
+            ("customs", hold.occurred_at, cleared.occurred_at)
+        ]
