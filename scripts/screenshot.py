@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""Regenerate docs/dashboard.png: the live map of `trackd demo` with one shipment's panel open.
+"""Regenerate docs/dashboard.png (the live map of `trackd demo` with one shipment's panel open),
+docs/dashboard-clusters.png (the whole world, clustered) and docs/dashboard-list.png (the list).
 
 Starts the demo on a temporary state directory (embedded PostgreSQL, bus and broker, whatever the
 environment says), waits until a few hundred shipments are on the map, opens the side panel of one
-that is under way, takes a 1280x800 screenshot with Chromium and stops the demo.
+that is under way, takes 1280x800 screenshots with Chromium and stops the demo.
 
     python scripts/screenshot.py [--out docs/dashboard.png] [--shipments 300]
 """
@@ -103,6 +104,16 @@ def capture(page: Page, url: str, key: str, want: int, moving: int, out: Path) -
     page.wait_for_timeout(3000)  # a few live updates, so markers are seen moving along their routes
     out.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(out))
+    # The world at a glance: the panel closed, stacks drawn as clusters coloured by their worst status.
+    page.click("#panel-close")
+    page.evaluate("() => window.trackd.map.setView([25, 20], 2, {animate: false})")
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(out.with_name(out.stem + "-clusters.png")))
+    # The list beside the map, sorted as it opens.
+    page.click("#list-toggle")
+    page.wait_for_selector("#list:not([hidden])", timeout=10_000)
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(out.with_name(out.stem + "-list.png")))
 
 
 def main() -> int:
