@@ -14,7 +14,7 @@ ruff format --check .
 ruff check .
 mypy
 set +e
-python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile "$@"  # two workers, a file each at a time
+python -m pytest -q -p no:cacheprovider -p no:benchmark -n 2 --dist loadfile "$@"  # two workers, a file each
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then
