@@ -106,7 +106,7 @@ def capture(page: Page, url: str, key: str, want: int, moving: int, out: Path) -
     page.screenshot(path=str(out))
     # The world at a glance: the panel closed, stacks drawn as clusters coloured by their worst status.
     page.click("#panel-close")
-    page.evaluate("() => window.trackd.map.setView([25, 20], 2, {animate: false})")
+    page.evaluate("() => { window.trackd.map.setView([25, 20], 2, {animate: false}); }")
     page.wait_for_timeout(1500)
     page.screenshot(path=str(out.with_name(out.stem + "-clusters.png")))
     # The list beside the map, sorted as it opens.
