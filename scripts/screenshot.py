@@ -42,9 +42,14 @@ PICK = """() => {
 }"""
 
 
-def start_demo(state_dir: Path, shipments: int, log: Path) -> tuple[subprocess.Popen[str], str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRACKD_", "PG"))}
-    env |= {"PYTHONPATH": str(ROOT), "TRACKD_HTTP_PORT": str(free_port()), "PYTHONUNBUFFERED": "1"}
+def start_demo(
+    state_dir: Path, shipments: int, log: Path, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], str, str]:
+    """Start `trackd demo` (with `env`, else this environment without its TRACKD_ and PG settings)
+    and return the process, the dashboard URL and the API key it prints."""
+    if env is None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("TRACKD_", "PG"))}
+        env |= {"PYTHONPATH": str(ROOT), "TRACKD_HTTP_PORT": str(free_port()), "PYTHONUNBUFFERED": "1"}
     with open(log, "w") as err:
         proc = subprocess.Popen(
             [

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import secrets
 import shutil
 import signal
@@ -28,6 +27,7 @@ from typing import Any
 import httpx
 import psycopg
 from playwright.sync_api import sync_playwright
+from screenshot import start_demo  # scripts/screenshot.py, beside this one
 
 from lab.net import free_port
 
@@ -47,29 +47,6 @@ def drop_database(admin_dsn: str, dsn: str) -> None:
     name = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
-def start_demo(env: dict[str, str], state_dir: Path, log: Path) -> tuple[subprocess.Popen[str], str, str]:
-    with open(log, "w") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "serve.cli", "demo", "--state-dir", str(state_dir), "--shipments", "200"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
-        )
-    assert proc.stdout is not None
-    url = key = None
-    for line in proc.stdout:
-        if m := re.search(r"dashboard at (http://\S+?)/?(#\S*)?$", line):
-            url = m.group(1)
-        elif url and re.fullmatch(r"tk_[\w-]+", line.strip()):
-            key = line.strip()
-            break
-    if url is None or key is None:
-        proc.kill()
-        raise SystemExit(f"screenshot: the demo did not start:\n{log.read_text()[-3000:]}")
-    return proc, url, key
 
 
 def score(s: dict[str, Any]) -> int:
@@ -116,7 +93,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="trackd-screenshot-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TRACKD_", "PG"))}
     env |= {"PYTHONPATH": str(ROOT), "TRACKD_DATABASE_URL": dsn, "TRACKD_HTTP_PORT": str(free_port())}
-    proc, url, key = start_demo(env, tmp / "state", tmp / "demo.log")
+    proc, url, key = start_demo(tmp / "state", 200, tmp / "demo.log", env)
     try:
         tenant = json.loads((tmp / "state" / "tenant.json").read_text())["tenant"]
         branded = subprocess.run(
