@@ -14,7 +14,20 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingest.sources import aftership, dcsa, dhl, easypost, native, onerecord, osmand, owntracks, traccar, x12_214
+from ingest.sources import (
+    aftership,
+    dcsa,
+    dhl,
+    easypost,
+    fedex,
+    native,
+    onerecord,
+    osmand,
+    owntracks,
+    traccar,
+    usps,
+    x12_214,
+)
 from trackd.errors import ValidationError
 from trackd.model import Event, SourceContext
 
@@ -31,6 +44,8 @@ ADAPTERS: dict[str, ModuleType] = {
     "easypost": easypost,
     "traccar": traccar,
     "dhl": dhl,
+    "usps": usps,
+    "fedex": fedex,
 }
 NATIVE_SAMPLE = orjson.dumps(
     [
