@@ -6,9 +6,10 @@ transaction of its own under the job's advisory lock, so a large backlog never b
 transaction. Tenants are grouped by retention: one statement per group, whatever the number of
 tenants. The default group is every tenant not in another group (rows left by deleted tenants too).
 
-With TimescaleDB the hypertables' retention policy drops whole chunks past the global retention,
-which is therefore the most any tenant keeps; the deletes here then run only for the tenants that
-keep less.
+With TimescaleDB the hypertables' retention policy drops whole chunks past the longest retention
+any tenant has (at least the deployment's): each run sets the policy to that horizon when it
+changed (`sync_chunk_policy`, the only part that needs the extension), and the deletes here then
+run only for the tenants that keep less.
 """
 
 from __future__ import annotations
@@ -38,8 +39,35 @@ async def timescale(conn: Conn) -> bool:
     return row is not None
 
 
-async def groups(conn: Conn, default_days: int) -> list[Group]:
-    """The retention groups; with TimescaleDB only those keeping less than `default_days`."""
+async def horizon(conn: Conn, default_days: int) -> int:
+    """The longest retention of any tenant, at least `default_days`: what whole chunks keep."""
+    row = await (await conn.execute("SELECT max(retention_days) AS days FROM tenants")).fetchone()
+    return max(default_days, int(row["days"]) if row and row["days"] is not None else 0)
+
+
+async def sync_chunk_policy(conn: Conn, days: int) -> list[str]:
+    """TimescaleDB only: make the hypertables' retention policy drop chunks older than `days`;
+    returns the tables whose policy changed."""
+    changed = []
+    for table in TABLES:
+        row = await (
+            await conn.execute(
+                "SELECT (config ->> 'drop_after')::interval = make_interval(days => %s) AS same"
+                " FROM timescaledb_information.jobs WHERE proc_name = 'policy_retention' AND hypertable_name = %s",
+                (days, table),
+            )
+        ).fetchone()
+        if row is not None and row["same"]:
+            continue
+        await conn.execute("SELECT remove_retention_policy(%s::regclass, if_exists => true)", (table,))
+        await conn.execute("SELECT add_retention_policy(%s::regclass, make_interval(days => %s))", (table, days))
+        changed.append(table)
+    return changed
+
+
+async def groups(conn: Conn, default_days: int, chunks_after: int | None = None) -> list[Group]:
+    """The retention groups; when whole chunks go after `chunks_after` days (TimescaleDB), only
+    those keeping less."""
     rows = await (
         await conn.execute(
             "SELECT retention_days AS days, array_agg(id ORDER BY id) AS ids FROM tenants"
@@ -50,8 +78,8 @@ async def groups(conn: Conn, default_days: int) -> list[Group]:
     custom = [Group(int(r["days"]), tuple(r["ids"])) for r in rows]
     others = tuple(sorted(i for g in custom for i in g.tenant_ids or ()))
     out = [Group(default_days, None, others), *custom]
-    if await timescale(conn):
-        out = [g for g in out if g.days < default_days]
+    if chunks_after is not None:
+        out = [g for g in out if g.days < chunks_after]
     return out
 
 
@@ -78,7 +106,11 @@ async def purge(pool: AsyncConnectionPool, default_days: int, lock: int, batch: 
     async with transaction(pool) as conn:
         if not await try_job_lock(conn, lock):
             return None
-        plan = await groups(conn, default_days)
+        chunks_after = None
+        if await timescale(conn):
+            chunks_after = await horizon(conn, default_days)
+            await sync_chunk_policy(conn, chunks_after)
+        plan = await groups(conn, default_days, chunks_after)
     total = 0
     for group in plan:
         for table in TABLES:

@@ -11,7 +11,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from ingest import sources
 from tests.conftest import RunEnv
-from trackd import db, ledger, store, tenant_store
+from trackd import db, ledger, retention_store, store, tenant_store
 from trackd.model import SourceContext
 from trackd.retention_store import purge
 
@@ -74,5 +74,27 @@ async def test_a_tenants_retention_deletes_only_its_own_old_rows(testenv: RunEnv
         assert await _rows(pool, short) == ([29, 1], [29, 1])
         assert await _rows(pool, default) == ([500, 90, 45, 31, 29, 1], [500, 90, 45, 31, 29, 1])
         assert await _rows(pool, long) == ([90, 45, 31, 29, 1], [90, 45, 31, 29, 1])
+    finally:
+        await pool.close()
+
+
+async def test_with_chunk_retention_only_shorter_tenants_are_deleted_row_by_row(testenv: RunEnv) -> None:
+    """With TimescaleDB whole chunks go at the longest retention any tenant has; the row deletes are
+    planned for the tenants keeping less (the plan, on plain PostgreSQL: the chunk policy itself
+    needs the extension)."""
+    pool = await db.open_pool(testenv.dsn, 2)
+    try:
+        _, short = await _tenant(pool, 30)
+        _, long = await _tenant(pool, 9000)  # longer than any other test's tenant
+        async with store.transaction(pool) as conn:
+            assert await retention_store.horizon(conn, 365) == 9000
+            plan = await retention_store.groups(conn, 365, chunks_after=9000)
+            everything = await retention_store.groups(conn, 365)
+        by_days = {g.days: g for g in plan}
+        assert 9000 not in by_days  # kept by the chunks alone
+        assert short in (by_days[30].tenant_ids or ())
+        assert by_days[365].tenant_ids is None
+        assert long in by_days[365].except_ids
+        assert {g.days for g in everything} >= {30, 365, 9000}
     finally:
         await pool.close()
