@@ -1,8 +1,9 @@
 """`GET /v1/dcsa/v3/events`: the tenant's canonical events as DCSA Track & Trace 3.0.0 events.
 
 A customer's DCSA consumer reads trackd as it reads a carrier. Milestones with a DCSA equivalent
-become TRANSPORT, EQUIPMENT or SHIPMENT events, positions IoT location updates (`IOT DETC LOC`) and
-temperature or humidity readings reefer measurements (`REEFER MEAS`); the rest is left out. The
+become TRANSPORT, EQUIPMENT or SHIPMENT events, positions IoT location updates (`IOT DETC LOC`),
+temperature or humidity readings reefer measurements (`REEFER MEAS`) and the other door readings
+IoT door events (`IOT DETC DRO` or `DRC`); the rest is left out. The
 shipment's tracking number is the transport document reference, its references that are container
 numbers (ISO 6346) the equipment, and the others shipment references. `eventUpdatedDateTime` is
 when trackd stored the event; a retracted event comes again, later, with `isRetracted`.
@@ -58,7 +59,8 @@ TYPE_FIELDS = {
 }
 CLASSIFIERS = {"actual": "ACT", "estimated": "EST", "planned": "PLN"}
 MODES = {"sea": "VESSEL", "rail": "RAIL", "road": "TRUCK"}
-SENSOR_FIELDS = ("temperature_c", "humidity_pct")
+SENSOR_FIELDS = ("temperature_c", "humidity_pct")  # a reading with one of them is a reefer measurement
+DOOR_FIELD = "door_open"  # a reading with it and none of those an IoT door event
 _CONTAINER = re.compile(r"^[A-Z]{3}[UJZR]\d{7}$")
 
 
@@ -107,6 +109,9 @@ def to_dcsa(row: Row) -> dict[str, Any]:
             "geoCoordinate": {"latitude": f"{data['lat']:.6f}", "longitude": f"{data['lon']:.6f}"}
         }
         event["iotDetails"] = {"iotEventCode": "LOC"}
+    elif row["kind"] == "sensor" and data.get(DOOR_FIELD) is not None and not any(f in data for f in SENSOR_FIELDS):
+        event_type, code, location = "IOT", "DETC", None
+        event["iotDetails"] = {"iotEventCode": "DRO" if data.get(DOOR_FIELD) else "DRC"}
     elif row["kind"] == "sensor":
         event_type, code, location = "REEFER", "MEAS", None
         reefer: dict[str, Any] = {"temperatureUnit": "CEL"}
@@ -145,12 +150,13 @@ def feed_query(
     for name, at in (("eventUpdatedDateTimeMin", since), ("eventUpdatedDateTimeMax", until)):
         if at is not None and at.tzinfo is None:
             raise ValidationError(name, "must carry a time zone offset")
-    kinds = tuple(k for t, k in (("IOT", "position"), ("REEFER", "sensor")) if t in wanted)
+    kinds = tuple(k for t, k in (("IOT", "position"), ("IOT", "door"), ("REEFER", "sensor")) if t in wanted)
     codes = tuple(m for m, (t, _) in MILESTONES.items() if t in wanted)
     return feed_store.FeedQuery(
         kinds=kinds,
         codes=codes,
         sensor_fields=SENSOR_FIELDS,
+        door_field=DOOR_FIELD,
         references=tuple(r for r in references if r),
         since=since,
         until=until,

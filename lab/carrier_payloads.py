@@ -3,17 +3,22 @@
 Carrier milestones become the carrier's own format per leg: DCSA Track & Trace v2.2 events (3.0.0
 `{"events": [...]}` bodies from the lines in `DCSA3_CARRIERS`), X12 214 interchanges, IATA ONE
 Record `LogisticsEvent`s, AfterShip tracking webhooks and EasyPost `tracker.updated` events (a
-parcel leg carried by FedEx or USPS pushes that carrier's own track results); customs come as
+parcel leg carried by FedEx or USPS pushes that carrier's own track results, and one carried by
+DHL does so for half of the shipments: DHL Shipment Tracking - Unified pushes); customs come as
 trackd event JSON from the broker; trackers publish trackd event JSON or OwnTracks locations over
-MQTT. Signatures are keyed with the tenant's ingest secret (UTF-8) exactly as each source's
-scheme says.
+MQTT, except that a third of the shipments' trackers report their fixes on road legs through a
+Traccar server (position forwarding; the first report of a stint after a stop as the `ignitionOn`
+event forward). Signatures are keyed with the tenant's ingest secret (UTF-8) exactly as each
+source's scheme says (DHL and Traccar send the secret itself in their header).
 """
 
 from __future__ import annotations
 
+import bisect
 import uuid
+import zlib
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -23,7 +28,7 @@ from ingest import signatures, sources
 from lab.carrier_x12 import x12_214
 from lab.simulator import PlannedEvent, Scenario, iso, native_event
 from lab.simulator_lanes import Place
-from trackd.codes import Classifier, EventKind, Milestone
+from trackd.codes import Classifier, EventKind, Milestone, Mode
 
 M = Milestone
 ISO3 = {
@@ -486,12 +491,24 @@ _FEDEX = {
     M.RETURNED: ("RS", "Returning package to shipper"),
 }
 _PUSHING_CARRIERS = {"fedex": "fedex", "usps": "usps"}  # parcel carriers whose own push replaces the aggregator's
+DHL_CARRIERS = frozenset({"dhl-freight", "dhlexpress"})  # DHL's services as the aggregators name them
+DHL_SHARE = 2  # one shipment in DHL_SHARE with a DHL leg hears from DHL's own push
+TRACCAR_SHARE = 3  # one shipment in TRACCAR_SHARE has its road fixes forwarded by a Traccar server
+IGNITION_REPORT = timedelta(minutes=2)  # a stint's report this soon after its start comes with `ignitionOn`
+
+
+def _share(s: Scenario, feed: str, one_in: int) -> bool:
+    """Whether `s` is among the one in `one_in` shipments that `feed` reports (stable across runs)."""
+    return zlib.crc32(f"{feed}:{s.shipment_id}".encode()) % one_in == 0
 
 
 def _push_source(s: Scenario, ev: PlannedEvent) -> str:
     """The source that reports `ev`: a parcel leg's own carrier when it pushes, else the leg's feed."""
     if ev.source in ("aftership", "easypost") and ev.leg is not None:
-        return _PUSHING_CARRIERS.get(s.legs[ev.leg].carrier.lower(), ev.source)
+        carrier = s.legs[ev.leg].carrier.lower()
+        if carrier in DHL_CARRIERS and _share(s, "dhl", DHL_SHARE):
+            return "dhl"
+        return _PUSHING_CARRIERS.get(carrier, ev.source)
     return ev.source
 
 
@@ -601,6 +618,71 @@ def usps_tracking(s: Scenario, ev: PlannedEvent) -> dict[str, Any]:
     return out
 
 
+_DHL = {  # canonical milestone -> (statusCode, status): Unified tracking has five status codes
+    M.INFO_RECEIVED: ("pre-transit", "SHIPMENT INFORMATION RECEIVED"),
+    M.PICKED_UP: ("transit", "SHIPMENT PICKED UP"),
+    M.DEPARTED: ("transit", "DEPARTED FROM FACILITY"),
+    M.IN_TRANSIT: ("transit", "IN TRANSIT"),
+    M.AT_FACILITY: ("transit", "ARRIVED AT SORT FACILITY"),
+    M.ARRIVED: ("transit", "ARRIVED AT DELIVERY FACILITY"),
+    M.OUT_FOR_DELIVERY: ("transit", "WITH DELIVERY COURIER"),
+    M.DELIVERY_ATTEMPTED: ("failure", "DELIVERY ATTEMPTED - RECIPIENT NOT AVAILABLE"),
+    M.AVAILABLE_FOR_PICKUP: ("transit", "AWAITING COLLECTION AT SERVICE POINT"),
+    M.DELIVERED: ("delivered", "DELIVERED"),
+    M.RETURNED: ("failure", "RETURNED TO SHIPPER"),
+}
+
+
+def _dhl_place(p: Place) -> dict[str, Any]:
+    name = COUNTRY_NAMES.get(p.country, p.country)
+    return {"address": {"addressLocality": f"{p.city.upper()} - {name.upper()}", "countryCode": p.country}}
+
+
+def dhl_push(s: Scenario, ev: PlannedEvent) -> dict[str, Any]:
+    """A DHL Shipment Tracking - Unified push: the leg's shipment as the tracking API has it."""
+    leg = s.legs[ev.leg or 0]
+    actual, estimate = _leg_history(s, ev)
+    events: list[dict[str, Any]] = []
+    for cp in reversed(actual):  # newest first, as DHL lists them
+        assert cp.milestone is not None
+        assert cp.place is not None
+        code, status = _DHL[cp.milestone]
+        events.append(
+            {
+                "timestamp": _local(cp.occurred_at, cp.place),
+                "location": _dhl_place(cp.place),
+                "statusCode": code,
+                "status": status,
+                "description": cp.detail or status.capitalize(),
+            }
+        )
+    origin, dest = leg.plan.from_place, leg.plan.to_place
+    shipment: dict[str, Any] = {
+        "id": leg.ids["tracking"],
+        "service": "freight" if leg.carrier.lower() == "dhl-freight" else "express",
+        "origin": _dhl_place(origin),
+        "destination": _dhl_place(dest),
+        "details": {
+            "totalNumberOfPieces": 1,
+            "references": [{"number": leg.ids["po"], "type": "customer-reference"}],
+        },
+        "events": events,
+    }
+    if events:
+        shipment["status"] = events[0]
+    else:  # before its first scan: the shipment data DHL has had since the booking
+        shipment["status"] = {
+            "timestamp": _local(s.start, origin),
+            "location": _dhl_place(origin),
+            "statusCode": "pre-transit",
+            "status": "SHIPMENT INFORMATION RECEIVED",
+            "description": "Shipment information received",
+        }
+    if estimate is not None:
+        shipment["estimatedTimeOfDelivery"] = _local(estimate.occurred_at, dest)
+    return {"shipments": [shipment]}
+
+
 # -- devices ----------------------------------------------------------------------------------
 def owntracks_location(s: Scenario, ev: PlannedEvent) -> dict[str, Any]:
     return {
@@ -616,6 +698,82 @@ def owntracks_location(s: Scenario, ev: PlannedEvent) -> dict[str, Any]:
         "conn": "m",
         "created_at": int(ev.send_at.timestamp()),
     }
+
+
+def _traccar_time(t: datetime) -> str:
+    return t.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+def _stint(s: Scenario, at: datetime) -> tuple[datetime, bool] | None:
+    """(when the tracker's current road stint began, whether it is moving) when it is on a road leg at
+    `at` (driving, or standing between two stretches of road); None anywhere else."""
+    segs = s.track.segments
+    i = bisect.bisect_right(segs, at, key=lambda seg: seg.t0) - 1
+    if i < 0 or at >= segs[-1].t1:
+        return None
+    if segs[i].mode is Mode.ROAD:
+        return segs[i].t0, True
+    if segs[i].mode is not None:
+        return None
+    before = next((seg.mode for seg in reversed(segs[:i]) if seg.mode is not None), None)
+    after = next((seg.mode for seg in segs[i + 1 :] if seg.mode is not None), None)
+    return (segs[i].t0, False) if before is Mode.ROAD and after is Mode.ROAD else None
+
+
+def _via_traccar(s: Scenario, ev: PlannedEvent) -> bool:
+    return (
+        ev.kind is EventKind.POSITION and _share(s, "traccar", TRACCAR_SHARE) and _stint(s, ev.occurred_at) is not None
+    )
+
+
+def traccar_forward(s: Scenario, ev: PlannedEvent) -> dict[str, Any]:
+    """A Traccar position forward of a fix; the first report of a stint that began after a stop, within
+    IGNITION_REPORT of its start, is the `ignitionOn` event forward carrying the same position."""
+    stint = _stint(s, ev.occurred_at)
+    assert stint is not None
+    began, moving = stint
+    fix_at = _traccar_time(ev.occurred_at)
+    attributes: dict[str, Any] = {"sat": 8 + ev.seq % 5, "ignition": moving, "motion": bool(ev.speed_kmh)}
+    if ev.battery_pct is not None:
+        attributes["batteryLevel"] = round(ev.battery_pct)
+    position_id = 1_000_000 * s.index + ev.seq
+    position = {
+        "id": position_id,
+        "attributes": attributes,
+        "deviceId": 10_000 + s.index,
+        "protocol": "teltonika",
+        "serverTime": _traccar_time(ev.send_at),
+        "deviceTime": fix_at,
+        "fixTime": fix_at,
+        "outdated": False,
+        "valid": True,
+        "latitude": round(ev.lat or 0.0, 6),
+        "longitude": round(ev.lon or 0.0, 6),
+        "altitude": 0.0,
+        "speed": round((ev.speed_kmh or 0.0) / 1.852, 2),
+        "course": round(ev.heading or 0.0, 1) % 360,
+        "accuracy": 0.0,
+    }
+    device = {
+        "id": 10_000 + s.index,
+        "name": f"{s.lane} truck {s.index}",
+        "uniqueId": s.device_id,
+        "status": "online",
+        "category": "truck",
+    }
+    if moving and began > s.start and ev.occurred_at - began < IGNITION_REPORT:
+        event = {
+            "id": position_id,
+            "attributes": {},
+            "deviceId": device["id"],
+            "type": "ignitionOn",
+            "eventTime": _traccar_time(began),
+            "positionId": position_id,
+            "geofenceId": 0,
+            "maintenanceId": 0,
+        }
+        return {"event": event, "position": position, "device": device}
+    return {"position": position, "device": device}
 
 
 def _json_body(s: Scenario, ev: PlannedEvent) -> Any:
@@ -636,6 +794,10 @@ def _json_body(s: Scenario, ev: PlannedEvent) -> Any:
 
 def encode(s: Scenario, ev: PlannedEvent, *, tenant: str, secret: str, topic_prefix: str = "") -> Delivery:
     """The message that delivers `ev` to trackd through its real ingest path."""
+    if ev.transport == "mqtt" and _via_traccar(s, ev):
+        body = orjson.dumps(traccar_forward(s, ev))
+        headers = {"Content-Type": "application/json", **signature_headers("traccar", body, secret)}
+        return Delivery("webhook", "traccar", f"/v1/ingest/{tenant}/traccar", body, headers)
     if ev.transport == "mqtt":
         if ev.source == "owntracks":
             topic = f"{topic_prefix}owntracks/{tenant}/{s.device_id}"
@@ -651,6 +813,8 @@ def encode(s: Scenario, ev: PlannedEvent, *, tenant: str, secret: str, topic_pre
         body = orjson.dumps(fedex_push(s, ev))
     elif source == "usps":
         body = orjson.dumps(usps_tracking(s, ev))
+    elif source == "dhl":
+        body = orjson.dumps(dhl_push(s, ev))
     else:
         body = x12_214(s, ev).encode("ascii") if ev.source == "x12-214" else orjson.dumps(_json_body(s, ev))
     headers = {

@@ -30,11 +30,14 @@ FEED_ORDER: Order = (
 @dataclass(frozen=True, slots=True)
 class FeedQuery:
     """What to read: events of these kinds or canonical codes (either matches; both empty: all),
-    of shipments carrying every one of `references`, updated within [`since`, `until`]."""
+    of shipments carrying every one of `references`, updated within [`since`, `until`]. Of sensor
+    readings, kind `sensor` selects those with one of `sensor_fields`, kind `door` those with
+    `door_field` and none of `sensor_fields`."""
 
     kinds: tuple[str, ...] = ()
     codes: tuple[str, ...] = ()
-    sensor_fields: tuple[str, ...] = ()  # a sensor event counts only with one of these readings
+    sensor_fields: tuple[str, ...] = ()
+    door_field: str | None = None
     references: tuple[str, ...] = ()
     since: datetime | None = None
     until: datetime | None = None
@@ -46,7 +49,7 @@ async def feed_page(
     """A page of the feed and the cursor of the next (None on the last)."""
     where = ["e.tenant_id = %s", "e.retracts IS NULL"]
     args: list[Any] = [tenant_id]
-    kinds = [k for k in q.kinds if k != "sensor"]
+    kinds = [k for k in q.kinds if k not in ("sensor", "door")]
     terms = []
     if kinds:
         terms.append("e.kind = ANY(%s)")
@@ -57,6 +60,9 @@ async def feed_page(
     if "sensor" in q.kinds:
         terms.append("(e.kind = 'sensor' AND e.data ?| %s)")
         args.append(list(q.sensor_fields))
+    if "door" in q.kinds and q.door_field is not None:
+        terms.append("(e.kind = 'sensor' AND e.data ? %s AND NOT e.data ?| %s)")
+        args += [q.door_field, list(q.sensor_fields)]
     where.append("(" + " OR ".join(terms) + ")" if terms else "false")
     for ref in q.references:
         where.append("e.shipment_id IN (SELECT shipment_id FROM shipment_keys WHERE tenant_id = %s AND key = %s)")

@@ -121,16 +121,21 @@ class MilestoneInfo:
 
 @dataclass(frozen=True, slots=True)
 class Sensor:
+    """One reading of a device's sensors; `door_open` is the state of a container's doors."""
+
     temperature_c: float | None = None
     humidity_pct: float | None = None
     battery_pct: float | None = None
     shock_g: float | None = None
+    door_open: bool | None = None
 
     def __post_init__(self) -> None:
         for name in ("temperature_c", "humidity_pct", "battery_pct", "shock_g"):
             _finite(f"sensor.{name}", getattr(self, name))
         if all(getattr(self, n) is None for n in self.__slots__):
             raise ValidationError("sensor", "needs at least one reading")
+        if self.door_open is not None and not isinstance(self.door_open, bool):
+            raise ValidationError("sensor.door_open", "must be a boolean")
         if self.temperature_c is not None and not -100 <= self.temperature_c <= 150:
             raise ValidationError("sensor.temperature_c", "is outside [-100, 150]")
         for name in ("humidity_pct", "battery_pct"):

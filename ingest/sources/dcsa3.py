@@ -2,9 +2,11 @@
 
 An event's `eventID` (with its originating party, when given) names it; `eventUpdatedDateTime`
 names the version, so a later version replaces an earlier one, and an `isRetracted` version leaves
-none standing (`ledger.versioned_id`). TRANSPORT, EQUIPMENT and SHIPMENT events become milestones; an IoT event
-with coordinates becomes a position, a reefer measurement a sensor reading (temperature in degrees
-Celsius, humidity); IoT and reefer events without either stay milestones without a canonical code.
+none standing (`ledger.versioned_id`). TRANSPORT, EQUIPMENT and SHIPMENT events become milestones; an IoT
+door event (`iotDetails.iotEventCode` DRO, DRC) a sensor reading `door_open` (true, false), with a
+position of its own (the event's id and `#LOC`) when it has coordinates; another IoT event with
+coordinates (LOC) a position; a reefer measurement a sensor reading (temperature in degrees Celsius,
+humidity). IoT and reefer events without any of these stay milestones without a canonical code.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ TYPE_FIELDS = {
 # Which document types name the shipment best, best first.
 MAIN_DOCUMENTS = ("TRD", "BKG", "CBR", "SHI")
 _KEY_MAX = 150  # longer event keys are hashed, so that every stored id fits in 200 characters
+DOOR = {"DRO": True, "DRC": False}  # iotDetails.iotEventCode: door opened, door closed
+FIX = "#LOC"  # the family of the position a door event carries: its own key and this
 
 
 def is_v3_body(value: Any) -> bool:
@@ -177,11 +181,33 @@ def _reefer_reading(item: dict[str, Any], where: str) -> dict[str, float] | None
     return out or None
 
 
+def _iot_code(item: dict[str, Any], where: str) -> str | None:
+    details = c.opt_obj(item.get("iotDetails"), where + "iotDetails") or {}
+    code = c.text(details.get("iotEventCode"), where + "iotDetails.iotEventCode")
+    return code.upper() if code else None
+
+
 def _time(value: Any, where: str) -> datetime:
     return c.time_at(value, where, require_offset=True)
 
 
-def _parse(item: Any, where: str, ctx: SourceContext) -> Event:
+def _retraction(key: str, updated: datetime | None, item: dict[str, Any], where: str, ctx: SourceContext) -> Event:
+    # A retraction without its own time withdraws every version there will ever be.
+    return c.milestone_event(
+        where,
+        ctx,
+        info=c.info(None, "RETRACTED"),
+        event_id=versioned_id(key, updated or VERSION_LAST),
+        source=SOURCE,
+        occurred_at=updated or ctx.received_at,
+        created_at=updated,
+        retracts=key,
+        refs=(key,),  # the retraction names no shipment of its own: the event's key is its handle
+        raw=item,
+    )
+
+
+def _parse(item: Any, where: str, ctx: SourceContext) -> list[Event]:
     item = c.obj(item, where)
     where += "."
     key = _event_key(item, where)
@@ -193,19 +219,8 @@ def _parse(item: Any, where: str, ctx: SourceContext) -> Event:
     if retracted:
         if key is None:
             raise ValidationError(where + "eventID", "is required to retract an event")
-        # A retraction without its own time withdraws every version there will ever be.
-        return c.milestone_event(
-            where,
-            ctx,
-            info=c.info(None, "RETRACTED"),
-            event_id=versioned_id(key, updated or VERSION_LAST),
-            source=SOURCE,
-            occurred_at=updated or ctx.received_at,
-            created_at=updated,
-            retracts=key,
-            refs=(key,),  # the retraction names no shipment of its own: the event's key is its handle
-            raw=item,
-        )
+        # The event may have been a door event with a fix: its position is withdrawn with it.
+        return [_retraction(key, updated, item, where, ctx), _retraction(key + FIX, updated, item, where, ctx)]
     event_type, code, cls = _classification(item, where)
     occurred_at = _time(item.get("eventDateTime"), where + "eventDateTime")
     if key is None:
@@ -227,14 +242,28 @@ def _parse(item: Any, where: str, ctx: SourceContext) -> Event:
         "raw": item,
     }
     location = _location(item, where)
+    fix = None
     if event_type == "IOT" and location is not None and location.lat is not None and location.lon is not None:
         fix = c.position(where + "eventLocation.geoCoordinate.", lat=location.lat, lon=location.lon)
-        return c.event(where, ctx, kind=EventKind.POSITION, position=fix, **common)
+    door = DOOR.get(_iot_code(item, where) or "") if event_type == "IOT" else None
+    if door is not None:
+        state = c.sensor(where + "iotDetails.iotEventCode", door_open=door)
+        out = [c.event(where, ctx, kind=EventKind.SENSOR, sensor=state, **common)]
+        if fix is not None:
+            fix_id = (
+                derive_event_id(SOURCE, {"fix": item})
+                if key is None
+                else versioned_id(key + FIX, updated or VERSION_FIRST)
+            )
+            out.append(c.event(where, ctx, kind=EventKind.POSITION, position=fix, **(common | {"event_id": fix_id})))
+        return out
+    if fix is not None:
+        return [c.event(where, ctx, kind=EventKind.POSITION, position=fix, **common)]
     if event_type == "REEFER":
         reading = _reefer_reading(item, where)
         if reading is not None:
             sensor = c.sensor(where + "reeferDetails", **reading)
-            return c.event(where, ctx, kind=EventKind.SENSOR, sensor=sensor, **common)
+            return [c.event(where, ctx, kind=EventKind.SENSOR, sensor=sensor, **common)]
     transport = c.opt_obj(item.get("transportDetails"), where + "transportDetails") or {}
     call = c.opt_obj(transport.get("transportCall"), where + "transportDetails.transportCall") or {}
     details = c.opt_obj(item.get("shipmentDetails"), where + "shipmentDetails") or {}
@@ -251,7 +280,7 @@ def _parse(item: Any, where: str, ctx: SourceContext) -> Event:
         mode=c.mode(call.get("modeOfTransport"), CODES["mode"], where + "transportDetails.transportCall"),
         description=description,
     )
-    return c.milestone_event(where, ctx, info=info, **common)
+    return [c.milestone_event(where, ctx, info=info, **common)]
 
 
 def normalize_events(body: dict[str, Any], ctx: SourceContext) -> list[Event]:
@@ -259,4 +288,7 @@ def normalize_events(body: dict[str, Any], ctx: SourceContext) -> list[Event]:
     events = c.items(body["events"], "events")
     if not events:
         raise ValidationError("events", "is an empty array")
-    return [_parse(item, f"events[{i}]", ctx) for i, item in enumerate(events)]
+    out: list[Event] = []
+    for i, item in enumerate(events):
+        out += _parse(item, f"events[{i}]", ctx)
+    return c.within_batch(out)

@@ -143,8 +143,11 @@ def _sensor(value: Any, where: str) -> Sensor:
         k: optional_number(obj.get(k), f"{where}.{k}")
         for k in ("temperature_c", "humidity_pct", "battery_pct", "shock_g")
     }
+    door = obj.get("door_open")
+    if door is not None and not isinstance(door, bool):
+        raise ValidationError(where + ".door_open", "must be a boolean (true: the doors are open)")
     try:
-        return Sensor(**readings)
+        return Sensor(**readings, door_open=door)
     except ValidationError as exc:
         raise ValidationError(where + exc.field.removeprefix("sensor"), exc.reason) from None
 

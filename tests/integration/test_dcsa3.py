@@ -371,3 +371,59 @@ def test_the_publisher_serves_3_0_0_events_with_filters_and_pages(tenants: tuple
     bad = t.http.get("/v1/dcsa/v3/events", params={"eventTypes": "CARGO"})
     assert (bad.status_code, bad.json()["error"]) == (422, "ValidationError")
     assert httpx.get(str(t.http.base_url.join("/v1/dcsa/v3/events"))).status_code == 401
+
+
+def door(event_id: str, code: str, at: str, **located: Any) -> dict[str, Any]:
+    out = {
+        "eventRouting": PARTY,
+        "eventID": event_id,
+        "eventDateTime": at,
+        "eventUpdatedDateTime": at,
+        "eventClassification": {"eventTypeCode": "IOT", "eventClassifierCode": "ACT", "iotEventTypeCode": "DETC"},
+        "equipmentDetails": {"equipmentReference": "ONEU4410925"},
+        "iotDetails": {"iotEventCode": code},
+    }
+    if located:
+        out["eventLocation"] = {"geoCoordinate": located}
+    return out
+
+
+def test_door_events_are_the_shipments_last_reading_and_published_back(
+    testenv: RunEnv, tenants: tuple[Tenant, Tenant]
+) -> None:
+    t = tenants[1]
+    sid = new_shipment(t, "ONEY-DOOR-1", ["ONEU 441092-5"])
+
+    def last_sensor() -> Any:
+        ((reading,),) = testenv.sql("SELECT last_sensor FROM shipment_state WHERE shipment_id = %s", sid)
+        return reading
+
+    opened = door("door-1", "DRO", "2026-11-21T10:00:00Z", latitude="51.9500", longitude="4.0500")
+    assert push(t, opened).json() == {"accepted": 2, "stored": 2, "duplicates": 0}
+    assert last_sensor() == {"door_open": True, "at": "2026-11-21T10:00:00+00:00"}
+    shipment = t.http.get(f"/v1/shipments/{sid}").json()
+    assert (shipment["last_position"]["lat"], shipment["last_position"]["lon"]) == (51.95, 4.05)
+    assert push(t, door("door-2", "DRC", "2026-11-21T10:20:00Z")).json()["stored"] == 1
+    assert last_sensor() == {"door_open": False, "at": "2026-11-21T10:20:00+00:00"}
+    readings = t.http.get(f"/v1/shipments/{sid}/events", params={"kind": "sensor"}).json()["items"]
+    assert sorted((e["data"]["door_open"], e["raw_code"]) for e in readings) == [(False, None), (True, None)]
+    # A native tracker's reading, and one that is not a boolean.
+    native = {"occurred_at": "2026-11-21T11:00:00Z", "shipment": "ONEY-DOOR-1", "sensor": {"door_open": True}}
+    assert t.http.post("/v1/events", json=[native]).status_code == 202
+    assert last_sensor()["door_open"] is True
+    bad = t.http.post("/v1/events", json=[{**native, "sensor": {"door_open": "yes"}}])
+    assert (bad.status_code, bad.json()["error"]) == (422, "ValidationError")
+    assert "sensor.door_open" in bad.json()["detail"]
+    published, _ = feed(t, equipmentReference="ONEU4410925", eventTypes="IOT")
+    assert sorted(e["iotDetails"]["iotEventCode"] for e in published) == ["DRC", "DRO", "DRO", "LOC"]
+    assert feed(t, equipmentReference="ONEU4410925", eventTypes="REEFER")[0] == []
+    # A retraction of the door event withdraws its reading and its fix.
+    gone = {
+        "eventRouting": PARTY,
+        "eventID": "door-1",
+        "isRetracted": True,
+        "eventUpdatedDateTime": "2026-11-21T12:00:00Z",
+    }
+    assert push(t, gone).status_code == 200
+    retracted = {e["id"].split("/", 1)[1] for e in events_of(t, sid) if e["retracted"]}
+    assert retracted == {"door-1@v2026-11-21T10:00:00.000000Z", "door-1#LOC@v2026-11-21T10:00:00.000000Z"}

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from api import dcsa as publisher
 from ingest import poller
-from ingest.sources import dcsa, dcsa3
+from ingest.sources import dcsa, dcsa3, native
 from trackd.codes import Classifier, EventKind, Milestone, Mode
 from trackd.errors import ValidationError
 from trackd.ledger import VERSION_FIRST, VERSION_LAST, versioned_id
@@ -80,7 +80,9 @@ def test_every_kind_of_event() -> None:
 
 
 def test_a_revision_is_a_later_version_and_a_retraction_withdraws_every_version() -> None:
-    dep, gone = run(load("v3_0_0_revisions.json"))
+    dep, gone, gone_fix = run(load("v3_0_0_revisions.json"))
+    # the position a door event may have carried goes with it
+    assert (gone_fix.retracts, gone_fix.event_id) == (KEY + "3#LOC", KEY + "3#LOC@v2026-11-03T01:00:00.000000Z")
     assert dep.event_id == KEY + "2@v2026-11-03T01:00:00.000000Z"
     assert dep.occurred_at == datetime(2026, 11, 2, 14, 5, tzinfo=UTC)
     assert dep.milestone.description == "departure time corrected"
@@ -91,7 +93,7 @@ def test_a_revision_is_a_later_version_and_a_retraction_withdraws_every_version(
     )
     assert gone.milestone.code is None
     bare = {"eventID": "x-1", "isRetracted": True}
-    (final,) = run({"events": [bare]})
+    final, _ = run({"events": [bare]})
     assert final.event_id == versioned_id("dcsa:x-1", VERSION_LAST)
     assert final.occurred_at == NOW
 
@@ -108,13 +110,59 @@ def test_version_ids_sort_as_their_times() -> None:
 def test_iot_and_reefer_without_readings_stay_uncoded_milestones() -> None:
     doc = load("v3_0_0_events.json")
     iot, reefer = doc["events"][3], doc["events"][4]
-    del iot["eventLocation"]
-    iot["iotDetails"]["iotEventCode"] = "DRO"
+    del iot["eventLocation"]  # a location update without its location
     reefer["eventClassification"]["reeferEventTypeCode"] = "ADJU"
     reefer["reeferDetails"] = {"temperatureUnit": "CEL", "internalSetpointTemperature": -18}
-    door, setpoint = run({"events": [iot, reefer]})
-    assert (door.kind, door.milestone.code, door.milestone.raw_code) == (EventKind.MILESTONE, None, "IOT.DETC")
+    lost, setpoint = run({"events": [iot, reefer]})
+    assert (lost.kind, lost.milestone.code, lost.milestone.raw_code) == (EventKind.MILESTONE, None, "IOT.DETC")
     assert (setpoint.milestone.code, setpoint.milestone.raw_code) == (None, "REEFER.ADJU")
+
+
+def door_event(code: str, *, located: bool = True) -> dict[str, Any]:
+    event: dict[str, Any] = load("v3_0_0_events.json")["events"][3]
+    event["iotDetails"]["iotEventCode"] = code
+    if not located:
+        del event["eventLocation"]
+    return event
+
+
+def test_door_events_are_door_readings_with_their_fix() -> None:
+    opened, fix = run({"events": [door_event("DRO")]})
+    assert (opened.kind, opened.sensor.door_open, opened.sensor.temperature_c) == (EventKind.SENSOR, True, None)
+    assert opened.event_id == KEY + "4@v2026-11-05T03:02:00.000000Z"
+    assert (opened.shipment, opened.occurred_at) == ("MSKU7304512", datetime(2026, 11, 5, 3, 0, tzinfo=UTC))
+    assert opened.data() == {"door_open": True}
+    assert fix.kind is EventKind.POSITION
+    assert (fix.position.lat, fix.position.lon, fix.shipment) == (5.9102, 80.2237, "MSKU7304512")
+    assert fix.event_id == KEY + "4#LOC@v2026-11-05T03:02:00.000000Z"  # a family of its own
+    (closed,) = run({"events": [door_event("drc", located=False)]})
+    assert (closed.kind, closed.sensor.door_open, closed.data()) == (EventKind.SENSOR, False, {"door_open": False})
+    (where,) = run({"events": [door_event("LOC")]})  # a location update stays a position
+    assert (where.kind, where.event_id) == (EventKind.POSITION, KEY + "4@v2026-11-05T03:02:00.000000Z")
+    unnamed = door_event("DRO")
+    del unnamed["eventID"]
+    reading, fix = run({"events": [unnamed]})
+    assert reading.event_id != fix.event_id
+    assert [e.event_id for e in run({"events": [unnamed]})] == [reading.event_id, fix.event_id]
+
+
+def run_native(value: Any) -> list[Any]:
+    return native.normalize(orjson.dumps(value), CTX)
+
+
+def test_native_door_readings() -> None:
+    body = {"event_id": "d-1", "occurred_at": "2026-11-05T03:00:00Z", "device": "trk-1", "sensor": {"door_open": True}}
+    (opened,) = run_native(body)
+    assert (opened.sensor.door_open, opened.data()) == (True, {"door_open": True})
+    both = {**body, "sensor": {"door_open": False, "temperature_c": 4.5}}
+    assert run_native(both)[0].data() == {"temperature_c": 4.5, "door_open": False}
+    for bad in ("true", 1, 0, "open"):
+        with pytest.raises(ValidationError, match=r"sensor\.door_open: must be a boolean"):
+            run_native({**body, "sensor": {"door_open": bad}})
+    with pytest.raises(ValidationError, match=r"\[1\]\.sensor\.door_open"):
+        run_native([body, {**body, "sensor": {"door_open": "yes"}}])
+    with pytest.raises(ValidationError, match="sensor: needs at least one reading"):
+        run_native({**body, "sensor": {"door_open": None}})
 
 
 @pytest.mark.parametrize(
@@ -257,11 +305,32 @@ def test_published_events_read_back_through_the_adapter() -> None:
     assert all(e.shipment == "MAEU262417530" for e in got)
 
 
+def test_door_readings_are_published_as_iot_door_events() -> None:
+    rows = [
+        row("sensor", {"door_open": True}),
+        row("sensor", {"door_open": False}),
+        row("sensor", {"door_open": True, "temperature_c": 4.5}),  # a measurement first
+    ]
+    opened, closed, measured = (publisher.to_dcsa(r) for r in rows)
+    validate({"events": [opened, closed, measured]}, "GetEventsResponse")
+    assert opened["eventClassification"] == {
+        "eventTypeCode": "IOT",
+        "eventClassifierCode": "ACT",
+        "iotEventTypeCode": "DETC",
+    }
+    assert (opened["iotDetails"], closed["iotDetails"]) == ({"iotEventCode": "DRO"}, {"iotEventCode": "DRC"})
+    assert measured["eventClassification"]["eventTypeCode"] == "REEFER"
+    back = run({"events": [opened, closed]})
+    assert [(e.kind, e.sensor.door_open) for e in back] == [(EventKind.SENSOR, True), (EventKind.SENSOR, False)]
+
+
 def test_event_type_filters() -> None:
     q = publisher.feed_query(["transport", " IOT"], [None, "MAEU262417530", None], None, None)
-    assert (q.kinds, q.codes, q.references) == (("position",), ("departed", "arrived"), ("MAEU262417530",))
+    assert (q.kinds, q.codes, q.references) == (("position", "door"), ("departed", "arrived"), ("MAEU262417530",))
+    assert (q.sensor_fields, q.door_field) == (("temperature_c", "humidity_pct"), "door_open")
+    assert publisher.feed_query(["REEFER"], [], None, None).kinds == ("sensor",)
     every = publisher.feed_query([""], [None, None, None], None, None)
-    assert set(every.kinds) == {"position", "sensor"}
+    assert set(every.kinds) == {"position", "door", "sensor"}
     assert set(every.codes) == set(publisher.MILESTONES)
     with pytest.raises(ValidationError, match="'CARGO' is not one of"):
         publisher.feed_query(["CARGO"], [], None, None)

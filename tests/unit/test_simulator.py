@@ -246,6 +246,8 @@ def test_every_event_encodes_to_a_signed_payload() -> None:
         "aftership",
         "easypost",
         "usps",
+        "dhl",
+        "traccar",
         "dcsa 3.0.0",
     }
 
@@ -341,6 +343,9 @@ def test_parcel_webhooks_carry_their_checkpoints() -> None:
         if last.source == "aftership":
             assert len(payload["msg"]["checkpoints"]) == len(actual)
             assert payload["msg"]["tracking_number"] == s.legs[-1].ids["tracking"]
+        elif last.source == "dhl":
+            assert len(payload["shipments"][0]["events"]) == len(actual)
+            assert payload["shipments"][0]["id"] == s.legs[-1].ids["tracking"]
         else:
             assert payload["description"] == "tracker.updated"
             assert len(payload["result"]["tracking_details"]) == len(actual)
