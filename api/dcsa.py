@@ -22,6 +22,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
+from api import schemas
 from api.deps import CurrentTenant, Cursor, Db, Limit
 from api.errors import JSONBody
 from trackd import feed_store
@@ -163,7 +164,11 @@ def feed_query(
     )
 
 
-@router.get("/events", summary="the tenant's events as DCSA Track & Trace 3.0.0 events")
+@router.get(
+    "/events",
+    summary="the tenant's events as DCSA Track & Trace 3.0.0 events",
+    responses={200: {"model": schemas.DcsaEvents, "description": "a page; `Next-Page-Cursor` names the next one"}},
+)
 async def get_events(
     tenant: CurrentTenant,
     db: Db,

@@ -7,7 +7,9 @@ from typing import Any
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from api import schemas
 from api.deps import CurrentTenant, Cursor, Db, Limit, Shared
+from api.schemas import answers
 from trackd import registry, store
 from trackd.errors import NotFound
 from trackd.registry import MIN_DEVICE_KEY
@@ -24,20 +26,20 @@ class DeviceIn(BaseModel):
     name: str | None = Field(None, max_length=200)
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, response_model=answers(schemas.Device))
 async def create_device(body: DeviceIn, tenant: CurrentTenant, state: Shared) -> dict[str, Any]:
     async with store.transaction(state.pool) as conn:
         row = await registry.create_device(conn, tenant.id, body.id, body.key, body.name)
     return store.device_json(row)
 
 
-@router.get("")
+@router.get("", response_model=answers(schemas.DevicePage))
 async def list_devices(tenant: CurrentTenant, db: Db, limit: Limit = 50, cursor: Cursor = None) -> dict[str, Any]:
     rows, nxt = await store.list_devices(db, tenant.id, limit, cursor)
     return {"items": [store.device_json(r) for r in rows], "next_cursor": nxt}
 
 
-@router.get("/{device_id}")
+@router.get("/{device_id}", response_model=answers(schemas.Device))
 async def get_device(device_id: str, tenant: CurrentTenant, db: Db) -> dict[str, Any]:
     row = await store.get_device(db, tenant.id, device_id)
     if row is None:

@@ -11,17 +11,20 @@ from typing import Any
 from urllib.parse import urlparse
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from api import schemas
 from api.deps import Shared, bearer
 from api.errors import JSONBody
+from api.schemas import answers
 from trackd import db, metrics
 from trackd.errors import Unauthorized
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
+@router.get("/healthz", response_model=answers(schemas.Health))
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
@@ -36,7 +39,13 @@ async def _broker_ok(url: str) -> bool:
     return True
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    responses={
+        200: {"model": schemas.Readiness, "description": "every dependency is reachable"},
+        503: {"model": schemas.Readiness, "description": "a dependency is not reachable (`checks` says which)"},
+    },
+)
 async def readyz(state: Shared) -> JSONBody:
     checks: dict[str, Any] = {}
     try:
@@ -54,7 +63,7 @@ async def readyz(state: Shared) -> JSONBody:
     return JSONBody({"status": "ready" if ready else "not_ready", "checks": checks}, status_code=200 if ready else 503)
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse, responses={200: {"description": "Prometheus text"}})
 async def prometheus(request: Request, state: Shared) -> Response:
     token = state.settings.metrics_token.get_secret_value() if state.settings.metrics_token else ""
     if token and not hmac.compare_digest((bearer(request) or "").encode(), token.encode()):  # empty is unset

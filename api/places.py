@@ -7,7 +7,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from api import schemas
 from api.deps import CurrentTenant, Cursor, Db, Limit, Shared
+from api.schemas import answers
 from trackd import crossings, place_store, places, store
 from trackd.errors import NotFound, TrackdError, ValidationError
 from trackd.places import Geofence
@@ -57,7 +59,7 @@ async def _builtin_guard(place_id: str) -> None:
         raise ReadOnly(f"{place_id!r} is a bundled place and cannot be changed; create a place of your own")
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, response_model=answers(schemas.Place))
 async def create_place(body: PlaceIn, tenant: CurrentTenant, state: Shared) -> dict[str, Any]:
     fence = _fence("new", body.model_dump())
     async with store.transaction(state.pool) as conn:
@@ -66,7 +68,7 @@ async def create_place(body: PlaceIn, tenant: CurrentTenant, state: Shared) -> d
     return place_store.place_json(row)
 
 
-@router.get("")
+@router.get("", response_model=answers(schemas.PlacePage))
 async def list_places(
     tenant: CurrentTenant,
     db: Db,
@@ -86,7 +88,7 @@ async def list_places(
     return {"items": items, "next_cursor": nxt}
 
 
-@router.get("/visits")
+@router.get("/visits", response_model=answers(schemas.VisitPage))
 async def shipment_visits(
     shipment_id: Annotated[str, Query(max_length=200, description="the shipment whose visits to list")],
     tenant: CurrentTenant,
@@ -115,12 +117,12 @@ async def _find(db: Db, tenant_id: int, place_id: str) -> dict[str, Any]:
     return place_store.place_json(row)
 
 
-@router.get("/{place_id}")
+@router.get("/{place_id}", response_model=answers(schemas.Place))
 async def get_place(place_id: str, tenant: CurrentTenant, db: Db) -> dict[str, Any]:
     return await _find(db, tenant.id, place_id)
 
 
-@router.patch("/{place_id}")
+@router.patch("/{place_id}", response_model=answers(schemas.Place))
 async def update_place(place_id: str, body: PlacePatch, tenant: CurrentTenant, state: Shared) -> dict[str, Any]:
     await _builtin_guard(place_id)
     changes = body.model_dump(exclude_unset=True)
@@ -150,7 +152,7 @@ async def delete_place(place_id: str, tenant: CurrentTenant, state: Shared) -> R
     return Response(status_code=204)
 
 
-@router.get("/{place_id}/stats")
+@router.get("/{place_id}/stats", response_model=answers(schemas.PlaceStats))
 async def place_stats(place_id: str, tenant: CurrentTenant, db: Db) -> dict[str, Any]:
     """Completed visits of the place by the tenant's shipments, and their dwell in hours."""
     await _find(db, tenant.id, place_id)

@@ -8,8 +8,10 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from api import schemas
 from api.deps import CurrentTenant, Db
-from api.shipments import LegIn, PlaceIn
+from api.schemas import answers
+from api.shipments import LegIn, LocationIn
 from trackd import assessment, eta, eta_promise, store
 from trackd.codes import Mode
 from trackd.errors import ValidationError
@@ -24,8 +26,8 @@ HISTORY = 2000  # the tenant's most recent completed journeys that are searched 
 class PromiseIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     legs: list[LegIn] | None = Field(None, min_length=1, max_length=20)
-    origin: PlaceIn | None = None
-    destination: PlaceIn | None = None
+    origin: LocationIn | None = None
+    destination: LocationIn | None = None
     mode: Mode | None = None
     carrier: str | None = Field(None, max_length=100)
     ship_at: datetime | None = Field(None, description="when the goods leave (default now)")
@@ -37,7 +39,7 @@ class PromiseIn(BaseModel):
         return self
 
 
-def _place(name: str, place: PlaceIn) -> Location:
+def _place(name: str, place: LocationIn) -> Location:
     try:
         return with_coordinates(Location(**place.model_dump()))
     except ValidationError as exc:
@@ -58,7 +60,7 @@ def _shipment(body: PromiseIn, now: datetime) -> Shipment:
     return Shipment(id="promise", tracking_number="promise", carrier=body.carrier, legs=legs, created_at=now)
 
 
-@router.post("")
+@router.post("", response_model=answers(schemas.Promise))
 async def promise(body: PromiseIn, tenant: CurrentTenant, db: Db) -> dict[str, Any]:
     """A quote from the tenant's completed journeys on the lane, else a stated prior (basis.journeys 0)."""
     now = datetime.now(UTC)

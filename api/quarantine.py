@@ -6,13 +6,15 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
+from api import schemas
 from api.deps import CurrentTenant, Cursor, Db, Limit
+from api.schemas import answers
 from trackd import quarantine_store
 
 router = APIRouter(prefix="/v1/quarantine", tags=["quarantine"])
 
 
-@router.get("")
+@router.get("", response_model=answers(schemas.QuarantinePage))
 async def list_quarantine(
     tenant: CurrentTenant,
     db: Db,

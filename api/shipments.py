@@ -11,7 +11,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from api import schemas
 from api.deps import CurrentTenant, Cursor, Db, Limit, Shared
+from api.schemas import answers
 from trackd import registry, release_store, rules, store
 from trackd.codes import EventKind, ExceptionKind, Mode, Status
 from trackd.errors import NotFound, ValidationError
@@ -23,7 +25,7 @@ from trackd.shipment import MAX_ROUTE_POINTS, Leg, Shipment, Vessel, route_from_
 router = APIRouter(prefix="/v1/shipments", tags=["shipments"])
 
 
-class PlaceIn(BaseModel):
+class LocationIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str | None = Field(None, max_length=200)
     unlocode: str | None = Field(None, pattern=r"^[A-Za-z]{2} ?[A-Za-z0-9]{3}$")
@@ -63,8 +65,8 @@ class ReleaseIn(BaseModel):
 class LegIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     mode: Mode
-    origin: PlaceIn
-    destination: PlaceIn
+    origin: LocationIn
+    destination: LocationIn
     vessel: VesselIn | None = Field(None, description="a sea leg's vessel: its AIS positions reach the shipment")
     route: RouteIn | None = Field(None, description="the planned path; `off_route` is measured against it")
 
@@ -111,7 +113,7 @@ def _aware(name: str, d: datetime | None) -> datetime | None:
 def _leg(i: int, leg: LegIn) -> Leg:
     ends = []
     for side in ("origin", "destination"):
-        place: PlaceIn = getattr(leg, side)
+        place: LocationIn = getattr(leg, side)
         loc = Location(**place.model_dump())
         try:
             ends.append(resolve_location(loc))
@@ -143,7 +145,7 @@ def to_domain(shipment_id: str, body: dict[str, Any]) -> Shipment:
     )
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, response_model=answers(schemas.Shipment))
 async def create_shipment(body: ShipmentIn, tenant: CurrentTenant, state: Shared) -> dict[str, Any]:
     shipment = to_domain(store.new_id("shp"), body.model_dump())
     async with store.transaction(state.pool) as conn:
@@ -192,7 +194,7 @@ async def shipment_filters(
 Filters = Annotated[dict[str, Any], Depends(shipment_filters)]
 
 
-@router.get("")
+@router.get("", response_model=answers(schemas.ShipmentPage))
 async def list_shipments(
     tenant: CurrentTenant, db: Db, filters: Filters, limit: Limit = 50, cursor: Cursor = None
 ) -> dict[str, Any]:
@@ -289,6 +291,7 @@ async def export_shipments(tenant: CurrentTenant, db: Db, filters: Filters, curs
 
 @router.get(
     "/{shipment_id}",
+    response_model=answers(schemas.Shipment),
     responses={409: {"description": "several shipments' references match and no id or tracking number does"}},
 )
 async def get_shipment(
@@ -302,7 +305,7 @@ async def get_shipment(
     return await store.resolve_shipment(db, tenant.id, shipment_id)
 
 
-@router.patch("/{shipment_id}")
+@router.patch("/{shipment_id}", response_model=answers(schemas.Shipment))
 async def patch_shipment(shipment_id: str, body: ShipmentPatch, tenant: CurrentTenant, state: Shared) -> dict[str, Any]:
     async with store.transaction(state.pool) as conn:
         current = await registry.require_shipment(conn, tenant.id, shipment_id)
@@ -330,7 +333,7 @@ async def delete_shipment(shipment_id: str, tenant: CurrentTenant, state: Shared
     return Response(status_code=204)
 
 
-@router.post("/{shipment_id}/devices", status_code=201)
+@router.post("/{shipment_id}/devices", status_code=201, response_model=answers(schemas.Attachment))
 async def attach_device(shipment_id: str, body: AttachIn, tenant: CurrentTenant, state: Shared) -> dict[str, Any]:
     now = state.clock()
     async with store.transaction(state.pool) as conn:
@@ -347,7 +350,7 @@ async def attach_device(shipment_id: str, body: AttachIn, tenant: CurrentTenant,
     }
 
 
-@router.get("/{shipment_id}/events")
+@router.get("/{shipment_id}/events", response_model=answers(schemas.EventPage))
 async def shipment_events(
     shipment_id: str,
     tenant: CurrentTenant,
@@ -361,7 +364,7 @@ async def shipment_events(
     return {"items": items, "next_cursor": nxt}
 
 
-@router.get("/{shipment_id}/positions")
+@router.get("/{shipment_id}/positions", response_model=answers(schemas.Positions))
 async def shipment_positions(
     shipment_id: str,
     tenant: CurrentTenant,
@@ -392,7 +395,7 @@ async def shipment_positions(
     }
 
 
-@router.get("/{shipment_id}/route")
+@router.get("/{shipment_id}/route", response_model=answers(schemas.Route))
 async def shipment_route(shipment_id: str, tenant: CurrentTenant, db: Db) -> dict[str, Any]:
     """The planned path of each leg as a GeoJSON FeatureCollection of LineStrings: the booked
     `route`, else the computed one (`properties.planned` tells which)."""
@@ -400,7 +403,7 @@ async def shipment_route(shipment_id: str, tenant: CurrentTenant, db: Db) -> dic
     return rules.plan_geojson(tuple(Leg.from_dict(x) for x in current["legs"]))
 
 
-@router.get("/{shipment_id}/eta")
+@router.get("/{shipment_id}/eta", response_model=answers(list[schemas.Eta]))
 async def shipment_eta_history(shipment_id: str, tenant: CurrentTenant, db: Db) -> list[dict[str, Any]]:
     await registry.require_shipment(db, tenant.id, shipment_id)
     return await store.eta_history(db, shipment_id)

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Request, Response
 from starlette.requests import ClientDisconnect
 
+from api import schemas
 from api.deps import CurrentTenant, Shared
 from api.errors import JSONBody
 from ingest import sources
@@ -66,7 +67,15 @@ def _secret_key(state: Shared) -> str | None:
     return state.settings.secret_key.get_secret_value() if state.settings.secret_key else None
 
 
-@router.post("/v1/ingest/{tenant}/{source}", status_code=202)
+@router.post(
+    "/v1/ingest/{tenant}/{source}",
+    status_code=202,
+    responses={
+        200: {"model": schemas.Accepted, "description": "a DCSA 3.0.0 body, durable"},
+        202: {"model": schemas.Accepted, "description": "durable"},
+        204: {"description": "a DCSA delivery, durable"},
+    },
+)
 async def ingest_webhook(
     tenant: TenantName, source: SourceName, request: Request, state: Shared, pipeline: IngestPipeline
 ) -> Response:
@@ -95,7 +104,7 @@ async def ingest_webhook(
     return _accepted(result, adapter.status_of(body) if adapter.status_of else adapter.status)
 
 
-@router.post("/v1/events", status_code=202)
+@router.post("/v1/events", status_code=202, responses={202: {"model": schemas.Accepted, "description": "durable"}})
 async def post_events(request: Request, tenant: CurrentTenant, state: Shared, pipeline: IngestPipeline) -> Response:
     """trackd event JSON (one object or an array) with the API key."""
     body = await read_body(request)
@@ -118,8 +127,11 @@ async def _unattributed(request: Request, state: Shared, error: TrackdError, raw
         metrics.QUARANTINED.labels("osmand", "http").inc()
 
 
-@router.get("/v1/osmand", status_code=200, operation_id="osmand_get")
-@router.post("/v1/osmand", status_code=200, operation_id="osmand_post")
+_OSMAND: dict[int | str, dict[str, Any]] = {200: {"description": "durable (an empty body)"}}
+
+
+@router.get("/v1/osmand", status_code=200, operation_id="osmand_get", response_class=Response, responses=_OSMAND)
+@router.post("/v1/osmand", status_code=200, operation_id="osmand_post", response_class=Response, responses=_OSMAND)
 async def osmand(request: Request, state: Shared, pipeline: IngestPipeline) -> Response:
     """Traccar Client / OsmAnd: `id` is a registered device key. Answers 200 once durable."""
     body = await read_body(request) if request.method == "POST" else b""

@@ -21,7 +21,9 @@ from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from api import schemas
 from api.deps import CurrentTenant, Shared
+from api.schemas import answers
 from dashboards import trackpage, trackpage_text
 from notify import link_store
 from trackd import registry, store, tenant_store
@@ -165,7 +167,7 @@ async def public_track(state: Shared, token: str) -> dict[str, Any]:
     }
 
 
-@router.post("/v1/shipments/{shipment_id}/share", status_code=201)
+@router.post("/v1/shipments/{shipment_id}/share", status_code=201, response_model=answers(schemas.Share))
 async def share_shipment(
     shipment_id: str, tenant: CurrentTenant, state: Shared, request: Request, body: ShareIn | None = None
 ) -> dict[str, Any]:
@@ -190,7 +192,7 @@ async def revoke_share(shipment_id: str, token: str, tenant: CurrentTenant, stat
     return Response(status_code=204)
 
 
-@router.delete("/v1/shipments/{shipment_id}/share")
+@router.delete("/v1/shipments/{shipment_id}/share", response_model=answers(schemas.Revoked))
 async def revoke_shares(shipment_id: str, tenant: CurrentTenant, state: Shared) -> dict[str, int]:
     """Revoke every live link to the shipment (for a link whose token was lost); `{"revoked": n}`."""
     async with store.transaction(state.pool) as conn:
@@ -201,6 +203,7 @@ async def revoke_shares(shipment_id: str, tenant: CurrentTenant, state: Shared) 
 
 @router.get(
     "/v1/track/{token}",
+    response_model=answers(schemas.Track),
     responses={
         404: {"description": "no such tracking link"},
         410: {"description": "the link has expired or been revoked"},

@@ -8,8 +8,10 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from api import schemas
 from api.deps import CurrentTenant, Cursor, Db, Limit, Shared
 from api.errors import JSONBody
+from api.schemas import answers
 from notify import hook_store, ssrf
 from trackd import store, tenant_store
 from trackd.errors import NotFound, ValidationError
@@ -89,7 +91,7 @@ def _aware(name: str, d: datetime) -> datetime:
     return d
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, response_model=answers(schemas.WebhookWithSecret))
 async def create_webhook(body: WebhookIn, tenant: CurrentTenant, state: Shared) -> dict[str, Any]:
     """Subscribe. The answer holds the signing `secret`; it is not shown again."""
     await ssrf.check_url(body.url, state.settings.webhook_allow_private)
@@ -99,18 +101,18 @@ async def create_webhook(body: WebhookIn, tenant: CurrentTenant, state: Shared) 
     return {**hook_store.webhook_json(row), "secret": secret}
 
 
-@router.get("")
+@router.get("", response_model=answers(schemas.WebhookPage))
 async def list_webhooks(tenant: CurrentTenant, db: Db, limit: Limit = 50, cursor: Cursor = None) -> dict[str, Any]:
     rows, nxt = await hook_store.list_webhooks(db, tenant.id, limit, cursor)
     return {"items": [hook_store.webhook_json(r) for r in rows], "next_cursor": nxt}
 
 
-@router.get("/{webhook_id}")
+@router.get("/{webhook_id}", response_model=answers(schemas.Webhook))
 async def get_webhook(webhook_id: str, tenant: CurrentTenant, db: Db) -> dict[str, Any]:
     return hook_store.webhook_json(await _require(db, tenant.id, webhook_id))
 
 
-@router.patch("/{webhook_id}")
+@router.patch("/{webhook_id}", response_model=answers(schemas.Webhook))
 async def patch_webhook(webhook_id: str, body: WebhookPatch, tenant: CurrentTenant, state: Shared) -> dict[str, Any]:
     """Change any field; `"enabled": true` also re-enables an endpoint that was disabled for failing."""
     changes = body.model_dump(exclude_unset=True)
@@ -135,7 +137,7 @@ async def delete_webhook(webhook_id: str, tenant: CurrentTenant, state: Shared) 
     return Response(status_code=204)
 
 
-@router.post("/{webhook_id}/rotate")
+@router.post("/{webhook_id}/rotate", response_model=answers(schemas.WebhookWithSecret))
 async def rotate_secret(
     webhook_id: str, tenant: CurrentTenant, state: Shared, body: RotateIn | None = None
 ) -> dict[str, Any]:
@@ -150,7 +152,7 @@ async def rotate_secret(
     return {**hook_store.webhook_json(row), "secret": secret}
 
 
-@router.get("/{webhook_id}/deliveries")
+@router.get("/{webhook_id}/deliveries", response_model=answers(schemas.DeliveryPage))
 async def list_deliveries(
     webhook_id: str,
     tenant: CurrentTenant,
@@ -165,7 +167,11 @@ async def list_deliveries(
     return {"items": items, "next_cursor": nxt}
 
 
-@router.post("/{webhook_id}/deliveries/{delivery_id}/retry", status_code=202)
+@router.post(
+    "/{webhook_id}/deliveries/{delivery_id}/retry",
+    status_code=202,
+    responses={202: {"model": schemas.RetryQueued, "description": "queued again"}},
+)
 async def retry_delivery(webhook_id: str, delivery_id: str, tenant: CurrentTenant, state: Shared) -> JSONBody:
     """Send a message again (same `webhook-id`), now, with a fresh retry schedule."""
     async with store.transaction(state.pool) as conn:
@@ -175,7 +181,11 @@ async def retry_delivery(webhook_id: str, delivery_id: str, tenant: CurrentTenan
     return JSONBody({"id": delivery_id, "status": "pending"}, status_code=202)
 
 
-@router.post("/{webhook_id}/replay", status_code=202)
+@router.post(
+    "/{webhook_id}/replay",
+    status_code=202,
+    responses={202: {"model": schemas.ReplayQueued, "description": "the matching messages queued"}},
+)
 async def replay(webhook_id: str, body: ReplayIn, tenant: CurrentTenant, state: Shared) -> JSONBody:
     """Queue again, as new deliveries, the kept stream messages emitted in [`from`, `until`) that this
     subscription matches (its current events and shipment filter). A message that already has a
