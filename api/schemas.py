@@ -481,3 +481,79 @@ class DcsaEvent(Out):
 
 class DcsaEvents(Out):
     events: list[DcsaEvent]
+
+
+# -- request bodies read as raw bytes --------------------------------------------------------------
+
+# Components that only request bodies name (FastAPI registers those of answers and parsed bodies):
+# `serve.app` adds them to the document.
+REQUEST_COMPONENTS: dict[str, Any] = {}
+
+
+def raw_body(shape: Any, description: str) -> dict[str, Any]:
+    """`openapi_extra` documenting the JSON body of a route that reads its bytes itself (limits,
+    signatures and the adapters come before any parsing)."""
+    schema = TypeAdapter(shape).json_schema(ref_template="#/components/schemas/{model}")
+    REQUEST_COMPONENTS.update(schema.pop("$defs", {}))
+    return {
+        "requestBody": {
+            "required": True,
+            "description": description,
+            "content": {"application/json": {"schema": schema}},
+        }
+    }
+
+
+class In(BaseModel):
+    """A request object: fields beyond those listed are kept in the raw payload."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class EventPosition(In):
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+    speed_kmh: float | None = Field(None, ge=0)
+    heading: float | None = Field(None, ge=0, le=360)
+    accuracy_m: float | None = Field(None, ge=0)
+    altitude_m: float | None = None
+
+
+class EventLocation(In):
+    name: str | None = Field(None, max_length=200)
+    unlocode: str | None = Field(None, max_length=200)
+    iata: str | None = Field(None, max_length=200)
+    country: str | None = Field(None, max_length=200)
+    lat: float | None = Field(None, ge=-90, le=90)
+    lon: float | None = Field(None, ge=-180, le=180)
+
+
+class EventMilestone(In):
+    code: Milestone
+    classifier: Classifier = Classifier.ACTUAL
+    location: EventLocation | None = None
+    mode: Mode | None = None
+
+
+class EventSensor(In):
+    """At least one reading."""
+
+    temperature_c: float | None = Field(None, ge=-100, le=150)
+    humidity_pct: float | None = Field(None, ge=0, le=100)
+    battery_pct: float | None = Field(None, ge=0, le=100)
+    shock_g: float | None = None
+    door_open: bool | None = None
+
+
+class TrackdEvent(In):
+    """One trackd event: exactly one of `position`, `milestone`, `sensor`; a `shipment` or a `device`."""
+
+    event_id: str | None = Field(None, max_length=200, description="else derived from the content")
+    occurred_at: datetime | float = Field(description="ISO 8601 with an offset, or epoch seconds")
+    created_at: datetime | float | None = Field(None, description="when the source issued it (an estimate: made)")
+    shipment: str | None = Field(None, max_length=200, description="a tracking number or reference")
+    device: str | None = Field(None, max_length=128)
+    carrier: str | None = Field(None, max_length=200)
+    position: EventPosition | None = None
+    milestone: EventMilestone | None = None
+    sensor: EventSensor | None = None

@@ -104,7 +104,14 @@ async def ingest_webhook(
     return _accepted(result, adapter.status_of(body) if adapter.status_of else adapter.status)
 
 
-@router.post("/v1/events", status_code=202, responses={202: {"model": schemas.Accepted, "description": "durable"}})
+@router.post(
+    "/v1/events",
+    status_code=202,
+    responses={202: {"model": schemas.Accepted, "description": "durable"}},
+    openapi_extra=schemas.raw_body(
+        schemas.TrackdEvent | list[schemas.TrackdEvent], "one trackd event, or an array of at most 10,000"
+    ),
+)
 async def post_events(request: Request, tenant: CurrentTenant, state: Shared, pipeline: IngestPipeline) -> Response:
     """trackd event JSON (one object or an array) with the API key."""
     body = await read_body(request)

@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import dcsa, devices, errors, health, places, promise, quarantine, session, shipments
+from api import schemas as api_schemas
 from api.deps import AppState
 from api.errors import error_response
 from ingest import routes as ingest_routes
@@ -142,6 +143,8 @@ def openapi_errors(app: FastAPI) -> None:
             }
             schemas = schema.setdefault("components", {}).setdefault("schemas", {})
             schemas["HTTPValidationError"] = schemas["Error"] = error
+            for name, component in api_schemas.REQUEST_COMPONENTS.items():
+                schemas.setdefault(name, component)
             as_error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
             for path, item in schema.get("paths", {}).items():
                 for op in item.values():
