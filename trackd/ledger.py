@@ -20,9 +20,10 @@ from trackd import crossings
 from trackd.codes import Classifier, EventKind, Milestone, Mode, Status
 from trackd.errors import ValidationError
 from trackd.messages import Message, status_changed
+from trackd.messages import position as position_message
 from trackd.model import Event, Location, MilestoneInfo, Position, Sensor
 from trackd.shipment import Eta, PositionFix, StatusState
-from trackd.state import State, advance, rebuild_status
+from trackd.state import TRAIL_KEEP, State, advance, rebuild_status, trail
 from trackd.store import Conn, Row, tuples
 
 
@@ -292,22 +293,59 @@ async def superseded(conn: Conn, tenant_id: int, event_ids: list[str]) -> list[s
     return [eid for (eid,) in rows if (m := _VERSIONED.match(eid)) and m.group(2) != latest[m.group(1)]]
 
 
-async def retract(conn: Conn, tenant_id: int, event_ids: list[str]) -> dict[str, set[str]]:
-    """Mark events retracted; returns {shipment_id: retracted event ids}."""
+async def retract(conn: Conn, tenant_id: int, event_ids: list[str]) -> dict[str, dict[str, str]]:
+    """Mark events retracted, and drop the position rows of retracted fixes; returns {shipment_id:
+    {retracted event id: its kind}}."""
     if not event_ids:
         return {}
     rows = await (
         await conn.execute(
             "UPDATE events SET retracted_at = now() WHERE tenant_id = %s AND event_id = ANY(%s)"
-            " AND retracted_at IS NULL RETURNING shipment_id, event_id",
+            " AND retracted_at IS NULL RETURNING shipment_id, event_id, kind, occurred_at",
             (tenant_id, event_ids),
         )
     ).fetchall()
-    out: dict[str, set[str]] = {}
+    fixes = [(r["shipment_id"], r["occurred_at"], r["event_id"]) for r in rows if r["kind"] == "position"]
+    if fixes:
+        await conn.execute(
+            "DELETE FROM positions p USING unnest(%s::text[], %s::timestamptz[], %s::text[]) AS f(sid, at, eid)"
+            " WHERE p.tenant_id = %s AND p.shipment_id = f.sid AND p.occurred_at = f.at AND p.event_id = f.eid",
+            ([f[0] for f in fixes], [f[1] for f in fixes], [f[2] for f in fixes], tenant_id),
+        )
+    out: dict[str, dict[str, str]] = {}
     for r in rows:
         if r["shipment_id"]:
-            out.setdefault(r["shipment_id"], set()).add(r["event_id"])
+            out.setdefault(r["shipment_id"], {})[r["event_id"]] = r["kind"]
     return out
+
+
+async def _unretracted(conn: Conn, tenant_id: int, shipment_id: str, state: State, kinds: set[str]) -> State:
+    """`state` with its fix, trail and last reading taken again from what stands, after fixes or
+    readings (`kinds`) of the shipment were retracted."""
+    if "position" in kinds:
+        rows = await (
+            await conn.execute(
+                "SELECT lat, lon, occurred_at, speed_kmh, heading FROM positions WHERE tenant_id = %s"
+                " AND shipment_id = %s ORDER BY occurred_at DESC LIMIT %s",
+                (tenant_id, shipment_id, TRAIL_KEEP),
+            )
+        ).fetchall()
+        fixes = [PositionFix(r["lat"], r["lon"], r["occurred_at"], r["speed_kmh"], r["heading"]) for r in rows[::-1]]
+        recent: tuple[PositionFix, ...] = ()
+        for fix in fixes:
+            recent = trail(recent, fix)
+        state = replace(state, last=fixes[-1] if fixes else None, recent=recent)
+    if "sensor" in kinds:
+        row = await (
+            await conn.execute(
+                "SELECT data, occurred_at FROM events WHERE tenant_id = %s AND shipment_id = %s AND kind = 'sensor'"
+                " AND retracted_at IS NULL ORDER BY occurred_at DESC LIMIT 1",
+                (tenant_id, shipment_id),
+            )
+        ).fetchone()
+        reading = None if row is None else {**row["data"], "at": row["occurred_at"].isoformat()}
+        state = replace(state, last_sensor=reading)
+    return state
 
 
 @dataclass(slots=True)
@@ -438,7 +476,7 @@ async def update_shipments(
     by_shipment: dict[str, list[Event]],
     received_at: datetime,
     evaluator: Evaluator | None,
-    retracted: dict[str, set[str]] | None = None,
+    retracted: dict[str, dict[str, str]] | None = None,
     *,
     emitting: bool = False,
     locked: list[tuple[Any, ...]] | None = None,
@@ -455,6 +493,10 @@ async def update_shipments(
         state, msgs = advance(before, sid, by_shipment.get(sid, []), received_at, final_codes(row))
         if sid in retracted:
             gone = retracted[sid]
+            if kinds := {"position", "sensor"} & set(gone.values()):
+                state = await _unretracted(conn, tenant_id, sid, state, kinds)
+                if state.last is not None and state.last != before.last and all(m["type"] != "position" for m in msgs):
+                    msgs.append(position_message(sid, state.last))  # back to the fix that stands
             kept = tuple(m for m in state.milestones if m.get("event_id") not in gone)
             status = rebuild_status(kept)
             state = replace(

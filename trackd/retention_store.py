@@ -35,7 +35,18 @@ class Group:
 
 
 async def timescale(conn: Conn) -> bool:
-    row = await (await conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'")).fetchone()
+    """Whether the events are a hypertable (the extension created after migrating leaves them plain)."""
+    row = await (
+        await conn.execute(
+            "SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'"
+            " AND to_regclass('timescaledb_information.hypertables') IS NOT NULL"
+        )
+    ).fetchone()
+    if row is None:
+        return False
+    row = await (
+        await conn.execute("SELECT 1 FROM timescaledb_information.hypertables WHERE hypertable_name = 'events'")
+    ).fetchone()
     return row is not None
 
 
@@ -90,12 +101,14 @@ async def delete_batch(conn: Conn, table: str, group: Group, limit: int) -> int:
         who, arg = "tenant_id <> ALL(%s)", list(group.except_ids)
     else:
         who, arg = "tenant_id = ANY(%s)", list(group.tenant_ids)
-    # The row key works on plain tables and hypertables alike (ctid is per chunk).
+    # The row key works on plain tables and hypertables alike (ctid is per chunk); the predicates
+    # repeated outside let TimescaleDB exclude chunks and filter compressed batches by tenant.
     cur = await conn.execute(
-        f"DELETE FROM {table} WHERE (tenant_id, event_id, occurred_at) IN ("
+        f"DELETE FROM {table} WHERE occurred_at < now() - make_interval(days => %s) AND {who}"
+        f" AND (tenant_id, event_id, occurred_at) IN ("
         f" SELECT tenant_id, event_id, occurred_at FROM {table}"
         f" WHERE occurred_at < now() - make_interval(days => %s) AND {who} LIMIT %s)",
-        (group.days, arg, limit),
+        (group.days, arg, group.days, arg, limit),
     )
     return cur.rowcount
 

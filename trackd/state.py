@@ -45,7 +45,7 @@ TRAIL_EVERY_S = 600.0
 TRAIL_MOVE_DEG = 0.005  # about 500 m
 
 
-def _trail(recent: tuple[PositionFix, ...], fix: PositionFix) -> tuple[PositionFix, ...]:
+def trail(recent: tuple[PositionFix, ...], fix: PositionFix) -> tuple[PositionFix, ...]:
     if recent:
         last = recent[-1]
         if fix.at <= last.at:
@@ -92,7 +92,7 @@ def advance(
             if last is None or at >= last.at:
                 p = ev.position
                 last = PositionFix(p.lat, p.lon, at, p.speed_kmh, p.heading)
-                recent = _trail(recent, last)
+                recent = trail(recent, last)
         elif ev.kind is EventKind.SENSOR and ev.sensor is not None:
             if s.last_sensor is None or at.isoformat() >= str(s.last_sensor.get("at", "")):
                 s = replace(s, last_sensor={**ev.sensor.to_dict(), "at": at.isoformat()})

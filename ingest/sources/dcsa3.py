@@ -3,10 +3,11 @@
 An event's `eventID` (with its originating party, when given) names it; `eventUpdatedDateTime`
 names the version, so a later version replaces an earlier one, and an `isRetracted` version leaves
 none standing (`ledger.versioned_id`). TRANSPORT, EQUIPMENT and SHIPMENT events become milestones; an IoT
-door event (`iotDetails.iotEventCode` DRO, DRC) a sensor reading `door_open` (true, false), with a
-position of its own (the event's id and `#LOC`) when it has coordinates; another IoT event with
-coordinates (LOC) a position; a reefer measurement a sensor reading (temperature in degrees Celsius,
-humidity). IoT and reefer events without any of these stay milestones without a canonical code.
+door event (`iotDetails.iotEventCode` DRO, DRC) a sensor reading `door_open` (true, false; its
+coordinates, if any, stay in the raw event: one event, one kind, so that a version or a retraction
+replaces all of it); another IoT event with coordinates (LOC) a position; a reefer measurement a
+sensor reading (temperature in degrees Celsius, humidity). IoT and reefer events without any of
+these stay milestones without a canonical code.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ TYPE_FIELDS = {
 MAIN_DOCUMENTS = ("TRD", "BKG", "CBR", "SHI")
 _KEY_MAX = 150  # longer event keys are hashed, so that every stored id fits in 200 characters
 DOOR = {"DRO": True, "DRC": False}  # iotDetails.iotEventCode: door opened, door closed
-FIX = "#LOC"  # the family of the position a door event carries: its own key and this
 
 
 def is_v3_body(value: Any) -> bool:
@@ -207,7 +207,7 @@ def _retraction(key: str, updated: datetime | None, item: dict[str, Any], where:
     )
 
 
-def _parse(item: Any, where: str, ctx: SourceContext) -> list[Event]:
+def _parse(item: Any, where: str, ctx: SourceContext) -> Event:
     item = c.obj(item, where)
     where += "."
     key = _event_key(item, where)
@@ -219,8 +219,7 @@ def _parse(item: Any, where: str, ctx: SourceContext) -> list[Event]:
     if retracted:
         if key is None:
             raise ValidationError(where + "eventID", "is required to retract an event")
-        # The event may have been a door event with a fix: its position is withdrawn with it.
-        return [_retraction(key, updated, item, where, ctx), _retraction(key + FIX, updated, item, where, ctx)]
+        return _retraction(key, updated, item, where, ctx)
     event_type, code, cls = _classification(item, where)
     occurred_at = _time(item.get("eventDateTime"), where + "eventDateTime")
     if key is None:
@@ -242,28 +241,18 @@ def _parse(item: Any, where: str, ctx: SourceContext) -> list[Event]:
         "raw": item,
     }
     location = _location(item, where)
-    fix = None
-    if event_type == "IOT" and location is not None and location.lat is not None and location.lon is not None:
-        fix = c.position(where + "eventLocation.geoCoordinate.", lat=location.lat, lon=location.lon)
     door = DOOR.get(_iot_code(item, where) or "") if event_type == "IOT" else None
     if door is not None:
         state = c.sensor(where + "iotDetails.iotEventCode", door_open=door)
-        out = [c.event(where, ctx, kind=EventKind.SENSOR, sensor=state, **common)]
-        if fix is not None:
-            fix_id = (
-                derive_event_id(SOURCE, {"fix": item})
-                if key is None
-                else versioned_id(key + FIX, updated or VERSION_FIRST)
-            )
-            out.append(c.event(where, ctx, kind=EventKind.POSITION, position=fix, **(common | {"event_id": fix_id})))
-        return out
-    if fix is not None:
-        return [c.event(where, ctx, kind=EventKind.POSITION, position=fix, **common)]
+        return c.event(where, ctx, kind=EventKind.SENSOR, sensor=state, **common)
+    if event_type == "IOT" and location is not None and location.lat is not None and location.lon is not None:
+        fix = c.position(where + "eventLocation.geoCoordinate.", lat=location.lat, lon=location.lon)
+        return c.event(where, ctx, kind=EventKind.POSITION, position=fix, **common)
     if event_type == "REEFER":
         reading = _reefer_reading(item, where)
         if reading is not None:
             sensor = c.sensor(where + "reeferDetails", **reading)
-            return [c.event(where, ctx, kind=EventKind.SENSOR, sensor=sensor, **common)]
+            return c.event(where, ctx, kind=EventKind.SENSOR, sensor=sensor, **common)
     transport = c.opt_obj(item.get("transportDetails"), where + "transportDetails") or {}
     call = c.opt_obj(transport.get("transportCall"), where + "transportDetails.transportCall") or {}
     details = c.opt_obj(item.get("shipmentDetails"), where + "shipmentDetails") or {}
@@ -280,7 +269,7 @@ def _parse(item: Any, where: str, ctx: SourceContext) -> list[Event]:
         mode=c.mode(call.get("modeOfTransport"), CODES["mode"], where + "transportDetails.transportCall"),
         description=description,
     )
-    return [c.milestone_event(where, ctx, info=info, **common)]
+    return c.milestone_event(where, ctx, info=info, **common)
 
 
 def normalize_events(body: dict[str, Any], ctx: SourceContext) -> list[Event]:
@@ -288,7 +277,4 @@ def normalize_events(body: dict[str, Any], ctx: SourceContext) -> list[Event]:
     events = c.items(body["events"], "events")
     if not events:
         raise ValidationError("events", "is an empty array")
-    out: list[Event] = []
-    for i, item in enumerate(events):
-        out += _parse(item, f"events[{i}]", ctx)
-    return c.within_batch(out)
+    return [_parse(item, f"events[{i}]", ctx) for i, item in enumerate(events)]

@@ -398,11 +398,14 @@ def test_door_events_are_the_shipments_last_reading_and_published_back(
         ((reading,),) = testenv.sql("SELECT last_sensor FROM shipment_state WHERE shipment_id = %s", sid)
         return reading
 
+    def last_position() -> Any:
+        at = t.http.get(f"/v1/shipments/{sid}").json()["last_position"]
+        return None if at is None else (at["lat"], at["lon"])
+
     opened = door("door-1", "DRO", "2026-11-21T10:00:00Z", latitude="51.9500", longitude="4.0500")
-    assert push(t, opened).json() == {"accepted": 2, "stored": 2, "duplicates": 0}
+    assert push(t, opened).json() == {"accepted": 1, "stored": 1, "duplicates": 0}  # a reading, not a fix
     assert last_sensor() == {"door_open": True, "at": "2026-11-21T10:00:00+00:00"}
-    shipment = t.http.get(f"/v1/shipments/{sid}").json()
-    assert (shipment["last_position"]["lat"], shipment["last_position"]["lon"]) == (51.95, 4.05)
+    assert last_position() is None
     assert push(t, door("door-2", "DRC", "2026-11-21T10:20:00Z")).json()["stored"] == 1
     assert last_sensor() == {"door_open": False, "at": "2026-11-21T10:20:00+00:00"}
     readings = t.http.get(f"/v1/shipments/{sid}/events", params={"kind": "sensor"}).json()["items"]
@@ -410,20 +413,37 @@ def test_door_events_are_the_shipments_last_reading_and_published_back(
     # A native tracker's reading, and one that is not a boolean.
     native = {"occurred_at": "2026-11-21T11:00:00Z", "shipment": "ONEY-DOOR-1", "sensor": {"door_open": True}}
     assert t.http.post("/v1/events", json=[native]).status_code == 202
-    assert last_sensor()["door_open"] is True
+    assert last_sensor() == {"door_open": True, "at": "2026-11-21T11:00:00+00:00"}
     bad = t.http.post("/v1/events", json=[{**native, "sensor": {"door_open": "yes"}}])
     assert (bad.status_code, bad.json()["error"]) == (422, "ValidationError")
     assert "sensor.door_open" in bad.json()["detail"]
     published, _ = feed(t, equipmentReference="ONEU4410925", eventTypes="IOT")
-    assert sorted(e["iotDetails"]["iotEventCode"] for e in published) == ["DRC", "DRO", "DRO", "LOC"]
+    assert sorted(e["iotDetails"]["iotEventCode"] for e in published) == ["DRC", "DRO", "DRO"]
     assert feed(t, equipmentReference="ONEU4410925", eventTypes="REEFER")[0] == []
-    # A retraction of the door event withdraws its reading and its fix.
-    gone = {
-        "eventRouting": PARTY,
-        "eventID": "door-1",
-        "isRetracted": True,
-        "eventUpdatedDateTime": "2026-11-21T12:00:00Z",
-    }
-    assert push(t, gone).status_code == 200
+
+    def retraction(event_id: str) -> dict[str, Any]:
+        return {
+            "eventRouting": PARTY,
+            "eventID": event_id,
+            "isRetracted": True,
+            "eventUpdatedDateTime": "2026-11-21T14:00:00Z",
+        }
+
+    # Retracting the latest reading puts back the one that stands.
+    assert push(t, door("door-3", "DRO", "2026-11-21T13:00:00Z")).json()["stored"] == 1
+    assert last_sensor() == {"door_open": True, "at": "2026-11-21T13:00:00+00:00"}
+    assert push(t, retraction("door-3")).status_code == 200
+    assert last_sensor() == {"door_open": True, "at": "2026-11-21T11:00:00+00:00"}
+    # Retracting the latest fix: the shipment is back at the fix before, and the track loses it.
+    for event_id, at, lat in (
+        ("loc-1", "2026-11-21T10:30:00Z", "51.9000"),
+        ("loc-2", "2026-11-21T12:00:00Z", "52.1000"),
+    ):
+        assert push(t, door(event_id, "LOC", at, latitude=lat, longitude="4.1000")).json()["stored"] == 1
+    assert last_position() == (52.1, 4.1)
+    assert push(t, retraction("loc-2")).status_code == 200
+    assert last_position() == (51.9, 4.1)
+    track = t.http.get(f"/v1/shipments/{sid}/positions").json()["features"]
+    assert [f["geometry"]["coordinates"][1] for f in track] == [51.9]
     retracted = {e["id"].split("/", 1)[1] for e in events_of(t, sid) if e["retracted"]}
-    assert retracted == {"door-1@v2026-11-21T10:00:00.000000Z", "door-1#LOC@v2026-11-21T10:00:00.000000Z"}
+    assert retracted == {"door-3@v2026-11-21T13:00:00.000000Z", "loc-2@v2026-11-21T12:00:00.000000Z"}

@@ -80,9 +80,7 @@ def test_every_kind_of_event() -> None:
 
 
 def test_a_revision_is_a_later_version_and_a_retraction_withdraws_every_version() -> None:
-    dep, gone, gone_fix = run(load("v3_0_0_revisions.json"))
-    # the position a door event may have carried goes with it
-    assert (gone_fix.retracts, gone_fix.event_id) == (KEY + "3#LOC", KEY + "3#LOC@v2026-11-03T01:00:00.000000Z")
+    dep, gone = run(load("v3_0_0_revisions.json"))
     assert dep.event_id == KEY + "2@v2026-11-03T01:00:00.000000Z"
     assert dep.occurred_at == datetime(2026, 11, 2, 14, 5, tzinfo=UTC)
     assert dep.milestone.description == "departure time corrected"
@@ -93,7 +91,7 @@ def test_a_revision_is_a_later_version_and_a_retraction_withdraws_every_version(
     )
     assert gone.milestone.code is None
     bare = {"eventID": "x-1", "isRetracted": True}
-    final, _ = run({"events": [bare]})
+    (final,) = run({"events": [bare]})
     assert final.event_id == versioned_id("dcsa:x-1", VERSION_LAST)
     assert final.occurred_at == NOW
 
@@ -126,24 +124,21 @@ def door_event(code: str, *, located: bool = True) -> dict[str, Any]:
     return event
 
 
-def test_door_events_are_door_readings_with_their_fix() -> None:
-    opened, fix = run({"events": [door_event("DRO")]})
+def test_door_events_are_door_readings() -> None:
+    (opened,) = run({"events": [door_event("DRO")]})  # one event: its coordinates stay in the raw event
     assert (opened.kind, opened.sensor.door_open, opened.sensor.temperature_c) == (EventKind.SENSOR, True, None)
     assert opened.event_id == KEY + "4@v2026-11-05T03:02:00.000000Z"
     assert (opened.shipment, opened.occurred_at) == ("MSKU7304512", datetime(2026, 11, 5, 3, 0, tzinfo=UTC))
     assert opened.data() == {"door_open": True}
-    assert fix.kind is EventKind.POSITION
-    assert (fix.position.lat, fix.position.lon, fix.shipment) == (5.9102, 80.2237, "MSKU7304512")
-    assert fix.event_id == KEY + "4#LOC@v2026-11-05T03:02:00.000000Z"  # a family of its own
+    assert opened.raw["eventLocation"]["geoCoordinate"]["latitude"] == "5.9102"
     (closed,) = run({"events": [door_event("drc", located=False)]})
     assert (closed.kind, closed.sensor.door_open, closed.data()) == (EventKind.SENSOR, False, {"door_open": False})
     (where,) = run({"events": [door_event("LOC")]})  # a location update stays a position
     assert (where.kind, where.event_id) == (EventKind.POSITION, KEY + "4@v2026-11-05T03:02:00.000000Z")
     unnamed = door_event("DRO")
     del unnamed["eventID"]
-    reading, fix = run({"events": [unnamed]})
-    assert reading.event_id != fix.event_id
-    assert [e.event_id for e in run({"events": [unnamed]})] == [reading.event_id, fix.event_id]
+    (reading,) = run({"events": [unnamed]})
+    assert [e.event_id for e in run({"events": [unnamed]})] == [reading.event_id]  # derived, the same again
 
 
 def run_native(value: Any) -> list[Any]:
