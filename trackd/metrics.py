@@ -90,3 +90,15 @@ STREAM_RESETS = Counter(
     "Tenant streams dropped from the bus because they were ahead of the database (a restored database)",
     registry=REGISTRY,
 )
+
+# The process's PostgreSQL pool, as psycopg_pool counts it (labels fixed here): how many requests
+# wait for a connection now, and in total how many came and how long they waited since the start.
+POOL_STATS = ("pool_size", "pool_available", "requests_waiting", "requests_num", "requests_queued",
+              "requests_wait_ms", "requests_errors", "usage_ms", "connections_lost")  # fmt: skip
+DB_POOL = Gauge("trackd_db_pool", "This process's PostgreSQL connection pool (psycopg_pool statistics)", ["stat"],
+                registry=REGISTRY)  # fmt: skip
+
+
+def record_pool(stats: dict[str, int]) -> None:
+    for name in POOL_STATS:
+        DB_POOL.labels(name).set(stats.get(name, 0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -265,6 +266,13 @@ def test_health_ready_metrics(server) -> None:
     assert ready["status"] == "ready", ready
     text = httpx.get(server.url + "/metrics").text
     assert "trackd_ingest_seconds" in text
+    # the pool's statistics: a running server has handed out connections, and has some
+    served = re.search(r'^trackd_db_pool\{stat="requests_num"\} (\S+)$', text, re.M)
+    size = re.search(r'^trackd_db_pool\{stat="pool_size"\} (\S+)$', text, re.M)
+    assert served is not None, text[-2000:]
+    assert float(served.group(1)) > 0
+    assert size is not None
+    assert float(size.group(1)) >= 1
     assert httpx.get(server.url + "/openapi.json").json()["info"]["title"] == "trackd"
 
 
