@@ -187,13 +187,17 @@ def _legs(rng: random.Random, lane: Lane, po: str) -> tuple[LegRun, ...]:
 
 
 def _leg_body(leg: LegRun) -> dict[str, Any]:
-    """A leg as the shipment's body has it; a sea leg names its vessel."""
+    """A leg as the shipment's body has it; a sea leg names its vessel, a road or rail leg books
+    its corridor as the planned `route` (trackd has no road or rail graph to compute it)."""
     p = leg.plan
     out: dict[str, Any] = {
         "mode": p.mode.value,
         "origin": p.from_place.location(),
         "destination": p.to_place.location(),
     }
+    if p.mode in (Mode.ROAD, Mode.RAIL):
+        path = leg_path(p.mode, p.origin, p.destination)
+        out["route"] = {"type": "LineString", "coordinates": [[lon, lat] for lat, lon in path.points]}
     if p.mode is Mode.SEA:
         out["vessel"] = {"imo": int(leg.ids["imo"]), "mmsi": int(leg.ids["mmsi"]), "name": leg.ids["vessel"]}
     return out

@@ -78,8 +78,8 @@ def _no_signal(
 def _dwell(
     journey: eta_engine.Journey, stats: eta_engine.LaneStats, now: datetime, status: StatusState
 ) -> tuple[bool, datetime, str]:
-    """Stationary (fixes within 500 m, or an arrival milestone with no departure since) for
-    longer than twice the usual dwell at that kind of place."""
+    """Stationary (fixes within 500 m since the journey began, or an arrival milestone with no
+    departure since) for longer than twice the usual dwell at that kind of place."""
     pos = journey.position
     pos_since = eta_engine.stationary_since(journey, STATIONARY_M)
     if pos is not None and pos_since == pos.at and not (pos.speed_kmh is not None and pos.speed_kmh < 1.0):
@@ -91,6 +91,11 @@ def _dwell(
         if code in ARRIVING:
             ms_since = at
     fix_is_newer = pos is not None and (not journey.milestones or pos.at >= journey.milestones[-1][0])
+    if pos is not None and any(code in LEAVING and at > pos.at for at, code, _ in journey.milestones):
+        pos_since = None  # it left after its last fix (trackers sleep in flight): that fix shows no stop
+    began = next((at for at, code, _ in journey.milestones if code not in eta_engine.NOT_PROGRESS), None)
+    if pos_since is not None and began is not None and pos_since < began:
+        pos_since = began  # waiting to be picked up is no stop in transit
     since = pos_since if fix_is_newer or ms_since is None else ms_since
     moved_at = pos.at if pos is not None else now
     if since is None or status.status not in (*MOVING, Status.CUSTOMS):

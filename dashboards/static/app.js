@@ -1602,6 +1602,34 @@ function renderDevices(s) {
   );
 }
 
+/** The timeline's entries: every actual milestone, and of the estimates (and plans) of one milestone
+ * at one place only the one made last, until that milestone actually happens there. */
+function latestEstimates(events) {
+  const field = (ev, name) => ev[name] ?? ev.data?.[name];
+  const where = (ev) => {
+    const loc = field(ev, "location");
+    return loc ? loc.unlocode || loc.iata || loc.name || "" : "";
+  };
+  const key = (ev) => `${field(ev, "code") || "?"}|${where(ev)}`;
+  const madeAt = (ev) => parseTime(ev.created_at) ?? parseTime(ev.received_at) ?? parseTime(ev.occurred_at) ?? 0;
+  const happened = new Set();
+  const latest = new Map();
+  for (const ev of events) {
+    const classifier = field(ev, "classifier") || "actual";
+    if (classifier === "actual") {
+      happened.add(key(ev));
+      continue;
+    }
+    const k = `${classifier}|${key(ev)}`;
+    const kept = latest.get(k);
+    if (!kept || madeAt(ev) >= madeAt(kept)) latest.set(k, ev);
+  }
+  return events.filter((ev) => {
+    const classifier = field(ev, "classifier") || "actual";
+    return classifier === "actual" || (latest.get(`${classifier}|${key(ev)}`) === ev && !happened.has(key(ev)));
+  });
+}
+
 function renderTimeline(events) {
   const delivered = events
     .filter((ev) => (ev.code || ev.data?.code) === "delivered" && (ev.classifier || ev.data?.classifier || "actual") === "actual")
@@ -1612,7 +1640,8 @@ function renderTimeline(events) {
     panel.signature = null;
     panel.renderLocal();
   }
-  const items = [...events].sort((a, b) => (parseTime(b.occurred_at) ?? 0) - (parseTime(a.occurred_at) ?? 0));
+  const items = latestEstimates(events)
+    .sort((a, b) => (parseTime(b.occurred_at) ?? 0) - (parseTime(a.occurred_at) ?? 0));
   if (!items.length) {
     fill("panel-timeline", el("div", { class: "muted" }, "No milestones yet"));
     return;

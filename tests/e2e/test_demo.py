@@ -28,7 +28,8 @@ import pytest
 from websockets.sync.client import connect
 
 from lab import embedded
-from tests.conftest import ROOT, free_port, wait_for
+from lab.net import free_port
+from tests.conftest import ROOT, wait_for
 
 CARRIER_SOURCES = {"dcsa", "aftership", "easypost", "onerecord", "x12-214"}
 DEVICE_SOURCES = {"native", "owntracks"}  # trackers publish over MQTT
@@ -80,8 +81,8 @@ def demo_env() -> dict[str, str]:
 SHIPMENTS = 24
 IN_FLIGHT = ("in_transit", "out_for_delivery", "customs")
 # Looser than the figures measured with the default 300 shipments (docs/dashboard.md): a world of
-# two dozen varies more from run to run.
-MAX_EXCEPTION_SHARE = 1 / 3
+# two dozen varies more from run to run (3-8% once its past was imported, in three runs).
+MAX_EXCEPTION_SHARE = 1 / 4
 MIN_MOVING_SHARE = 1 / 3  # of the shipments in flight, a fix within the last minute
 MOVED_ON_SHARE = 0.8
 STOP_WITHIN_S = 4.0  # 2 s on an idle machine; CI shares its cores
