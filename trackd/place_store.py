@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
@@ -18,6 +18,25 @@ from trackd.store import Conn, Order, Row, decode_cursor, encode_cursor, keyset_
 
 MAX_PLACES = 10_000  # per tenant
 KEEP_VISITS = 200  # the most recent visits per place that dwell is learned from
+STAY_GAP = timedelta(hours=6)  # a shipment back at a place within this is still on the same stay
+
+# A shipment's completed stays at places (of the tenant, or of one place when `place` is given): its
+# visits of one place with less than `gap` between leaving and coming back are one stay (a container
+# leaves the terminal's fence and the trucker's pickup there opens a second visit), and a stay of
+# no length (a departure milestone alone) is none.
+_STAYS = """
+v AS (
+  SELECT place_id, shipment_id, entered_at, exited_at,
+         CASE WHEN entered_at - lag(exited_at) OVER w < %(gap)s THEN 0 ELSE 1 END AS starts
+  FROM place_visits
+  WHERE tenant_id = %(tenant)s AND exited_at IS NOT NULL AND (%(place)s::text IS NULL OR place_id = %(place)s)
+  WINDOW w AS (PARTITION BY place_id, shipment_id ORDER BY entered_at)
+), g AS (
+  SELECT *, sum(starts) OVER (PARTITION BY place_id, shipment_id ORDER BY entered_at) AS stay FROM v
+), stays AS (
+  SELECT place_id, min(entered_at) AS entered_at, max(exited_at) AS exited_at
+  FROM g GROUP BY place_id, shipment_id, stay HAVING max(exited_at) > min(entered_at)
+)"""
 BBox = tuple[float, float, float, float]  # west, south, east, north (west > east: across 180)
 _COLUMNS = "id, name, kind, geometry, radius_m, unlocode, iata, created_at, updated_at"
 
@@ -218,14 +237,13 @@ async def record_visits(conn: Conn, tenant_id: int, crossings: Sequence[tuple[st
 
 
 async def stats(conn: Conn, tenant_id: int, place_id: str) -> dict[str, Any]:
-    """`{visits, dwell_h: {p50, p90}}` over the place's completed visits."""
+    """`{visits, dwell_h: {p50, p90}}` over the place's completed stays (`_STAYS`)."""
     rows = await tuples(
         conn,
-        "SELECT count(*), percentile_cont(0.5) WITHIN GROUP (ORDER BY h),"
+        f"WITH {_STAYS} SELECT count(*), percentile_cont(0.5) WITHIN GROUP (ORDER BY h),"
         " percentile_cont(0.9) WITHIN GROUP (ORDER BY h)"
-        " FROM (SELECT extract(epoch FROM exited_at - entered_at)::float8 / 3600 AS h FROM place_visits"
-        "       WHERE tenant_id = %s AND place_id = %s AND exited_at IS NOT NULL) v",
-        (tenant_id, place_id),
+        " FROM (SELECT extract(epoch FROM exited_at - entered_at)::float8 / 3600 AS h FROM stays) v",
+        {"tenant": tenant_id, "place": place_id, "gap": STAY_GAP},
     )
     n, p50, p90 = rows[0]
     return {"visits": int(n), "dwell_h": {"p50": _hours(p50), "p90": _hours(p90)}}
@@ -239,16 +257,15 @@ async def dwell_by_place(
     conn: Conn, tenant_id: int, min_visits: int
 ) -> list[tuple[str, str | None, str | None, list[float]]]:
     """(place id, unlocode, iata, dwell hours newest first) of the places with at least
-    `min_visits` completed visits; codes of the tenant's own places, None for the bundled ones."""
+    `min_visits` completed stays (`_STAYS`); codes of the tenant's own places, None for the bundled ones."""
     rows = await tuples(
         conn,
-        "SELECT v.place_id, p.unlocode, p.iata, array_agg(v.h ORDER BY v.exited_at DESC) FROM ("
+        f"WITH {_STAYS} SELECT v.place_id, p.unlocode, p.iata, array_agg(v.h ORDER BY v.exited_at DESC) FROM ("
         "  SELECT place_id, exited_at, extract(epoch FROM exited_at - entered_at)::float8 / 3600 AS h,"
-        "         row_number() OVER (PARTITION BY place_id ORDER BY exited_at DESC) AS rn"
-        "  FROM place_visits WHERE tenant_id = %s AND exited_at IS NOT NULL) v"
-        " LEFT JOIN places p ON p.id = v.place_id AND p.tenant_id = %s"
-        " WHERE v.rn <= %s GROUP BY v.place_id, p.unlocode, p.iata HAVING count(*) >= %s",
-        (tenant_id, tenant_id, KEEP_VISITS, min_visits),
+        "         row_number() OVER (PARTITION BY place_id ORDER BY exited_at DESC) AS rn FROM stays) v"
+        " LEFT JOIN places p ON p.id = v.place_id AND p.tenant_id = %(tenant)s"
+        " WHERE v.rn <= %(keep)s GROUP BY v.place_id, p.unlocode, p.iata HAVING count(*) >= %(min)s",
+        {"tenant": tenant_id, "place": None, "gap": STAY_GAP, "keep": KEEP_VISITS, "min": min_visits},
     )
     return [(r[0], r[1], r[2], [float(h) for h in r[3]]) for r in rows]
 

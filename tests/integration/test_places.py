@@ -185,16 +185,38 @@ RTM = (4.14, 51.95)
 AWAY = (4.14, 52.40)  # 50 km north: outside the port's 10 km circle
 
 
-def visits(tracking: str, first: datetime, n: int, stay: timedelta) -> list[dict[str, Any]]:
+def visits(
+    tracking: str, first: datetime, n: int, stay: timedelta, apart: timedelta = timedelta(hours=8)
+) -> list[dict[str, Any]]:
     """n visits of the port: from 50 km away in one hour (entering 48 minutes in), a stay, one hour
-    out (leaving 12 minutes in)."""
+    out (leaving 12 minutes in), and `apart` away before the next."""
     out, at = [], first
     for _ in range(n):
         out += [fix(tracking, *AWAY, at), fix(tracking, *RTM, at + timedelta(hours=1))]
         at += timedelta(hours=1) + stay
         out += [fix(tracking, *RTM, at), fix(tracking, *AWAY, at + timedelta(hours=1))]
-        at += timedelta(hours=2)
+        at += apart
     return out
+
+
+def test_a_return_within_hours_is_the_same_stay(make_tenant: Any) -> None:
+    """Back at the port less than `place_store.STAY_GAP` after leaving (the trucker's pickup at the
+    terminal a container just left) is one stay, from the first entry to the last exit; a return
+    after longer is a stay of its own."""
+    t: Tenant = make_tenant("plc")
+    shipment(t, "PLE-BACK")
+    first = NOW - timedelta(days=20)
+    # entered at +0:48, left at +21:12; back at +24:48 (3 h 36 min later), left at +28:12
+    events = visits("PLE-BACK", first, 1, timedelta(hours=20))
+    events += visits("PLE-BACK", first + timedelta(hours=24), 1, timedelta(hours=3))
+    post_events(t, events)
+    stats = t.http.get("/v1/places/unlocode:NLRTM/stats").json()
+    assert stats == {"visits": 1, "dwell_h": {"p50": 27.4, "p90": 27.4}}
+    # a third visit two days later: a stay of its own (3.4 h)
+    post_events(t, visits("PLE-BACK", first + timedelta(days=3), 1, timedelta(hours=3)))
+    stats = t.http.get("/v1/places/unlocode:NLRTM/stats").json()
+    assert stats["visits"] == 2
+    assert stats["dwell_h"]["p50"] == pytest.approx((27.4 + 3.4) / 2, abs=0.01)
 
 
 def test_dwell_learned_from_visits_shows_in_stats_and_moves_the_eta(a: Tenant, b: Tenant) -> None:
