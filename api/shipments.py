@@ -166,7 +166,18 @@ def exception_terms(value: str | None) -> list[str] | None:
     return list(dict.fromkeys(terms)) or None
 
 
+def lateness_terms(value: str | None) -> list[str] | None:
+    """The terms of `?lateness=` (comma-separated, any of which matches), each one of
+    `store.LATENESS_TERMS`; an unknown one is a ValidationError naming it."""
+    terms = [t.strip() for t in (value or "").split(",") if t.strip()]
+    for t in terms:
+        if t not in store.LATENESS_TERMS:
+            raise ValidationError("lateness", f"unknown term {t!r} (expected {', '.join(store.LATENESS_TERMS)})")
+    return list(dict.fromkeys(terms)) or None
+
+
 async def shipment_filters(
+    state: Shared,
     status: Annotated[list[Status] | None, Query()] = None,
     carrier: Annotated[str | None, Query(max_length=100)] = None,
     mode: Mode | None = None,
@@ -178,6 +189,24 @@ async def shipment_filters(
             " exception) or an exception kind (" + ", ".join(k.value for k in ExceptionKind) + ")",
         ),
     ] = None,
+    lateness: Annotated[
+        str | None,
+        Query(
+            max_length=200,
+            description="comma-separated, any of which matches: `on_time`, `might_be_late`, `late`, as the"
+            " tracking page says them. Open: `late` once `promised_at` has passed or from `eta.p_late`"
+            " 0.75, `might_be_late` from 0.25, else `on_time`; delivered: `late` when delivered after"
+            " `promised_at`, else `on_time`. A shipment without a promise matches none",
+        ),
+    ] = None,
+    eta_after: Annotated[
+        datetime | None,
+        Query(description="predicted arrival (`eta.predicted_at`) at or after this time (with an offset)"),
+    ] = None,
+    eta_before: Annotated[
+        datetime | None,
+        Query(description="predicted arrival before this time (with an offset); without a prediction: no match"),
+    ] = None,
     q: Annotated[str | None, Query(max_length=100)] = None,
     updated_since: datetime | None = None,
 ) -> dict[str, Any]:
@@ -186,6 +215,10 @@ async def shipment_filters(
         "carrier": carrier,
         "mode": mode.value if mode else None,
         "exception": exception_terms(exception),
+        "lateness": lateness_terms(lateness),
+        "now": state.clock(),
+        "eta_after": _aware("eta_after", eta_after),
+        "eta_before": _aware("eta_before", eta_before),
         "q": q,
         "updated_since": _aware("updated_since", updated_since),
     }

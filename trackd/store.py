@@ -231,9 +231,54 @@ def _exception_filter(terms: list[str], args: list[Any]) -> str:
     return "(" + " OR ".join(alternatives) + ")"
 
 
+# `lateness` filter terms, in the tracking page's words. Open: late once the promise has passed,
+# else from `p_late` (below 0.25 on time, from 0.75 late), else (an estimate from before the promise)
+# from the promise: late when the prediction is after it, might be late when only the window's end
+# is. Delivered: late when delivered after the promise. Without a promise: none of them.
+_ENDED = "('delivered', 'returned', 'cancelled', 'expired')"
+_P_LATE = "(CASE WHEN jsonb_typeof(st.eta -> 'p_late') = 'number' THEN (st.eta ->> 'p_late')::float8 END)"
+_ETA_AT = "(st.eta ->> '{}')::timestamptz"
+_LATENESS_WITHIN = {  # each given an open, not yet overdue shipment with a promise
+    "on_time": f"({_P_LATE} < 0.25 OR ({_P_LATE} IS NULL AND COALESCE({_ETA_AT.format('predicted_at')},"
+    f" {_ETA_AT.format('latest')}) IS NOT NULL AND COALESCE({_ETA_AT.format('predicted_at')} <= s.promised_at, TRUE)"
+    f" AND COALESCE({_ETA_AT.format('latest')} <= s.promised_at, TRUE)))",
+    "might_be_late": f"({_P_LATE} >= 0.25 AND {_P_LATE} < 0.75 OR ({_P_LATE} IS NULL"
+    f" AND {_ETA_AT.format('predicted_at')} <= s.promised_at AND {_ETA_AT.format('latest')} > s.promised_at))",
+    "late": f"({_P_LATE} >= 0.75 OR ({_P_LATE} IS NULL AND {_ETA_AT.format('predicted_at')} > s.promised_at))",
+}
+_DELIVERED_AT = f"COALESCE(st.delivered_at, {_ETA_AT.format('predicted_at')})"
+LATENESS_TERMS = tuple(_LATENESS_WITHIN)
+
+
+def _lateness_filter(terms: list[str], now: datetime | None, args: list[Any]) -> str:
+    """Any of `terms` (each in LATENESS_TERMS) matches; `now` (None: the database's clock) decides
+    whether a promise has passed."""
+    for t in terms:
+        if t not in _LATENESS_WITHIN:
+            raise ValidationError("lateness", f"unknown term {t!r} (expected {', '.join(LATENESS_TERMS)})")
+    open_ = f"st.status NOT IN {_ENDED}"
+    overdue = "s.promised_at < COALESCE(%s::timestamptz, now())"
+    alternatives = []
+    for term in dict.fromkeys(terms):
+        within = _LATENESS_WITHIN[term]
+        if term == "late":
+            alternatives.append(f"({open_} AND ({overdue} OR {within}))")
+            args.append(now)
+            alternatives.append(f"(st.status = 'delivered' AND {_DELIVERED_AT} > s.promised_at)")
+        else:
+            alternatives.append(f"({open_} AND NOT {overdue} AND {within})")
+            args.append(now)
+            if term == "on_time":
+                alternatives.append(f"(st.status = 'delivered' AND {_DELIVERED_AT} <= s.promised_at)")
+    return "(s.promised_at IS NOT NULL AND (" + " OR ".join(alternatives) + "))"
+
+
 async def list_shipments(
     conn: Conn, tenant_id: int, filters: dict[str, Any], limit: int, cursor: str | None
 ) -> tuple[list[dict[str, Any]], str | None]:
+    """A page of the tenant's shipments matching `filters` (each optional: `status`, `carrier`,
+    `mode`, `exception`, `lateness` (terms, with `now` for when a promise has passed), `eta_after`,
+    `eta_before`, `q`, `updated_since`), newest first, and the next page's cursor."""
     where: list[str] = ["s.tenant_id = %s"]
     args: list[Any] = [tenant_id]
     if filters.get("status"):
@@ -248,6 +293,16 @@ async def list_shipments(
     if filters.get("exception"):  # terms (a list, or comma-separated), any of which matches
         terms = filters["exception"]
         where.append(_exception_filter(terms.split(",") if isinstance(terms, str) else list(terms), args))
+    if filters.get("lateness"):  # terms (a list, or comma-separated), any of which matches
+        terms = filters["lateness"]
+        terms = [t.strip() for t in terms.split(",")] if isinstance(terms, str) else list(terms)
+        where.append(_lateness_filter(terms, filters.get("now"), args))
+    if filters.get("eta_after"):  # a shipment without a prediction matches neither bound
+        where.append(f"{_ETA_AT.format('predicted_at')} >= %s")
+        args.append(filters["eta_after"])
+    if filters.get("eta_before"):
+        where.append(f"{_ETA_AT.format('predicted_at')} < %s")
+        args.append(filters["eta_before"])
     if filters.get("q"):
         where.append("(s.ref_keys && %s OR s.tracking_number ILIKE %s)")
         args.extend([[ref_key(filters["q"])], "%" + filters["q"].replace("%", "") + "%"])

@@ -28,7 +28,14 @@ const EXCEPTION_KINDS = [
 ];
 const FINAL_STATUSES = new Set(["delivered", "returned", "cancelled", "expired"]);
 const MODE_COLOUR = { sea: "#0369a1", air: "#7c3aed", road: "#b45309", rail: "#15803d" };
-const FILTER_NAMES = ["status", "mode", "carrier", "exception", "q"];
+const FILTER_NAMES = ["status", "mode", "carrier", "exception", "lateness", "eta_after", "eta_before", "q"];
+// The input of each filter not named `filter-<name>` (the list's own, and the search box).
+const FILTER_INPUTS = { q: "search", lateness: "list-lateness", eta_after: "list-eta-after", eta_before: "list-eta-before" };
+const LATENESS = new Set(["on_time", "might_be_late", "late"]);
+// p_late (the chance of arriving after the promise) below this is on time, from LATE_FROM late.
+const ON_TIME_BELOW = 0.25;
+const LATE_FROM = 0.75;
+const LOCAL_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,3})?)?$/; // a datetime-local value
 const PING_INTERVAL_MS = 20000;
 const PAGE_SIZE = 500;
 const CLUSTER_PX = 40;
@@ -51,7 +58,7 @@ const state = {
   tenant: null, // the signed-in tenant's name; its session cookie authenticates every request
   shipments: new Map(),
   markers: new Map(),
-  filters: { status: "", mode: "", carrier: "", exception: "", q: "" },
+  filters: { status: "", mode: "", carrier: "", exception: "", lateness: "", eta_after: "", eta_before: "", q: "" },
   carriers: new Set(),
   selected: null,
   lastSeq: null,
@@ -370,12 +377,42 @@ function matches(s) {
     if (f.exception === "none" && open.length > 0) return false;
     if (f.exception !== "any" && f.exception !== "none" && !open.some((e) => e.kind === f.exception)) return false;
   }
+  if (f.lateness && lateness(s, Date.now()) !== f.lateness) return false;
+  if (f.eta_after || f.eta_before) {
+    const predicted = parseTime(s.eta?.predicted_at);
+    if (predicted === null) return false;
+    if (f.eta_after && !(predicted >= parseTime(f.eta_after))) return false;
+    if (f.eta_before && !(predicted < parseTime(f.eta_before))) return false;
+  }
   if (f.q) {
     const q = normalizeId(f.q);
     const ids = [s.tracking_number, ...refValues(s.references)].map(normalizeId);
     if (!ids.some((v) => v.includes(q))) return false;
   }
   return true;
+}
+
+/**
+ * `on_time`, `might_be_late` or `late`, as the tracking page and the API's `lateness` filter say it;
+ * null without a promise, or for a shipment returned, cancelled or expired. Open: late once the
+ * promise has passed, else from `p_late`, else (an estimate from before the promise) by comparing
+ * the prediction and the interval's end with it. Delivered: late when delivered after it.
+ */
+function lateness(s, now) {
+  const promised = parseTime(s.promised_at);
+  if (promised === null) return null;
+  const eta = s.eta || {};
+  const predicted = parseTime(eta.predicted_at);
+  if (s.status === "delivered") return predicted === null ? null : predicted > promised ? "late" : "on_time";
+  if (FINAL_STATUSES.has(s.status)) return null;
+  if (promised < now) return "late";
+  if (typeof eta.p_late === "number") {
+    return eta.p_late < ON_TIME_BELOW ? "on_time" : eta.p_late >= LATE_FROM ? "late" : "might_be_late";
+  }
+  const latest = parseTime(eta.latest);
+  if (predicted !== null && predicted > promised) return "late";
+  if (latest !== null && latest > promised) return "might_be_late";
+  return predicted !== null || latest !== null ? "on_time" : null;
 }
 
 function visibleIds() {
@@ -1189,9 +1226,13 @@ function renderCounters() {
   fill("counters", ...chips);
 }
 
+function filterInput(name) {
+  return $(FILTER_INPUTS[name] || `filter-${name}`);
+}
+
 function setFilter(name, value) {
   state.filters[name] = value;
-  const input = $(name === "q" ? "search" : `filter-${name}`);
+  const input = filterInput(name);
   if (input.value !== value) input.value = value;
   refilter();
   writeHash();
@@ -1397,6 +1438,14 @@ const shipmentList = {
     });
     $("list-export").addEventListener("click", () => this.exportCsv());
     $("list-exception").addEventListener("change", (event) => setFilter("exception", event.target.value));
+    for (const name of ["lateness", "eta_after", "eta_before"]) {
+      const input = filterInput(name);
+      const update = () => {
+        if (state.filters[name] !== input.value) setFilter(name, input.value);
+      };
+      input.addEventListener("change", update);
+      input.addEventListener("input", update);
+    }
     for (const th of $("list-table").querySelectorAll("th[data-sort]")) {
       th.querySelector("button").addEventListener("click", () => this.setSort(th.dataset.sort));
     }
@@ -2044,11 +2093,13 @@ function applyHashFilters() {
   const params = hashParams();
   let changed = false;
   for (const name of FILTER_NAMES) {
-    const value = (params.get(name) || "").trim();
+    let value = (params.get(name) || "").trim();
+    if (name === "lateness" && !LATENESS.has(value)) value = "";
+    if ((name === "eta_after" || name === "eta_before") && !(LOCAL_TIME.test(value) && parseTime(value) !== null)) value = "";
     if (state.filters[name] === value) continue;
     changed = true;
     state.filters[name] = value;
-    const input = $(name === "q" ? "search" : `filter-${name}`);
+    const input = filterInput(name);
     if (name === "exception" && value && value !== "any" && value !== "none") ensureOption(input, [value]);
     if (name === "carrier" && value && ![...input.options].some((o) => o.value === value)) {
       input.append(el("option", { value }, value));

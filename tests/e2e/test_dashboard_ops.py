@@ -1,7 +1,7 @@
 """The live map as an operations team uses it, in Chromium: marker clustering (counts, zoom in,
 the pick list of a stack), live moves out of a cluster, the shipment list (sort, exception filter,
-row selection, CSV export), `#shipment=` links followed while the page is open, and the offline
-basemap's place labels by zoom."""
+lateness and ETA window filters, row selection, CSV export), `#shipment=` links followed while the
+page is open, and the offline basemap's place labels by zoom."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from playwright.sync_api import Page
 
-from tests.conftest import Server, Tenant, wait_for
+from tests.conftest import RunEnv, Server, Tenant, wait_for
 from tests.e2e.test_dashboard_browser import WITHIN_MS, chromium_page, iso
 
 SINGAPORE = (1.26, 103.84)
@@ -267,3 +267,70 @@ def check_labels(page: Page) -> None:
     assert "✈ SIN" not in at5
     close = labels_at(page, 9, 1.3, 103.9)  # airports show close in, where they no longer cover the city
     assert {"Singapore", "✈ SIN"} <= set(close)
+
+
+def test_list_lateness_and_eta_window(server: Server, tenant: Tenant, testenv: RunEnv) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    day = timedelta(days=1)
+    prefix = f"LATE-{tenant.name.upper()}"
+    # number: (promised_at, predicted_at, p_late); the promise of -LATE has passed
+    plan = {
+        f"{prefix}-LATE": (now - day, now + day, 0.1),
+        f"{prefix}-ONTIME": (now + 5 * day, now + 3 * day, 0.05),
+        f"{prefix}-MAYBE": (now + 5 * day, now + 4 * day, 0.5),
+        f"{prefix}-NOPROMISE": (None, now + 2 * day, None),
+    }
+    ids: dict[str, str] = {}
+    for number, (promised, predicted, p_late) in plan.items():
+        body: dict[str, Any] = {"tracking_number": number}
+        if promised is not None:
+            body["promised_at"] = iso(promised)
+        r = tenant.http.post("/v1/shipments", json=body)
+        assert r.status_code == 201, r.text
+        ids[number] = r.json()["id"]
+        eta = {"predicted_at": iso(predicted), "earliest": iso(predicted - day), "latest": iso(predicted + day)}
+        testenv.sql(  # p_late is the ETA's own: not writable through the API
+            "UPDATE shipment_state SET status = 'in_transit', eta = %s::jsonb WHERE shipment_id = %s RETURNING 1",
+            orjson.dumps({**eta, "method": "physics", "computed_at": iso(now), "p_late": p_late}).decode(),
+            ids[number],
+        )
+    late = ids[f"{prefix}-LATE"]
+
+    with chromium_page() as page:
+        page.goto(f"{server.url}/#key={tenant.api_key}")
+        page.wait_for_selector("#conn-status[data-state=connected]", timeout=10_000)
+        page.wait_for_function("n => window.trackd.shipments.size === n", arg=len(plan), timeout=10_000)
+        page.click("#list-toggle")
+        page.wait_for_function("n => document.querySelectorAll('#list-body tr').length === n", arg=len(plan))
+        options = page.eval_on_selector_all("#list-lateness option", "os => os.map((o) => o.textContent)")
+        assert options == ["Any lateness", "On time", "Might be late", "Late"]
+
+        page.select_option("#list-lateness", "late")
+        page.wait_for_function("() => document.querySelectorAll('#list-body tr').length === 1", timeout=WITHIN_MS)
+        assert list_numbers(page) == [f"{prefix}-LATE"]
+        assert page.evaluate("() => window.trackd.visibleIds()") == [late]  # the map shows the same
+        page.wait_for_function("() => location.hash.includes('lateness=late')", timeout=WITHIN_MS)
+
+        page.reload()
+        page.wait_for_selector("#conn-status[data-state=connected]", timeout=10_000)
+        page.wait_for_function("n => window.trackd.shipments.size === n", arg=len(plan), timeout=10_000)
+        assert "lateness=late" in page.evaluate("() => location.hash")
+        assert page.input_value("#list-lateness") == "late"
+        page.wait_for_function("() => document.querySelectorAll('#list-body tr').length === 1", timeout=WITHIN_MS)
+        assert list_numbers(page) == [f"{prefix}-LATE"]
+
+        # An ETA window (the browser's local time), alone and with a lateness.
+        page.select_option("#list-lateness", "")
+        local = "t => { const d = new Date(t); d.setMinutes(d.getMinutes() - d.getTimezoneOffset());"
+        local += " return d.toISOString().slice(0, 16); }"
+        page.fill("#list-eta-after", page.evaluate(local, iso(now + 2 * day)))
+        page.fill("#list-eta-before", page.evaluate(local, iso(now + 4 * day)))
+        page.wait_for_function("() => document.querySelectorAll('#list-body tr').length === 2", timeout=WITHIN_MS)
+        assert sorted(list_numbers(page)) == [f"{prefix}-NOPROMISE", f"{prefix}-ONTIME"]
+        page.select_option("#list-lateness", "on_time")
+        page.wait_for_function("() => document.querySelectorAll('#list-body tr').length === 1", timeout=WITHIN_MS)
+        assert list_numbers(page) == [f"{prefix}-ONTIME"]
+        hash_ = page.evaluate("() => decodeURIComponent(location.hash)")
+        assert "lateness=on_time" in hash_
+        assert "eta_after=" in hash_
+        assert "eta_before=" in hash_
