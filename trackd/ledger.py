@@ -16,14 +16,14 @@ from typing import Any, Protocol
 
 import orjson
 
-from trackd import crossings
+from trackd import crossings, place_store
 from trackd.codes import Classifier, EventKind, Milestone, Mode, Status
 from trackd.errors import ValidationError
 from trackd.messages import Message, status_changed
 from trackd.messages import position as position_message
 from trackd.model import Event, Location, MilestoneInfo, Position, Sensor
 from trackd.shipment import Eta, PositionFix, StatusState
-from trackd.state import TRAIL_KEEP, State, advance, rebuild_status, trail
+from trackd.state import State, advance, rebuild_status, trail
 from trackd.store import Conn, Row, tuples
 
 
@@ -305,12 +305,12 @@ async def retract(conn: Conn, tenant_id: int, event_ids: list[str]) -> dict[str,
             (tenant_id, event_ids),
         )
     ).fetchall()
-    fixes = [(r["shipment_id"], r["occurred_at"], r["event_id"]) for r in rows if r["kind"] == "position"]
-    if fixes:
+    fixes = [(r["occurred_at"], r["event_id"]) for r in rows if r["kind"] == "position"]
+    if fixes:  # by event, not shipment: the fix of an event no shipment had yet has its row too
         await conn.execute(
-            "DELETE FROM positions p USING unnest(%s::text[], %s::timestamptz[], %s::text[]) AS f(sid, at, eid)"
-            " WHERE p.tenant_id = %s AND p.shipment_id = f.sid AND p.occurred_at = f.at AND p.event_id = f.eid",
-            ([f[0] for f in fixes], [f[1] for f in fixes], [f[2] for f in fixes], tenant_id),
+            "DELETE FROM positions p USING unnest(%s::timestamptz[], %s::text[]) AS f(at, eid)"
+            " WHERE p.tenant_id = %s AND p.occurred_at = f.at AND p.event_id = f.eid",
+            ([f[0] for f in fixes], [f[1] for f in fixes], tenant_id),
         )
     out: dict[str, dict[str, str]] = {}
     for r in rows:
@@ -323,18 +323,38 @@ async def _unretracted(conn: Conn, tenant_id: int, shipment_id: str, state: Stat
     """`state` with its fix, trail and last reading taken again from what stands, after fixes or
     readings (`kinds`) of the shipment were retracted."""
     if "position" in kinds:
-        rows = await (
+        # The trail keeps its points that stand (rebuilt from the latest rows it would shrink to
+        # minutes); the last fix is the newest row that stands.
+        standing = {
+            r["occurred_at"]
+            for r in await (
+                await conn.execute(
+                    "SELECT occurred_at FROM positions WHERE tenant_id = %s AND shipment_id = %s"
+                    " AND occurred_at = ANY(%s)",
+                    (tenant_id, shipment_id, [p.at for p in state.recent]),
+                )
+            ).fetchall()
+        }
+        recent = tuple(p for p in state.recent if p.at in standing)
+        row = await (
             await conn.execute(
                 "SELECT lat, lon, occurred_at, speed_kmh, heading FROM positions WHERE tenant_id = %s"
-                " AND shipment_id = %s ORDER BY occurred_at DESC LIMIT %s",
-                (tenant_id, shipment_id, TRAIL_KEEP),
+                " AND shipment_id = %s ORDER BY occurred_at DESC LIMIT 1",
+                (tenant_id, shipment_id),
             )
-        ).fetchall()
-        fixes = [PositionFix(r["lat"], r["lon"], r["occurred_at"], r["speed_kmh"], r["heading"]) for r in rows[::-1]]
-        recent: tuple[PositionFix, ...] = ()
-        for fix in fixes:
-            recent = trail(recent, fix)
-        state = replace(state, last=fixes[-1] if fixes else None, recent=recent)
+        ).fetchone()
+        last = (
+            None
+            if row is None
+            else PositionFix(row["lat"], row["lon"], row["occurred_at"], row["speed_kmh"], row["heading"])
+        )
+        if last is not None:
+            recent = trail(recent, last)
+        state = replace(state, last=last, recent=recent)
+        # Visits the withdrawn fixes made after the newest observation that stands are undone.
+        located = [datetime.fromisoformat(m["at"]) for m in state.milestones if m.get("location")]
+        since = max([*located, *([last.at] if last is not None else [])], default=None)
+        await place_store.undo_visits_after(conn, tenant_id, shipment_id, since)
     if "sensor" in kinds:
         row = await (
             await conn.execute(
@@ -559,9 +579,10 @@ async def write_events(
         targets += [r["retracts"] for r in rows]
     targets += await superseded(conn, tenant_id, [e.event_id for e, _ in fresh if e.source == "dcsa"])
     retracted = await retract(conn, tenant_id, targets)
+    gone = {eid for ids in retracted.values() for eid in ids}  # stored, and withdrawn at once
     by_shipment: dict[str, list[Event]] = {}
     for e, sid in fresh:
-        if sid is not None and e.retracts is None:
+        if sid is not None and e.retracts is None and e.event_id not in gone:
             by_shipment.setdefault(sid, []).append(e)
     if by_shipment or retracted:
         result.messages = await update_shipments(

@@ -236,6 +236,25 @@ async def record_visits(conn: Conn, tenant_id: int, crossings: Sequence[tuple[st
     await conn.execute(_RECORD_VISITS, doc)
 
 
+async def undo_visits_after(conn: Conn, tenant_id: int, shipment_id: str, since: datetime | None) -> None:
+    """Undo a shipment's entries and exits after `since` (its newest observation that stands, None:
+    none stands), once the fixes that made them are withdrawn: visits entered later go, visits left
+    later are open again."""
+    if since is None:
+        await conn.execute(
+            "DELETE FROM place_visits WHERE tenant_id = %s AND shipment_id = %s", (tenant_id, shipment_id)
+        )
+        return
+    await conn.execute(
+        "DELETE FROM place_visits WHERE tenant_id = %s AND shipment_id = %s AND entered_at > %s",
+        (tenant_id, shipment_id, since),
+    )
+    await conn.execute(
+        "UPDATE place_visits SET exited_at = NULL WHERE tenant_id = %s AND shipment_id = %s AND exited_at > %s",
+        (tenant_id, shipment_id, since),
+    )
+
+
 async def stats(conn: Conn, tenant_id: int, place_id: str) -> dict[str, Any]:
     """`{visits, dwell_h: {p50, p90}}` over the place's completed stays (`_STAYS`)."""
     rows = await tuples(

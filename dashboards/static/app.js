@@ -275,7 +275,9 @@ function remove(id) {
   touch(id);
 }
 
-function applyPosition(p) {
+// `inOrder`: a stream message with its seq, which comes in commit order: an older fix than the one
+// shown is then the shipment going back to the fix that stands after a retraction.
+function applyPosition(p, inOrder = false) {
   const id = String(p.shipment_id);
   const s = state.shipments.get(id);
   if (!s) {
@@ -285,7 +287,7 @@ function applyPosition(p) {
   if (!validLatLng(p.lat, p.lon)) return;
   const at = p.occurred_at ?? p.at ?? null;
   const previous = s.last_position;
-  if (previous && at && (parseTime(previous.at) ?? 0) > (parseTime(at) ?? 0)) return;
+  if (!inOrder && previous && at && (parseTime(previous.at) ?? 0) > (parseTime(at) ?? 0)) return;
   s.last_position = { lat: p.lat, lon: p.lon, at, speed_kmh: p.speed_kmh ?? null, heading: p.heading ?? null };
   touch(id, false);
   if (id === state.selected) panel.appendPosition(s.last_position);
@@ -326,7 +328,7 @@ function handleMessage(msg) {
     state.lastSeq = msg.seq;
   }
   if (type === "position") {
-    applyPosition(msg);
+    applyPosition(msg, typeof msg.seq === "number");
     return;
   }
   if (type === "positions") {

@@ -447,3 +447,65 @@ def test_door_events_are_the_shipments_last_reading_and_published_back(
     assert [f["geometry"]["coordinates"][1] for f in track] == [51.9]
     retracted = {e["id"].split("/", 1)[1] for e in events_of(t, sid) if e["retracted"]}
     assert retracted == {"door-3@v2026-11-21T13:00:00.000000Z", "loc-2@v2026-11-21T12:00:00.000000Z"}
+
+
+def test_withdrawn_fixes_leave_no_trace(make_tenant: Any, testenv: RunEnv) -> None:
+    """A retracted fix goes from the track, the trail and the visits it made, whether it came before
+    its shipment, was the latest fix, or was withdrawn in the same body that brought it."""
+    t: Tenant = make_tenant("dret")
+
+    def loc(event_id: str, at: datetime, lat: float, lon: float) -> dict[str, Any]:
+        return door(event_id, "LOC", at.isoformat(), latitude=f"{lat:.4f}", longitude=f"{lon:.4f}")
+
+    def retraction(event_id: str, at: datetime) -> dict[str, Any]:
+        return {"eventRouting": PARTY, "eventID": event_id, "isRetracted": True, "eventUpdatedDateTime": at.isoformat()}
+
+    start = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
+    # Before its shipment exists: the fix is stored unattached, withdrawn, and never adopted.
+    assert push(t, loc("early", start, 40.0, -30.0)).status_code == 200
+    assert push(t, retraction("early", start + timedelta(minutes=5))).status_code == 200
+    sid = new_shipment(t, "ONEY-RET-1", ["ONEU 441092-5"])
+
+    def track() -> list[tuple[float, float]]:
+        features = t.http.get(f"/v1/shipments/{sid}/positions").json()["features"]
+        return [tuple(f["geometry"]["coordinates"]) for f in features]
+
+    def trail() -> int:
+        ((recent,),) = testenv.sql("SELECT recent_positions FROM shipment_state WHERE shipment_id = %s", sid)
+        return len(recent)
+
+    def visits() -> list[str]:
+        return [r[0] for r in testenv.sql("SELECT place_id FROM place_visits WHERE shipment_id = %s", sid)]
+
+    def messages(kind: str) -> list[dict[str, Any]]:
+        rows = testenv.sql("SELECT payload FROM outbox WHERE shipment_id = %s AND type LIKE %s ORDER BY seq", sid, kind)
+        return [r[0] for r in rows]
+
+    assert track() == []
+    # Six fixes in the open Atlantic, 20 minutes apart: the trail keeps each.
+    at = start + timedelta(hours=1)
+    for i in range(6):
+        assert push(t, loc(f"sea-{i}", at + timedelta(minutes=20 * i), 48.0, -20.0 + i * 0.2)).status_code == 200
+    assert trail() == 6
+    assert visits() == []
+    # The next one is in the port of Rotterdam: a visit opens. Withdrawn, the shipment is back at sea.
+    port = at + timedelta(hours=3)
+    assert push(t, loc("port", port, 51.95, 4.14)).status_code == 200
+    assert "unlocode:NLRTM" in visits()
+    assert push(t, retraction("port", port + timedelta(minutes=5))).status_code == 200
+    assert visits() == []
+    assert len(track()) == 6
+    assert trail() == 6  # not rebuilt from fewer rows
+    last = t.http.get(f"/v1/shipments/{sid}").json()["last_position"]
+    assert (last["lat"], last["lon"]) == (48.0, -19.0)
+    assert messages("position")[-1]["lat"] == 48.0  # the map is told: back to the fix that stands
+    # A fix and its retraction in one body: stored withdrawn, folded into nothing.
+    places_before, positions_before = len(messages("place.%")), len(messages("position"))
+    again = port + timedelta(hours=1)
+    assert (
+        push(t, loc("twice", again, 51.95, 4.14), retraction("twice", again + timedelta(minutes=1))).status_code == 200
+    )
+    assert len(track()) == 6
+    assert visits() == []
+    assert len(messages("place.%")) == places_before
+    assert len(messages("position")) == positions_before
