@@ -243,7 +243,8 @@ _LATENESS_WITHIN = {  # each given an open, not yet overdue shipment with a prom
     f" {_ETA_AT.format('latest')}) IS NOT NULL AND COALESCE({_ETA_AT.format('predicted_at')} <= s.promised_at, TRUE)"
     f" AND COALESCE({_ETA_AT.format('latest')} <= s.promised_at, TRUE)))",
     "might_be_late": f"({_P_LATE} >= 0.25 AND {_P_LATE} < 0.75 OR ({_P_LATE} IS NULL"
-    f" AND {_ETA_AT.format('predicted_at')} <= s.promised_at AND {_ETA_AT.format('latest')} > s.promised_at))",
+    f" AND COALESCE({_ETA_AT.format('predicted_at')} <= s.promised_at, TRUE)"
+    f" AND {_ETA_AT.format('latest')} > s.promised_at))",
     "late": f"({_P_LATE} >= 0.75 OR ({_P_LATE} IS NULL AND {_ETA_AT.format('predicted_at')} > s.promised_at))",
 }
 _DELIVERED_AT = f"COALESCE(st.delivered_at, {_ETA_AT.format('predicted_at')})"

@@ -178,3 +178,21 @@ def test_openapi_documents_the_filters(make_tenant: Any) -> None:
             assert params[name]["description"]
         assert "might_be_late" in params["lateness"]["description"]
         assert "state" not in params
+
+
+def test_an_estimate_with_only_a_window_end_is_judged_by_it(make_tenant: Any, testenv: RunEnv) -> None:
+    """As the tracking page reads it: without `p_late` or a predicted time, an end of the window
+    after the promise is "might be late", before it "on time"."""
+    t = make_tenant("lf")
+    soon = NOW + 5 * DAY
+    after, before = create(t, "LF-END-AFTER", soon), create(t, "LF-END-BEFORE", soon)
+    for sid, latest in ((after, soon + DAY), (before, soon - DAY)):
+        eta = {"latest": latest.isoformat(), "method": "carrier", "computed_at": NOW.isoformat()}
+        testenv.sql(
+            "UPDATE shipment_state SET status = 'in_transit', eta = %s::jsonb WHERE shipment_id = %s RETURNING 1",
+            orjson.dumps(eta).decode(),
+            sid,
+        )
+    assert listed(t, lateness="might_be_late") == {after}
+    assert listed(t, lateness="on_time") == {before}
+    assert listed(t, lateness="late") == set()
