@@ -34,6 +34,13 @@ class AppState:
     evaluator: Evaluator
     clock: Callable[[], datetime] = utcnow
     extras: dict[str, Any] = field(default_factory=dict)
+    # Connections of their own for input no tenant is authenticated for yet (OsmAnd key lookups,
+    # the unattributed sample), so that junk queues there and never for the tenants' connections.
+    guest_pool: AsyncConnectionPool | None = None
+
+    @property
+    def guests(self) -> AsyncConnectionPool:
+        return self.guest_pool or self.pool
 
 
 async def get_state(request: Request) -> AppState:  # async: a plain def would run in a worker thread

@@ -68,7 +68,9 @@ async def prometheus(request: Request, state: Shared) -> Response:
     token = state.settings.metrics_token.get_secret_value() if state.settings.metrics_token else ""
     if token and not hmac.compare_digest((bearer(request) or "").encode(), token.encode()):  # empty is unset
         raise Unauthorized("missing or wrong Authorization: Bearer <metrics token>")
-    metrics.record_pool(state.pool.get_stats())
+    metrics.record_pool("main", state.pool.get_stats())
+    if state.guest_pool is not None:
+        metrics.record_pool("guest", state.guest_pool.get_stats())
     # Rendered off the event loop, so that a scrape never holds up the requests being served.
     body = await asyncio.to_thread(generate_latest, metrics.REGISTRY)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

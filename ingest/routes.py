@@ -127,7 +127,7 @@ async def _unattributed(request: Request, state: Shared, error: TrackdError, raw
     that, nothing is stored. Either way the sender gets its 4xx."""
     address = request.client.host if request.client else ""
     kept = ratelimit.may_sample(address) and await quarantine_store.quarantine_now(
-        state.pool, None, "osmand", "http", f"{error.code}: {error.detail}", raw
+        state.guests, None, "osmand", "http", f"{error.code}: {error.detail}", raw
     )
     metrics.UNATTRIBUTED.labels("osmand", "sampled" if kept else "dropped").inc()
     if kept:
@@ -148,7 +148,7 @@ async def osmand(request: Request, state: Shared, pipeline: IngestPipeline) -> R
     except ValidationError as exc:
         await _unattributed(request, state, exc, body or str(request.url.query).encode())
         raise
-    found = await store.device_for_key(state.pool, key)
+    found = await store.device_for_key(state.guests, key)
     if found is None:
         exc2 = NotFound(f"no device with key {key!r}: register it with POST /v1/devices")
         await _unattributed(request, state, exc2, body or str(request.url.query).encode())

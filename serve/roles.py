@@ -74,7 +74,16 @@ class Resources:
         await relay.start()
         evaluator = Evaluator(settings)
         pipeline = Pipeline(pool, evaluator)
-        state = AppState(settings=settings, pool=pool, bus=bus, relay=relay, evaluator=evaluator, clock=pipeline.clock)
+        guest_pool = await db.open_pool(settings.dsn(), settings.guest_pool_size)
+        state = AppState(
+            settings=settings,
+            pool=pool,
+            bus=bus,
+            relay=relay,
+            evaluator=evaluator,
+            clock=pipeline.clock,
+            guest_pool=guest_pool,
+        )
         hub = None
         if with_hub:
             hub = Hub(bus, tick_s=settings.stream_tick_ms / 1000)
@@ -88,6 +97,8 @@ class Resources:
         await s.relay.stop()
         if self.owns_bus:
             await s.bus.close()
+        if s.guest_pool is not None:
+            await s.guest_pool.close()
         await s.pool.close()
 
 

@@ -95,10 +95,11 @@ STREAM_RESETS = Counter(
 # wait for a connection now, and in total how many came and how long they waited since the start.
 POOL_STATS = ("pool_size", "pool_available", "requests_waiting", "requests_num", "requests_queued",
               "requests_wait_ms", "requests_errors", "usage_ms", "connections_lost")  # fmt: skip
-DB_POOL = Gauge("trackd_db_pool", "This process's PostgreSQL connection pool (psycopg_pool statistics)", ["stat"],
-                registry=REGISTRY)  # fmt: skip
+DB_POOL = Gauge("trackd_db_pool", "This process's PostgreSQL connection pools (psycopg_pool statistics)",
+                ["pool", "stat"], registry=REGISTRY)  # fmt: skip
 
 
-def record_pool(stats: dict[str, int]) -> None:
+def record_pool(pool: str, stats: dict[str, int]) -> None:
+    """`pool`: `main` (the tenants' work) or `guest` (input no tenant is authenticated for)."""
     for name in POOL_STATS:
-        DB_POOL.labels(name).set(stats.get(name, 0))
+        DB_POOL.labels(pool, name).set(stats.get(name, 0))

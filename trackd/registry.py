@@ -17,7 +17,7 @@ from trackd import messages as msg
 from trackd.errors import Conflict, NotFound, ValidationError
 from trackd.messages import Message
 from trackd.shipment import Shipment
-from trackd.store import Conn, get_shipment, new_id
+from trackd.store import Conn, forget_device_key, get_shipment, new_id
 
 _COLUMNS = (
     "id",
@@ -204,8 +204,12 @@ async def create_device(conn: Conn, tenant_id: int, device_id: str | None, key: 
 
 async def delete_device(conn: Conn, tenant_id: int, device_id: str) -> bool:
     row = await (
-        await conn.execute("DELETE FROM devices WHERE tenant_id = %s AND id = %s RETURNING id", (tenant_id, device_id))
+        await conn.execute(
+            "DELETE FROM devices WHERE tenant_id = %s AND id = %s RETURNING id, key", (tenant_id, device_id)
+        )
     ).fetchone()
+    if row is not None and row["key"]:
+        forget_device_key(row["key"])
     return row is not None
 
 

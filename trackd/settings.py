@@ -85,6 +85,7 @@ class Settings(BaseSettings):
     tile_url: str | None = None
     tile_attribution: str | None = None
     pool_size: int = Field(default=10, ge=1, le=1000)
+    guest_pool_size: int = Field(default=2, ge=1, le=100)  # for what no tenant is authenticated for
     ais_url: str | None = None  # tcp://host:port (a feed to connect to) or udp://[host]:port (to listen on)
     ais_min_interval_s: float = Field(default=60.0, ge=0, le=86400)  # positions kept per vessel, at most one per
 

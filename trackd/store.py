@@ -335,8 +335,33 @@ async def get_device(conn: Conn, tenant_id: int, device_id: str) -> Row | None:
     return row
 
 
+# Device keys found lately, so that a known device never queues for the pool with unknown ids.
+# A deleted device's key stops at once in the process that deleted it, within the TTL in others.
+DEVICE_KEY_TTL_S = 30.0
+DEVICE_KEYS_KEPT = 10_000
+_DEVICE_KEYS: dict[str, tuple[float, tuple[int, str, str]]] = {}
+
+
+def forget_device_key(key: str) -> None:
+    _DEVICE_KEYS.pop(key, None)
+
+
 async def device_for_key(pool: AsyncConnectionPool, key: str) -> tuple[int, str, str] | None:
     """(tenant id, tenant name, device id) for a device key, across tenants (keys are global)."""
+    now = time.monotonic()
+    hit = _DEVICE_KEYS.get(key)
+    if hit is not None and hit[0] > now:
+        return hit[1]
+    found = await _device_for_key(pool, key)
+    _DEVICE_KEYS.pop(key, None)
+    if found is not None:
+        if len(_DEVICE_KEYS) >= DEVICE_KEYS_KEPT:
+            del _DEVICE_KEYS[next(iter(_DEVICE_KEYS))]  # the oldest looked up
+        _DEVICE_KEYS[key] = (now + DEVICE_KEY_TTL_S, found)
+    return found
+
+
+async def _device_for_key(pool: AsyncConnectionPool, key: str) -> tuple[int, str, str] | None:
     async with transaction(pool) as conn:
         row = await (
             await conn.execute(

@@ -267,8 +267,8 @@ def test_health_ready_metrics(server) -> None:
     text = httpx.get(server.url + "/metrics").text
     assert "trackd_ingest_seconds" in text
     # the pool's statistics: a running server has handed out connections, and has some
-    served = re.search(r'^trackd_db_pool\{stat="requests_num"\} (\S+)$', text, re.M)
-    size = re.search(r'^trackd_db_pool\{stat="pool_size"\} (\S+)$', text, re.M)
+    served = re.search(r'^trackd_db_pool\{pool="main",stat="requests_num"\} (\S+)$', text, re.M)
+    size = re.search(r'^trackd_db_pool\{pool="guest",stat="pool_size"\} (\S+)$', text, re.M)
     assert served is not None, text[-2000:]
     assert float(served.group(1)) > 0
     assert size is not None

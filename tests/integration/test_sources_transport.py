@@ -327,6 +327,9 @@ def test_osmand_query_form_and_json(tenant: Tenant, testenv: RunEnv, server: Ser
         assert '{"location": {"coords": ' in by_raw
         assert count_events(testenv, tenant.name) == 8
         assert view(tenant, shp["id"]) == before
+        # a deleted device's key stops at once (the server keeps known keys for a while)
+        assert tenant.http.delete("/v1/devices/phone-7").status_code == 204
+        assert osm.get("/v1/osmand?" + query("query.txt")).status_code == 404
     finally:
         osm.close()
 
