@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -14,39 +13,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingest.sources import (
-    aftership,
-    dcsa,
-    dhl,
-    easypost,
-    fedex,
-    native,
-    onerecord,
-    osmand,
-    owntracks,
-    traccar,
-    usps,
-    x12_214,
-)
+from ingest.sources import ADAPTERS, osmand, x12_214  # every registered adapter is fuzzed
 from trackd.errors import ValidationError
 from trackd.model import Event, SourceContext
 
 PAYLOADS = Path(__file__).parents[1] / "payloads"
 NOW = datetime(2024, 6, 1, 16, 0, tzinfo=UTC)
-ADAPTERS: dict[str, ModuleType] = {
-    "native": native,
-    "owntracks": owntracks,
-    "osmand": osmand,
-    "dcsa": dcsa,
-    "onerecord": onerecord,
-    "x12-214": x12_214,
-    "aftership": aftership,
-    "easypost": easypost,
-    "traccar": traccar,
-    "dhl": dhl,
-    "usps": usps,
-    "fedex": fedex,
-}
 NATIVE_SAMPLE = orjson.dumps(
     [
         {
