@@ -315,6 +315,17 @@ def _leg_history(s: Scenario, ev: PlannedEvent) -> tuple[list[PlannedEvent], Pla
     return actual, estimate
 
 
+def _newest_first(actual: list[PlannedEvent]) -> list[tuple[PlannedEvent, Milestone, Place]]:
+    """The leg's actual milestones newest first, as the parcel carriers' tracking APIs list them,
+    each with its milestone and place."""
+    out = []
+    for cp in reversed(actual):
+        assert cp.milestone is not None
+        assert cp.place is not None
+        out.append((cp, cp.milestone, cp.place))
+    return out
+
+
 _AFTERSHIP = {
     M.INFO_RECEIVED: ("InfoReceived", "InfoReceived_001", "Info received"),
     M.PICKED_UP: ("InTransit", "InTransit_002", "Acceptance scan"),
@@ -517,11 +528,8 @@ def fedex_push(s: Scenario, ev: PlannedEvent) -> dict[str, Any]:
     leg = s.legs[ev.leg or 0]
     actual, estimate = _leg_history(s, ev)
     scans: list[dict[str, Any]] = []
-    for cp in reversed(actual):  # newest first, as FedEx lists them
-        assert cp.milestone is not None
-        assert cp.place is not None
-        code, text = _FEDEX[cp.milestone]
-        p = cp.place
+    for cp, milestone, p in _newest_first(actual):
+        code, text = _FEDEX[milestone]
         scans.append(
             {
                 "date": _local(cp.occurred_at, p),
@@ -579,11 +587,8 @@ def usps_tracking(s: Scenario, ev: PlannedEvent) -> dict[str, Any]:
     leg = s.legs[ev.leg or 0]
     actual, estimate = _leg_history(s, ev)
     scans: list[dict[str, Any]] = []
-    for cp in reversed(actual):  # newest first, as USPS lists them
-        assert cp.milestone is not None
-        assert cp.place is not None
-        code, text = _USPS[cp.milestone]
-        p = cp.place
+    for cp, milestone, p in _newest_first(actual):
+        code, text = _USPS[milestone]
         local = cp.occurred_at.astimezone(ZoneInfo(p.tz))
         scan = {
             "eventType": cp.detail or text,
@@ -643,14 +648,12 @@ def dhl_push(s: Scenario, ev: PlannedEvent) -> dict[str, Any]:
     leg = s.legs[ev.leg or 0]
     actual, estimate = _leg_history(s, ev)
     events: list[dict[str, Any]] = []
-    for cp in reversed(actual):  # newest first, as DHL lists them
-        assert cp.milestone is not None
-        assert cp.place is not None
-        code, status = _DHL[cp.milestone]
+    for cp, milestone, p in _newest_first(actual):
+        code, status = _DHL[milestone]
         events.append(
             {
-                "timestamp": _local(cp.occurred_at, cp.place),
-                "location": _dhl_place(cp.place),
+                "timestamp": _local(cp.occurred_at, p),
+                "location": _dhl_place(p),
                 "statusCode": code,
                 "status": status,
                 "description": cp.detail or status.capitalize(),
