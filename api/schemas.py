@@ -513,7 +513,7 @@ class In(BaseModel):
 class EventPosition(In):
     lat: float = Field(ge=-90, le=90)
     lon: float = Field(ge=-180, le=180)
-    speed_kmh: float | None = Field(None, ge=0)
+    speed_kmh: float | None = Field(None, ge=0, le=5000)
     heading: float | None = Field(None, ge=0, le=360)
     accuracy_m: float | None = Field(None, ge=0)
     altitude_m: float | None = None
