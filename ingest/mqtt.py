@@ -27,7 +27,7 @@ from ingest.mqtt_codec import Message, MqttError
 from ingest.mqtt_conn import Connection
 from ingest.pipeline import Pipeline, Rejection, halves, unexpected
 from trackd import store, tenant_store
-from trackd.errors import TrackdError, Unavailable, ValidationError
+from trackd.errors import TrackdError, Unavailable, ValidationError, detached
 from trackd.model import Event, SourceContext
 from trackd.settings import Settings
 
@@ -283,7 +283,7 @@ class MqttIngester:
             try:
                 events = self.pipeline.normalize(r.source, item.payload, ctx)
             except TrackdError as exc:
-                rejects.append((item, tenant.id, r.source, exc))
+                rejects.append((item, tenant.id, r.source, detached(exc)))
                 continue
             except Exception as exc:  # an adapter's fault: logged once, the message kept
                 log.exception("MQTT: the message on %s could not be read; quarantined", item.topic)

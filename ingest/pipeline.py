@@ -110,7 +110,12 @@ class Pipeline:
         )
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
-            raise next((e for e in errors if isinstance(e, Unavailable)), errors[0])
+            first = next((e for e in errors if isinstance(e, Unavailable)), errors[0])
+            del errors, results  # this frame must not hold what it raises (a cycle, with the whole delivery)
+            try:
+                raise first
+            finally:
+                del first
         total = ledger.WriteResult()
         for r in results:
             assert isinstance(r, ledger.WriteResult)

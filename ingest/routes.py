@@ -150,9 +150,11 @@ async def osmand(request: Request, state: Shared, pipeline: IngestPipeline) -> R
         raise
     found = await store.device_for_key(state.guests, key)
     if found is None:
-        exc2 = NotFound(f"no device with key {key!r}: register it with POST /v1/devices")
-        await _unattributed(request, state, exc2, body or str(request.url.query).encode())
-        raise exc2
+        try:  # raised here, not kept in a variable: a frame holding the error its traceback holds is a cycle
+            raise NotFound(f"no device with key {key!r}: register it with POST /v1/devices")
+        except NotFound as exc:
+            await _unattributed(request, state, exc, body or str(request.url.query).encode())
+            raise
     tenant_id, tenant_name, device_id = found
     check_rate(tenant_id, state.settings.ingest_rate_per_s)
     ctx = SourceContext(

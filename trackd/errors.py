@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+E = TypeVar("E", bound=BaseException)
+
 
 class TrackdError(Exception):
     """Base of every error trackd raises on purpose. `code` is the public `error` name."""
@@ -77,3 +81,14 @@ class ConfigError(TrackdError):
     """A bad or missing setting: the process stops with one line on stderr."""
 
     code = "ConfigError"
+
+
+def detached(exc: E) -> E:
+    """`exc` without its traceback and the errors it was raised from, to keep for later (a
+    quarantine row). A traceback holds the frames it passed through, and each frame the ones that
+    called it: kept in a frame's list, an error would hold that frame itself, a cycle that only
+    the cyclic collector frees, with everything the frame holds (a whole MQTT batch)."""
+    exc.__traceback__ = None
+    exc.__context__ = None
+    exc.__cause__ = None
+    return exc

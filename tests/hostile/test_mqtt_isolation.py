@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import hashlib
 import hmac
 import os
@@ -15,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ import pytest
 
 from ingest import mqtt as ingester_mod
 from ingest import mqtt_conn
+from ingest.mqtt_codec import Message
 from ingest.mqtt_conn import PublisherThread, endpoint
 from ingest.pipeline import Pipeline
 from ingest.sources import _common, native
@@ -457,3 +460,41 @@ async def test_a_delivery_the_database_refuses_fails_alone_among_concurrent_ones
         ("native", "api", "grp-21"),
     ]
     assert server.log.read_text().count("unhandled error") == logged + 1
+
+
+async def test_a_rejected_message_leaves_no_cycle_for_the_collector(testenv: RunEnv) -> None:
+    """Servers run with the automatic cyclic collector off and walk the heap themselves: a rejected
+    message must be freed by reference counting. Its error kept with its traceback held the frame
+    that handled the batch, a cycle with every message of the batch (hundreds of thousands of
+    objects a minute under poison, the one long pause of the hostile bench)."""
+    run = secrets.token_hex(4)
+    name, prefix = f"gc-{run}", f"gc{run}/"
+    pool = await db.open_pool(testenv.dsn, 2)
+    settings = Settings(database_url=testenv.dsn, mqtt_url=MQTT_URL, mqtt_topic_prefix=prefix, mqtt_client_id=name)
+    was_enabled, debug = gc.isenabled(), gc.get_debug()
+    try:
+        await tenant_store.create_tenant(pool, name, None)
+        ingester = ingester_mod.MqttIngester(settings, Pipeline(pool))
+        topic = f"{prefix}trackd/{name}/devices/d1/events"
+        kinds = [nested(300), b"\x00\xffnot json", b"{", orjson.dumps({"occurred_at": "soon"}), position(1)]
+        batch = [Message(topic, body, 1, i + 1, 1) for i, body in enumerate(kinds)]
+        batch.append(Message(topic, b"x" * 64, 1, 99, 1, oversize=LIMIT + 1))
+        batch.append(Message(f"{prefix}trackd/nobody-{run}/devices/d1/events", position(2), 1, 100, 1))
+        gc.disable()
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)  # what the collector frees stays in gc.garbage, to look at
+        kept: set[int] = set()
+        await ingester._handle(batch, kept)
+        assert len(kept) == len(batch) - 1  # all but the valid position quarantined
+        del batch
+        gc.collect()
+        cyclic = [o for o in gc.garbage if isinstance(o, (Message, ValidationError, types.FrameType))]
+        assert cyclic == [], cyclic[:5]
+        assert len(quarantined(testenv, name)) == 5  # the unknown tenant's goes to the unattributed sample
+        assert events_of(testenv, name) == 1
+    finally:
+        gc.set_debug(debug)
+        gc.garbage.clear()
+        if was_enabled:
+            gc.enable()
+        await pool.close()
