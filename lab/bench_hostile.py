@@ -49,6 +49,7 @@ from typing import Any, TextIO
 
 import httpx
 import orjson
+import psycopg
 
 from ingest.mqtt_conn import Endpoint, Publisher
 from lab import queries
@@ -622,6 +623,35 @@ class _Runs:
                 break
         return stored
 
+    def _checkpoint(self) -> tuple[str, int | None, bool]:
+        """A checkpoint before a run, where the role may (superuser or pg_checkpoint), so that both
+        runs start from one: after a checkpoint, the first change to each page writes all of it to
+        the WAL, and PostgreSQL starts one for every few hundred MB of WAL, which could fall within
+        one run and not the other. Returns the WAL position, the checkpoints so far, and whether
+        this one was made."""
+        made = True
+        try:
+            self.env.sql("CHECKPOINT")
+        except psycopg.Error:
+            made = False
+        return str(self.env.sql("SELECT pg_current_wal_lsn()::text")[0][0]), self._checkpoints(), made
+
+    def _checkpoints(self) -> int | None:
+        """Checkpoints PostgreSQL has started (pg_stat_bgwriter, until PostgreSQL 17 moved them)."""
+        try:
+            return int(self.env.sql("SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter")[0][0])
+        except psycopg.Error:
+            return None
+
+    def _wal_since(self, before: tuple[str, int | None, bool]) -> str:
+        """What PostgreSQL wrote to its WAL since `before`, and the checkpoints it started meanwhile."""
+        lsn, count, made = before
+        written = int(self.env.sql("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s::pg_lsn)", lsn)[0][0])
+        now = self._checkpoints()
+        note = "started after a checkpoint" if made else "no checkpoint before it (the role may not)"
+        note += f", {written / 1e6:,.0f} MB of WAL"
+        return note + (f", {now - count} checkpoint(s) during the run" if now is not None and count is not None else "")
+
     def _measured(self, base: float, hostile_conf: dict[str, Any] | None) -> tuple[Outcome, list[str]]:
         """One measured run of the valid load, with the hostile traffic when `hostile_conf` is given."""
         env = self.env
@@ -643,11 +673,13 @@ class _Runs:
                 bad.start()
                 _wait(h_ready, bad, 60, "the hostile traffic did not start")
             self.receivers.taken(self.fast)  # what came before this run is not its own
+            wal = self._checkpoint()
             cpu = _cpu_s(self.servers)
             res = self._valid_load(base, self.args.duration)
             stored = self._settle(base, res)
             time.sleep(DRAIN_S)
             cpu = _cpu_s(self.servers) - cpu
+            wal_note = self._wal_since(wal)
             hostile_res: dict[str, Any] = {}
             if hostile_conf is not None:
                 h_stop.set()
@@ -676,6 +708,7 @@ class _Runs:
             f"stored; failed requests: {res['errors'] or 'none'}; {len(deliveries):,} notification webhooks received; "
             f"CPU: servers {cpu:.1f} s, valid load {res['cpu_s']:.1f} s"
             + (f", hostile traffic {hostile_res['cpu_s']:.1f} s" if hostile_res else "")
+            + f"; PostgreSQL: {wal_note}"
         ]
         if hostile_res:
             tally: dict[str, int] = hostile_res["tally"]
