@@ -631,22 +631,22 @@ class _Runs:
         this one was made."""
         made = True
         try:
-            self.env.sql("CHECKPOINT")
+            self.env.sql(queries.CHECKPOINT)
         except psycopg.Error:
             made = False
-        return str(self.env.sql("SELECT pg_current_wal_lsn()::text")[0][0]), self._checkpoints(), made
+        return str(self.env.sql(queries.WAL_POSITION)[0][0]), self._checkpoints(), made
 
     def _checkpoints(self) -> int | None:
         """Checkpoints PostgreSQL has started (pg_stat_bgwriter, until PostgreSQL 17 moved them)."""
         try:
-            return int(self.env.sql("SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter")[0][0])
+            return int(self.env.sql(queries.CHECKPOINTS_STARTED)[0][0])
         except psycopg.Error:
             return None
 
     def _wal_since(self, before: tuple[str, int | None, bool]) -> str:
         """What PostgreSQL wrote to its WAL since `before`, and the checkpoints it started meanwhile."""
         lsn, count, made = before
-        written = int(self.env.sql("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s::pg_lsn)", lsn)[0][0])
+        written = int(self.env.sql(queries.WAL_SINCE, lsn)[0][0])
         now = self._checkpoints()
         note = "started after a checkpoint" if made else "no checkpoint before it (the role may not)"
         note += f", {written / 1e6:,.0f} MB of WAL"

@@ -82,3 +82,10 @@ DELIVERED_SHIPMENTS = (
 SHIPMENT_EVENTS = (
     "SELECT * FROM events WHERE shipment_id = %s AND retracted_at IS NULL AND kind <> 'sensor' ORDER BY occurred_at"
 )
+
+# -- PostgreSQL's own state around a run (lab/bench_hostile.py) ---------------------------------
+
+CHECKPOINT = "CHECKPOINT"
+WAL_POSITION = "SELECT pg_current_wal_lsn()::text"
+WAL_SINCE = "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s::pg_lsn)"
+CHECKPOINTS_STARTED = "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"  # until PostgreSQL 17
