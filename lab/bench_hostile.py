@@ -1,37 +1,44 @@
 """`trackd bench hostile`: does hostile traffic slow down, delay or lose a valid tenant's data?
 
-The valid load is the same in both runs: `--rate` position events/s for `--duration` s from
-`paced_publisher` (lab/bench_load.py), even events as QoS 1 MQTT messages on the valid tenant's
-device topics, odd ones as signed native webhook requests (one per 10 ms). Websocket clients
-(`Clients`, lab/bench_stream.py) follow every shipment of the valid tenant: an event's stream
-message is written in the transaction that stores it and relayed after commit, so the time from
-sending an event to its message's arrival is its end-to-end store latency. The valid tenant also
-subscribes a local receiver to the positions of `WATCHED` shipments, which times its notification
-webhooks.
+The valid load: `--rate` position events/s from `paced_publisher` (lab/bench_load.py), even events
+as QoS 1 MQTT messages on the valid tenant's device topics, odd ones as signed native webhook
+requests (one per 10 ms). Websocket clients (`Clients`, lab/bench_stream.py) follow every shipment
+of the valid tenant: an event's stream message is written in the transaction that stores it and
+relayed after commit, so the time from sending an event to its message's arrival is its end-to-end
+store latency. The valid tenant also subscribes a local receiver to the positions of `WATCHED`
+shipments, which times its notification webhooks.
 
-The servers (`trackd serve`, every role, `--processes` of them) run the valid load once for
-`--warmup` s (not counted), then once clean and once while a process of its own sends hostile
-traffic (`hostile_traffic`), from before the valid load starts until it has been counted:
+The servers (`trackd serve`, every role, `--processes` of them) run one valid load without a
+break: a warm-up of `--warmup` s (not counted; the hostile traffic flows in its second half, so
+that what it uses is warm too), then `SLICE_S` slices, about `--duration` s of them clean and as
+many with the hostile traffic, in the order clean, hostile, hostile, clean (repeated), so that
+whatever drifts over the run (the machine, the tables, the trails) weighs on both alike. The
+hostile traffic comes from a process of its own, at idle priority (`idle_priority`), let go and
+held by the bench at each slice:
 - poison MQTT messages on the valid tenant's topics (other devices), a second tenant's and an
   unknown tenant's: JSON nested 200 to 1,000 levels deep, bytes that are not JSON (nor UTF-8, with
   NULs), and 2 MB payloads;
 - HTTP bodies over `TRACKD_MAX_BODY_BYTES`, with a Content-Length and chunked;
 - slow HTTP clients: raw sockets that trickle an incomplete request (its head, or its body), one
-  byte every `TRICKLE_S`, opened again whenever the server closes them;
+  byte every `TRICKLE_S`, opened again whenever the server closes them, closed while held;
 - a slow webhook endpoint: a local receiver that sleeps `SLOW_ENDPOINT_S` before answering each
   request, subscribed to positions by the second tenant, which gets `CHANGES_PER_S` of them;
 - junk to `/v1/osmand`: 1 MB bodies and small requests, with unknown device ids.
 
-Figures: valid events stored per second, p99 store latency (per transport) and the p99 of the
-valid notification webhooks, in the hostile run as a share of the clean run (target 90%); valid
-events lost: accepted (answered 202, or acknowledged by the broker) and not stored `SETTLE_S`
-after the load ended, counted in the valid tenant's rows (target 0).
+Figures, for the events sent in the hostile windows as a share of those sent in the clean ones
+(target 90%): valid events stored per second (stream messages arriving in the windows), p99 store
+latency (per transport) and the p99 of the valid notification webhooks. A hostile window is all of
+its slices' time; a clean one leaves out `GUARD_S` after the hostile traffic is held (what it left
+in flight) and before it is let go again. Valid events lost: accepted (answered 202, or
+acknowledged by the broker) and not stored `SETTLE_S` after the load ended, counted over the whole
+load in the valid tenant's rows (target 0).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
 import math
 import multiprocessing as mp
@@ -53,7 +60,6 @@ import psycopg
 
 from ingest.mqtt_conn import Endpoint, Publisher
 from lab import queries
-from lab.bench_e2e import latencies
 from lab.bench_env import BenchEnv, BenchTenant, Server
 from lab.bench_figures import Figure, percentile
 from lab.bench_load import _run, paced_publisher, signed_headers
@@ -67,6 +73,9 @@ MIN_SHARE = 0.9  # the hostile run's figures against the clean run's
 SETTLE_S = 30.0  # after the load, how long stored rows may take to catch up with what was accepted
 STALL_S = 10.0  # ... or how long they may stay the same before the rest is counted lost
 DRAIN_S = 3.0  # then, for the last stream messages and notification webhooks
+SLICE_S = 5.0  # the measured run switches the hostile traffic on and off in slices this long
+GUARD_S = 1.0  # a clean window leaves out this much after the hostile traffic stops, and before it starts
+LEAD_S = 3.0  # from starting the valid load's process to its first event
 WATCHED = 20  # valid shipments whose positions the valid tenant's webhook receiver gets
 PER_SOCKET = 1000  # shipment ids per websocket subscribe (the stream's limit)
 # The hostile traffic, per second unless stated.
@@ -167,14 +176,66 @@ class Side:
         return max(0, self.accepted - self.stored)
 
 
-def side(sent: array[float], got: Receipts, parity: int, accepted: int, stored: int) -> Side:
-    """The Side of the events of one parity (0: MQTT, 1: webhook) of a paced publisher's `sent`."""
-    lat = latencies(sent, (got.idx, got.at), parity)
-    mine = [t for i, t in zip(got.idx, got.at, strict=True) if 0 <= i < len(sent) and i % 2 == parity]
-    first = sent[parity] if len(sent) > parity else None
-    last = max(mine) if mine else None
-    per_s = stored / (last - first) if first is not None and last is not None and last > first else None
-    return Side(accepted, stored, per_s, percentile(lat, 0.99))
+Window = tuple[float, float]  # [start, end) on the monotonic clock
+
+
+def slices(duration_s: float) -> list[bool]:
+    """The plan of the measured run: `SLICE_S` slices, hostile (True) or clean, in the order clean,
+    hostile, hostile, clean (repeated), so that a drift of the machine or of the tables over the
+    run weighs on both alike; about `duration_s` of each."""
+    groups = max(1, round(2 * duration_s / (4 * SLICE_S)))
+    return [False, True, True, False] * groups
+
+
+def windows(toggles: Sequence[tuple[float, bool]], end: float, guard_s: float) -> tuple[list[Window], list[Window]]:
+    """The clean and the hostile windows of a run from its toggles ((time, hostile from then on),
+    in order) and its end. A hostile window is all of its time, from the moment the hostile traffic
+    was let go; a clean window leaves out `guard_s` after the traffic was held (what it left in
+    flight) and `guard_s` before it is let go again (events still on their way when it starts)."""
+    spans: list[tuple[float, float, bool]] = []
+    for k, (at, hostile) in enumerate(toggles):
+        until = toggles[k + 1][0] if k + 1 < len(toggles) else end
+        if spans and spans[-1][2] == hostile:
+            spans[-1] = (spans[-1][0], until, hostile)
+        elif until > at:
+            spans.append((at, until, hostile))
+    clean: list[Window] = []
+    bad: list[Window] = []
+    for a, b, hostile in spans:
+        if hostile:
+            bad.append((a, b))
+        elif b - a > 2 * guard_s:
+            clean.append((a + guard_s, b - guard_s))
+    return clean, bad
+
+
+def by_window(sent: array[float], got: Receipts, spans: tuple[list[Window], list[Window]], origin: float) -> str:
+    """The p99 (ms, both transports) of the events sent in each window, in time order, each as
+    `clean|hostile start-end s: p99` with times from `origin`."""
+    lat = [(sent[i], max(0.0, t - sent[i]) * 1000) for i, t in zip(got.idx, got.at, strict=True) if 0 <= i < len(sent)]
+    marked = sorted([(a, b, "clean") for a, b in spans[0]] + [(a, b, "hostile") for a, b in spans[1]])
+    out = []
+    for a, b, what in marked:
+        p99 = percentile([v for t, v in lat if a <= t < b], 0.99)
+        out.append(f"{what} {a - origin:.0f}-{b - origin:.0f} s: " + ("-" if p99 is None else f"{p99:.0f} ms"))
+    return ", ".join(out)
+
+
+def within(t: float, spans: Sequence[Window]) -> bool:
+    i = bisect.bisect_right(spans, (t, math.inf)) - 1
+    return i >= 0 and spans[i][0] <= t < spans[i][1]
+
+
+def side(sent: array[float], got: Receipts, parity: int, spans: Sequence[Window], accepted: int, stored: int) -> Side:
+    """The Side of the events of one parity (0: MQTT, 1: webhook) of a paced publisher's `sent`
+    within `spans`: the p99 of those sent in them, and the rate at which stream messages of that
+    parity arrived in them."""
+    idx, at = got.idx, got.at
+    mine = [k for k, i in enumerate(idx) if 0 <= i < len(sent) and i % 2 == parity]
+    lat = [max(0.0, at[k] - sent[idx[k]]) * 1000 for k in mine if within(sent[idx[k]], spans)]
+    length = sum(b - a for a, b in spans)
+    arrived = sum(1 for k in mine if within(at[k], spans))
+    return Side(accepted, stored, arrived / length if length > 0 and mine else None, percentile(lat, 0.99))
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +252,7 @@ def figures(clean: Outcome, hostile: Outcome) -> list[Figure]:
     out: list[Figure] = []
     for name, c, h in (("webhook", clean.webhook, hostile.webhook), ("MQTT", clean.mqtt, hostile.mqtt)):
         out.append(
-            Figure(f"{name}: valid events stored/s", h.per_s, "events/s", c.per_s, "clean run", min_share=MIN_SHARE)
+            Figure(f"{name}: valid events stored/s", h.per_s, "events/s", c.per_s, "clean windows", min_share=MIN_SHARE)
         )
         out.append(
             Figure(
@@ -199,7 +260,7 @@ def figures(clean: Outcome, hostile: Outcome) -> list[Figure]:
                 h.p99_ms,
                 "ms",
                 c.p99_ms,
-                "clean run",
+                "clean windows",
                 lower_is_better=True,
                 min_share=MIN_SHARE,
             )
@@ -210,7 +271,7 @@ def figures(clean: Outcome, hostile: Outcome) -> list[Figure]:
             percentile(hostile.deliveries_ms, 0.99),
             "ms",
             percentile(clean.deliveries_ms, 0.99),
-            "clean run",
+            "clean windows",
             lower_is_better=True,
             min_share=MIN_SHARE,
         )
@@ -220,8 +281,11 @@ def figures(clean: Outcome, hostile: Outcome) -> list[Figure]:
     return out
 
 
-def delivery_latencies(sent: array[float], base: float, got: Sequence[tuple[float, bytes]]) -> list[float]:
-    """ms from an event's send to the receipt of its position webhook (`{"data": {"occurred_at"}}`)."""
+def delivery_latencies(
+    sent: array[float], base: float, got: Sequence[tuple[float, bytes]], spans: Sequence[Window] | None = None
+) -> list[float]:
+    """ms from an event's send to the receipt of its position webhook (`{"data": {"occurred_at"}}`),
+    of the events sent within `spans` (all when None)."""
     base_ms = round(base * 1000)
     out: list[float] = []
     for at, body in got:
@@ -230,7 +294,7 @@ def delivery_latencies(sent: array[float], base: float, got: Sequence[tuple[floa
             i = round(datetime.fromisoformat(data["occurred_at"]).timestamp() * 1000) - base_ms
         except (ValueError, KeyError, TypeError):
             continue
-        if 0 <= i < len(sent):
+        if 0 <= i < len(sent) and (spans is None or within(sent[i], spans)):
             out.append(max(0.0, at - sent[i]) * 1000)
     return out
 
@@ -297,40 +361,79 @@ class Receivers:
 
 
 # -- the hostile traffic, in a process of its own ------------------------------------------------
-def hostile_traffic(conf: dict[str, Any], ready: Any, stop: Any, out: Any) -> None:
-    """Every kind of hostile traffic at once, from `ready` until `stop`; reports what was sent and
-    how the servers answered. It runs at the lowest CPU priority: an attacker's own CPU is on another
-    machine, and on one machine the figure must measure what the servers do, not which process the
-    scheduler favours (what it managed to send is counted and printed)."""
-    os.nice(19)
-    out.put(_run(_hostile(conf, ready, stop)))
+def hostile_traffic(conf: dict[str, Any], on: Any, ready: Any, stop: Any, out: Any) -> None:
+    """Every kind of hostile traffic at once, while `on` is set, from `ready` until `stop`; reports
+    what was sent and how the servers answered. It runs at the lowest CPU priority: an attacker's own
+    CPU is on another machine, and on one machine the figure must measure what the servers do, not
+    which process the scheduler favours (what it managed to send is counted and printed)."""
+    idle_priority()
+    out.put(_run(_hostile(conf, on, ready, stop)))
 
 
-async def _hostile(conf: dict[str, Any], ready: Any, stop: Any) -> dict[str, Any]:
+def idle_priority() -> None:
+    """Run the calling process only on CPU time nothing else wants: Linux's SCHED_IDLE where there is
+    one (a normal process that wakes up takes the core at once), else the lowest nice value (which
+    still takes a core from a server that wakes up only after a while: docs/benchmarks.md)."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        os.nice(19)
+
+
+class Gate:
+    """The bench's switch (`on`, a process-wide event: set while the hostile traffic is let go),
+    mirrored on this event loop: `shut` is set while it is held, and once the traffic is done."""
+
+    def __init__(self, on: Any, done: asyncio.Event) -> None:
+        self.on, self.done = on, done
+        self.open, self.shut = asyncio.Event(), asyncio.Event()
+        self.shut.set()
+
+    async def watch(self) -> None:
+        while not self.done.is_set():
+            if self.on.is_set():
+                self.shut.clear()
+                self.open.set()
+            else:
+                self.open.clear()
+                self.shut.set()
+            await asyncio.sleep(0.02)
+        self.open.set()  # what waits for either wakes up, and sees it is done
+        self.shut.set()
+
+    async def let_go(self) -> bool:
+        """Waits while the traffic is held; False once it is done."""
+        await self.open.wait()
+        return not self.done.is_set()
+
+
+async def _hostile(conf: dict[str, Any], on: Any, ready: Any, stop: Any) -> dict[str, Any]:
     cpu = time.process_time()
     attacks = set(conf["attacks"])
     tally: Counter[str] = Counter()
     lifetimes: list[float] = []
     done = asyncio.Event()
+    gate = Gate(on, done)
+    watcher = asyncio.create_task(gate.watch())
     urls = [f"http://127.0.0.1:{p}" for p in conf["ports"]]
     limits = httpx.Limits(max_connections=32, max_keepalive_connections=32, keepalive_expiry=4.0)
     async with httpx.AsyncClient(timeout=httpx.Timeout(30.0), limits=limits, trust_env=False) as http:
         pub = Publisher(Endpoint(conf["host"], conf["port"], False, conf["username"], conf["password"]), conf["client"])
         jobs: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
-            "poison": lambda: _poison(conf, pub, done, tally),
-            "oversized": lambda: _oversized(conf, http, urls, done, tally),
-            "osmand": lambda: _osmand(conf, http, urls, done, tally),
-            "slow-endpoint": lambda: _changes(conf, http, urls, done, tally),
+            "poison": lambda: _poison(conf, pub, gate, tally),
+            "oversized": lambda: _oversized(conf, http, urls, gate, tally),
+            "osmand": lambda: _osmand(conf, http, urls, gate, tally),
+            "slow-endpoint": lambda: _changes(conf, http, urls, gate, tally),
         }
         tasks = [asyncio.create_task(job()) for name, job in jobs.items() if name in attacks]
         if "slow-clients" in attacks:
             tasks += [
                 asyncio.create_task(
-                    _slow_client(conf["ports"][k % len(conf["ports"])], k, conf, done, tally, lifetimes)
+                    _slow_client(conf["ports"][k % len(conf["ports"])], k, conf, gate, tally, lifetimes)
                 )
                 for k in range(SLOW_CLIENTS)
             ]
-        await asyncio.sleep(1.0)  # the slow clients are connected, the publisher too
+        await asyncio.sleep(1.0)  # the publisher is connected
         ready.set()
         while not stop.is_set():  # noqa: ASYNC110  # a process-wide event has nothing to await
             await asyncio.sleep(0.05)
@@ -340,22 +443,26 @@ async def _hostile(conf: dict[str, Any], ready: Any, stop: Any) -> dict[str, Any
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await pub.close(grace_s=2.0)
+    await watcher
     return {"tally": dict(tally), "lifetimes": lifetimes, "cpu_s": time.process_time() - cpu}
 
 
-async def _paced(done: asyncio.Event, per_s: float) -> AsyncIterator[int]:
-    """0, 1, 2, ... at `per_s` a second until `done`."""
-    n, start = 0, time.monotonic()
-    while not done.is_set():
-        yield n
-        n += 1
-        await asyncio.sleep(max(0.0, start + n / per_s - time.monotonic()))
+async def _paced(gate: Gate, per_s: float) -> AsyncIterator[int]:
+    """0, 1, 2, ... at `per_s` a second while the gate lets the traffic go, until it is done (no
+    catching up on the time it was held)."""
+    n = 0
+    while await gate.let_go():
+        start, k = time.monotonic(), 0
+        while not gate.shut.is_set():
+            yield n
+            n, k = n + 1, k + 1
+            await asyncio.sleep(max(0.0, start + k / per_s - time.monotonic()))
 
 
-async def _poison(conf: dict[str, Any], pub: Publisher, done: asyncio.Event, tally: Counter[str]) -> None:
+async def _poison(conf: dict[str, Any], pub: Publisher, gate: Gate, tally: Counter[str]) -> None:
     rng, marker, topics = random.Random(9), conf["marker"], conf["poison_topics"]
     big_every = max(1, round(POISON_PER_S / BIG_PER_S))
-    async for n in _paced(done, POISON_PER_S):
+    async for n in _paced(gate, POISON_PER_S):
         topic = topics[n % len(topics)]
         if n % 2 == 0:
             payload, kind = nested_json(rng.randint(200, 1000), marker), "mqtt nested JSON"
@@ -375,7 +482,7 @@ def _answer(tally: Counter[str], what: str, r: httpx.Response | BaseException) -
 
 
 async def _oversized(
-    conf: dict[str, Any], http: httpx.AsyncClient, urls: list[str], done: asyncio.Event, tally: Counter[str]
+    conf: dict[str, Any], http: httpx.AsyncClient, urls: list[str], gate: Gate, tally: Counter[str]
 ) -> None:
     size = conf["max_body_bytes"] + (1 << 20)
     body = b"[" + b" " * (size - 2) + b"]"
@@ -385,7 +492,7 @@ async def _oversized(
         for i in range(0, size, 1 << 16):
             yield body[i : i + (1 << 16)]
 
-    async for n in _paced(done, OVERSIZED_PER_S):
+    async for n in _paced(gate, OVERSIZED_PER_S):
         url = urls[n % len(urls)]
         try:
             if n % 2 == 0:  # declared: refused from its Content-Length
@@ -400,7 +507,7 @@ async def _oversized(
 
 
 async def _osmand(
-    conf: dict[str, Any], http: httpx.AsyncClient, urls: list[str], done: asyncio.Event, tally: Counter[str]
+    conf: dict[str, Any], http: httpx.AsyncClient, urls: list[str], gate: Gate, tally: Counter[str]
 ) -> None:
     marker = conf["marker"]
     junk = b"x" * OSMAND_BIG_BYTES
@@ -420,7 +527,7 @@ async def _osmand(
         except httpx.HTTPError as exc:
             _answer(tally, "osmand", exc)
 
-    async for n in _paced(done, OSMAND_SMALL_PER_S):
+    async for n in _paced(gate, OSMAND_SMALL_PER_S):
         if len(pending) < 64:
             task = asyncio.create_task(one(n))
             pending.add(task)
@@ -429,12 +536,12 @@ async def _osmand(
 
 
 async def _changes(
-    conf: dict[str, Any], http: httpx.AsyncClient, urls: list[str], done: asyncio.Event, tally: Counter[str]
+    conf: dict[str, Any], http: httpx.AsyncClient, urls: list[str], gate: Gate, tally: Counter[str]
 ) -> None:
     """The second tenant's positions: each one a notification to its slow endpoint."""
     path, secret, trackings = f"/v1/ingest/{conf['tenant']}/native", conf["secret"], conf["trackings"]
     base = conf["base"]
-    async for n in _paced(done, CHANGES_PER_S):
+    async for n in _paced(gate, CHANGES_PER_S):
         body = orjson.dumps(
             {
                 "occurred_at": base + n / 1000,
@@ -450,13 +557,14 @@ async def _changes(
 
 
 async def _slow_client(
-    port: int, k: int, conf: dict[str, Any], done: asyncio.Event, tally: Counter[str], lifetimes: list[float]
+    port: int, k: int, conf: dict[str, Any], gate: Gate, tally: Counter[str], lifetimes: list[float]
 ) -> None:
-    """One slow client, connected again each time the server lets it go. Its path reads the body
-    before anything else (a signed ingest webhook), so the server has to wait for it or give up."""
+    """One slow client, connected again each time the server lets it go, and closed while the
+    traffic is held. Its path reads the body before anything else (a signed ingest webhook), so the
+    server has to wait for it or give up."""
     kind = "head" if k % 2 == 0 else "body"
     first, trickle = slow_request(kind, f"127.0.0.1:{port}", f"/v1/ingest/{conf['tenant']}/native")
-    while not done.is_set():
+    while await gate.let_go():
         opened = time.monotonic()
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -465,20 +573,22 @@ async def _slow_client(
             await asyncio.sleep(1.0)
             continue
         closed = asyncio.ensure_future(reader.read())  # whatever the server answers, then its close
+        held = asyncio.ensure_future(gate.shut.wait())
         try:
             writer.write(first)
             tally[f"slow clients ({kind}) opened"] += 1
-            while not done.is_set() and not closed.done():
-                await asyncio.wait([closed], timeout=TRICKLE_S)
-                if not closed.done():
+            while not closed.done() and not held.done():
+                await asyncio.wait([closed, held], timeout=TRICKLE_S, return_when=asyncio.FIRST_COMPLETED)
+                if not closed.done() and not held.done():
                     writer.write(trickle)
                     await writer.drain()
         except OSError:
             pass
-        if closed.done() or not done.is_set():
+        if closed.done():
             tally[f"slow clients ({kind}) let go by the server"] += 1
             lifetimes.append(time.monotonic() - opened)
         closed.cancel()
+        held.cancel()
         writer.close()
 
 
@@ -513,13 +623,8 @@ class _Runs:
         self._subscribe(other.api_key, slow, [])
         trackings = self._other_shipments(other)
         # event n of a run occurs n ms after its base; the runs follow each other, an hour apart at least
-        spacing = max(3600.0, math.ceil(args.rate * max(args.duration, args.warmup) / 1000) + 600.0)
+        spacing = max(3600.0, math.ceil(args.rate * (2 * args.duration + args.warmup) / 1000) + 600.0)
         first_base = float(int(time.time()) - int(4 * spacing))
-        if args.warmup:
-            self._settle(first_base, self._valid_load(first_base, args.warmup))
-            env.say(f"warmed up for {args.warmup:.0f} s")
-        clean, clean_notes = self._measured(first_base + spacing, None)
-        env.say("clean run done")
         hostile_conf = {
             **asdict(env.broker()),
             "client": f"bench-hostile-{env.run_id}",
@@ -536,7 +641,7 @@ class _Runs:
             "max_body_bytes": env.settings.max_body_bytes,
             "attacks": attacks(args.attacks),
         }
-        hostile, hostile_notes = self._measured(first_base + 2 * spacing, hostile_conf)
+        clean, hostile, run_notes = self._measured(first_base + spacing, hostile_conf)
         slow_got = len(self.receivers.taken(slow))
         rows = env.sql(
             queries.QUARANTINED_BY_TENANT,
@@ -551,17 +656,15 @@ class _Runs:
             marker,
         )
         notes = [
-            *clean_notes,
-            *hostile_notes,
+            *run_notes,
             f"quarantined: {quarantined.get(True, 0):,} inputs of the valid tenant (poison from other devices), "
             f"{quarantined.get(False, 0):,} of the second tenant; the slow endpoint "
             f"({SLOW_ENDPOINT_S:.0f} s an answer) got {slow_got:,} requests",
             f"{args.processes} server process(es) with every role, {args.shipments:,} shipments, valid load "
-            f"{args.rate:,.0f} events/s (half MQTT, half webhook) for {args.duration:.0f} s per run",
+            f"{args.rate:,.0f} events/s (half MQTT, half webhook)",
         ]
-        title = (
-            f"trackd bench hostile --rate {args.rate:.0f} ({args.duration:.0f} s clean, {args.duration:.0f} s hostile)"
-        )
+        span = len(slices(args.duration)) * SLICE_S / 2
+        title = f"trackd bench hostile --rate {args.rate:.0f} ({span:.0f} s clean and {span:.0f} s hostile, by turns)"
         return title, figures(clean, hostile), notes
 
     def _subscribe(self, api_key: str, port: int, shipment_ids: list[str]) -> None:
@@ -577,7 +680,7 @@ class _Runs:
                 http.post("/v1/shipments", json={"tracking_number": t, "mode": "road"}).raise_for_status()
         return trackings
 
-    def _valid_load(self, base: float, duration: float) -> dict[str, Any]:
+    def _valid_load(self, base: float, duration: float, start_at: float | None = None) -> dict[str, Any]:
         env = self.env
         conf = {
             **asdict(env.broker()),
@@ -590,6 +693,7 @@ class _Runs:
             "ports": [s.port for s in self.servers],
             "rate": self.args.rate,
             "duration": duration,
+            "start_at": start_at,
         }
         results: Any = CTX.Queue()
         proc = CTX.Process(target=paced_publisher, args=(conf, results), name="bench-valid")
@@ -652,9 +756,10 @@ class _Runs:
         note += f", {written / 1e6:,.0f} MB of WAL"
         return note + (f", {now - count} checkpoint(s) during the run" if now is not None and count is not None else "")
 
-    def _measured(self, base: float, hostile_conf: dict[str, Any] | None) -> tuple[Outcome, list[str]]:
-        """One measured run of the valid load, with the hostile traffic when `hostile_conf` is given."""
-        env = self.env
+    def _measured(self, base: float, hostile_conf: dict[str, Any]) -> tuple[Outcome, Outcome, list[str]]:
+        """The measured run: the valid load for the slices of `slices`, the hostile traffic let go in
+        the hostile ones; the clean and the hostile windows' outcomes, and notes."""
+        env, plan = self.env, slices(self.args.duration)
         ids = [sid for sid, _ in env.shipments]
         ws_conf = {
             "ports": [s.port for s in self.servers],
@@ -664,60 +769,113 @@ class _Runs:
         }
         ready, stop, ws_out = CTX.Event(), CTX.Event(), CTX.Queue()
         ws = CTX.Process(target=clients_process, args=(ws_conf, ready, stop, ws_out), name="bench-ws")
-        h_ready, h_stop, h_out = CTX.Event(), CTX.Event(), CTX.Queue()
-        bad = CTX.Process(target=hostile_traffic, args=(hostile_conf, h_ready, h_stop, h_out), name="bench-hostile")
+        on, h_ready, h_stop, h_out = CTX.Event(), CTX.Event(), CTX.Event(), CTX.Queue()
+        bad = CTX.Process(target=hostile_traffic, args=(hostile_conf, on, h_ready, h_stop, h_out), name="bench-hostile")
+        switch = _Switch(on, plan, self.servers, self.args.warmup)
         try:
             ws.start()
             _wait(ready, ws, 180, "websocket clients did not all subscribe")
-            if hostile_conf is not None:
-                bad.start()
-                _wait(h_ready, bad, 60, "the hostile traffic did not start")
+            bad.start()
+            _wait(h_ready, bad, 60, "the hostile traffic did not start")
             self.receivers.taken(self.fast)  # what came before this run is not its own
             wal = self._checkpoint()
-            cpu = _cpu_s(self.servers)
-            res = self._valid_load(base, self.args.duration)
+            switch.start_at = time.monotonic() + LEAD_S
+            switch.start()
+            res = self._valid_load(base, self.args.warmup + len(plan) * SLICE_S, switch.start_at)
+            switch.join()
             stored = self._settle(base, res)
             time.sleep(DRAIN_S)
-            cpu = _cpu_s(self.servers) - cpu
             wal_note = self._wal_since(wal)
-            hostile_res: dict[str, Any] = {}
-            if hostile_conf is not None:
-                h_stop.set()
-                hostile_res = h_out.get(timeout=60)
+            h_stop.set()
+            hostile_res: dict[str, Any] = h_out.get(timeout=60)
             stop.set()
             got: dict[str, Receipts] = ws_out.get(timeout=60)
         finally:
+            on.clear()
             stop.set()
             h_stop.set()
             _end(ws)
-            if hostile_conf is not None:
-                _end(bad)
+            _end(bad)
         sent: array[float] = res["sent"]
         accepted = (res["mqtt_acked"], res["webhook_acked"])
-        deliveries = delivery_latencies(sent, base, self.receivers.taken(self.fast))
+        received = self.receivers.taken(self.fast)
         valid = got.get("valid", Receipts())
-        outcome = Outcome(
-            side(sent, valid, 1, accepted[1], stored[1]),
-            side(sent, valid, 0, accepted[0], stored[0]),
-            tuple(deliveries),
+        spans = windows(switch.toggles, switch.end, GUARD_S)
+        clean, hostile = (
+            Outcome(
+                side(sent, valid, 1, w, accepted[1], stored[1]),
+                side(sent, valid, 0, w, accepted[0], stored[0]),
+                tuple(delivery_latencies(sent, base, received, w)),
+            )
+            for w in spans
         )
-        label = "hostile" if hostile_conf else "clean"
+        cpu = switch.cpu_per_s()
         notes = [
-            f"{label} run: {len(sent):,} valid events sent in {res['produced_s']:.0f} s; webhook {accepted[1]:,} "
-            f"accepted, {stored[1]:,} stored; MQTT {accepted[0]:,} acknowledged by the broker, {stored[0]:,} "
-            f"stored; failed requests: {res['errors'] or 'none'}; {len(deliveries):,} notification webhooks received; "
-            f"CPU: servers {cpu:.1f} s, valid load {res['cpu_s']:.1f} s"
-            + (f", hostile traffic {hostile_res['cpu_s']:.1f} s" if hostile_res else "")
-            + f"; PostgreSQL: {wal_note}"
+            f"{len(sent):,} valid events sent in {res['produced_s']:.0f} s: a warm-up of {self.args.warmup:.0f} s "
+            f"(not counted; clean, then hostile for its second half), then the hostile traffic let go in "
+            f"{sum(plan)} of {len(plan)} slices of {SLICE_S:.0f} s (clean, hostile, hostile, clean, ...); "
+            f"counted: events sent in {sum(b - a for a, b in spans[0]):.0f} s of clean windows ({GUARD_S:.0f} s "
+            f"left out after and before the hostile traffic) and {sum(b - a for a, b in spans[1]):.0f} s of "
+            "hostile ones",
+            f"webhook {accepted[1]:,} accepted, {stored[1]:,} stored; MQTT {accepted[0]:,} acknowledged by the "
+            f"broker, {stored[0]:,} stored; failed requests: {res['errors'] or 'none'}; {len(received):,} "
+            f"notification webhooks received; CPU s/s, clean and hostile: servers {cpu[False][0]:.2f} and "
+            f"{cpu[True][0]:.2f}, the machine {cpu[False][1]:.2f} and {cpu[True][1]:.2f} of {os.cpu_count()}; "
+            f"valid load {res['cpu_s']:.1f} s, hostile traffic {hostile_res['cpu_s']:.1f} s; PostgreSQL: {wal_note}",
         ]
-        if hostile_res:
-            tally: dict[str, int] = hostile_res["tally"]
-            notes.append("hostile traffic: " + ", ".join(f"{k} {v:,}" for k, v in sorted(tally.items())))
-            lives: list[float] = hostile_res["lifetimes"]
-            if lives:
-                median = percentile(lives, 0.5) or 0.0
-                notes.append(f"slow clients let go after {median:.1f} s (median), {max(lives):.1f} s at most")
-        return outcome, notes
+        origin = switch.toggles[0][0] if switch.toggles else 0.0
+        notes.append("send -> stored p99 by window: " + by_window(sent, valid, spans, origin))
+        tally: dict[str, int] = hostile_res["tally"]
+        notes.append("hostile traffic: " + ", ".join(f"{k} {v:,}" for k, v in sorted(tally.items())))
+        lives: list[float] = hostile_res["lifetimes"]
+        if lives:
+            median = percentile(lives, 0.5) or 0.0
+            notes.append(f"slow clients let go by the server after {median:.1f} s (median), {max(lives):.1f} s at most")
+        return clean, hostile, notes
+
+
+class _Switch(threading.Thread):
+    """From `start_at`: the warm-up (`warmup_s`, not counted: its first half clean, its second half
+    hostile, so that every path, pool and cache the hostile traffic uses is warm as well), then the
+    hostile traffic let go (`on`) in the hostile slices of `plan`. Records when it switched in the
+    plan ((time, hostile from then on)), when the plan ended, and the CPU used."""
+
+    def __init__(self, on: Any, plan: list[bool], servers: list[Server], warmup_s: float) -> None:
+        super().__init__(name="bench-switch", daemon=True)
+        self.on, self.plan, self.servers, self.warmup_s = on, plan, servers, warmup_s
+        self.start_at = self.end = 0.0
+        self.toggles: list[tuple[float, bool]] = []
+        self.cpu: list[tuple[float, float]] = []  # the servers' CPU s and the machine's, at each toggle and the end
+
+    def run(self) -> None:
+        if self.warmup_s:
+            time.sleep(max(0.0, self.start_at + self.warmup_s / 2 - time.monotonic()))
+            self.on.set()
+        begin = self.start_at + self.warmup_s
+        for k, hostile in enumerate(self.plan):
+            time.sleep(max(0.0, begin + k * SLICE_S - time.monotonic()))
+            self.cpu.append((_cpu_s(self.servers), _busy_s()))
+            if hostile:
+                self.on.set()
+            else:
+                self.on.clear()
+            self.toggles.append((time.monotonic(), hostile))
+        time.sleep(max(0.0, begin + len(self.plan) * SLICE_S - time.monotonic()))
+        self.on.clear()
+        self.end = time.monotonic()
+        self.cpu.append((_cpu_s(self.servers), _busy_s()))
+
+    def cpu_per_s(self) -> dict[bool, tuple[float, float]]:
+        """CPU seconds per second, the servers' and the whole machine's (every core), in the clean
+        slices (False) and in the hostile ones (True)."""
+        used = {False: [0.0, 0.0], True: [0.0, 0.0]}
+        took = {False: 0.0, True: 0.0}
+        ends = [t for t, _ in self.toggles[1:]] + [self.end]
+        for k, (at, hostile) in enumerate(self.toggles):
+            for j in (0, 1):
+                used[hostile][j] += self.cpu[k + 1][j] - self.cpu[k][j]
+            took[hostile] += ends[k] - at
+        return {h: (used[h][0] / took[h], used[h][1] / took[h]) if took[h] else (0.0, 0.0) for h in used}
 
 
 def _cpu_s(servers: list[Server]) -> float:
@@ -729,6 +887,15 @@ def _cpu_s(servers: list[Server]) -> float:
             fields = Path(f"/proc/{s.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
     return total
+
+
+def _busy_s() -> float:
+    """CPU seconds the machine's cores have been busy so far, all processes and the kernel
+    (/proc/stat: all but idle and iowait); 0 where there is no /proc/stat."""
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+    return 0.0
 
 
 def _wait(event: Any, proc: Any, timeout_s: float, what: str) -> None:

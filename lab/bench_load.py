@@ -267,9 +267,10 @@ async def _raw_subscribe(conf: dict[str, Any], consumed: Any, last_at: Any, read
 
 # -- a paced mix of MQTT and webhook publishes (e2e, hostile) ------------------------------------
 def paced_publisher(conf: dict[str, Any], out: Any) -> None:
-    """`rate` events/s for `duration` s: even events by MQTT (one per QoS 1 message, on 100 device
-    topics), odd ones in one signed native webhook request per 10 ms tick. Reports the send time of
-    every event, and how many of each kind were accepted (answered 202, or acknowledged by the broker)."""
+    """`rate` events/s for `duration` s (from `start_at`, a monotonic time, when given): even events
+    by MQTT (one per QoS 1 message, on 100 device topics), odd ones in one signed native webhook
+    request per 10 ms tick. Reports the send time of every event, and how many of each kind were
+    accepted (answered 202, or acknowledged by the broker)."""
     out.put(_run(_paced_publish(conf)))
 
 
@@ -297,6 +298,8 @@ async def _paced_publish(conf: dict[str, Any]) -> dict[str, Any]:
         else:
             errors[str(r.status_code)] = errors.get(str(r.status_code), 0) + 1
 
+    if conf.get("start_at"):  # a monotonic time given by the bench: begin then (or now, if later)
+        await asyncio.sleep(max(0.0, conf["start_at"] - time.monotonic()))
     cpu = time.process_time()
     rate, counter, requests, started = conf["rate"], 0, 0, time.monotonic()
     while (elapsed := time.monotonic() - started) < conf["duration"]:

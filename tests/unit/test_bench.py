@@ -4,7 +4,9 @@ the hostile run's figures."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import random
+import threading
 from array import array
 from datetime import UTC, datetime
 
@@ -16,8 +18,10 @@ from lab.bench_e2e import latencies
 from lab.bench_figures import Figure, fmt, percentile, ratio, render
 from lab.bench_hostile import (
     ATTACKS,
+    Gate,
     Outcome,
     Side,
+    _paced,
     attacks,
     big_payload,
     delivery_latencies,
@@ -26,7 +30,10 @@ from lab.bench_hostile import (
     nested_json,
     not_json,
     side,
+    slices,
     slow_request,
+    windows,
+    within,
 )
 from lab.bench_load import Events
 from lab.bench_stream import Clients, Receipts
@@ -219,20 +226,74 @@ def test_attacks_are_all_by_default_or_named() -> None:
     assert "--attacks" in err.value.detail
 
 
-def test_side_counts_stored_rate_latency_and_loss_per_transport() -> None:
+def test_slices_take_turns_so_that_a_drift_weighs_on_both_alike() -> None:
+    plan = slices(30.0)  # 5 s slices: 30 s of each
+    assert plan == [False, True, True, False] * 3
+    assert sum(plan) == len(plan) - sum(plan)
+    assert slices(1.0) == [False, True, True, False]  # one round at least
+
+
+def test_paced_hostile_traffic_goes_only_while_the_switch_is_on() -> None:
+    async def go() -> list[int]:
+        on, done = threading.Event(), asyncio.Event()
+        gate = Gate(on, done)
+        watcher = asyncio.create_task(gate.watch())
+        got: list[int] = []
+
+        async def take() -> None:
+            async for n in _paced(gate, 200.0):
+                got.append(n)
+
+        task = asyncio.create_task(take())
+        await asyncio.sleep(0.1)
+        assert got == []  # held from the start
+        on.set()
+        await asyncio.sleep(0.2)
+        assert got
+        on.clear()
+        await asyncio.sleep(0.1)
+        held = len(got)
+        await asyncio.sleep(0.2)
+        assert len(got) == held  # nothing while held
+        on.set()
+        await asyncio.sleep(0.1)
+        done.set()
+        await asyncio.wait_for(task, 5)
+        await asyncio.wait_for(watcher, 5)
+        return got
+
+    got = asyncio.run(go())
+    assert got == list(range(len(got)))  # numbered on across the pause
+
+
+def test_windows_count_all_of_the_hostile_time_and_leave_a_guard_around_the_clean() -> None:
+    toggles = [(0.0, False), (5.0, True), (10.0, True), (15.0, False), (20.0, False), (25.0, True)]
+    clean, bad = windows(toggles, 30.0, 1.0)
+    assert bad == [(5.0, 15.0), (25.0, 30.0)]  # two hostile slices in a row are one window
+    assert clean == [(1.0, 4.0), (16.0, 24.0)]
+    assert windows([(0.0, False), (1.0, True)], 2.0, 1.0) == ([], [(1.0, 2.0)])  # too short to keep
+    assert [within(t, bad) for t in (4.99, 5.0, 14.99, 15.0, 25.0, 30.0)] == [False, True, True, False, True, False]
+    assert [within(t, clean) for t in (-1.0, 0.5, 1.0, 3.99, 4.0, 20.0)] == [False, False, True, True, False, True]
+
+
+def test_side_counts_rate_latency_and_loss_per_transport_within_its_windows() -> None:
     sent = array("d", [100.0 + i * 0.001 for i in range(10)])  # events 0..9, 1 ms apart
     got = Receipts(frames=5)
     for i, delay in ((0, 0.010), (2, 0.020), (4, 0.030), (1, 0.005), (3, 0.007), (99, 1.0)):
         got.idx.append(i)
         got.at.append(sent[i] + delay if i < 10 else 200.0)
-    mqtt = side(sent, got, 0, accepted=5, stored=3)
+    spans = [(99.0, 101.0)]
+    mqtt = side(sent, got, 0, spans, accepted=5, stored=3)
     assert (mqtt.accepted, mqtt.stored, mqtt.lost) == (5, 3, 2)
     assert mqtt.p99_ms == pytest.approx(29.8)  # of 10, 20 and 30 ms; event 99 was never sent
-    assert mqtt.per_s == pytest.approx(3 / (sent[4] + 0.030 - sent[0]))
-    webhook = side(sent, got, 1, accepted=5, stored=6)  # stored more than was answered 202: none lost
+    assert mqtt.per_s == pytest.approx(3 / 2.0)  # arrived within the 2 s window
+    early = side(sent, got, 0, [(99.0, sent[2] + 0.0005)], 5, 3)  # events 0 and 2 sent within it
+    assert early.p99_ms == pytest.approx(19.9)
+    assert early.per_s == 0.0  # none arrived within it
+    webhook = side(sent, got, 1, spans, accepted=5, stored=6)  # stored more than was answered 202: none lost
     assert webhook.lost == 0
     assert webhook.p99_ms == pytest.approx(6.98)
-    assert side(sent, Receipts(), 1, 0, 0) == Side(0, 0, None, None)
+    assert side(sent, Receipts(), 1, spans, 0, 0) == Side(0, 0, None, None)
 
 
 def test_hostile_figures_compare_with_the_clean_run() -> None:
@@ -258,6 +319,7 @@ def test_delivery_latencies_read_the_event_index_from_the_webhook_body() -> None
 
     got = [(50.25, body(0)), (51.5, body(2)), (52.0, body(7)), (52.0, b"not json")]
     assert delivery_latencies(sent, base, got) == pytest.approx([250.0, 500.0])
+    assert delivery_latencies(sent, base, got, [(50.9, 52.0)]) == pytest.approx([500.0])  # sent within
 
 
 def test_websocket_clients_read_the_event_index_from_occurred_at() -> None:
