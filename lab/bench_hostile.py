@@ -810,9 +810,13 @@ class _Runs:
             for w in spans
         )
         cpu = switch.cpu_per_s()
+        warm = (
+            f"a warm-up of {self.args.warmup:.0f} s (not counted; clean, then hostile for its second half), then "
+            if self.args.warmup
+            else ""
+        )
         notes = [
-            f"{len(sent):,} valid events sent in {res['produced_s']:.0f} s: a warm-up of {self.args.warmup:.0f} s "
-            f"(not counted; clean, then hostile for its second half), then the hostile traffic let go in "
+            f"{len(sent):,} valid events sent in {res['produced_s']:.0f} s: {warm}the hostile traffic let go in "
             f"{sum(plan)} of {len(plan)} slices of {SLICE_S:.0f} s (clean, hostile, hostile, clean, ...); "
             f"counted: events sent in {sum(b - a for a, b in spans[0]):.0f} s of clean windows ({GUARD_S:.0f} s "
             f"left out after and before the hostile traffic) and {sum(b - a for a, b in spans[1]):.0f} s of "

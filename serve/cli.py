@@ -337,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--warmup",
         type=float,
         default=10.0,
-        help="e2e: seconds of load before the measured --duration, not counted (default 10)",
+        help="e2e, hostile: seconds of load before the measured --duration, not counted (default 10)",
     )
     b.add_argument("--rate", type=float, default=2000.0)
     b.add_argument("--clients", type=int, default=1000)
