@@ -825,10 +825,12 @@ class _Runs:
             f"broker, {stored[0]:,} stored; failed requests: {res['errors'] or 'none'}; {len(received):,} "
             f"notification webhooks received; CPU s/s, clean and hostile: servers {cpu[False][0]:.2f} and "
             f"{cpu[True][0]:.2f}, the machine {cpu[False][1]:.2f} and {cpu[True][1]:.2f} of {os.cpu_count()}; "
+            f"every task waiting on I/O: {cpu[False][2] * 1000:.0f} and {cpu[True][2] * 1000:.0f} ms/s; "
             f"valid load {res['cpu_s']:.1f} s, hostile traffic {hostile_res['cpu_s']:.1f} s; PostgreSQL: {wal_note}",
         ]
         origin = switch.toggles[0][0] if switch.toggles else 0.0
         notes.append("send -> stored p99 by window: " + by_window(sent, valid, spans, origin))
+        notes.append("ms of each slice in which every task waited on I/O: " + switch.io_by_slice())
         tally: dict[str, int] = hostile_res["tally"]
         notes.append("hostile traffic: " + ", ".join(f"{k} {v:,}" for k, v in sorted(tally.items())))
         lives: list[float] = hostile_res["lifetimes"]
@@ -849,7 +851,8 @@ class _Switch(threading.Thread):
         self.on, self.plan, self.servers, self.warmup_s = on, plan, servers, warmup_s
         self.start_at = self.end = 0.0
         self.toggles: list[tuple[float, bool]] = []
-        self.cpu: list[tuple[float, float]] = []  # the servers' CPU s and the machine's, at each toggle and the end
+        # the servers' CPU s, the machine's, and its I/O stall s, at each toggle and at the end
+        self.cpu: list[tuple[float, float, float]] = []
 
     def run(self) -> None:
         if self.warmup_s:
@@ -858,7 +861,7 @@ class _Switch(threading.Thread):
         begin = self.start_at + self.warmup_s
         for k, hostile in enumerate(self.plan):
             time.sleep(max(0.0, begin + k * SLICE_S - time.monotonic()))
-            self.cpu.append((_cpu_s(self.servers), _busy_s()))
+            self.cpu.append(_usage(self.servers))
             if hostile:
                 self.on.set()
             else:
@@ -867,19 +870,26 @@ class _Switch(threading.Thread):
         time.sleep(max(0.0, begin + len(self.plan) * SLICE_S - time.monotonic()))
         self.on.clear()
         self.end = time.monotonic()
-        self.cpu.append((_cpu_s(self.servers), _busy_s()))
+        self.cpu.append(_usage(self.servers))
 
-    def cpu_per_s(self) -> dict[bool, tuple[float, float]]:
-        """CPU seconds per second, the servers' and the whole machine's (every core), in the clean
-        slices (False) and in the hostile ones (True)."""
-        used = {False: [0.0, 0.0], True: [0.0, 0.0]}
+    def cpu_per_s(self) -> dict[bool, tuple[float, ...]]:
+        """Per second, in the clean slices (False) and in the hostile ones (True): the servers' CPU
+        seconds, the whole machine's (every core), and the seconds every task waited on I/O."""
+        used = {False: [0.0, 0.0, 0.0], True: [0.0, 0.0, 0.0]}
         took = {False: 0.0, True: 0.0}
         ends = [t for t, _ in self.toggles[1:]] + [self.end]
         for k, (at, hostile) in enumerate(self.toggles):
-            for j in (0, 1):
+            for j in range(3):
                 used[hostile][j] += self.cpu[k + 1][j] - self.cpu[k][j]
             took[hostile] += ends[k] - at
-        return {h: (used[h][0] / took[h], used[h][1] / took[h]) if took[h] else (0.0, 0.0) for h in used}
+        return {h: tuple(u / took[h] if took[h] else 0.0 for u in used[h]) for h in used}
+
+    def io_by_slice(self) -> str:
+        """Each slice's milliseconds in which every task waited on I/O, `C` or `H` after it."""
+        return " ".join(
+            f"{(self.cpu[k + 1][2] - self.cpu[k][2]) * 1000:.0f}{'H' if hostile else 'C'}"
+            for k, (_at, hostile) in enumerate(self.toggles)
+        )
 
 
 def _cpu_s(servers: list[Server]) -> float:
@@ -891,6 +901,18 @@ def _cpu_s(servers: list[Server]) -> float:
             fields = Path(f"/proc/{s.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
     return total
+
+
+def _usage(servers: list[Server]) -> tuple[float, float, float]:
+    return _cpu_s(servers), _busy_s(), _io_stall_s()
+
+
+def _io_stall_s() -> float:
+    """Seconds so far in which every task waited on I/O (/proc/pressure/io, `full`); 0 without it."""
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        full = Path("/proc/pressure/io").read_text().split("\n")[1]
+        return int(full.rsplit("total=", 1)[1]) / 1e6
+    return 0.0
 
 
 def _busy_s() -> float:
