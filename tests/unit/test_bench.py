@@ -29,6 +29,7 @@ from lab.bench_hostile import (
     figures,
     nested_json,
     not_json,
+    read_answer,
     side,
     slices,
     slow_request,
@@ -264,6 +265,24 @@ def test_paced_hostile_traffic_goes_only_while_the_switch_is_on() -> None:
 
     got = asyncio.run(go())
     assert got == list(range(len(got)))  # numbered on across the pause
+
+
+def test_the_attackers_http_client_reads_whole_answers_by_their_length() -> None:
+    async def answer(data: bytes) -> tuple[int, bool, bytes]:
+        reader = asyncio.StreamReader()
+        reader.feed_data(data)
+        reader.feed_eof()
+        status, keep = await read_answer(reader)
+        return status, keep, await reader.read()
+
+    two = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 2\r\n\r\n{}HTTP/1.1 202 Accepted\r\n"
+    assert asyncio.run(answer(two)) == (413, True, b"HTTP/1.1 202 Accepted\r\n")  # the next one left unread
+    closing = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    assert asyncio.run(answer(closing)) == (408, False, b"")
+    with pytest.raises(ValueError, match="Content-Length"):
+        asyncio.run(answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"))
+    with pytest.raises(ValueError, match="status line"):
+        asyncio.run(answer(b"SSH-2.0-OpenSSH\r\n\r\n"))
 
 
 def test_windows_count_all_of_the_hostile_time_and_leave_a_guard_around_the_clean() -> None:
