@@ -277,3 +277,38 @@ class BenchEnv:
 
         asyncio.run(clear(self._client_ids))
         self._client_ids = []
+
+
+# -- what the servers and the machine used (from /proc; 0 where it is not there) ----------------
+def servers_cpu_s(servers: list[Server]) -> float:
+    """CPU seconds the server processes have used so far (user and system); one that has exited
+    counts no more."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for s in servers:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{s.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the machine's cores have been busy so far, all processes and the kernel
+    (/proc/stat: all but idle and iowait)."""
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
+def io_stall_s() -> float:
+    """Seconds so far in which every task waited on I/O (/proc/pressure/io, `full`)."""
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        full = Path("/proc/pressure/io").read_text().split("\n")[1]
+        return int(full.rsplit("total=", 1)[1]) / 1e6
+    return 0.0
+
+
+def usage(servers: list[Server]) -> tuple[float, float, float]:
+    """(`servers_cpu_s`, `machine_busy_s`, `io_stall_s`) now."""
+    return servers_cpu_s(servers), machine_busy_s(), io_stall_s()

@@ -51,7 +51,6 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlencode
 
@@ -61,7 +60,7 @@ import psycopg
 
 from ingest.mqtt_conn import Endpoint, Publisher
 from lab import queries
-from lab.bench_env import BenchEnv, BenchTenant, Server
+from lab.bench_env import BenchEnv, BenchTenant, Server, usage
 from lab.bench_figures import Figure, percentile
 from lab.bench_load import _run, paced_publisher, signed_headers
 from lab.bench_stream import Receipts, clients_process
@@ -883,7 +882,7 @@ class _Runs:
             )
             for w in spans
         )
-        cpu = switch.cpu_per_s()
+        cpu = switch.usage_per_s()
         warm = (
             f"a warm-up of {self.args.warmup:.0f} s (not counted; clean, then hostile for its second half), then "
             if self.args.warmup
@@ -925,8 +924,8 @@ class _Switch(threading.Thread):
         self.on, self.plan, self.servers, self.warmup_s = on, plan, servers, warmup_s
         self.start_at = self.end = 0.0
         self.toggles: list[tuple[float, bool]] = []
-        # the servers' CPU s, the machine's, and its I/O stall s, at each toggle and at the end
-        self.cpu: list[tuple[float, float, float]] = []
+        # the servers' CPU s, the machine's, and its I/O stall s (`usage`), at each toggle and at the end
+        self.used: list[tuple[float, float, float]] = []
 
     def run(self) -> None:
         if self.warmup_s:
@@ -935,7 +934,7 @@ class _Switch(threading.Thread):
         begin = self.start_at + self.warmup_s
         for k, hostile in enumerate(self.plan):
             time.sleep(max(0.0, begin + k * SLICE_S - time.monotonic()))
-            self.cpu.append(_usage(self.servers))
+            self.used.append(usage(self.servers))
             if hostile:
                 self.on.set()
             else:
@@ -944,9 +943,9 @@ class _Switch(threading.Thread):
         time.sleep(max(0.0, begin + len(self.plan) * SLICE_S - time.monotonic()))
         self.on.clear()
         self.end = time.monotonic()
-        self.cpu.append(_usage(self.servers))
+        self.used.append(usage(self.servers))
 
-    def cpu_per_s(self) -> dict[bool, tuple[float, ...]]:
+    def usage_per_s(self) -> dict[bool, tuple[float, ...]]:
         """Per second, in the clean slices (False) and in the hostile ones (True): the servers' CPU
         seconds, the whole machine's (every core), and the seconds every task waited on I/O."""
         used = {False: [0.0, 0.0, 0.0], True: [0.0, 0.0, 0.0]}
@@ -954,48 +953,16 @@ class _Switch(threading.Thread):
         ends = [t for t, _ in self.toggles[1:]] + [self.end]
         for k, (at, hostile) in enumerate(self.toggles):
             for j in range(3):
-                used[hostile][j] += self.cpu[k + 1][j] - self.cpu[k][j]
+                used[hostile][j] += self.used[k + 1][j] - self.used[k][j]
             took[hostile] += ends[k] - at
         return {h: tuple(u / took[h] if took[h] else 0.0 for u in used[h]) for h in used}
 
     def io_by_slice(self) -> str:
         """Each slice's milliseconds in which every task waited on I/O, `C` or `H` after it."""
         return " ".join(
-            f"{(self.cpu[k + 1][2] - self.cpu[k][2]) * 1000:.0f}{'H' if hostile else 'C'}"
+            f"{(self.used[k + 1][2] - self.used[k][2]) * 1000:.0f}{'H' if hostile else 'C'}"
             for k, (_at, hostile) in enumerate(self.toggles)
         )
-
-
-def _cpu_s(servers: list[Server]) -> float:
-    """CPU seconds the server processes have used so far (user and system, from /proc)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for s in servers:
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = Path(f"/proc/{s.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
-    return total
-
-
-def _usage(servers: list[Server]) -> tuple[float, float, float]:
-    return _cpu_s(servers), _busy_s(), _io_stall_s()
-
-
-def _io_stall_s() -> float:
-    """Seconds so far in which every task waited on I/O (/proc/pressure/io, `full`); 0 without it."""
-    with contextlib.suppress(OSError, IndexError, ValueError):
-        full = Path("/proc/pressure/io").read_text().split("\n")[1]
-        return int(full.rsplit("total=", 1)[1]) / 1e6
-    return 0.0
-
-
-def _busy_s() -> float:
-    """CPU seconds the machine's cores have been busy so far, all processes and the kernel
-    (/proc/stat: all but idle and iowait); 0 where there is no /proc/stat."""
-    with contextlib.suppress(OSError, IndexError, ValueError):
-        ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-        return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
-    return 0.0
 
 
 def _wait(event: Any, proc: Any, timeout_s: float, what: str) -> None:

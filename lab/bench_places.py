@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import random
 import statistics
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
 
-from lab.bench_env import BenchEnv, Server
+from lab.bench_env import BenchEnv, Server, servers_cpu_s
 from lab.bench_figures import Figure
 from trackd import crossings, place_store
 from trackd.codes import EventKind
@@ -149,20 +147,10 @@ def _mean(a: float | None, b: float | None) -> float | None:
     return (a + b) / 2 if a is not None and b is not None else None
 
 
-def _cpu_s(servers: list[Server]) -> float:
-    """CPU seconds the server processes have used so far (user and system, from /proc)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for s in servers:
-        fields = Path(f"/proc/{s.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / tick
-    return total
-
-
 def _measured(env: BenchEnv, servers: list[Server], measure: Measure, base: float) -> tuple[float | None, float | None]:
     """A run's rate, and the server CPU microseconds per event it stored: other load on the
     cores slows the rate, but hardly what each event costs the servers."""
-    cpu, stored = _cpu_s(servers), env.count_events()
+    cpu, stored = servers_cpu_s(servers), env.count_events()
     rate = measure(base)
     events = env.count_events() - stored
-    return rate, ((_cpu_s(servers) - cpu) / events * 1e6 if events else None)
+    return rate, ((servers_cpu_s(servers) - cpu) / events * 1e6 if events else None)
