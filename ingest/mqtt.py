@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -224,13 +225,24 @@ class MqttIngester:
     async def _store_then_ack(
         self, batch: list[Message], before: asyncio.Task[None] | None, slots: asyncio.Semaphore
     ) -> None:
+        """Store a batch, then acknowledge it. Its slot is given back once its valid messages are
+        stored: keeping its unreadable ones aside (quarantine) holds up only its acknowledgements,
+        never the next batch (what is unacknowledged stays within the broker's receive maximum)."""
+        held = True
+
+        def stored() -> None:
+            nonlocal held
+            if held:
+                held = False
+                slots.release()
+
         try:
             backoff, failures = 0.2, 0
             kept: set[int] = set()  # the messages quarantined: once, though the batch is tried again
             while True:
                 try:
                     if failures < BATCH_TRIES:
-                        await self._handle(batch, kept)
+                        await self._handle(batch, kept, stored)
                     else:
                         await self._quarantine_batch(batch, kept)
                     break
@@ -251,12 +263,12 @@ class MqttIngester:
                 if acks:
                     conn.send(b"".join(acks))
         finally:
-            slots.release()
+            stored()
 
-    async def _handle(self, batch: list[Message], kept: set[int]) -> None:
+    async def _handle(self, batch: list[Message], kept: set[int], stored: Callable[[], None] = lambda: None) -> None:
         """Store a batch; what cannot be understood or stored is quarantined message by message (and
-        its id added to `kept`), the rest stored. Raises `Unavailable` (or OSError) only while the
-        database does not answer."""
+        its id added to `kept`), the rest stored (then `stored` is called). Raises `Unavailable` (or
+        OSError) only while the database does not answer."""
         now = self.pipeline.clock()
         per_tenant: dict[str, tuple[store.Tenant, list[_Parsed]]] = {}
         # Kept aside after the batch's valid messages are stored, all in one transaction: poison in a
@@ -293,6 +305,7 @@ class MqttIngester:
                 per_tenant.setdefault(tenant.name, (tenant, []))[1].append(_Parsed(item, r.source, events))
         for tenant, parsed in per_tenant.values():
             await self._store(tenant, parsed, kept)
+        stored()
         await self._quarantine_all(rejects, kept)
 
     async def _quarantine_all(

@@ -10,7 +10,10 @@ each half written in a transaction of its own (a small one, one delivery at a ti
 failing delivery is alone; it gets its error and the rest are stored. That holds for errors of the
 data, and for a database error while the database answers (`db.ping`): a database that does not
 answer fails every caller with `Unavailable` (503, nothing stored, the sender retries). `ingest`
-keeps what could not be understood or stored in quarantine, with the reason.
+keeps what could not be understood or stored in quarantine, with the reason: the inputs to keep
+that wait while a quarantine write is in flight go together in the next one (one statement, one
+transaction, one in flight), so that a flood of them costs the valid writes one transaction at a
+time, not one each.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import logging
 import time
 import zlib
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TypeVar
@@ -50,6 +53,10 @@ PING_S = 0.5  # after a failed group write: does the database answer at all?
 # A failed group of at most this many deliveries is retried one delivery at a time (for so few,
 # that takes no more transactions than halving); a larger one is halved.
 ALONE_AT = 4
+# Inputs kept in quarantine in one transaction at most (and their raw bytes): the deliveries waiting
+# beyond that go in the next one (a delivery over it alone goes on its own).
+REJECTS_MAX = 1000
+REJECTS_MAX_BYTES = 16 << 20
 
 
 @dataclass(slots=True)
@@ -65,6 +72,14 @@ class _Lane:
 
     waiting: deque[_Delivery] = field(default_factory=deque)
     writers: int = 0
+
+
+@dataclass(slots=True)
+class _Rejects:
+    """One caller's inputs to keep in quarantine, waiting for the quarantine writer."""
+
+    rows: list[quarantine_store.Kept]
+    done: asyncio.Future[None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +106,8 @@ class Pipeline:
         self.clock = clock
         self._lanes: dict[tuple[int, int], _Lane] = {}
         self._writers: set[asyncio.Task[None]] = set()
+        self._rejects: deque[_Rejects] = deque()
+        self._rejecter: asyncio.Task[None] | None = None
 
     def normalize(self, source: str, payload: bytes, ctx: SourceContext) -> list[Event]:
         events: list[Event] = sources.get(source).normalize(payload, ctx)
@@ -143,19 +160,13 @@ class Pipeline:
 
     async def _write_lane(self, tenant: Tenant, key: tuple[int, int], lane: _Lane) -> None:
         try:
-            while lane.waiting:
-                group: list[_Delivery] = []
-                size = 0
-                while lane.waiting and (not group or size + len(lane.waiting[0].events) <= GROUP_MAX_EVENTS):
-                    group.append(lane.waiting.popleft())
-                    size += len(group[-1].events)
-                try:
-                    await self._write_group(tenant, group)
-                except BaseException:  # cancelled (shutting down): nobody may wait for ever
-                    for d in (*group, *lane.waiting):
-                        _settle(d, exc=Unavailable("server shutting down; the delivery was not stored"))
-                    lane.waiting.clear()
-                    raise
+            await _drain(
+                lane.waiting,
+                lambda d: (len(d.events), 0),
+                (GROUP_MAX_EVENTS, 0),
+                lambda group: self._write_group(tenant, group),
+                "the delivery was not stored",
+            )
         finally:
             lane.writers -= 1
             if not lane.writers and not lane.waiting and self._lanes.get(key) is lane:
@@ -210,13 +221,52 @@ class Pipeline:
         return True
 
     async def reject_many(self, rejections: list[Rejection], transport: str) -> None:
-        """Keep several inputs that could not be understood, in one transaction."""
-        async with store.transaction(self.pool) as conn:
-            for r in rejections:
-                reason = f"{r.error.code}: {r.error.detail}"
-                await quarantine_store.quarantine(conn, r.tenant_id, r.source, transport, reason, r.raw, r.size)
+        """Keep several inputs that could not be understood; returns once they are durable, with
+        those of other callers waiting then (see the module's note). Raises the error of the write
+        that held them: `Unavailable` when the database does not answer."""
+        if not rejections:
+            return
+        rows = [
+            (r.tenant_id, r.source, transport, f"{r.error.code}: {r.error.detail}", r.raw, r.size) for r in rejections
+        ]
+        item = _Rejects(rows, asyncio.get_running_loop().create_future())
+        self._rejects.append(item)
+        if self._rejecter is None:
+            self._rejecter = asyncio.create_task(self._write_rejects(), name="trackd-quarantine")
+            self._writers.add(self._rejecter)
+            self._rejecter.add_done_callback(self._writers.discard)
+        await item.done
         for r in rejections:
             metrics.QUARANTINED.labels(r.source, transport).inc()
+
+    async def _write_rejects(self) -> None:
+        try:
+            await _drain(
+                self._rejects,
+                lambda w: (len(w.rows), sum(len(r[4]) for r in w.rows)),
+                (REJECTS_MAX, REJECTS_MAX_BYTES),
+                self._keep,
+                "the input was not quarantined",
+            )
+        finally:
+            self._rejecter = None
+
+    async def _keep(self, group: list[_Rejects]) -> None:
+        """One transaction for the group; if it fails while the database answers, each caller's in
+        one of its own, so that one caller's input cannot fail another's."""
+        try:
+            async with store.transaction(self.pool) as conn:
+                await quarantine_store.quarantine_many(conn, [r for w in group for r in w.rows])
+        except Exception as exc:
+            if len(group) == 1 or (isinstance(exc, Unavailable) and not await self.answers()):
+                for w in group:
+                    _settle(w, exc=exc)
+                return
+            for w in group:
+                await self._keep([w])
+            return
+        for w in group:
+            _settle(w, None)
 
     async def reject(
         self,
@@ -298,12 +348,47 @@ def lane(ref: str) -> int:
     return zlib.crc32(ref.encode()) % PARTS
 
 
-def _settle(d: _Delivery, result: ledger.WriteResult | None = None, exc: BaseException | None = None) -> None:
-    """Hand a caller its outcome, unless it stopped waiting (its events may still be stored)."""
+_W = TypeVar("_W", _Delivery, _Rejects)
+
+
+async def _drain(
+    waiting: deque[_W],
+    weigh: Callable[[_W], tuple[int, int]],
+    caps: tuple[int, int],
+    write: Callable[[list[_W]], Awaitable[None]],
+    lost: str,
+) -> None:
+    """Write what waits, in groups: the first waiting, with those after it while the group's
+    weights stay within `caps`. Cancelled (shutting down), every caller still waiting hears so."""
+    while waiting:
+        group: list[_W] = [waiting.popleft()]
+        total = weigh(group[0])
+        while waiting:
+            more = weigh(waiting[0])
+            grown = (total[0] + more[0], total[1] + more[1])
+            if grown[0] > caps[0] or grown[1] > caps[1]:
+                break
+            group.append(waiting.popleft())
+            total = grown
+        try:
+            await write(group)
+        except BaseException:  # nobody may wait for ever
+            for d in (*group, *waiting):
+                _settle(d, exc=Unavailable(f"server shutting down; {lost}"))
+            waiting.clear()
+            raise
+
+
+def _settle(
+    d: _Delivery | _Rejects, result: ledger.WriteResult | None = None, exc: BaseException | None = None
+) -> None:
+    """Hand a caller its outcome, unless it stopped waiting (its input may still be stored)."""
     if d.done.done():
         return
     if exc is not None:
         d.done.set_exception(exc)
+    elif isinstance(d, _Rejects):
+        d.done.set_result(None)
     else:
         assert result is not None
         d.done.set_result(result)

@@ -28,6 +28,16 @@ DELETE FROM quarantine WHERE tenant_id IS NULL AND id <= (
 """
 
 
+def _text(raw: bytes, sample: bool) -> str:
+    """What is kept of `raw`, as text: up to 1 MB (of the sample, 4 KB of the stored text)."""
+    text = (
+        raw[: SAMPLE_RAW if sample else MAX_QUARANTINE_RAW].decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+    )
+    if sample:  # a replacement character takes three bytes: the sample's 4 KB are of the stored text
+        text = text.encode()[:SAMPLE_RAW].decode("utf-8", errors="ignore")
+    return text
+
+
 async def quarantine(
     conn: Conn, tenant_id: int | None, source: str, transport: str, reason: str, raw: bytes, size: int | None = None
 ) -> bool:
@@ -39,19 +49,43 @@ async def quarantine(
     is not kept (False) rather than waiting for it.
     """
     sample = tenant_id is None
-    kept = raw[: SAMPLE_RAW if sample else MAX_QUARANTINE_RAW]
-    text = kept.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
-    if sample:  # a replacement character takes three bytes: the sample's 4 KB are of the stored text
-        text = text.encode()[:SAMPLE_RAW].decode("utf-8", errors="ignore")
     if sample and not await try_job_lock(conn, SAMPLE_LOCK):
         return False
     await conn.execute(
         "INSERT INTO quarantine (tenant_id, source, transport, reason, raw, size) VALUES (%s, %s, %s, %s, %s, %s)",
-        (tenant_id, source, transport, reason[:2000], text, len(raw) if size is None else size),
+        (tenant_id, source, transport, reason[:2000], _text(raw, sample), len(raw) if size is None else size),
     )
     if sample:
         await conn.execute(_TRIM_SAMPLE, (SAMPLE_ROWS, SAMPLE_BYTES))
     return True
+
+
+# (tenant id, source, transport, reason, raw, size): one input to keep, as `quarantine` takes it.
+Kept = tuple[int | None, str, str, str, bytes, int | None]
+
+_INSERT_MANY = (
+    "INSERT INTO quarantine (tenant_id, source, transport, reason, raw, size)"
+    " SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[])"
+)
+
+
+async def quarantine_many(conn: Conn, rows: list[Kept]) -> None:
+    """Keep several inputs in one statement, in their order (those without a tenant one by one, in
+    the sample, as `quarantine` does)."""
+    own = [r for r in rows if r[0] is not None]
+    if own:
+        columns: list[list[Any]] = [[], [], [], [], [], []]
+        for tenant_id, source, transport, reason, raw, size in own:
+            for column, value in zip(
+                columns,
+                (tenant_id, source, transport, reason[:2000], _text(raw, False), len(raw) if size is None else size),
+                strict=True,
+            ):
+                column.append(value)
+        await conn.execute(_INSERT_MANY, columns)
+    for r in rows:
+        if r[0] is None:
+            await quarantine(conn, *r)
 
 
 async def quarantine_now(

@@ -30,7 +30,7 @@ from ingest import mqtt as ingester_mod
 from ingest import mqtt_conn
 from ingest.mqtt_codec import Message
 from ingest.mqtt_conn import PublisherThread, endpoint
-from ingest.pipeline import Pipeline
+from ingest.pipeline import Pipeline, Rejection
 from ingest.sources import _common, native
 from tests.conftest import MQTT_URL, ROOT, RunEnv, Server, Tenant, free_port, start_server, stop_server, wait_for
 from trackd import db, ledger, store, tenant_store
@@ -292,6 +292,62 @@ def test_a_poison_message_is_quarantined_alone_and_the_rest_of_its_batch_stored(
         ingester.close()
 
 
+class InProcess:
+    """An MQTT ingester on the test's own event loop and a pipeline of the test's `kind`, with a
+    tenant, a topic prefix and a persistent session of its own (ended at exit); `restart` starts
+    a new ingester on the same session."""
+
+    def __init__(self, testenv: RunEnv, tag: str, kind: type[Pipeline]) -> None:
+        run = secrets.token_hex(4)
+        self.testenv, self.kind = testenv, kind
+        self.name, self.client_id = f"{tag}-{run}", f"{tag}-{run}"
+        prefix = f"{tag}{run}/"
+        self.topic = f"{prefix}trackd/{self.name}/devices/d1/events"
+        self.settings = Settings(
+            database_url=testenv.dsn, mqtt_url=MQTT_URL, mqtt_topic_prefix=prefix, mqtt_client_id=self.client_id
+        )
+        self.pub = mqtt_conn.Publisher(endpoint(MQTT_URL), f"pub-{run}")
+        self.stop = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> InProcess:
+        self.pool = await db.open_pool(self.testenv.dsn, 4)
+        await tenant_store.create_tenant(self.pool, self.name, None)
+        found = await tenant_store.tenant_with_secret(self.pool, self.name, None)
+        assert found is not None
+        self.tenant_id = found[0].id
+        await self.start()
+        return self
+
+    async def start(self) -> None:
+        self.stop = asyncio.Event()
+        ingester = ingester_mod.MqttIngester(self.settings, self.kind(self.pool))
+        self.task = asyncio.create_task(ingester.run(self.stop))
+        await asyncio.wait_for(ingester.subscribed.wait(), 10)
+
+    async def end(self) -> None:
+        self.stop.set()
+        if self.task is not None:
+            await asyncio.wait_for(self.task, 10)
+            self.task = None
+
+    async def restart(self) -> None:
+        await self.end()
+        await self.start()
+
+    async def publish(self, *bodies: bytes) -> None:
+        for f in [self.pub.publish(self.topic, body) for body in bodies]:
+            await asyncio.wait_for(f, 10)
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            await self.end()
+        finally:
+            await self.pub.close()
+            await mqtt_conn.end_session(endpoint(MQTT_URL), self.client_id)
+            await self.pool.close()
+
+
 async def test_a_message_that_keeps_failing_while_the_database_answers_is_quarantined(
     testenv: RunEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -299,8 +355,6 @@ async def test_a_message_that_keeps_failing_while_the_database_answers_is_quaran
     (as some limits of PostgreSQL are reported) is retried alone, then quarantined and
     acknowledged: it does not stay unacknowledged for ever, and the rest of its batch is stored."""
     monkeypatch.setattr(ingester_mod, "ALONE_WAIT_S", 0.05)
-    run = secrets.token_hex(4)
-    name, prefix, client_id = f"st-{run}", f"st{run}/", f"st-{run}"
     attempts: list[int] = []
 
     class Refusing(Pipeline):
@@ -310,31 +364,18 @@ async def test_a_message_that_keeps_failing_while_the_database_answers_is_quaran
                 raise Unavailable("database unavailable: program limit exceeded")
             return await super()._write(tenant, events, transport)
 
-    pool = await db.open_pool(testenv.dsn, 4)
-    stop = asyncio.Event()
-    settings = Settings(database_url=testenv.dsn, mqtt_url=MQTT_URL, mqtt_topic_prefix=prefix, mqtt_client_id=client_id)
-    task: asyncio.Task[None] | None = None
-    pub = mqtt_conn.Publisher(endpoint(MQTT_URL), f"pub-{run}")
-    try:
-        await tenant_store.create_tenant(pool, name, None)
-        found = await tenant_store.tenant_with_secret(pool, name, None)
-        assert found is not None
-        ingester = ingester_mod.MqttIngester(settings, Refusing(pool))
-        task = asyncio.create_task(ingester.run(stop))
-        await asyncio.wait_for(ingester.subscribed.wait(), 10)
-        topic = f"{prefix}trackd/{name}/devices/d1/events"
+    async with InProcess(testenv, "st", Refusing) as ing:
         bodies = [position(i) for i in range(10)]
         bodies.insert(4, position(99, shipment="STUCK"))
-        for f in [pub.publish(topic, body) for body in bodies]:
-            await asyncio.wait_for(f, 10)
+        await ing.publish(*bodies)
 
         async def counts() -> tuple[int, int]:
-            async with store.transaction(pool) as conn:
+            async with store.transaction(ing.pool) as conn:
                 row = await (
                     await conn.execute(
                         "SELECT (SELECT count(*) FROM events WHERE tenant_id = %(t)s) AS e,"
                         " (SELECT count(*) FROM quarantine WHERE tenant_id = %(t)s) AS q",
-                        {"t": found[0].id},
+                        {"t": ing.tenant_id},
                     )
                 ).fetchone()
             assert row is not None
@@ -346,23 +387,12 @@ async def test_a_message_that_keeps_failing_while_the_database_answers_is_quaran
             await asyncio.sleep(0.05)
         assert await counts() == (10, 1)
         assert attempts[-ingester_mod.ALONE_TRIES :] == [1] * ingester_mod.ALONE_TRIES  # alone, then given up
-        stop.set()
-        await asyncio.wait_for(task, 10)
         # A new ingester on the same session: the quarantined message was acknowledged.
-        stop, attempts[:] = asyncio.Event(), []
-        again = ingester_mod.MqttIngester(settings, Refusing(pool))
-        task = asyncio.create_task(again.run(stop))
-        await asyncio.wait_for(again.subscribed.wait(), 10)
+        attempts[:] = []
+        await ing.restart()
         await asyncio.sleep(1.0)
         assert attempts == []
         assert await counts() == (10, 1)
-    finally:
-        stop.set()
-        if task is not None:
-            await asyncio.wait_for(task, 10)
-        await pub.close()
-        await mqtt_conn.end_session(endpoint(MQTT_URL), client_id)
-        await pool.close()
 
 
 @pytest.mark.parametrize("where", ["array", "object"])
@@ -506,3 +536,93 @@ async def test_a_rejected_message_leaves_no_cycle_for_the_collector(testenv: Run
         if was_enabled:
             gc.enable()
         await pool.close()
+
+
+async def until(predicate: Any, timeout_s: float = 10.0) -> None:
+    """`wait_for` for a test whose event loop must keep running meanwhile."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_inputs_to_quarantine_wait_together_and_one_refused_fails_alone(testenv: RunEnv) -> None:
+    """A flood of inputs to keep aside costs one transaction at a time: what waits while one is in
+    flight goes in the next. One whose write the database refuses fails alone: every other caller's
+    inputs are kept."""
+    run = secrets.token_hex(4)
+    pool = await db.open_pool(testenv.dsn, 4)
+    groups: list[int] = []
+
+    class Counting(Pipeline):
+        async def _keep(self, group: list[Any]) -> None:
+            groups.append(len(group))
+            await super()._keep(group)
+
+    def rejection(tenant_id: int, i: int) -> Rejection:
+        return Rejection(tenant_id, "native", ValidationError("body", f"bad {run} {i}"), b"junk %d" % i)
+
+    try:
+        await tenant_store.create_tenant(pool, f"qg-{run}", None)
+        found = await tenant_store.tenant_with_secret(pool, f"qg-{run}", None)
+        assert found is not None
+        tid, pipeline = found[0].id, Counting(pool)
+
+        def kept() -> list[str]:
+            rows = testenv.sql("SELECT reason FROM quarantine WHERE tenant_id = %s ORDER BY id", tid)
+            return [r[0] for r in rows]
+
+        await asyncio.gather(
+            *(pipeline.reject_many([rejection(tid, i), rejection(tid, i + 100)], "mqtt") for i in range(50))
+        )
+        assert len(kept()) == 100
+        assert len(groups) <= 2, groups  # not one transaction per caller
+        groups.clear()
+        outcomes = await asyncio.gather(
+            *(pipeline.reject_many([rejection(1 << 70 if i == 7 else tid, 200 + i)], "api") for i in range(20)),
+            return_exceptions=True,
+        )
+        assert [i for i, o in enumerate(outcomes) if o is not None] == [7]
+        assert isinstance(outcomes[7], ValidationError)
+        assert sorted(kept()[100:]) == sorted(
+            f"ValidationError: body: bad {run} {200 + i}" for i in range(20) if i != 7
+        )
+        assert groups[0] == 20  # the group failed, then each was written alone
+        assert groups[1:] == [1] * 20
+    finally:
+        await pool.close()
+
+
+async def test_a_batch_waiting_to_quarantine_does_not_hold_up_the_next_one(
+    testenv: RunEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With one batch in flight at a time, a batch whose poison message cannot be kept aside yet
+    (its quarantine write waits) lets the next batches be stored meanwhile; it is acknowledged
+    once its poison is kept, and nothing comes back after."""
+    monkeypatch.setattr(ingester_mod, "BATCHES_IN_FLIGHT", 1)
+    gate, waiting = asyncio.Event(), asyncio.Event()
+
+    class Slow(Pipeline):
+        async def reject_many(self, rejections: list[Rejection], transport: str) -> None:
+            waiting.set()
+            await gate.wait()
+            await super().reject_many(rejections, transport)
+
+    try:
+        async with InProcess(testenv, "qs", Slow) as ing:
+            await ing.publish(nested(300))
+            await asyncio.wait_for(waiting.wait(), 10)
+            await ing.publish(*(position(i) for i in range(20)))
+            await until(lambda: events_of(testenv, ing.name) == 20)
+            assert quarantined(testenv, ing.name) == []  # still waiting, and the others went past it
+            gate.set()
+            await until(lambda: len(quarantined(testenv, ing.name)) == 1)
+            # The same session again: everything was acknowledged, so nothing is sent again.
+            waiting.clear()
+            await ing.restart()
+            await asyncio.sleep(1.0)
+            assert not waiting.is_set()
+            assert events_of(testenv, ing.name) == 20
+            assert len(quarantined(testenv, ing.name)) == 1
+    finally:
+        gate.set()
