@@ -70,8 +70,8 @@ _INSERT_MANY = (
 
 
 async def quarantine_many(conn: Conn, rows: list[Kept]) -> None:
-    """Keep several inputs in one statement, in their order (those without a tenant one by one, in
-    the sample, as `quarantine` does)."""
+    """Keep several inputs: those of a tenant in one statement, in their order, then those without
+    one, one by one into the sample (as `quarantine` does)."""
     own = [r for r in rows if r[0] is not None]
     if own:
         columns: list[list[Any]] = [[], [], [], [], [], []]
