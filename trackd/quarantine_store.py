@@ -72,17 +72,13 @@ _INSERT_MANY = (
 async def quarantine_many(conn: Conn, rows: list[Kept]) -> None:
     """Keep several inputs: those of a tenant in one statement, in their order, then those without
     one, one by one into the sample (as `quarantine` does)."""
-    own = [r for r in rows if r[0] is not None]
+    own = [
+        (tenant_id, source, transport, reason[:2000], _text(raw, False), len(raw) if size is None else size)
+        for tenant_id, source, transport, reason, raw, size in rows
+        if tenant_id is not None
+    ]
     if own:
-        columns: list[list[Any]] = [[], [], [], [], [], []]
-        for tenant_id, source, transport, reason, raw, size in own:
-            for column, value in zip(
-                columns,
-                (tenant_id, source, transport, reason[:2000], _text(raw, False), len(raw) if size is None else size),
-                strict=True,
-            ):
-                column.append(value)
-        await conn.execute(_INSERT_MANY, columns)
+        await conn.execute(_INSERT_MANY, [list(column) for column in zip(*own, strict=True)])
     for r in rows:
         if r[0] is None:
             await quarantine(conn, *r)
