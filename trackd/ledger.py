@@ -8,6 +8,7 @@ commit order equals seq order per tenant.
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -383,25 +384,40 @@ class StateCache:
     their tokens, and decodes just the rows that changed since (or were never seen). A token names
     the transaction and the update that wrote a row, so a rolled-back write never matches.
 
-    Bounded: beyond `size` shipments the least recently written goes. An entry takes about 10 KB
-    once its trail holds its 50 fixes, so the default stays under about 100 MB."""
+    Bounded: beyond `size` shipments, one chosen at random goes. Writes come round in turns (each
+    tracker reports every so often), and with one shipment more in turn than fit, evicting the least
+    recently written would evict the very one written next, every time: nothing would ever be found
+    (another tenant's few shipments were enough to tip 10,000 of them over). At random, most of what
+    fits stays found. An entry takes about 10 KB once its trail holds its 50 fixes, so the default
+    stays under about 100 MB."""
 
-    def __init__(self, size: int = 10_000) -> None:
+    def __init__(self, size: int = 10_000, rng: random.Random | None = None) -> None:
         self._size = size
-        self._rows: dict[str, Loaded] = {}
+        self._rows: dict[str, tuple[Loaded, int]] = {}  # shipment -> (entry, its place in _ids)
+        self._ids: list[str] = []
+        self._rng = rng or random.Random()
 
     def __len__(self) -> int:
         return len(self._rows)
 
     def get(self, shipment_id: str, token: tuple[Any, ...]) -> Loaded | None:
         hit = self._rows.get(shipment_id)
-        return hit if hit is not None and hit.token == token else None
+        return hit[0] if hit is not None and hit[0].token == token else None
 
     def put(self, shipment_id: str, loaded: Loaded) -> None:
-        self._rows.pop(shipment_id, None)  # to the end: most recently written
-        if len(self._rows) >= self._size:
-            del self._rows[next(iter(self._rows))]
-        self._rows[shipment_id] = loaded
+        known = self._rows.get(shipment_id)
+        if known is not None:
+            self._rows[shipment_id] = (loaded, known[1])
+            return
+        if len(self._ids) >= self._size:
+            at = self._rng.randrange(len(self._ids))
+            gone, last = self._ids[at], self._ids.pop()
+            del self._rows[gone]
+            if last != gone:  # the last one takes the evicted one's place
+                self._ids[at] = last
+                self._rows[last] = (self._rows[last][0], at)
+        self._rows[shipment_id] = (loaded, len(self._ids))
+        self._ids.append(shipment_id)
 
 
 CACHE = StateCache()

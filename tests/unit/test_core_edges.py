@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import random
 from datetime import UTC, datetime
 
 import orjson
@@ -148,15 +149,37 @@ def test_state_fold_keeps_the_latest_position_and_emits_once() -> None:
     assert msgs2 == []
 
 
-def test_state_cache_is_bounded_keeps_the_recently_written_and_matches_tokens() -> None:
-    cache = StateCache(size=2)
+def test_state_cache_is_bounded_and_matches_tokens() -> None:
+    cache = StateCache(size=2, rng=random.Random(7))
     for sid in ("a", "b"):
         cache.put(sid, Loaded({"id": sid}, State(), ("db", "1", 0)))
-    cache.put("a", Loaded({"id": "a"}, State(), ("db", "2", 1)))  # written again: now the newest
-    cache.put("c", Loaded({"id": "c"}, State(), ("db", "3", 0)))
+    cache.put("a", Loaded({"id": "a"}, State(), ("db", "2", 1)))  # written again: replaced in place
     assert len(cache) == 2
-    assert cache.get("b", ("db", "1", 0)) is None  # the least recently written went
     assert cache.get("a", ("db", "1", 0)) is None  # an old token never matches
     hit = cache.get("a", ("db", "2", 1))
     assert hit is not None
     assert hit.row == {"id": "a"}
+    cache.put("c", Loaded({"id": "c"}, State(), ("db", "3", 0)))
+    assert len(cache) == 2
+    assert cache.get("c", ("db", "3", 0)) is not None  # the newest is kept, one of the others went
+    kept = [sid for sid, token in (("a", ("db", "2", 1)), ("b", ("db", "1", 0))) if cache.get(sid, token)]
+    assert len(kept) == 1
+
+
+def test_state_cache_keeps_finding_most_shipments_written_in_turns_when_one_more_than_fits() -> None:
+    """Trackers report in turns: with one shipment more than fit, evicting the least recently
+    written would evict the next one written, every time, and find none."""
+    size = 200
+    cache = StateCache(size=size, rng=random.Random(1))
+    hits = looked = 0
+    for turn in range(8):
+        for k in range(size + 1):
+            sid, token = f"s{k}", ("db", str(k), 0)
+            found = cache.get(sid, token) is not None
+            if not found:
+                cache.put(sid, Loaded({"id": sid}, State(), token))
+            if turn >= 2:
+                looked += 1
+                hits += found
+    assert len(cache) == size
+    assert hits / looked > 0.9
