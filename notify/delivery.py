@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 import httpx
 import orjson
+import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from notify import hook_store, ssrf
@@ -55,6 +56,8 @@ RENEW_S = 3.0  # ... and the lease renewed this often while the send runs
 MAX_COOLDOWN_DOUBLINGS = 5  # an open circuit waits at most 32 cool-downs before its next probe
 DISABLE_AFTER_S = 3 * 86400.0  # an endpoint failing without a success for this long is disabled
 KEEP_LOG_S = 30 * 86400.0  # finished deliveries (and their attempts) are kept this long
+POLL_S = 1.0  # an idle slot looks anyway this often: for what nothing announces (a lease that lapsed)
+UNHEARD_POLL_S = 0.2  # ... and this often while the listener is not connected
 
 
 # -- the pure rules ------------------------------------------------------------------------------
@@ -253,9 +256,13 @@ class Resources(Protocol):
 class Deliverer:
     """Sends due deliveries with `concurrency` slots (default `webhook_senders`) until stopped.
 
-    Idle slots wait to be woken: a poller wakes one every `poll_s`, and a slot that found work
-    wakes one more, so as many slots take part as there is work, without every idle slot querying
-    the queue at once.
+    Idle slots wait to be woken, and a slot that found work wakes one more, so as many slots take
+    part as there is work, without every idle slot querying the queue at once. What wakes one:
+    - a notification on `hook_store.DELIVERIES_CHANNEL`, sent when a transaction that queued
+      deliveries commits (in any process), heard on a connection of the deliverer's own;
+    - the time a retry or a circuit's probe this deliverer scheduled comes due;
+    - a poller, every `poll_s` (every `UNHEARD_POLL_S` while the listener is not connected), for
+      what nothing announces: a lease that lapsed when its worker died, another worker's retry.
     """
 
     def __init__(
@@ -264,7 +271,7 @@ class Deliverer:
         client: httpx.AsyncClient | None = None,
         *,
         concurrency: int | None = None,
-        poll_s: float = 0.2,
+        poll_s: float = POLL_S,
         resolver: ssrf.Resolver = ssrf.system_resolver,
         rng: random.Random | None = None,
         clock: Callable[[], datetime] | None = None,
@@ -280,6 +287,7 @@ class Deliverer:
         self.disable_after_s = float(state.settings.webhook_disable_after_h) * 3600
         self._box: keys.SecretBox | None = None
         self._idle: deque[asyncio.Event] = deque()
+        self.hearing = False  # the listener is connected and listening
 
     async def run(self, stop: asyncio.Event) -> None:
         own = self.client is None
@@ -293,6 +301,7 @@ class Deliverer:
             await asyncio.gather(
                 *(self._slot(stop, client) for _ in range(self.concurrency)),
                 self._poller(stop),
+                self._listener(stop),
                 self._upkeep(stop),
                 self._stopper(stop),
             )
@@ -327,10 +336,37 @@ class Deliverer:
                 break
             await event.wait()
 
+    def _wake_at(self, at: datetime) -> None:
+        """Wake a slot when `at` comes (a retry or a probe this deliverer scheduled)."""
+        delay = (at - self.clock()).total_seconds()
+        asyncio.get_running_loop().call_later(max(0.0, delay), self._wake_one)
+
     async def _poller(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             self._wake_one()
-            await _sleep(stop, self.poll_s)
+            await _sleep(stop, self.poll_s if self.hearing else min(self.poll_s, UNHEARD_POLL_S))
+
+    async def _listener(self, stop: asyncio.Event) -> None:
+        """Wake a slot for each notification that deliveries were queued; connect again (after a
+        growing pause) when the connection is lost, polling more often meanwhile."""
+        backoff = 0.1
+        while not stop.is_set():
+            try:
+                conninfo = self.pool.conninfo
+                assert isinstance(conninfo, str), "the deliverer needs the pool's connection string"
+                async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {hook_store.DELIVERIES_CHANNEL}")
+                    self.hearing, backoff = True, 0.1
+                    self._wake_one()  # what was queued while no one listened
+                    while not stop.is_set():
+                        async for _ in conn.notifies(timeout=1.0, stop_after=1):
+                            self._wake_one()
+            except Exception as exc:  # the database went away: poll more often until it is back
+                if self.hearing:
+                    log.warning("webhook deliveries: not hearing of new ones (%s), polling", _error(exc))
+            self.hearing = False
+            await _sleep(stop, backoff)
+            backoff = min(backoff * 2, 5.0)
 
     async def _stopper(self, stop: asyncio.Event) -> None:
         await stop.wait()
@@ -412,6 +448,10 @@ class Deliverer:
             await hook_store.record(
                 conn, row["id"], row["lease"], attempt, step.status, step.tries, step.next_attempt_at
             )
+        if step.status == "pending":
+            self._wake_at(step.next_attempt_at)
+        if circuit.open_until is not None:
+            self._wake_at(circuit.open_until)
         if step.disable_reason:
             log.warning("webhook %s %s", row["webhook_id"], step.disable_reason)
         elif circuit.open_until is not None and endpoint["circuit_open_until"] is None:

@@ -21,6 +21,7 @@ from trackd.store import BY_CREATED_DESC, Conn, Row, iso, keyset_page, new_id
 EVENT_TYPES = (*MESSAGE_TYPES, "delivered")  # delivered: a status change to delivered, as its own type
 DELIVERY_STATUSES = ("pending", "succeeded", "failed")
 MAX_RESPONSE_BODY = 1024
+DELIVERIES_CHANNEL = "trackd_deliveries"  # notified when deliveries come due (see `wake_senders`)
 
 
 # -- subscriptions -------------------------------------------------------------------------------
@@ -188,7 +189,15 @@ async def retry_delivery(conn: Conn, webhook_id: str, delivery_id: str, now: dat
             (now, webhook_id, delivery_id),
         )
     ).fetchone()
+    if row is not None:
+        await wake_senders(conn)
     return row is not None
+
+
+async def wake_senders(conn: Conn) -> None:
+    """Let the workers' senders know, once this transaction commits, that deliveries are due (a
+    trigger does the same for every insert into the queue: migration 019)."""
+    await conn.execute("SELECT pg_notify(%s, '')", (DELIVERIES_CHANNEL,))
 
 
 REPLAY = """

@@ -1,0 +1,97 @@
+"""Webhook senders are woken when deliveries are queued, not only at their next poll.
+
+Real PostgreSQL and the session server: a statement that queues deliveries notifies
+`trackd_deliveries` (and a write that queues none does not), and an idle sender slot that hears
+it looks at the queue at once, even with a poll an hour apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from notify import delivery as hooks
+from notify.hook_store import DELIVERIES_CHANNEL
+from tests.conftest import RunEnv
+from tests.integration.test_hooks import Receiver, shipment, subscribe
+from trackd.settings import Settings
+
+
+def heard(conn: psycopg.Connection[Any], within_s: float, stop_after: int | None = None) -> int:
+    """How many notifications on the deliveries channel arrive within `within_s` (or until
+    `stop_after` did)."""
+    got = conn.notifies(timeout=within_s, stop_after=stop_after)
+    return sum(1 for n in got if n.channel == DELIVERIES_CHANNEL)
+
+
+def position(tracking: str) -> dict[str, Any]:
+    return {"occurred_at": datetime.now(UTC).isoformat(), "shipment": tracking, "position": {"lat": 1.5, "lon": 2.5}}
+
+
+def test_queuing_deliveries_notifies_the_senders_and_other_writes_do_not(testenv: RunEnv, make_tenant: Any) -> None:
+    subscribed, other = make_tenant("wk"), make_tenant("wq")
+    rec = Receiver()
+    try:
+        subscribe(subscribed, rec.url, ["position"])
+        for t, tracking in ((other, "WQ1"), (subscribed, "WK1")):
+            shipment(t, tracking)
+        with psycopg.connect(testenv.dsn, autocommit=True) as conn:
+            conn.execute(f"LISTEN {DELIVERIES_CHANNEL}")
+            r = other.http.post("/v1/events", json=position("WQ1"))  # no subscription: nothing queued
+            assert r.status_code == 202, r.text
+            assert heard(conn, 1.5) == 0
+            r = subscribed.http.post("/v1/events", json=position("WK1"))
+            assert r.status_code == 202, r.text
+            assert heard(conn, 10.0, stop_after=1) == 1
+            assert heard(conn, 1.0) == 0  # one transaction, one notification
+    finally:
+        rec.close()
+
+
+async def until(check: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+def test_a_notification_wakes_an_idle_slot_long_before_its_poll(testenv: RunEnv) -> None:
+    class Counting(hooks.Deliverer):
+        looked = 0
+
+        async def deliver_one(self, client: httpx.AsyncClient) -> bool:
+            self.looked += 1
+            return False  # nothing due: the slot goes idle again
+
+    async def scenario() -> tuple[int, int, bool]:
+        async with AsyncConnectionPool(testenv.dsn, min_size=1, max_size=2, open=False) as pool:
+            state = SimpleNamespace(pool=pool, settings=Settings(), clock=lambda: datetime.now(UTC))
+            async with httpx.AsyncClient() as client:
+                sender = Counting(state, client, concurrency=1, poll_s=3600.0)
+                stop = asyncio.Event()
+                task = asyncio.create_task(sender.run(stop))
+                try:
+                    assert await until(lambda: sender.hearing, 15.0)
+                    await asyncio.sleep(0.5)  # the looks of starting up are over
+                    before = sender.looked
+                    async with await psycopg.AsyncConnection.connect(testenv.dsn, autocommit=True) as conn:
+                        await conn.execute("SELECT pg_notify(%s, '')", (DELIVERIES_CHANNEL,))
+                    woken = await until(lambda: sender.looked > before, 10.0)
+                    return before, sender.looked, woken
+                finally:
+                    stop.set()
+                    await asyncio.wait_for(task, 15.0)
+
+    before, after, woken = asyncio.run(scenario())
+    assert woken, f"no look at the queue after the notification ({before} before)"
+    assert after == before + 1  # one notification, one slot woken
