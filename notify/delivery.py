@@ -288,6 +288,7 @@ class Deliverer:
         self._box: keys.SecretBox | None = None
         self._idle: deque[asyncio.Event] = deque()
         self.hearing = False  # the listener is connected and listening
+        self._waking = 0  # slots woken that have not looked at the queue yet
 
     async def run(self, stop: asyncio.Event) -> None:
         own = self.client is None
@@ -314,7 +315,14 @@ class Deliverer:
             event = self._idle.popleft()
             if not event.is_set():
                 event.set()
+                self._waking += 1
                 return
+
+    def _announce(self) -> None:
+        """Something may be due: wake a slot, unless one woken already has yet to look (it will see
+        it), so that a burst of notifications makes one look, not one each."""
+        if not self._waking:
+            self._wake_one()
 
     async def _slot(self, stop: asyncio.Event, client: httpx.AsyncClient) -> None:
         failures = 0
@@ -335,15 +343,16 @@ class Deliverer:
             if stop.is_set():  # stopped while this slot was busy: the stopper has woken the others already
                 break
             await event.wait()
+            self._waking = max(0, self._waking - 1)
 
     def _wake_at(self, at: datetime) -> None:
         """Wake a slot when `at` comes (a retry or a probe this deliverer scheduled)."""
         delay = (at - self.clock()).total_seconds()
-        asyncio.get_running_loop().call_later(max(0.0, delay), self._wake_one)
+        asyncio.get_running_loop().call_later(max(0.0, delay), self._announce)
 
     async def _poller(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            self._wake_one()
+            self._announce()
             await _sleep(stop, self.poll_s if self.hearing else min(self.poll_s, UNHEARD_POLL_S))
 
     async def _listener(self, stop: asyncio.Event) -> None:
@@ -357,10 +366,10 @@ class Deliverer:
                 async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
                     await conn.execute(f"LISTEN {hook_store.DELIVERIES_CHANNEL}")
                     self.hearing, backoff = True, 0.1
-                    self._wake_one()  # what was queued while no one listened
+                    self._announce()  # what was queued while no one listened
                     while not stop.is_set():
                         async for _ in conn.notifies(timeout=1.0, stop_after=1):
-                            self._wake_one()
+                            self._announce()
             except Exception as exc:  # the database went away: poll more often until it is back
                 if self.hearing:
                     log.warning("webhook deliveries: not hearing of new ones (%s), polling", _error(exc))

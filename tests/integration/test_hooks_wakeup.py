@@ -95,3 +95,16 @@ def test_a_notification_wakes_an_idle_slot_long_before_its_poll(testenv: RunEnv)
     before, after, woken = asyncio.run(scenario())
     assert woken, f"no look at the queue after the notification ({before} before)"
     assert after == before + 1  # one notification, one slot woken
+
+
+def test_a_burst_of_announcements_wakes_one_idle_slot_until_it_looks() -> None:
+    state = SimpleNamespace(pool=None, settings=Settings(), clock=lambda: datetime.now(UTC))
+    sender = hooks.Deliverer(state, concurrency=3)  # type: ignore[arg-type]  # no pool needed here
+    idle = [asyncio.Event() for _ in range(3)]
+    sender._idle.extend(idle)
+    for _ in range(5):
+        sender._announce()
+    assert [e.is_set() for e in idle] == [True, False, False]
+    sender._waking = 0  # the woken slot looked at the queue (as `_slot` counts it)
+    sender._announce()
+    assert [e.is_set() for e in idle] == [True, True, False]
