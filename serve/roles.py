@@ -74,7 +74,7 @@ class Resources:
         await relay.start()
         evaluator = Evaluator(settings)
         pipeline = Pipeline(pool, evaluator)
-        guest_pool = await db.open_pool(settings.dsn(), settings.guest_pool_size)
+        guest_pool = await db.open_pool(settings.dsn(), settings.guest_pool_size, autocommit=True)
         state = AppState(
             settings=settings,
             pool=pool,

@@ -128,13 +128,15 @@ def has_timescale(dsn: str) -> bool:
         return row is not None
 
 
-async def open_pool(dsn: str, size: int = 10) -> AsyncConnectionPool:
+async def open_pool(dsn: str, size: int = 10, autocommit: bool = False) -> AsyncConnectionPool:
+    """`autocommit`: a statement outside `store.transaction` is its own transaction (one round
+    trip, no BEGIN and COMMIT around it)."""
     pool = AsyncConnectionPool(
         dsn,
         min_size=1,
         max_size=size,
         open=False,
-        kwargs={"row_factory": dict_row, "autocommit": False},
+        kwargs={"row_factory": dict_row, "autocommit": autocommit},
         timeout=10,
         reconnect_timeout=3600,
     )

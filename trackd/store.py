@@ -44,8 +44,16 @@ async def tuples(conn: AsyncConnection[Any], query: str, params: Any) -> list[An
 async def transaction(pool: AsyncConnectionPool, wait_s: float | None = None) -> AsyncIterator[Conn]:
     """One connection (waiting up to `wait_s` for one, else the pool's timeout) and one transaction;
     driver errors become trackd errors here."""
+    async with connection(pool, wait_s) as conn, conn.transaction():
+        yield conn
+
+
+@asynccontextmanager
+async def connection(pool: AsyncConnectionPool, wait_s: float | None = None) -> AsyncIterator[Conn]:
+    """One connection, as `transaction` takes it, with no transaction begun here: on a pool of
+    autocommit connections (the guest pool) each statement is its own, one round trip."""
     try:
-        async with pool.connection(timeout=wait_s) as conn, conn.transaction():
+        async with pool.connection(timeout=wait_s) as conn:
             yield conn  # type: ignore[misc]
     except psycopg.errors.UniqueViolation as exc:
         raise Conflict(f"already exists: {exc.diag.constraint_name or 'unique key'}") from None
@@ -361,14 +369,14 @@ async def device_for_key(pool: AsyncConnectionPool, key: str) -> tuple[int, str,
     return found
 
 
+DEVICE_BY_KEY = "SELECT d.tenant_id, t.name, d.id FROM devices d JOIN tenants t ON t.id = d.tenant_id WHERE d.key = %s"
+
+
 async def _device_for_key(pool: AsyncConnectionPool, key: str) -> tuple[int, str, str] | None:
-    async with transaction(pool) as conn:
-        row = await (
-            await conn.execute(
-                "SELECT d.tenant_id, t.name, d.id FROM devices d JOIN tenants t ON t.id = d.tenant_id WHERE d.key = %s",
-                (key,),
-            )
-        ).fetchone()
+    """On the guest pool (autocommit) one round trip, not three: every unknown key a client sends
+    costs one lookup."""
+    async with connection(pool) as conn:  # elsewhere the pool commits what the statement began
+        row = await (await conn.execute(DEVICE_BY_KEY, (key,))).fetchone()
     return (row["tenant_id"], row["name"], row["id"]) if row else None
 
 
