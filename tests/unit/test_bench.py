@@ -18,6 +18,7 @@ from lab.bench_e2e import latencies
 from lab.bench_figures import Figure, fmt, percentile, ratio, render
 from lab.bench_hostile import (
     ATTACKS,
+    MIN_PER_WINDOW,
     Gate,
     Outcome,
     Side,
@@ -27,12 +28,15 @@ from lab.bench_hostile import (
     delivery_latencies,
     depth_of,
     figures,
+    latencies_by_window,
     nested_json,
     not_json,
     read_answer,
     side,
     slices,
     slow_request,
+    typical_p99,
+    where,
     windows,
     within,
 )
@@ -288,8 +292,11 @@ def test_the_attackers_http_client_reads_whole_answers_by_their_length() -> None
 def test_windows_count_all_of_the_hostile_time_and_leave_a_guard_around_the_clean() -> None:
     toggles = [(0.0, False), (5.0, True), (10.0, True), (15.0, False), (20.0, False), (25.0, True)]
     clean, bad = windows(toggles, 30.0, 1.0)
-    assert bad == [(5.0, 15.0), (25.0, 30.0)]  # two hostile slices in a row are one window
-    assert clean == [(1.0, 4.0), (16.0, 24.0)]
+    assert bad == [(5.0, 10.0), (10.0, 15.0), (25.0, 30.0)]  # one window per slice
+    # the guard after the start (the warm-up ends hostile), after and before a hostile slice, not
+    # between two clean ones
+    assert clean == [(1.0, 4.0), (16.0, 20.0), (20.0, 24.0)]
+    assert windows([(0.0, False), (10.0, False)], 20.0, 1.0) == ([(1.0, 10.0), (10.0, 19.0)], [])  # and at the end
     assert windows([(0.0, False), (1.0, True)], 2.0, 1.0) == ([], [(1.0, 2.0)])  # too short to keep
     assert [within(t, bad) for t in (4.99, 5.0, 14.99, 15.0, 25.0, 30.0)] == [False, True, True, False, True, False]
     assert [within(t, clean) for t in (-1.0, 0.5, 1.0, 3.99, 4.0, 20.0)] == [False, False, True, True, False, True]
@@ -316,8 +323,8 @@ def test_side_counts_rate_latency_and_loss_per_transport_within_its_windows() ->
 
 
 def test_hostile_figures_compare_with_the_clean_run() -> None:
-    clean = Outcome(Side(1000, 1000, 500.0, 20.0), Side(1000, 1000, 500.0, 30.0), (10.0, 12.0))
-    hostile = Outcome(Side(1000, 1000, 480.0, 21.0), Side(1000, 990, 300.0, 90.0), (10.0, 500.0))
+    clean = Outcome(Side(1000, 1000, 500.0, 20.0), Side(1000, 1000, 500.0, 30.0), ((10.0, 12.0),))
+    hostile = Outcome(Side(1000, 1000, 480.0, 21.0), Side(1000, 990, 300.0, 90.0), ((10.0,), (500.0,)))
     rows = {f.name: f for f in figures(clean, hostile)}
     assert rows["webhook: valid events stored/s"].met() == "yes"  # 96%
     assert rows["webhook: send -> stored p99"].met() == "yes"  # 20 / 21 = 95%
@@ -326,6 +333,29 @@ def test_hostile_figures_compare_with_the_clean_run() -> None:
     assert rows["valid notification webhooks p99"].met() == "no"
     assert (rows["valid events lost (webhook)"].value, rows["valid events lost (webhook)"].met()) == (0, "yes")
     assert (rows["valid events lost (MQTT)"].value, rows["valid events lost (MQTT)"].met()) == (10, "no")
+
+
+def test_typical_p99_is_the_median_of_the_windows_p99s() -> None:
+    calm = [float(v) for v in range(1, 101)]  # p99 99.01
+    stalled = [*calm[:-5], 800.0, 800.0, 800.0, 800.0, 800.0]  # one window with a stall: p99 800
+    assert percentile([v for g in (calm, calm, stalled) for v in g], 0.99) == pytest.approx(800.0)  # pooled
+    assert typical_p99([calm, stalled, calm]) == pytest.approx(99.01)  # one stalled window of three
+    assert typical_p99([stalled, stalled, calm]) == pytest.approx(800.0)  # most windows slower
+    assert typical_p99([calm, [5000.0] * (MIN_PER_WINDOW - 1)]) == pytest.approx(99.01)  # too few to count
+    assert typical_p99([[1.0, 2.0], [3.0]]) == pytest.approx(2.98)  # none has enough: all of them
+    assert typical_p99([]) is None
+
+
+def test_latencies_by_window_sort_events_into_their_windows() -> None:
+    sent = array("d", [10.0, 11.0, 12.0, 13.0])
+    got = Receipts()
+    for i, at in ((0, 10.1), (1, 11.2), (2, 12.3), (3, 13.4), (7, 20.0)):
+        got.idx.append(i)
+        got.at.append(at)
+    spans = [(9.0, 11.5), (12.5, 14.0)]
+    assert latencies_by_window(sent, got, None, spans) == [pytest.approx([100.0, 200.0]), pytest.approx([400.0])]
+    assert latencies_by_window(sent, got, 1, spans) == [pytest.approx([200.0]), pytest.approx([400.0])]
+    assert [where(t, spans) for t in (8.9, 9.0, 11.5, 12.5, 14.0)] == [None, 0, None, 1, None]
 
 
 def test_delivery_latencies_read_the_event_index_from_the_webhook_body() -> None:
