@@ -27,7 +27,7 @@ from ingest import mqtt_codec, mqtt_conn
 from ingest.mqtt_codec import Message, MqttError
 from ingest.mqtt_conn import Connection
 from ingest.pipeline import Pipeline, Rejection, halves, unexpected
-from trackd import store, tenant_store
+from trackd import metrics, ratelimit, store, tenant_store
 from trackd.errors import TrackdError, Unavailable, ValidationError, detached
 from trackd.model import Event, SourceContext
 from trackd.settings import Settings
@@ -50,6 +50,9 @@ ALONE_WAIT_S = 0.5
 # A batch that fails for a reason of ours, not of one message, is tried this often before its
 # messages are quarantined (so that none stays unacknowledged for ever).
 BATCH_TRIES = 3
+# The address unattributed MQTT input is sampled under (`ratelimit.may_sample`): it all comes
+# through the broker.
+SAMPLE_ADDRESS = "mqtt"
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,7 +315,7 @@ class MqttIngester:
         self, rejects: list[tuple[Message, int | None, str, TrackdError]], kept: set[int]
     ) -> None:
         """Keep the batch's unreadable messages aside in one transaction (one by one if that fails)."""
-        todo = [r for r in rejects if id(r[0]) not in kept]
+        todo = self._sampled([r for r in rejects if id(r[0]) not in kept], kept)
         if not todo:
             return
         try:
@@ -330,6 +333,25 @@ class MqttIngester:
                 await self._quarantine(m, kept, tenant_id, source, error)
             return
         kept.update(id(m) for m, *_ in todo)
+
+    @staticmethod
+    def _sampled(
+        rejects: list[tuple[Message, int | None, str, TrackdError]], kept: set[int]
+    ) -> list[tuple[Message, int | None, str, TrackdError]]:
+        """`rejects` less those of no tenant (an unknown tenant's topic) that the quarantine sample
+        may not keep now: as unattributed HTTP input, at most `ratelimit.may_sample` allows, with
+        the broker as their one address. The rest are counted and acknowledged (added to `kept`):
+        each kept one costs the database a trim of the whole sample."""
+        out = []
+        for r in rejects:
+            if r[1] is None:
+                keep = ratelimit.may_sample(SAMPLE_ADDRESS)
+                metrics.UNATTRIBUTED.labels(r[2], "sampled" if keep else "dropped").inc()
+                if not keep:
+                    kept.add(id(r[0]))
+                    continue
+            out.append(r)
+        return out
 
     async def _store(self, tenant: store.Tenant, parsed: list[_Parsed], kept: set[int]) -> None:
         """Store a tenant's messages in one go; when that fails (and the database answers), bisect

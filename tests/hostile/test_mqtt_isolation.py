@@ -33,7 +33,7 @@ from ingest.mqtt_conn import PublisherThread, endpoint
 from ingest.pipeline import Pipeline, Rejection
 from ingest.sources import _common, native
 from tests.conftest import MQTT_URL, ROOT, RunEnv, Server, Tenant, free_port, start_server, stop_server, wait_for
-from trackd import db, ledger, store, tenant_store
+from trackd import db, ledger, ratelimit, store, tenant_store
 from trackd.errors import Unavailable, ValidationError
 from trackd.model import Event, derive_event_id
 from trackd.settings import Settings
@@ -160,6 +160,47 @@ def test_a_20_mb_message_stops_nothing(
         assert events_of(testenv, t.name) == 41
         assert quarantined(testenv, t.name) == expected
         assert "closing the connection" not in ingester.log()  # never a disconnect over it
+    finally:
+        ingester.close()
+
+
+def unattributed_mqtt(url: str) -> dict[str, float]:
+    """`trackd_unattributed_input_total` of the native MQTT source, by outcome."""
+    out = {"sampled": 0.0, "dropped": 0.0}
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        series, _, value = line.rpartition(" ")
+        if series.startswith("trackd_unattributed_input_total{") and 'source="native"' in series:
+            out["sampled" if 'outcome="sampled"' in series else "dropped"] = float(value)
+    return out
+
+
+@pytest.mark.timeout(60)
+def test_messages_for_an_unknown_tenant_are_only_sampled(
+    make_tenant: Any, testenv: RunEnv, tmp_path: Path, publisher: PublisherThread
+) -> None:
+    """An unknown tenant's topic is no one's: its messages join the unattributed sample as
+    unauthenticated HTTP input does, the broker counting as one address (a burst of 10, then one a
+    second), and the rest are acknowledged, counted as dropped and not stored; a tenant's message
+    sent after them is stored."""
+    t: Tenant = make_tenant("known")
+    ingester = Ingester(testenv, tmp_path)
+    try:
+        nobody, marker = f"nobody{secrets.token_hex(3)}", secrets.token_hex(6)
+        started = time.monotonic()
+        for f in [publisher.publish(ingester.topic(nobody, "x"), position(i, m=marker)) for i in range(60)]:
+            f.result(20)
+        publisher.publish(ingester.topic(t.name, "d1"), position(1)).result(10)
+        wait_for(lambda: events_of(testenv, t.name) == 1, timeout=20)
+        got = wait_for(lambda: (c := unattributed_mqtt(ingester.url))["sampled"] + c["dropped"] == 60 and c, timeout=10)
+        elapsed = time.monotonic() - started
+        rows = testenv.sql(
+            "SELECT source, transport, reason FROM quarantine WHERE tenant_id IS NULL AND strpos(raw, %s) > 0", marker
+        )
+        assert len(rows) == got["sampled"]
+        assert ratelimit.SAMPLE_PER_ADDRESS_BURST <= got["sampled"] <= ratelimit.SAMPLE_PER_ADDRESS_BURST + elapsed + 1
+        assert got["dropped"] == 60 - got["sampled"] > 0
+        assert {r[:2] for r in rows} == {("native", "mqtt")}
+        assert all(nobody in r[2] for r in rows)  # the reason names the unknown tenant
     finally:
         ingester.close()
 
