@@ -340,8 +340,7 @@ class MqttIngester:
     ) -> list[tuple[Message, int | None, str, TrackdError]]:
         """`rejects` less those of no tenant (an unknown tenant's topic) that the quarantine sample
         may not keep now: as unattributed HTTP input, at most `ratelimit.may_sample` allows, with
-        the broker as their one address. The rest are counted and acknowledged (added to `kept`):
-        each kept one costs the database a trim of the whole sample."""
+        the broker as their one address. The rest are counted and acknowledged (added to `kept`)."""
         out = []
         for r in rejects:
             if r[1] is None:

@@ -7,7 +7,7 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from trackd.store import Conn, Order, Row, iso, keyset_page, transaction, try_job_lock
+from trackd.store import Conn, Order, Row, iso, keyset_page, transaction, try_job_lock, tuples
 
 MAX_QUARANTINE_RAW = 1_000_000
 # Input no tenant could be authenticated for (tenant_id NULL, seen by no tenant) is a bounded
@@ -19,13 +19,45 @@ SAMPLE_BYTES = 4 * 1024 * 1024
 SAMPLE_DAYS = 7
 SAMPLE_LOCK = 7_242_019_030  # one sample write at a time, so that the caps hold exactly
 
-_TRIM_SAMPLE = """
-DELETE FROM quarantine WHERE tenant_id IS NULL AND id <= (
-    SELECT id FROM (
-        SELECT id, row_number() OVER w AS n, sum(octet_length(raw) + octet_length(reason)) OVER w AS bytes
-        FROM quarantine WHERE tenant_id IS NULL WINDOW w AS (ORDER BY id DESC)
-    ) newest_first WHERE n > %s OR bytes > %s ORDER BY id DESC LIMIT 1)
+# The sample's size, kept by triggers (migration 020): a write to it reads that instead of walking
+# every row of the sample, and looks at the oldest rows only when it is over a cap, as many as free
+# enough (`TRIM_CHUNK` at a time, in id order).
+_SAMPLE_SIZE = "SELECT rows, bytes FROM quarantine_sample"
+_OLDEST = (
+    "SELECT id, octet_length(raw) + octet_length(reason) FROM quarantine"
+    " WHERE tenant_id IS NULL AND id > %s ORDER BY id LIMIT %s"
+)
+_DROP_OLDEST = "DELETE FROM quarantine WHERE tenant_id IS NULL AND id <= %s"
+_RECOUNT = """
+UPDATE quarantine_sample SET (rows, bytes) = (
+    SELECT count(*), coalesce(sum(octet_length(raw) + octet_length(reason)), 0) FROM quarantine WHERE tenant_id IS NULL)
 """
+TRIM_CHUNK = 16
+
+
+async def trim_sample(conn: Conn) -> None:
+    """Drop the oldest rows of the sample, as few as bring it within `SAMPLE_ROWS` and
+    `SAMPLE_BYTES`. If its recorded size was more than it holds (rows removed by a TRUNCATE, which
+    the triggers do not see), it is counted again."""
+    size = await tuples(conn, _SAMPLE_SIZE, ())
+    if not size:
+        return
+    over_rows, over_bytes = size[0][0] - SAMPLE_ROWS, size[0][1] - SAMPLE_BYTES
+    if over_rows <= 0 and over_bytes <= 0:
+        return
+    n = freed = after = 0
+    while True:
+        oldest = await tuples(conn, _OLDEST, (after, TRIM_CHUNK))
+        for row_id, row_bytes in oldest:
+            n, freed = n + 1, freed + row_bytes
+            if n >= over_rows and freed >= over_bytes:
+                await conn.execute(_DROP_OLDEST, (row_id,))
+                return
+        if len(oldest) < TRIM_CHUNK:
+            break
+        after = oldest[-1][0]
+    await conn.execute(_RECOUNT)
+    await trim_sample(conn)
 
 
 def _text(raw: bytes, sample: bool) -> str:
@@ -56,7 +88,7 @@ async def quarantine(
         (tenant_id, source, transport, reason[:2000], _text(raw, sample), len(raw) if size is None else size),
     )
     if sample:
-        await conn.execute(_TRIM_SAMPLE, (SAMPLE_ROWS, SAMPLE_BYTES))
+        await trim_sample(conn)
     return True
 
 
@@ -98,10 +130,17 @@ async def quarantine_now(
 
 
 async def purge_quarantine_sample(conn: Conn, days: int = SAMPLE_DAYS) -> int:
-    """Delete the unattributed quarantine rows older than `days`; how many were deleted."""
+    """Delete the unattributed quarantine rows older than `days`; how many were deleted. The
+    sample's recorded size is counted again (once an hour, in the worker's retention pass), so
+    that one made wrong by hand holds for an hour at most."""
+    # First: a sample write holds the lock and then the size's row, so taking them the other way
+    # round (the delete's trigger takes the row) could deadlock with one.
+    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (SAMPLE_LOCK,))
     cur = await conn.execute(
         "DELETE FROM quarantine WHERE tenant_id IS NULL AND received_at < now() - make_interval(days => %s)", (days,)
     )
+    await conn.execute(_RECOUNT)
+    await trim_sample(conn)
     return cur.rowcount
 
 

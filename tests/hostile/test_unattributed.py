@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from tests.conftest import RunEnv, Server, start_server, stop_server, wait_for
-from trackd import db, quarantine_store, ratelimit
+from trackd import db, quarantine_store, ratelimit, store
 
 MB = 1_000_000  # under TRACKD_MAX_BODY_BYTES' default of 5 MiB: read, not refused with 413
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
@@ -141,8 +141,40 @@ async def test_the_sample_is_capped_in_rows_and_bytes_and_keeps_the_newest(teste
             (6000, 6000)
         ]
         assert len(sample_rows(testenv)) == quarantine_store.SAMPLE_BYTES // per_row
+        assert recorded(testenv) == counted(testenv)  # the triggers' count is the sample's
+
+        # A count that says more than the sample holds (rows gone without the triggers seeing it)
+        # is made again at the next write, which then trims exactly.
+        testenv.sql("UPDATE quarantine_sample SET rows = rows + 5000, bytes = bytes + 10000000 RETURNING 1")
+        assert await quarantine_store.quarantine_now(pool, None, "osmand", "http", long, b"z" * 6000)
+        assert len(sample_rows(testenv)) == quarantine_store.SAMPLE_BYTES // per_row
+        assert recorded(testenv) == counted(testenv)
+        # ... and one that says less lets it grow until the worker's retention pass counts again.
+        testenv.sql("UPDATE quarantine_sample SET rows = 0, bytes = 0 RETURNING 1")
+        assert await quarantine_store.quarantine_now(pool, None, "osmand", "http", long, b"z" * 6000)
+        assert len(sample_rows(testenv)) == quarantine_store.SAMPLE_BYTES // per_row + 1
+        async with store.transaction(pool) as conn:
+            await quarantine_store.purge_quarantine_sample(conn)
+        assert len(sample_rows(testenv)) == quarantine_store.SAMPLE_BYTES // per_row
+        assert recorded(testenv) == counted(testenv)
     finally:
+        testenv.sql(quarantine_store._RECOUNT + " RETURNING 1")
         await pool.close()
+
+
+def recorded(testenv: RunEnv) -> tuple[int, int]:
+    """The sample's size as `quarantine_sample` records it: (rows, bytes)."""
+    rows, size = testenv.sql("SELECT rows, bytes FROM quarantine_sample")[0]
+    return int(rows), int(size)
+
+
+def counted(testenv: RunEnv) -> tuple[int, int]:
+    """The sample's size, counted."""
+    rows, size = testenv.sql(
+        "SELECT count(*), coalesce(sum(octet_length(raw) + octet_length(reason)), 0) FROM quarantine"
+        " WHERE tenant_id IS NULL"
+    )[0]
+    return int(rows), int(size)
 
 
 def test_the_worker_expires_the_sample(testenv: RunEnv, tmp_path: Path) -> None:
