@@ -36,6 +36,7 @@ from lab.bench_hostile import (
     slices,
     slow_request,
     typical_p99,
+    watched,
     where,
     windows,
     within,
@@ -333,6 +334,14 @@ def test_hostile_figures_compare_with_the_clean_run() -> None:
     assert rows["valid notification webhooks p99"].met() == "no"
     assert (rows["valid events lost (webhook)"].value, rows["valid events lost (webhook)"].met()) == (0, "yes")
     assert (rows["valid events lost (MQTT)"].value, rows["valid events lost (MQTT)"].met()) == (10, "no")
+
+
+def test_the_receiver_follows_enough_shipments_for_its_notification_rate() -> None:
+    assert watched(500.0, 10_000) == 250  # 250 of 10,000 shipments at 0.05 positions/s each: 12.5/s
+    assert watched(2000.0, 10_000) == 62
+    assert watched(1.0, 10_000) == 10_000
+    assert watched(10**9, 10_000) == 1
+    assert watched(0.0, 5) == 5
 
 
 def test_typical_p99_is_the_median_of_the_windows_p99s() -> None:
