@@ -35,10 +35,10 @@ UPDATE quarantine_sample SET (rows, bytes) = (
 TRIM_CHUNK = 16
 
 
-async def trim_sample(conn: Conn) -> None:
+async def trim_sample(conn: Conn, recounted: bool = False) -> None:
     """Drop the oldest rows of the sample, as few as bring it within `SAMPLE_ROWS` and
     `SAMPLE_BYTES`. If its recorded size was more than it holds (rows removed by a TRUNCATE, which
-    the triggers do not see), it is counted again."""
+    the triggers do not see), it is counted again, once."""
     size = await tuples(conn, _SAMPLE_SIZE, ())
     if not size:
         return
@@ -56,8 +56,9 @@ async def trim_sample(conn: Conn) -> None:
         if len(oldest) < TRIM_CHUNK:
             break
         after = oldest[-1][0]
-    await conn.execute(_RECOUNT)
-    await trim_sample(conn)
+    if not recounted:
+        await conn.execute(_RECOUNT)
+        await trim_sample(conn, recounted=True)
 
 
 def _text(raw: bytes, sample: bool) -> str:
