@@ -409,4 +409,7 @@ class MqttIngester:
             r = route(item.topic, self.settings.mqtt_topic_prefix)
             if r is not None and id(item) not in kept:
                 tenant = await self._tenant(r.tenant)
-                await self._quarantine(item, kept, tenant.id if tenant else None, r.source, failed)
+                for m, tenant_id, source, error in self._sampled(
+                    [(item, tenant.id if tenant else None, r.source, failed)], kept
+                ):
+                    await self._quarantine(m, kept, tenant_id, source, error)

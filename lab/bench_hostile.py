@@ -227,7 +227,7 @@ MIN_PER_WINDOW = 20  # a window's p99 counts toward the median when it has at le
 
 def typical_p99(groups: Sequence[Sequence[float]]) -> float | None:
     """The median of the p99s of `groups` (one per window) that have `MIN_PER_WINDOW` values or
-    more. A stall of the machine (the disk's, 0.3-0.8 s in one slice here) lands in one window at
+    more. A stall of the machine (the disk's, 0.3-1.3 s in one slice here) lands in one window at
     random and sets the p99 of all the windows pooled, clean or hostile by chance; the median of the
     windows' p99s moves only when most windows of a kind are slower, as a cost of the hostile
     traffic would make them. When no window has that many, the p99 of all the values."""
@@ -339,16 +339,25 @@ def delivery_latencies(
 ) -> list[float]:
     """ms from an event's send to the receipt of its position webhook (`{"data": {"occurred_at"}}`),
     of the events sent within `spans` (all when None)."""
+    everything = [(-math.inf, math.inf)]
+    return [v for g in deliveries_by_window(sent, base, got, everything if spans is None else spans) for v in g]
+
+
+def deliveries_by_window(
+    sent: array[float], base: float, got: Sequence[tuple[float, bytes]], spans: Sequence[Window]
+) -> list[list[float]]:
+    """`delivery_latencies` of the events sent within each of `spans` (sorted, disjoint), one list
+    per span: each webhook body is read once."""
     base_ms = round(base * 1000)
-    out: list[float] = []
+    out: list[list[float]] = [[] for _ in spans]
     for at, body in got:
         try:
             data = orjson.loads(body)["data"]
             i = round(datetime.fromisoformat(data["occurred_at"]).timestamp() * 1000) - base_ms
         except (ValueError, KeyError, TypeError):
             continue
-        if 0 <= i < len(sent) and (spans is None or within(sent[i], spans)):
-            out.append(max(0.0, at - sent[i]) * 1000)
+        if 0 <= i < len(sent) and (k := where(sent[i], spans)) is not None:
+            out[k].append(max(0.0, at - sent[i]) * 1000)
     return out
 
 
@@ -931,7 +940,7 @@ class _Runs:
             Outcome(
                 side(sent, valid, 1, w, accepted[1], stored[1]),
                 side(sent, valid, 0, w, accepted[0], stored[0]),
-                tuple(tuple(delivery_latencies(sent, base, received, [span])) for span in w),
+                tuple(tuple(g) for g in deliveries_by_window(sent, base, received, w)),
             )
             for w in spans
         )

@@ -25,6 +25,7 @@ from lab.bench_hostile import (
     _paced,
     attacks,
     big_payload,
+    deliveries_by_window,
     delivery_latencies,
     depth_of,
     figures,
@@ -378,6 +379,8 @@ def test_delivery_latencies_read_the_event_index_from_the_webhook_body() -> None
     got = [(50.25, body(0)), (51.5, body(2)), (52.0, body(7)), (52.0, b"not json")]
     assert delivery_latencies(sent, base, got) == pytest.approx([250.0, 500.0])
     assert delivery_latencies(sent, base, got, [(50.9, 52.0)]) == pytest.approx([500.0])  # sent within
+    by_window = deliveries_by_window(sent, base, got, [(49.0, 50.2), (50.2, 50.9), (50.9, 52.0)])
+    assert by_window == [pytest.approx([250.0]), [], pytest.approx([500.0])]
 
 
 def test_websocket_clients_read_the_event_index_from_occurred_at() -> None:
