@@ -1,8 +1,10 @@
 """Outbound notification delivery: Standard Webhooks, at least once, in order per shipment, fairly.
 
 Deliveries are queued in the database by the outbox trigger, in the transaction of the change.
-A sender slot leases one due delivery in a short transaction (`hook_store.claim`), commits, sends
-it with no transaction open, and records the attempt and the next step in a second one. The lease
+A sender slot leases one due delivery in a short transaction (`hook_store.claim`, one statement),
+commits, sends it with no transaction open, and records the attempt and the next step in a second
+one (a success in one statement, `hook_store.record_success`: neither holds the endpoint's row
+across a round trip, so one endpoint's sends are not claimed one at a time). The lease
 is renewed while the send runs; a worker that dies mid-send stops renewing, the lease lapses
 within `LEASE_S`, and another worker sends the delivery again under the same `webhook-id`
 (receivers deduplicate on it). Any number of workers share the queue.
@@ -422,11 +424,24 @@ class Deliverer:
             attempt = Attempt(now, None, 0, secrets)
         else:
             attempt = await self._send_leased(client, row, secrets, now)
+        if attempt.ok:
+            async with store.transaction(self.pool) as conn:
+                await hook_store.record_success(
+                    conn, row["id"], row["webhook_id"], row["lease"], attempt, row["tries"] + 1
+                )
+            return True
+        await self._record_failure(row, attempt)
+        return True
+
+    async def _record_failure(self, row: store.Row, attempt: Attempt) -> None:
+        """The next step after a failed attempt (a retry, giving up, the breaker, disabling), decided
+        with the endpoint's row locked: failures of one endpoint are counted one at a time."""
+        s = self.settings
         probe = row["circuit_open_until"] is not None
         async with store.transaction(self.pool) as conn:
             endpoint = await hook_store.lock_endpoint(conn, row["webhook_id"])
             if endpoint is None:  # the subscription was deleted meanwhile, with its deliveries
-                return True
+                return
             step = decide(
                 attempt,
                 row["tries"],
@@ -443,7 +458,7 @@ class Deliverer:
                 s.webhook_breaker_failures,
                 s.webhook_breaker_cooldown_s,
             )
-            failing_since = None if attempt.ok else (endpoint["failing_since"] or attempt.at)
+            failing_since = endpoint["failing_since"] or attempt.at
             await hook_store.save_endpoint(
                 conn,
                 row["webhook_id"],
@@ -465,7 +480,6 @@ class Deliverer:
             log.warning("webhook %s %s", row["webhook_id"], step.disable_reason)
         elif circuit.open_until is not None and endpoint["circuit_open_until"] is None:
             log.info("webhook %s: circuit open until %s (%s)", row["webhook_id"], circuit.open_until, attempt.error)
-        return True
 
     async def _send_leased(
         self, client: httpx.AsyncClient, row: store.Row, secrets: list[str], now: datetime

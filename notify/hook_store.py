@@ -241,98 +241,7 @@ async def replay(conn: Conn, tenant_id: int, webhook_id: str, since: datetime, u
 
 # -- the deliverer's side ------------------------------------------------------------------------
 
-# The endpoint to serve next, locked, with the delivery it would send. Endpoints are taken in
-# round-robin order: the tenant served longest ago first, then its endpoint served longest ago, so
-# one tenant's backlog or slow endpoint never holds the queue. An endpoint qualifies when it is
-# enabled, its circuit is closed (or its cool-down is over: then one probe at a time), it and its
-# tenant are below their in-flight limits, and it has a due delivery that is not leased and has no
-# earlier delivery of its (subscription, shipment) pending. An endpoint or tenant another claimer
-# holds is skipped (SKIP LOCKED, and a try of the tenant's transaction lock, taken only for the
-# endpoint about to be chosen): claimers never wait on each other, spread over tenants, and count
-# a tenant's deliveries in flight exactly.
-#
-# Cheap whatever the backlog: the endpoints are sorted first and looked at lazily, in that order
-# (the nested loop keeps the sorted subquery's order), until one qualifies; within an endpoint, the
-# delivery due first among its 50 oldest due ones, or else (those all wait behind earlier ones) the
-# first due head among its next 500 shipments, walked with one index probe each.
-PICK = """
-SELECT w.id AS webhook_id, h.id AS delivery_id
-FROM (
-    SELECT w.id, w.tenant_id, w.circuit_open_until, w.claim_turn,
-           max(w.claim_turn) OVER (PARTITION BY w.tenant_id) AS tenant_turn
-    FROM webhooks w
-    WHERE w.enabled AND (w.circuit_open_until IS NULL OR w.circuit_open_until <= %(now)s)
-    ORDER BY tenant_turn, w.claim_turn, w.id
-) o
-JOIN webhooks w ON w.id = o.id
-CROSS JOIN LATERAL (
-    (SELECT d.id
-     FROM (SELECT d.id, d.webhook_id, d.order_key, d.seq, d.ord, d.next_attempt_at, d.leased_until
-           FROM webhook_deliveries d
-           WHERE d.webhook_id = w.id AND d.status = 'pending' AND d.next_attempt_at <= %(now)s
-           ORDER BY d.next_attempt_at
-           LIMIT 50) d
-     WHERE (d.leased_until IS NULL OR d.leased_until <= %(now)s)
-       AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e
-                       WHERE e.webhook_id = d.webhook_id AND e.order_key = d.order_key AND e.status = 'pending'
-                         AND (e.seq, e.ord, e.id) < (d.seq, d.ord, d.id))
-     ORDER BY d.next_attempt_at
-     LIMIT 1)
-    UNION ALL
-    (WITH RECURSIVE lane (key, n) AS (
-         (SELECT d.order_key, 1 FROM webhook_deliveries d
-          WHERE d.webhook_id = w.id AND d.status = 'pending' ORDER BY d.order_key LIMIT 1)
-         UNION ALL
-         SELECT (SELECT d.order_key FROM webhook_deliveries d
-                 WHERE d.webhook_id = w.id AND d.status = 'pending' AND d.order_key > lane.key
-                 ORDER BY d.order_key LIMIT 1), lane.n + 1
-         FROM lane WHERE lane.key IS NOT NULL AND lane.n < 500
-     )
-     SELECT head.id FROM lane
-     CROSS JOIN LATERAL (SELECT d.id, d.next_attempt_at, d.leased_until FROM webhook_deliveries d
-                         WHERE d.webhook_id = w.id AND d.order_key = lane.key AND d.status = 'pending'
-                         ORDER BY d.seq, d.ord, d.id LIMIT 1) head
-     WHERE head.next_attempt_at <= %(now)s AND (head.leased_until IS NULL OR head.leased_until <= %(now)s)
-     LIMIT 1)
-    LIMIT 1
-) h
-WHERE (SELECT count(*) FROM webhook_deliveries f WHERE f.webhook_id = w.id AND f.leased_until > %(now)s)
-      < CASE WHEN w.circuit_open_until IS NULL THEN %(per_endpoint)s ELSE 1 END
-  AND (SELECT count(*) FROM webhook_deliveries f WHERE f.tenant_id = w.tenant_id AND f.leased_until > %(now)s)
-      < %(per_tenant)s
-  AND CASE WHEN h.id IS NOT NULL THEN pg_try_advisory_xact_lock(%(tenant_lock)s, (w.tenant_id %% 2147483648)::int) END
-LIMIT 1
-FOR NO KEY UPDATE OF w SKIP LOCKED
-"""
-
-# Lease the picked delivery, re-checked in this statement's snapshot, taken after the endpoint's
-# and the tenant's locks: so their in-flight counts are exact. The endpoint moves to the back of
-# the round-robin.
-LEASE = """
-WITH hook AS (
-    SELECT w.* FROM webhooks w WHERE w.id = %(webhook)s AND w.enabled
-       AND (w.circuit_open_until IS NULL OR w.circuit_open_until <= %(now)s)
-       AND (SELECT count(*) FROM webhook_deliveries f WHERE f.webhook_id = w.id AND f.leased_until > %(now)s)
-           < CASE WHEN w.circuit_open_until IS NULL THEN %(per_endpoint)s ELSE 1 END
-       AND (SELECT count(*) FROM webhook_deliveries f WHERE f.tenant_id = w.tenant_id AND f.leased_until > %(now)s)
-           < %(per_tenant)s
-), leased AS (
-    UPDATE webhook_deliveries d SET leased_until = %(until)s, lease = gen_random_uuid()
-    FROM hook
-    WHERE d.id = %(delivery)s AND d.webhook_id = hook.id AND d.status = 'pending' AND d.next_attempt_at <= %(now)s
-      AND (d.leased_until IS NULL OR d.leased_until <= %(now)s)
-      AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e
-                      WHERE e.webhook_id = d.webhook_id AND e.order_key = d.order_key AND e.status = 'pending'
-                        AND (e.seq, e.ord, e.id) < (d.seq, d.ord, d.id))
-    RETURNING d.*
-), turn AS (
-    UPDATE webhooks w SET claim_turn = nextval('webhook_claim_turns')
-    WHERE w.id = %(webhook)s AND EXISTS (SELECT 1 FROM leased)
-)
-SELECT l.id, l.webhook_id, l.tenant_id, l.type, l.payload, l.occurred_at, l.tries, l.lease, h.url, h.secret_enc,
-       h.previous_secret_enc, h.previous_secret_until, h.circuit_open_until
-FROM leased l JOIN hook h ON h.id = l.webhook_id
-"""
+CLAIM = "SELECT * FROM trackd_claim_delivery(%s, %s, %s, %s, %s, %s)"
 PICK_TRIES = 3  # a pick can be outdated by the time its lock is granted: pick again
 TENANT_LOCK = 72_420  # the first key of the tenants' claim locks (pg_try_advisory_xact_lock(int, int))
 
@@ -353,25 +262,16 @@ class Attempt:
 
 
 async def claim(conn: Conn, now: datetime, lease_until: datetime, per_endpoint: int, per_tenant: int) -> Row | None:
-    """Lease one due delivery until `lease_until` (see `PICK`), or None when nothing may go now.
+    """Lease one due delivery until `lease_until`, or None when nothing may go now: one statement,
+    `trackd_claim_delivery` (migration 021), which picks and leases as its comments say.
 
     The row holds the delivery, its endpoint's URL and secrets, `lease` (what `renew` and `record`
     need) and `circuit_open_until` (not None: this send is the endpoint's probe). Commit the
     transaction before sending: the lease, not a lock, marks the delivery in flight.
     """
-    # A lease lost in a crash only lets the delivery be sent again (under the same webhook-id), which
-    # at-least-once allows: no need to wait for the WAL flush.
-    await conn.execute("SET LOCAL synchronous_commit = off")
-    limits = {"now": now, "per_endpoint": per_endpoint, "per_tenant": per_tenant, "tenant_lock": TENANT_LOCK}
-    for _ in range(PICK_TRIES):
-        pick = await (await conn.execute(PICK, limits)).fetchone()
-        if pick is None:
-            return None
-        args = {**limits, "until": lease_until, "webhook": pick["webhook_id"], "delivery": pick["delivery_id"]}
-        row = await (await conn.execute(LEASE, args)).fetchone()
-        if row is not None:
-            return row
-    return None
+    limits = (now, lease_until, per_endpoint, per_tenant, TENANT_LOCK, PICK_TRIES)
+    row: Row | None = await (await conn.execute(CLAIM, limits)).fetchone()
+    return row
 
 
 async def renew(conn: Conn, delivery_id: str, lease: Any, until: datetime) -> bool:
@@ -423,6 +323,20 @@ async def save_endpoint(
         {"failures": failures, "open": open_until, "since": failing_since, "reason": disable_reason, "at": at}
         | {"id": webhook_id},
     )
+
+
+async def record_success(
+    conn: Conn, delivery_id: str, webhook_id: str, lease: Any, attempt: Attempt, tries: int
+) -> bool:
+    """`record` for an attempt that succeeded, with the endpoint's circuit closed and its failure
+    streak cleared: one statement, `trackd_record_success` (migration 021), which locks the
+    endpoint's row only when it has something to clear. False as for `record`."""
+    body = attempt.response_body[:MAX_RESPONSE_BODY] if attempt.response_body else None
+    args = (delivery_id, webhook_id, lease, attempt.at, attempt.status_code, attempt.latency_ms, body, tries)
+    row = await (
+        await conn.execute("SELECT trackd_record_success(%s, %s, %s, %s, %s, %s, %s, %s) AS ok", args)
+    ).fetchone()
+    return bool(row and row["ok"])
 
 
 async def record(
