@@ -50,6 +50,8 @@ def check_args(args: argparse.Namespace) -> None:
     if args.kind == "hostile":
         from lab.bench_hostile import attacks
 
+        if args.notified is not None and not 0 < args.notified <= args.rate:
+            raise ConfigError("bench --notified: more than 0, at most --rate notifications/s")
         try:
             attacks(args.attacks)
         except ValueError as exc:

@@ -6,7 +6,8 @@ requests (one per 10 ms). Websocket clients (`Clients`, lab/bench_stream.py) fol
 of the valid tenant: an event's stream message is written in the transaction that stores it and
 relayed after commit, so the time from sending an event to its message's arrival is its end-to-end
 store latency. The valid tenant also subscribes a local receiver to the positions of as many
-shipments as give it `NOTIFIED_PER_S` (`watched`), which times its notification webhooks.
+shipments as give it `--notified` notifications a second (`watched`; default `NOTIFIED_PER_S`),
+which times its notification webhooks.
 
 The servers (`trackd serve`, every role, `--processes` of them) run one valid load without a
 break: a warm-up of `--warmup` s (not counted; the hostile traffic flows in its second half, so
@@ -101,13 +102,16 @@ SLOW_ENDPOINT_S = 10.0
 # -- hostile payloads (pure) ---------------------------------------------------------------------
 def attacks(text: str) -> tuple[str, ...]:
     """The attacks `--attacks` names (comma-separated, or `all`), in `ATTACKS` order; ValueError
-    naming one that is not an attack."""
+    naming one that is not an attack. `none`: the hostile windows without any hostile traffic, a
+    control that shows how far the two kinds of window differ by chance."""
     names = {a.strip() for a in text.split(",") if a.strip()}
     if names == {"all"}:
         return ATTACKS
+    if names == {"none"}:
+        return ()
     bad = sorted(names - set(ATTACKS))
     if bad or not names:
-        raise ValueError(f"unknown attack {bad[0] if bad else '(none)'!r}; use all or any of {','.join(ATTACKS)}")
+        raise ValueError(f"unknown attack {bad[0] if bad else '(none)'!r}; use all, none or any of {','.join(ATTACKS)}")
     return tuple(a for a in ATTACKS if a in names)
 
 
@@ -186,10 +190,10 @@ class Side:
 Window = tuple[float, float]  # [start, end) on the monotonic clock
 
 
-def watched(rate: float, shipments: int) -> int:
+def watched(rate: float, shipments: int, per_s: float = NOTIFIED_PER_S) -> int:
     """How many of `shipments` (each sent `rate / shipments` positions a second) the valid tenant's
-    receiver follows to get `NOTIFIED_PER_S` notifications a second: at least one, at most all."""
-    return max(1, min(shipments, round(NOTIFIED_PER_S * shipments / rate))) if rate > 0 else shipments
+    receiver follows to get `per_s` notifications a second: at least one, at most all."""
+    return max(1, min(shipments, round(per_s * shipments / rate))) if rate > 0 else shipments
 
 
 def slices(duration_s: float) -> list[bool]:
@@ -586,7 +590,8 @@ async def _hostile(conf: dict[str, Any], on: Any, ready: Any, stop: Any) -> dict
         while not stop.is_set():  # noqa: ASYNC110  # a process-wide event has nothing to await
             await asyncio.sleep(0.05)
         done.set()
-        await asyncio.wait(tasks, timeout=15)
+        if tasks:
+            await asyncio.wait(tasks, timeout=15)
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -754,7 +759,9 @@ class _Runs:
         self.servers = env.start_servers("api,mqtt,worker", args.processes, extra={"TRACKD_WEBHOOK_ALLOW_PRIVATE": "1"})
         self.fast, slow = self.receivers.add(0.0), self.receivers.add(SLOW_ENDPOINT_S)
         ids = [sid for sid, _ in env.shipments]
-        self._subscribe(env.api_key, self.fast, ids[: watched(args.rate, len(ids))])
+        notified = getattr(args, "notified", None) or NOTIFIED_PER_S
+        followed = watched(args.rate, len(ids), notified)
+        self._subscribe(env.api_key, self.fast, ids[:followed])
         self._subscribe(other.api_key, slow, [])
         trackings = self._other_shipments(other)
         # event n of a run occurs n ms after its base; the runs follow each other, an hour apart at least
@@ -796,7 +803,8 @@ class _Runs:
             f"{quarantined.get(False, 0):,} of the second tenant; the slow endpoint "
             f"({SLOW_ENDPOINT_S:.0f} s an answer) got {slow_got:,} requests",
             f"{args.processes} server process(es) with every role, {args.shipments:,} shipments, valid load "
-            f"{args.rate:,.0f} events/s (half MQTT, half webhook)",
+            f"{args.rate:,.0f} events/s (half MQTT, half webhook); the valid tenant's receiver follows "
+            f"{followed:,} of them, {notified:g} notifications/s (--notified)",
         ]
         span = len(slices(args.duration)) * SLICE_S / 2
         title = f"trackd bench hostile --rate {args.rate:.0f} ({span:.0f} s clean and {span:.0f} s hostile, by turns)"

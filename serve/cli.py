@@ -347,7 +347,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--attacks",
         default="all",
-        help="hostile: all (default), or some of poison,oversized,slow-clients,slow-endpoint,osmand (comma-separated)",
+        help="hostile: all (default), some of poison,oversized,slow-clients,slow-endpoint,osmand (comma-separated),"
+        " or none (a control: no hostile traffic)",
+    )
+    b.add_argument(
+        "--notified",
+        type=float,
+        default=None,
+        help="hostile: notification webhooks a second to the valid tenant's receiver (default 12.5)",
     )
     b.set_defaults(func=cmd_bench)
     return p

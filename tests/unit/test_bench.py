@@ -222,6 +222,7 @@ def test_slow_requests_never_complete() -> None:
 def test_attacks_are_all_by_default_or_named() -> None:
     assert attacks("all") == ATTACKS
     assert attacks("osmand, poison") == ("poison", "osmand")  # in the order they are listed in ATTACKS
+    assert attacks("none") == ()  # the control: hostile windows without hostile traffic
     with pytest.raises(ValueError, match="'floods'"):
         attacks("poison,floods")
     with pytest.raises(ValueError, match="none"):
@@ -231,6 +232,11 @@ def test_attacks_are_all_by_default_or_named() -> None:
     with pytest.raises(ConfigError) as err:
         check_args(_args("hostile", "--attacks", "floods"))
     assert "--attacks" in err.value.detail
+    check_args(_args("hostile", "--notified", "50"))
+    for bad in ("0", "-1", "3000"):  # more than --rate (2,000 by default)
+        with pytest.raises(ConfigError) as err:
+            check_args(_args("hostile", "--notified", bad))
+        assert "--notified" in err.value.detail
 
 
 def test_slices_take_turns_so_that_a_drift_weighs_on_both_alike() -> None:
@@ -343,6 +349,7 @@ def test_the_receiver_follows_enough_shipments_for_its_notification_rate() -> No
     assert watched(1.0, 10_000) == 10_000
     assert watched(10**9, 10_000) == 1
     assert watched(0.0, 5) == 5
+    assert watched(2000.0, 10_000, 50.0) == 250  # --notified 50
 
 
 def test_typical_p99_is_the_median_of_the_windows_p99s() -> None:
