@@ -31,7 +31,7 @@ import hmac
 import logging
 import random
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -261,7 +261,8 @@ class Deliverer:
     Idle slots wait to be woken, and a slot that found work wakes one more, so as many slots take
     part as there is work, without every idle slot querying the queue at once. What wakes one:
     - a notification on `hook_store.DELIVERIES_CHANNEL`, sent when a transaction that queued
-      deliveries commits (in any process), heard on a connection of the deliverer's own;
+      deliveries commits (in any process), heard on a connection of the deliverer's own, unless it
+      names only endpoints this deliverer already sends to at their limit (`_saturated`);
     - the time a retry or a circuit's probe this deliverer scheduled comes due;
     - a poller, every `poll_s` (every `UNHEARD_POLL_S` while the listener is not connected), for
       what nothing announces: a lease that lapsed when its worker died, another worker's retry.
@@ -291,6 +292,7 @@ class Deliverer:
         self._idle: deque[asyncio.Event] = deque()
         self.hearing = False  # the listener is connected and listening
         self._waking = 0  # slots woken that have not looked at the queue yet
+        self._sending: Counter[str] = Counter()  # deliveries this deliverer has in flight, by endpoint
 
     async def run(self, stop: asyncio.Event) -> None:
         own = self.client is None
@@ -347,6 +349,15 @@ class Deliverer:
             await event.wait()
             self._waking = max(0, self._waking - 1)
 
+    def _saturated(self, payload: str) -> bool:
+        """Whether a queue notification names only endpoints this deliverer already sends to at their
+        limit: no claim can take their deliveries before one of those sends ends, and the slot that
+        sent it looks again then. A notification that names none (`wake_senders`) may be anything."""
+        if not payload:
+            return False
+        limit = self.settings.webhook_endpoint_concurrency
+        return all(self._sending[w] >= limit for w in payload.split(","))
+
     def _wake_at(self, at: datetime) -> None:
         """Wake a slot when `at` comes (a retry or a probe this deliverer scheduled)."""
         delay = (at - self.clock()).total_seconds()
@@ -370,8 +381,9 @@ class Deliverer:
                     self.hearing, backoff = True, 0.1
                     self._announce()  # what was queued while no one listened
                     while not stop.is_set():
-                        async for _ in conn.notifies(timeout=1.0, stop_after=1):
-                            self._announce()
+                        async for note in conn.notifies(timeout=1.0, stop_after=1):
+                            if not self._saturated(note.payload):
+                                self._announce()
             except Exception as exc:  # the database went away: poll more often until it is back
                 if self.hearing:
                     log.warning("webhook deliveries: not hearing of new ones (%s), polling", _error(exc))
@@ -419,6 +431,17 @@ class Deliverer:
                 secrets: list[str] | str = await self._secrets(conn, row, now)
             except TrackdError as exc:
                 secrets = f"cannot sign: {exc.detail}"
+        self._sending[row["webhook_id"]] += 1
+        try:
+            await self._send_and_record(client, row, secrets)
+        finally:
+            self._sending[row["webhook_id"]] -= 1
+            if not self._sending[row["webhook_id"]]:
+                del self._sending[row["webhook_id"]]
+        return True
+
+    async def _send_and_record(self, client: httpx.AsyncClient, row: store.Row, secrets: list[str] | str) -> None:
+        """Send a leased delivery (or, when it cannot be signed, fail it unsent) and record the attempt."""
         now = self.clock()
         if isinstance(secrets, str):
             attempt = Attempt(now, None, 0, secrets)
@@ -429,9 +452,8 @@ class Deliverer:
                 await hook_store.record_success(
                     conn, row["id"], row["webhook_id"], row["lease"], attempt, row["tries"] + 1
                 )
-            return True
-        await self._record_failure(row, attempt)
-        return True
+        else:
+            await self._record_failure(row, attempt)
 
     async def _record_failure(self, row: store.Row, attempt: Attempt) -> None:
         """The next step after a failed attempt (a retry, giving up, the breaker, disabling), decided

@@ -25,11 +25,11 @@ from tests.integration.test_hooks import Receiver, shipment, subscribe
 from trackd.settings import Settings
 
 
-def heard(conn: psycopg.Connection[Any], within_s: float, stop_after: int | None = None) -> int:
-    """How many notifications on the deliveries channel arrive within `within_s` (or until
-    `stop_after` did)."""
+def heard(conn: psycopg.Connection[Any], within_s: float, stop_after: int | None = None) -> list[str]:
+    """The payloads of the notifications on the deliveries channel that arrive within `within_s`
+    (or until `stop_after` did)."""
     got = conn.notifies(timeout=within_s, stop_after=stop_after)
-    return sum(1 for n in got if n.channel == DELIVERIES_CHANNEL)
+    return [n.payload for n in got if n.channel == DELIVERIES_CHANNEL]
 
 
 def position(tracking: str) -> dict[str, Any]:
@@ -40,18 +40,18 @@ def test_queuing_deliveries_notifies_the_senders_and_other_writes_do_not(testenv
     subscribed, other = make_tenant("wk"), make_tenant("wq")
     rec = Receiver()
     try:
-        subscribe(subscribed, rec.url, ["position"])
+        hook = subscribe(subscribed, rec.url, ["position"])
         for t, tracking in ((other, "WQ1"), (subscribed, "WK1")):
             shipment(t, tracking)
         with psycopg.connect(testenv.dsn, autocommit=True) as conn:
             conn.execute(f"LISTEN {DELIVERIES_CHANNEL}")
             r = other.http.post("/v1/events", json=position("WQ1"))  # no subscription: nothing queued
             assert r.status_code == 202, r.text
-            assert heard(conn, 1.5) == 0
+            assert heard(conn, 1.5) == []
             r = subscribed.http.post("/v1/events", json=position("WK1"))
             assert r.status_code == 202, r.text
-            assert heard(conn, 10.0, stop_after=1) == 1
-            assert heard(conn, 1.0) == 0  # one transaction, one notification
+            assert heard(conn, 10.0, stop_after=1) == [hook["id"]]  # it names the endpoint
+            assert heard(conn, 1.0) == []  # one transaction, one notification
     finally:
         rec.close()
 
@@ -65,14 +65,17 @@ async def until(check: Callable[[], bool], timeout_s: float) -> bool:
     return True
 
 
+class Counting(hooks.Deliverer):
+    """A deliverer whose slots only count their looks at the queue, finding nothing due."""
+
+    looked = 0
+
+    async def deliver_one(self, client: httpx.AsyncClient) -> bool:
+        self.looked += 1
+        return False  # nothing due: the slot goes idle again
+
+
 def test_a_notification_wakes_an_idle_slot_long_before_its_poll(testenv: RunEnv) -> None:
-    class Counting(hooks.Deliverer):
-        looked = 0
-
-        async def deliver_one(self, client: httpx.AsyncClient) -> bool:
-            self.looked += 1
-            return False  # nothing due: the slot goes idle again
-
     async def scenario() -> tuple[int, int, bool]:
         async with AsyncConnectionPool(testenv.dsn, min_size=1, max_size=2, open=False) as pool:
             state = SimpleNamespace(pool=pool, settings=Settings(), clock=lambda: datetime.now(UTC))
@@ -108,3 +111,33 @@ def test_a_burst_of_announcements_wakes_one_idle_slot_until_it_looks() -> None:
     sender._waking = 0  # the woken slot looked at the queue (as `_slot` counts it)
     sender._announce()
     assert [e.is_set() for e in idle] == [True, True, False]
+
+
+def test_a_notification_naming_only_endpoints_at_their_limit_here_wakes_no_slot(testenv: RunEnv) -> None:
+    limit = Settings().webhook_endpoint_concurrency
+
+    async def scenario() -> list[int]:
+        async with AsyncConnectionPool(testenv.dsn, min_size=1, max_size=2, open=False) as pool:
+            state = SimpleNamespace(pool=pool, settings=Settings(), clock=lambda: datetime.now(UTC))
+            async with httpx.AsyncClient() as client:
+                sender = Counting(state, client, concurrency=1, poll_s=3600.0)
+                sender._sending.update({"wh_full": limit, "wh_half": limit - 1})  # as its slots count their sends
+                stop = asyncio.Event()
+                task = asyncio.create_task(sender.run(stop))
+                looks = []
+                try:
+                    assert await until(lambda: sender.hearing, 15.0)
+                    await asyncio.sleep(0.5)  # the looks of starting up are over
+                    async with await psycopg.AsyncConnection.connect(testenv.dsn, autocommit=True) as conn:
+                        for payload in ("wh_full", "wh_full,wh_half", "wh_full", "wh_full,wh_new", ""):
+                            before = sender.looked
+                            await conn.execute("SELECT pg_notify(%s, %s)", (DELIVERIES_CHANNEL, payload))
+                            await until(lambda: sender.looked > before, 2.0)  # noqa: B023  # awaited here
+                            looks.append(sender.looked - before)
+                    return looks
+                finally:
+                    stop.set()
+                    await asyncio.wait_for(task, 15.0)
+
+    # only the endpoint at its limit: no look; one below it, one unknown, or none named: one look each
+    assert asyncio.run(scenario()) == [0, 1, 0, 1, 1]
