@@ -759,7 +759,7 @@ class _Runs:
         self.servers = env.start_servers("api,mqtt,worker", args.processes, extra={"TRACKD_WEBHOOK_ALLOW_PRIVATE": "1"})
         self.fast, slow = self.receivers.add(0.0), self.receivers.add(SLOW_ENDPOINT_S)
         ids = [sid for sid, _ in env.shipments]
-        notified = getattr(args, "notified", None) or NOTIFIED_PER_S
+        notified = args.notified or NOTIFIED_PER_S
         followed = watched(args.rate, len(ids), notified)
         self._subscribe(env.api_key, self.fast, ids[:followed])
         self._subscribe(other.api_key, slow, [])

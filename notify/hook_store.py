@@ -325,14 +325,18 @@ async def save_endpoint(
     )
 
 
+def _kept(attempt: Attempt) -> str | None:
+    """What the log keeps of an attempt's response body: its first `MAX_RESPONSE_BODY` characters."""
+    return attempt.response_body[:MAX_RESPONSE_BODY] if attempt.response_body else None
+
+
 async def record_success(
     conn: Conn, delivery_id: str, webhook_id: str, lease: Any, attempt: Attempt, tries: int
 ) -> bool:
     """`record` for an attempt that succeeded, with the endpoint's circuit closed and its failure
     streak cleared: one statement, `trackd_record_success` (migration 021), which locks the
     endpoint's row only when it has something to clear. False as for `record`."""
-    body = attempt.response_body[:MAX_RESPONSE_BODY] if attempt.response_body else None
-    args = (delivery_id, webhook_id, lease, attempt.at, attempt.status_code, attempt.latency_ms, body, tries)
+    args = (delivery_id, webhook_id, lease, attempt.at, attempt.status_code, attempt.latency_ms, _kept(attempt), tries)
     row = await (
         await conn.execute("SELECT trackd_record_success(%s, %s, %s, %s, %s, %s, %s, %s) AS ok", args)
     ).fetchone()
@@ -352,7 +356,7 @@ async def record(
     ).fetchone()
     if row is None:
         return False
-    body = attempt.response_body[:MAX_RESPONSE_BODY] if attempt.response_body else None
+    body = _kept(attempt)
     await conn.execute(
         "INSERT INTO webhook_attempts (delivery_id, at, status_code, latency_ms, error, response_body)"
         " VALUES (%s, %s, %s, %s, %s, %s)",
