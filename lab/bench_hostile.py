@@ -23,7 +23,10 @@ held by the bench at each slice:
 - slow HTTP clients: raw sockets that trickle an incomplete request (its head, or its body), one
   byte every `TRICKLE_S`, opened again whenever the server closes them, closed while held;
 - a slow webhook endpoint: a local receiver that sleeps `SLOW_ENDPOINT_S` before answering each
-  request, subscribed to positions by the second tenant, which gets `CHANGES_PER_S` of them;
+  request, subscribed by the second tenant to the positions of `HOSTILE_SHIPMENTS` of its
+  shipments. That tenant sends `CHANGES_PER_S` positions all through the run, ordinary ingest of a
+  neighbour: in the hostile slices for the shipments its slow endpoint follows (each one a
+  notification to it), in the clean ones for as many that nothing follows;
 - junk to `/v1/osmand`: 1 MB bodies and small requests, with unknown device ids.
 
 Figures, for the events sent in the hostile windows as a share of those sent in the clean ones
@@ -94,8 +97,8 @@ TRICKLE_S = 2.0
 OSMAND_BIG_PER_S = 2.0  # 1 MB bodies
 OSMAND_BIG_BYTES = 1 << 20
 OSMAND_SMALL_PER_S = 50.0
-CHANGES_PER_S = 20.0  # the second tenant's position events, each a delivery to the slow endpoint
-HOSTILE_SHIPMENTS = 50
+CHANGES_PER_S = 20.0  # the second tenant's position events (in the hostile slices each a delivery to the slow endpoint)
+HOSTILE_SHIPMENTS = 50  # the second tenant's shipments that its slow endpoint follows (and as many that nothing does)
 SLOW_ENDPOINT_S = 10.0
 
 
@@ -681,10 +684,16 @@ async def _osmand(conf: dict[str, Any], http: list[RawHttp], gate: Gate, tally: 
 
 
 async def _changes(conf: dict[str, Any], http: list[RawHttp], gate: Gate, tally: Counter[str]) -> None:
-    """The second tenant's positions: each one a notification to its slow endpoint."""
-    path, secret, trackings = f"/v1/ingest/{conf['tenant']}/native", conf["secret"], conf["trackings"]
+    """The second tenant's positions, from the start until the traffic is done, whether it is let go
+    or held: a neighbour's ordinary ingest. While it is let go they are for the shipments its slow
+    endpoint follows (each one a notification to it), while it is held for as many that nothing
+    follows, so that the clean slices get the same ingest without the slow endpoint's deliveries."""
+    path, secret = f"/v1/ingest/{conf['tenant']}/native", conf["secret"]
+    followed, quiet = conf["trackings"], conf["quiet_trackings"]
     base = conf["base"]
-    async for n in _paced(gate, CHANGES_PER_S):
+    async for n in _steady(gate, CHANGES_PER_S):
+        hostile = not gate.shut.is_set()
+        trackings = followed if hostile else quiet
         body = orjson.dumps(
             {
                 "occurred_at": base + n / 1000,
@@ -693,7 +702,17 @@ async def _changes(conf: dict[str, Any], http: list[RawHttp], gate: Gate, tally:
             }
         )
         sent = http[n % len(http)].request("POST", path, body, signed_headers(secret, body))
-        await _answer(tally, "second tenant's positions", sent)
+        what = "second tenant's positions to the slow endpoint" if hostile else "second tenant's other positions"
+        await _answer(tally, what, sent)
+
+
+async def _steady(gate: Gate, per_s: float) -> AsyncIterator[int]:
+    """0, 1, 2, ... at `per_s` a second, let go or held, until the traffic is done."""
+    start, n = time.monotonic(), 0
+    while not gate.done.is_set():
+        yield n
+        n += 1
+        await asyncio.sleep(max(0.0, start + n / per_s - time.monotonic()))
 
 
 async def _slow_client(
@@ -762,8 +781,8 @@ class _Runs:
         notified = args.notified or NOTIFIED_PER_S
         followed = watched(args.rate, len(ids), notified)
         self._subscribe(env.api_key, self.fast, ids[:followed])
-        self._subscribe(other.api_key, slow, [])
-        trackings = self._other_shipments(other)
+        other_ids, other_trackings = self._other_shipments(other)
+        self._subscribe(other.api_key, slow, other_ids[:HOSTILE_SHIPMENTS])
         # event n of a run occurs n ms after its base; the runs follow each other, an hour apart at least
         spacing = max(3600.0, math.ceil(args.rate * (2 * args.duration + args.warmup) / 1000) + 600.0)
         first_base = float(int(time.time()) - int(4 * spacing))
@@ -778,7 +797,8 @@ class _Runs:
             "tenant": other.name,
             "secret": other.ingest_secret,
             "api_key": other.api_key,
-            "trackings": trackings,
+            "trackings": other_trackings[:HOSTILE_SHIPMENTS],
+            "quiet_trackings": other_trackings[HOSTILE_SHIPMENTS:],
             "base": first_base,
             "max_body_bytes": env.settings.max_body_bytes,
             "attacks": attacks(args.attacks),
@@ -815,13 +835,17 @@ class _Runs:
         headers = {"Authorization": f"Bearer {api_key}"}
         httpx.post(self.servers[0].url + "/v1/webhooks", json=body, headers=headers, timeout=30).raise_for_status()
 
-    def _other_shipments(self, other: BenchTenant) -> list[str]:
-        trackings = [f"H{self.env.run_id.upper()}{i:04d}" for i in range(HOSTILE_SHIPMENTS)]
+    def _other_shipments(self, other: BenchTenant) -> tuple[list[str], list[str]]:
+        """The second tenant's shipments (twice `HOSTILE_SHIPMENTS`): their ids and tracking numbers."""
+        trackings = [f"H{self.env.run_id.upper()}{i:04d}" for i in range(2 * HOSTILE_SHIPMENTS)]
         headers = {"Authorization": f"Bearer {other.api_key}"}
+        ids = []
         with httpx.Client(base_url=self.servers[0].url, headers=headers, timeout=30) as http:
             for t in trackings:
-                http.post("/v1/shipments", json={"tracking_number": t, "mode": "road"}).raise_for_status()
-        return trackings
+                made = http.post("/v1/shipments", json={"tracking_number": t, "mode": "road"})
+                made.raise_for_status()
+                ids.append(str(made.json()["id"]))
+        return ids, trackings
 
     def _valid_load(self, base: float, duration: float, start_at: float | None = None) -> dict[str, Any]:
         env = self.env

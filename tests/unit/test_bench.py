@@ -23,6 +23,7 @@ from lab.bench_hostile import (
     Outcome,
     Side,
     _paced,
+    _steady,
     attacks,
     big_payload,
     deliveries_by_window,
@@ -277,6 +278,34 @@ def test_paced_hostile_traffic_goes_only_while_the_switch_is_on() -> None:
 
     got = asyncio.run(go())
     assert got == list(range(len(got)))  # numbered on across the pause
+
+
+def test_the_neighbours_steady_traffic_goes_whether_the_switch_is_on_or_not_until_done() -> None:
+    async def go() -> tuple[list[int], int]:
+        on, done = threading.Event(), asyncio.Event()
+        gate = Gate(on, done)
+        watcher = asyncio.create_task(gate.watch())
+        got: list[int] = []
+
+        async def take() -> None:
+            async for n in _steady(gate, 200.0):
+                got.append(n)
+
+        task = asyncio.create_task(take())
+        await asyncio.sleep(0.2)
+        held = len(got)
+        assert held > 0  # held from the start, and it goes
+        on.set()
+        await asyncio.sleep(0.2)
+        assert len(got) > held
+        done.set()
+        await asyncio.wait_for(task, 5)
+        await asyncio.wait_for(watcher, 5)
+        return got, held
+
+    got, _ = asyncio.run(go())
+    assert got == list(range(len(got)))
+    assert len(got) <= 200 * 0.4 * 1.5 + 2  # paced: about 200 a second, not as fast as it can
 
 
 def test_the_attackers_http_client_reads_whole_answers_by_their_length() -> None:
