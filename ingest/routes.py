@@ -19,7 +19,7 @@ from ingest import sources
 from ingest.pipeline import Pipeline
 from ingest.sources import osmand as osmand_source
 from trackd import metrics, quarantine_store, ratelimit, store, tenant_store
-from trackd.errors import NotFound, TrackdError, Unauthorized, ValidationError
+from trackd.errors import NotFound, RateLimited, TrackdError, Unauthorized, ValidationError
 from trackd.model import SourceContext
 from trackd.ratelimit import check_rate
 
@@ -148,8 +148,18 @@ async def osmand(request: Request, state: Shared, pipeline: IngestPipeline) -> R
     except ValidationError as exc:
         await _unattributed(request, state, exc, body or str(request.url.query).encode())
         raise
-    found = await store.device_for_key(state.guests, key)
+    found = store.remembered_device(key)
+    address = request.client.host if request.client else ""
     if found is None:
+        if not store.seen_device_key(key):
+            try:
+                ratelimit.check_lookup(address)  # past its budget of unknown keys, an address costs no lookup
+            except RateLimited:
+                metrics.UNATTRIBUTED.labels("osmand", "dropped").inc()
+                raise
+        found = await store.device_for_key(state.guests, key)
+    if found is None:
+        ratelimit.missed(address)
         try:  # raised here, not kept in a variable: a frame holding the error its traceback holds is a cycle
             raise NotFound(f"no device with key {key!r}: register it with POST /v1/devices")
         except NotFound as exc:

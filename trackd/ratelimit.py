@@ -18,6 +18,11 @@ SAMPLE_PER_ADDRESS_PER_S = 1.0
 SAMPLE_PER_ADDRESS_BURST = 10.0
 SAMPLE_PER_S = 20.0
 SAMPLE_BURST = 40.0
+# Device keys a client address may send that name no device: each costs a database lookup, so past
+# a burst of 20 an address may look up two more a second; beyond that its unknown keys are answered
+# 429 with no lookup. Keys that name a device cost nothing here.
+MISSES_PER_ADDRESS_PER_S = 2.0
+MISSES_PER_ADDRESS_BURST = 20.0
 MAX_ADDRESSES = 10_000
 
 
@@ -60,12 +65,39 @@ class Buckets:
             self._state.popitem(last=False)
         return allowed
 
+    def wait_s(self, key: str, now: float | None = None, cost: float = 1.0) -> float:
+        """Seconds until `key`'s bucket holds `cost` tokens (0 when it does now); nothing taken."""
+        t = time.monotonic() if now is None else now
+        tokens, last = self._state.get(key, (self.burst, t))
+        tokens = min(self.burst, tokens + max(0.0, t - last) * self.rate_per_s)
+        return 0.0 if tokens >= cost else (cost - tokens) / self.rate_per_s
+
     def __len__(self) -> int:
         return len(self._state)
 
 
 _SAMPLE_BY_ADDRESS = Buckets(SAMPLE_PER_ADDRESS_PER_S, SAMPLE_PER_ADDRESS_BURST)
 _SAMPLE_ALL = Buckets(SAMPLE_PER_S, SAMPLE_BURST, max_keys=1)
+
+
+_MISSES_BY_ADDRESS = Buckets(MISSES_PER_ADDRESS_PER_S, MISSES_PER_ADDRESS_BURST)
+
+
+def check_lookup(address: str, now: float | None = None) -> None:
+    """Raise `RateLimited` when client `address` has sent more keys that name no device than it may
+    have looked up now (`missed` counts them)."""
+    wait = _MISSES_BY_ADDRESS.wait_s(address, now)
+    if wait > 0:
+        raise RateLimited(
+            f"too many unknown device keys from this address: at most {MISSES_PER_ADDRESS_PER_S:g} a second"
+            f" after a burst of {MISSES_PER_ADDRESS_BURST:g}",
+            max(1, math.ceil(wait)),
+        )
+
+
+def missed(address: str, now: float | None = None) -> None:
+    """Count a key from client `address` that named no device."""
+    _MISSES_BY_ADDRESS.take(address, now)
 
 
 def may_sample(address: str, now: float | None = None) -> bool:

@@ -354,12 +354,24 @@ def forget_device_key(key: str) -> None:
     _DEVICE_KEYS.pop(key, None)
 
 
+def remembered_device(key: str) -> tuple[int, str, str] | None:
+    """What `device_for_key` found for `key` within the last `DEVICE_KEY_TTL_S`, with no lookup."""
+    hit = _DEVICE_KEYS.get(key)
+    return hit[1] if hit is not None and hit[0] > time.monotonic() else None
+
+
+def seen_device_key(key: str) -> bool:
+    """Whether `device_for_key` found `key` at its last lookup in this process (however long ago,
+    among the last `DEVICE_KEYS_KEPT`): a device heard before, whose lookup is owed no budget."""
+    return key in _DEVICE_KEYS
+
+
 async def device_for_key(pool: AsyncConnectionPool, key: str) -> tuple[int, str, str] | None:
     """(tenant id, tenant name, device id) for a device key, across tenants (keys are global)."""
+    hit = remembered_device(key)
+    if hit is not None:
+        return hit
     now = time.monotonic()
-    hit = _DEVICE_KEYS.get(key)
-    if hit is not None and hit[0] > now:
-        return hit[1]
     found = await _device_for_key(pool, key)
     _DEVICE_KEYS.pop(key, None)
     if found is not None:

@@ -59,6 +59,9 @@ def test_megabytes_of_junk_for_unknown_devices_store_a_small_sample(testenv: Run
     key = f"device-{secrets.token_hex(8)}"
     with httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {t['api_key']}"}, timeout=30) as http:
         assert http.post("/v1/devices", json={"id": "truck-1", "key": key}).status_code == 201
+    position = {"id": key, "lat": "50.1", "lon": "8.6", "timestamp": str(int(time.time()))}
+    with httpx.Client(base_url=api.url, timeout=30) as osm:  # heard once before the flood
+        assert osm.get("/v1/osmand", params=position).status_code == 200
     before_rows = {r[0] for r in sample_rows(testenv)}
     before_size = database_size(testenv)
     junk = bytes(range(256)) * (MB // 256) + b"x" * (MB % 256)
@@ -67,18 +70,24 @@ def test_megabytes_of_junk_for_unknown_devices_store_a_small_sample(testenv: Run
     started = time.monotonic()
     with httpx.Client(base_url=api.url, timeout=30) as osm:
         for i in range(100):
-            # an unknown key in the query, or no key at all (the junk is no form): 404 and 422
+            # an unknown key in the query (404, or 429 past the address's lookups), or no key at all
+            # (the junk is no form): 422
             params = {"id": f"nobody-{i}-{secrets.token_hex(4)}"} if i % 2 else {}
             r = osm.post("/v1/osmand", params=params, content=junk, headers={"content-type": "text/plain"})
             codes.append(r.status_code)
     elapsed = time.monotonic() - started
-    assert (codes.count(404), codes.count(422)) == (50, 50)
+    assert codes.count(422) == 50
+    looked_up = codes.count(404)
+    assert looked_up + codes.count(429) == 50
+    misses = ratelimit.MISSES_PER_ADDRESS_BURST + math.ceil(elapsed * ratelimit.MISSES_PER_ADDRESS_PER_S)
+    assert min(50, ratelimit.MISSES_PER_ADDRESS_BURST) <= looked_up <= misses + 1
 
     new = [r for r in sample_rows(testenv) if r[0] not in before_rows]
     # the address's burst of ten, then one a second
     assert 10 <= len(new) <= 10 + math.ceil(elapsed * ratelimit.SAMPLE_PER_ADDRESS_PER_S) + 1
     assert all(kept <= quarantine_store.SAMPLE_RAW and size == MB for _, kept, size, _ in new)
     assert all(reason.startswith(("NotFound: no device with key", "ValidationError: body")) for *_, reason in new)
+    assert sum(reason.startswith("NotFound") for *_, reason in new) <= looked_up  # a 429 is never kept
     assert unattributed(api) == {"sampled": len(new), "dropped": 100 - len(new)}
     grown = database_size(testenv) - before_size
     assert grown < 10 * 1024 * 1024, grown
@@ -93,15 +102,47 @@ def test_megabytes_of_junk_for_unknown_devices_store_a_small_sample(testenv: Run
     (last,) = [r for r in sample_rows(testenv) if r[0] not in {x[0] for x in everything}]
     assert (last[1], last[2]) == (quarantine_store.SAMPLE_RAW, 5000)
 
-    # A registered device is still heard.
+    # A registered device heard before is still heard from the flooding address.
     with httpx.Client(base_url=api.url, timeout=30) as osm:
-        ok = osm.get("/v1/osmand", params={"id": key, "lat": "50.1", "lon": "8.6", "timestamp": str(int(time.time()))})
+        position["timestamp"] = str(int(time.time()) + 1)
+        ok = osm.get("/v1/osmand", params=position)
         assert ok.status_code == 200, ok.text
     stored = testenv.sql(
         "SELECT count(*) FROM events e JOIN tenants t ON t.id = e.tenant_id WHERE t.name = %s AND e.kind = 'position'",
         t["tenant"],
     )
-    assert stored[0][0] == 1
+    assert stored[0][0] == 2
+
+
+def test_unknown_keys_past_an_addresss_budget_cost_no_lookup(testenv: RunEnv, api: Server) -> None:
+    t = orjson.loads(testenv.trackd("tenant", "create", f"ub{secrets.token_hex(3)}").stdout)
+    fresh = f"device-{secrets.token_hex(8)}"
+    with httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {t['api_key']}"}, timeout=30) as http:
+        assert http.post("/v1/devices", json={"id": "van-1", "key": fresh}).status_code == 201
+    before = unattributed(api)
+    burst = int(ratelimit.MISSES_PER_ADDRESS_BURST)
+    with httpx.Client(base_url=api.url, transport=httpx.HTTPTransport(local_address="127.0.0.4"), timeout=30) as osm:
+        started = time.monotonic()
+        answers = [osm.get("/v1/osmand", params={"id": f"guess-{i:03d}-{secrets.token_hex(4)}"}) for i in range(100)]
+        elapsed = time.monotonic() - started
+        codes = [r.status_code for r in answers]
+        looked_up = codes.count(404)
+        assert looked_up + codes.count(429) == 100
+        assert codes[:burst] == [404] * burst
+        assert looked_up <= burst + math.ceil(elapsed * ratelimit.MISSES_PER_ADDRESS_PER_S) + 1
+        refused = [r for r in answers if r.status_code == 429]
+        assert refused, elapsed  # 100 small requests take far less than the 40 s the budget would need
+        assert refused[0].json()["error"] == "RateLimited"
+        assert "unknown device keys" in refused[0].json()["detail"]
+        assert 1 <= int(refused[0].headers["Retry-After"]) <= math.ceil(1 / ratelimit.MISSES_PER_ADDRESS_PER_S)
+        after = unattributed(api)
+        assert after["sampled"] + after["dropped"] - before["sampled"] - before["dropped"] == 100
+        assert after["dropped"] - before["dropped"] >= len(refused)  # counted, never kept
+
+        # The budget refills: a device this process has not heard yet gets its lookup then.
+        time.sleep(1.2 / ratelimit.MISSES_PER_ADDRESS_PER_S)
+        ok = osm.get("/v1/osmand", params={"id": fresh, "lat": "1.5", "lon": "2.5", "timestamp": str(int(time.time()))})
+        assert ok.status_code == 200, ok.text
 
 
 async def test_the_sample_is_capped_in_rows_and_bytes_and_keeps_the_newest(testenv: RunEnv) -> None:
