@@ -35,6 +35,7 @@ from trackd.settings import Settings
 log = logging.getLogger("trackd.api")
 
 ROUTERS = (
+    ingest_routes.router,  # first: most requests are ingest, and each is matched against the routes in order
     health.router,
     session.router,
     shipments.router,
@@ -42,7 +43,6 @@ ROUTERS = (
     devices.router,
     places.router,
     quarantine.router,
-    ingest_routes.router,
     gateway.router,
     notify_routes.router,
     links.router,
