@@ -151,15 +151,22 @@ async def osmand(request: Request, state: Shared, pipeline: IngestPipeline) -> R
     found = store.remembered_device(key)
     address = request.client.host if request.client else ""
     if found is None:
-        if not store.seen_device_key(key):
+        budgeted = not store.seen_device_key(key)  # a device heard before is owed its lookup
+        if budgeted:
             try:
-                ratelimit.check_lookup(address)  # past its budget of unknown keys, an address costs no lookup
+                ratelimit.take_lookup(address)  # past its budget of unknown keys, an address costs no lookup
             except RateLimited:
                 metrics.UNATTRIBUTED.labels("osmand", "dropped").inc()
                 raise
-        found = await store.device_for_key(state.guests, key)
+        try:
+            found = await store.device_for_key(state.guests, key)
+        except Exception:
+            if budgeted:  # no answer (the database): not the address's fault
+                ratelimit.refund_lookup(address)
+            raise
+        if found is not None and budgeted:
+            ratelimit.refund_lookup(address)
     if found is None:
-        ratelimit.missed(address)
         try:  # raised here, not kept in a variable: a frame holding the error its traceback holds is a cycle
             raise NotFound(f"no device with key {key!r}: register it with POST /v1/devices")
         except NotFound as exc:

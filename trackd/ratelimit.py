@@ -65,12 +65,11 @@ class Buckets:
             self._state.popitem(last=False)
         return allowed
 
-    def wait_s(self, key: str, now: float | None = None, cost: float = 1.0) -> float:
-        """Seconds until `key`'s bucket holds `cost` tokens (0 when it does now); nothing taken."""
-        t = time.monotonic() if now is None else now
-        tokens, last = self._state.get(key, (self.burst, t))
-        tokens = min(self.burst, tokens + max(0.0, t - last) * self.rate_per_s)
-        return 0.0 if tokens >= cost else (cost - tokens) / self.rate_per_s
+    def give(self, key: str, cost: float = 1.0) -> None:
+        """Put back `cost` tokens that `take` took (a bucket never holds more than `burst`)."""
+        if key in self._state:
+            tokens, last = self._state[key]
+            self._state[key] = (min(self.burst, tokens + cost), last)
 
     def __len__(self) -> int:
         return len(self._state)
@@ -83,11 +82,12 @@ _SAMPLE_ALL = Buckets(SAMPLE_PER_S, SAMPLE_BURST, max_keys=1)
 _MISSES_BY_ADDRESS = Buckets(MISSES_PER_ADDRESS_PER_S, MISSES_PER_ADDRESS_BURST)
 
 
-def check_lookup(address: str, now: float | None = None) -> None:
-    """Raise `RateLimited` when client `address` has sent more keys that name no device than it may
-    have looked up now (`missed` counts them)."""
-    wait = _MISSES_BY_ADDRESS.wait_s(address, now)
-    if wait > 0:
+def take_lookup(address: str, now: float | None = None) -> None:
+    """Take one of client `address`'s lookups of a device key, or raise `RateLimited` when it has
+    none left. Taken before the lookup, so that requests waiting for theirs at once cannot pass
+    the budget; a key that names a device gives it back (`found`)."""
+    if not _MISSES_BY_ADDRESS.take(address, now):
+        wait = 1.0 / MISSES_PER_ADDRESS_PER_S
         raise RateLimited(
             f"too many unknown device keys from this address: at most {MISSES_PER_ADDRESS_PER_S:g} a second"
             f" after a burst of {MISSES_PER_ADDRESS_BURST:g}",
@@ -95,9 +95,9 @@ def check_lookup(address: str, now: float | None = None) -> None:
         )
 
 
-def missed(address: str, now: float | None = None) -> None:
-    """Count a key from client `address` that named no device."""
-    _MISSES_BY_ADDRESS.take(address, now)
+def refund_lookup(address: str) -> None:
+    """Give back the lookup `take_lookup` took for a key from client `address` that named a device."""
+    _MISSES_BY_ADDRESS.give(address)
 
 
 def may_sample(address: str, now: float | None = None) -> bool:

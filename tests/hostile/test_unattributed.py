@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import RunEnv, Server, start_server, stop_server, wait_for
 from trackd import db, quarantine_store, ratelimit, store
+from trackd.errors import RateLimited
 
 MB = 1_000_000  # under TRACKD_MAX_BODY_BYTES' default of 5 MiB: read, not refused with 413
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
@@ -244,3 +245,24 @@ def test_address_buckets_are_bounded_and_independent() -> None:
     for key in ("c", "d", "e"):
         b.take(key, now=2.0)
     assert len(b) == 3  # the keys left alone longest were forgotten
+
+
+def test_an_addresss_lookups_are_taken_before_and_given_back_for_a_device() -> None:
+    address = f"test-{secrets.token_hex(4)}"  # a bucket of its own
+    burst = int(ratelimit.MISSES_PER_ADDRESS_BURST)
+    for _ in range(burst):  # taken before each lookup: requests waiting at once cannot pass the budget
+        ratelimit.take_lookup(address, now=100.0)
+    with pytest.raises(RateLimited) as refused:
+        ratelimit.take_lookup(address, now=100.0)
+    assert refused.value.retry_after_s == math.ceil(1 / ratelimit.MISSES_PER_ADDRESS_PER_S)
+    ratelimit.refund_lookup(address)  # that key named a device
+    ratelimit.take_lookup(address, now=100.0)
+    with pytest.raises(RateLimited):
+        ratelimit.take_lookup(address, now=100.0)
+    ratelimit.take_lookup(address, now=100.0 + 1 / ratelimit.MISSES_PER_ADDRESS_PER_S)  # refilled
+    for _ in range(burst + 5):
+        ratelimit.refund_lookup(address)
+    for _ in range(burst):  # never more than the burst
+        ratelimit.take_lookup(address, now=101.0)
+    with pytest.raises(RateLimited):
+        ratelimit.take_lookup(address, now=101.0)
