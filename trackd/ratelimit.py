@@ -85,7 +85,7 @@ _MISSES_BY_ADDRESS = Buckets(MISSES_PER_ADDRESS_PER_S, MISSES_PER_ADDRESS_BURST)
 def take_lookup(address: str, now: float | None = None) -> None:
     """Take one of client `address`'s lookups of a device key, or raise `RateLimited` when it has
     none left. Taken before the lookup, so that requests waiting for theirs at once cannot pass
-    the budget; a key that names a device gives it back (`found`)."""
+    the budget; a key that names a device gives it back (`refund_lookup`)."""
     if not _MISSES_BY_ADDRESS.take(address, now):
         wait = 1.0 / MISSES_PER_ADDRESS_PER_S
         raise RateLimited(
