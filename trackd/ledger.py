@@ -106,7 +106,11 @@ WHERE st.shipment_id = ANY(%s)
 """
 
 # Every state row of a batch in one statement. A jsonb column sent as null keeps its stored value,
-# so an unchanged trail, milestone or exception list is not written (and re-TOASTed) again.
+# so an unchanged trail, milestone or exception list is not written (and re-TOASTed) again. The ids
+# come a second time as an array, for the planner: it counts 100 rows for any `jsonb_to_recordset`,
+# and against 100 primary-key lookups a hash join over the whole table (10,000 shipments: 1,200
+# pages, 4-5 ms of a 1-row batch, most of the database's CPU under load) looked as cheap; with
+# `= ANY` of the ids it looks up the rows by key (0.07 ms).
 UPDATE_STATES = """
 UPDATE shipment_state st SET status = b.status, substatus = b.substatus, status_at = b.status_at,
   last_lat = b.lat, last_lon = b.lon, last_speed_kmh = b.speed, last_heading = b.heading,
@@ -121,7 +125,7 @@ FROM jsonb_to_recordset(%(states)s::jsonb)
           heading float8, pos_at timestamptz, last_event_at timestamptz, last_sensor jsonb, carrier_eta timestamptz,
           carrier_eta_created_at timestamptz, eta jsonb, exceptions jsonb, emissions jsonb, delivered_at timestamptz,
           started_at timestamptz, milestones jsonb, recent jsonb, release jsonb)
-WHERE st.shipment_id = b.id
+WHERE st.shipment_id = b.id AND st.shipment_id = ANY(%(ids)s::text[])
 RETURNING st.shipment_id, st.xmin::text AS x, st.version::bigint AS v
 """
 
@@ -555,7 +559,13 @@ async def update_shipments(
     if not saves and not (emitting and messages):
         return messages
     n = len(messages) if emitting else 0
-    params = {"states": _dumps(saves), "n": n, "tenant": tenant_id, "rows": _outbox_rows(messages) if n else "[]"}
+    params = {
+        "states": _dumps(saves),
+        "ids": [r["id"] for r in saves],
+        "n": n,
+        "tenant": tenant_id,
+        "rows": _outbox_rows(messages) if n else "[]",
+    }
     base: int | None = None
     for sid, sx, sv in await tuples(conn, SAVE_AND_EMIT, params):
         if sid is None:

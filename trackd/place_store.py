@@ -207,7 +207,7 @@ WITH closed AS (
   UPDATE place_visits v SET exited_at = c.at
   FROM jsonb_to_recordset(%(closes)s::jsonb) AS c(shipment_id text, place_id text, at timestamptz)
   WHERE v.tenant_id = %(tenant)s AND v.shipment_id = c.shipment_id AND v.place_id = c.place_id
-    AND v.exited_at IS NULL AND v.entered_at <= c.at
+    AND v.shipment_id = ANY(%(closing)s::text[]) AND v.exited_at IS NULL AND v.entered_at <= c.at
 )
 INSERT INTO place_visits (tenant_id, place_id, shipment_id, entered_at, exited_at)
 SELECT %(tenant)s, o.place_id, o.shipment_id, o.entered_at, o.exited_at
@@ -232,7 +232,12 @@ async def record_visits(conn: Conn, tenant_id: int, crossings: Sequence[tuple[st
         else:
             closes.append({"shipment_id": sid, "place_id": pid, "at": at})
     opens += [{"shipment_id": s, "place_id": p, "entered_at": at, "exited_at": None} for (s, p), at in opened.items()]
-    doc = {"tenant": tenant_id, "opens": orjson.dumps(opens).decode(), "closes": orjson.dumps(closes).decode()}
+    doc = {
+        "tenant": tenant_id,
+        "opens": orjson.dumps(opens).decode(),
+        "closes": orjson.dumps(closes).decode(),
+        "closing": [c["shipment_id"] for c in closes],  # for the planner, as in `ledger.UPDATE_STATES`
+    }
     await conn.execute(_RECORD_VISITS, doc)
 
 

@@ -4,6 +4,7 @@ identifier table and the packed Redis stream must never change what is stored or
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -267,3 +268,64 @@ async def test_a_delivery_across_lanes_fails_if_any_part_fails(pool: AsyncConnec
     failing.clear()  # the sender tries again: the stored part is found as duplicates
     result = await pipeline.store_events(tenant, delivery, "api")
     assert (result.accepted, result.stored, result.duplicates) == (3, 1, 2)
+
+
+def _prepared(statement: str) -> tuple[str, list[str]]:
+    """A psycopg statement as PREPARE takes it: `%(name)s` as `$n`, and the names in that order."""
+    names: list[str] = []
+
+    def number(m: re.Match[str]) -> str:
+        if m.group(1) not in names:
+            names.append(m.group(1))
+        return f"${names.index(m.group(1)) + 1}"
+
+    return re.sub(r"%\((\w+)\)s", number, statement), names
+
+
+async def test_saving_states_looks_rows_up_by_key_whatever_the_plan(pool: AsyncConnectionPool) -> None:
+    """The statement that saves a batch's states finds their rows by primary key, also in the
+    generic plan a prepared statement falls back to (psycopg prepares after 5 runs): that plan counts
+    100 rows for any `jsonb_to_recordset`, and a hash join over every state row once looked as cheap,
+    which cost milliseconds of the database's CPU for each one-shipment batch."""
+    tenant_id = await _tenant(pool)
+    async with store.transaction(pool) as conn:
+        await conn.execute(
+            "INSERT INTO shipments (id, tenant_id, tracking_number)"
+            " SELECT 'shp_plan' || g, %s, 'PLAN-' || g FROM generate_series(1, 10000) g",
+            (tenant_id,),
+        )
+        await conn.execute(
+            "INSERT INTO shipment_state (shipment_id, tenant_id) SELECT id, tenant_id FROM shipments"
+            " WHERE tenant_id = %s",
+            (tenant_id,),
+        )
+    async with store.connection(pool) as conn:
+        await conn.set_autocommit(True)
+        try:
+            await conn.execute("ANALYZE shipment_state")
+            text, names = _prepared(ledger.SAVE_AND_EMIT)
+            await conn.execute(f"PREPARE save_states AS {text}")
+            await conn.execute("SET plan_cache_mode = force_generic_plan")
+            values = {
+                "states": '[{"id": "shp_plan7"}]',
+                "ids": "{shp_plan7}",
+                "n": 0,
+                "tenant": tenant_id,
+                "rows": "[]",
+            }
+            args = ", ".join(f"'{values[n]}'" for n in names)
+            rows = await (await conn.execute(f"EXPLAIN (FORMAT JSON) EXECUTE save_states({args})")).fetchall()
+        finally:
+            await conn.execute("DEALLOCATE ALL")
+            await conn.execute("RESET plan_cache_mode")
+            await conn.set_autocommit(False)
+
+    def scans(node: dict[str, object]) -> list[tuple[object, object]]:
+        found = [(node.get("Node Type"), node.get("Relation Name"))]
+        for child in node.get("Plans", []):  # type: ignore[attr-defined]
+            found += scans(child)
+        return found
+
+    plan = scans(next(iter(rows[0].values()))[0]["Plan"])
+    assert ("Seq Scan", "shipment_state") not in plan, plan
+    assert ("Index Scan", "shipment_state") in plan, plan
