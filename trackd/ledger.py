@@ -146,15 +146,6 @@ SAVE_AND_EMIT = f"""WITH saved AS ({UPDATE_STATES}), {OUTBOX}
 SELECT shipment_id, x, v FROM saved UNION ALL SELECT NULL, NULL, base FROM t"""
 
 
-# The write path's statements are prepared (psycopg does after five runs), and PostgreSQL kept
-# planning them again for each run: the custom plans looked cheaper than the generic one, the same
-# key lookups. The events statement took 0.42 ms to plan and 0.11 ms to run, the state save 0.16
-# and 0.16; with the generic plan 0.02 and 0.14, 0.03 and 0.15 (10,000 shipments). Every statement
-# of the write path finds its rows by key, which a generic plan does as well as a custom one
-# (`test_write_path.py` checks the state save's), so the write transaction uses generic plans.
-GENERIC_PLANS = "SET LOCAL plan_cache_mode = force_generic_plan"
-
-
 @dataclass(slots=True)
 class WriteResult:
     accepted: int = 0
@@ -590,7 +581,6 @@ async def write_events(
 ) -> WriteResult:
     result = WriteResult(accepted=len(events))
     unique = list({e.event_id: e for e in reversed(events)}.values())[::-1]
-    await conn.execute(GENERIC_PLANS)
     # Without retractions in play (DCSA only), the events statement also locks the state rows.
     locked: list[tuple[Any, ...]] | None = None if any(e.source == "dcsa" or e.retracts for e in unique) else []
     new = await insert_events(conn, tenant_id, unique, received_at, locked)
