@@ -8,6 +8,7 @@ import re
 import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 import pytest
@@ -282,17 +283,15 @@ def _prepared(statement: str) -> tuple[str, list[str]]:
     return re.sub(r"%\((\w+)\)s", number, statement), names
 
 
-async def test_saving_states_looks_rows_up_by_key_whatever_the_plan(pool: AsyncConnectionPool) -> None:
-    """The statement that saves a batch's states finds their rows by primary key, also in the
-    generic plan a prepared statement falls back to (psycopg prepares after 5 runs): that plan counts
-    100 rows for any `jsonb_to_recordset`, and a hash join over every state row once looked as cheap,
-    which cost milliseconds of the database's CPU for each one-shipment batch."""
+async def _many_shipments(pool: AsyncConnectionPool) -> int:
+    """A new tenant with 10,000 shipments (each with an identifier) and their state rows, analyzed."""
     tenant_id = await _tenant(pool)
     async with store.transaction(pool) as conn:
         await conn.execute(
-            "INSERT INTO shipments (id, tenant_id, tracking_number)"
-            " SELECT 'shp_plan' || g, %s, 'PLAN-' || g FROM generate_series(1, 10000) g",
-            (tenant_id,),
+            "INSERT INTO shipments (id, tenant_id, tracking_number, ref_keys)"
+            " SELECT 'shp_plan' || %s || '_' || g, %s, 'PLAN-' || g, ARRAY['t:PLAN-' || g]"
+            " FROM generate_series(1, 10000) g",
+            (tenant_id, tenant_id),
         )
         await conn.execute(
             "INSERT INTO shipment_state (shipment_id, tenant_id) SELECT id, tenant_id FROM shipments"
@@ -301,31 +300,63 @@ async def test_saving_states_looks_rows_up_by_key_whatever_the_plan(pool: AsyncC
         )
     async with store.connection(pool) as conn:
         await conn.set_autocommit(True)
+        await conn.execute("ANALYZE shipments, shipment_keys, shipment_state")
+        await conn.set_autocommit(False)
+    return tenant_id
+
+
+async def _generic_plan(
+    pool: AsyncConnectionPool, statement: str, values: dict[str, object]
+) -> list[tuple[object, object]]:
+    """The (node type, relation) of every node of the statement's generic plan, as a prepared
+    statement runs once PostgreSQL settles on it."""
+    text, names = _prepared(statement)
+    async with store.connection(pool) as conn:
+        await conn.set_autocommit(True)
         try:
-            await conn.execute("ANALYZE shipment_state")
-            text, names = _prepared(ledger.SAVE_AND_EMIT)
-            await conn.execute(f"PREPARE save_states AS {text}")
+            await conn.execute(f"PREPARE planned AS {text}")
             await conn.execute("SET plan_cache_mode = force_generic_plan")
-            values = {
-                "states": '[{"id": "shp_plan7"}]',
-                "ids": "{shp_plan7}",
-                "n": 0,
-                "tenant": tenant_id,
-                "rows": "[]",
-            }
-            args = ", ".join(f"'{values[n]}'" for n in names)
-            rows = await (await conn.execute(f"EXPLAIN (FORMAT JSON) EXECUTE save_states({args})")).fetchall()
+            args = ", ".join("'" + str(values[n]).replace("'", "''") + "'" for n in names)
+            rows = await (await conn.execute(f"EXPLAIN (FORMAT JSON) EXECUTE planned({args})")).fetchall()
         finally:
             await conn.execute("DEALLOCATE ALL")
             await conn.execute("RESET plan_cache_mode")
             await conn.set_autocommit(False)
 
-    def scans(node: dict[str, object]) -> list[tuple[object, object]]:
+    def nodes(node: dict[str, Any]) -> list[tuple[object, object]]:
         found = [(node.get("Node Type"), node.get("Relation Name"))]
-        for child in node.get("Plans", []):  # type: ignore[attr-defined]
-            found += scans(child)
+        for child in node.get("Plans", []):
+            found += nodes(child)
         return found
 
-    plan = scans(next(iter(rows[0].values()))[0]["Plan"])
+    return nodes(next(iter(rows[0].values()))[0]["Plan"])
+
+
+async def test_saving_states_looks_rows_up_by_key_whatever_the_plan(pool: AsyncConnectionPool) -> None:
+    """The statement that saves a batch's states finds their rows by primary key in the generic
+    plan: that plan counts 100 rows for any `jsonb_to_recordset`, and a hash join over every state
+    row once looked as cheap, which cost milliseconds of the database's CPU for each one-shipment
+    batch."""
+    tenant_id = await _many_shipments(pool)
+    sid = f"shp_plan{tenant_id}_7"
+    values = {"states": f'[{{"id": "{sid}"}}]', "ids": f"{{{sid}}}", "n": 0, "tenant": tenant_id, "rows": "[]"}
+    plan = await _generic_plan(pool, ledger.SAVE_AND_EMIT, values)
     assert ("Seq Scan", "shipment_state") not in plan, plan
     assert ("Index Scan", "shipment_state") in plan, plan
+
+
+async def test_the_events_statement_looks_rows_up_by_key_in_its_generic_plan(pool: AsyncConnectionPool) -> None:
+    """In the generic plan a prepared statement may settle on, the events statement still finds
+    each event's shipment, its identifier and the state rows it locks by key."""
+    tenant_id = await _many_shipments(pool)
+    row = {
+        "event_id": "plan-1", "occurred_at": T0.isoformat(), "created_at": T0.isoformat(), "device_id": None,
+        "source": "native", "kind": "position", "code": None, "raw_code": None, "classifier": None,
+        "match_keys": ["t:PLAN-7"], "retracts": None, "data": {"lat": 1.0, "lon": 2.0}, "raw": {},
+        "named_shipment": None,
+    }  # fmt: skip
+    values = {"tenant": tenant_id, "rows": orjson.dumps([row]).decode(), "received_at": T0.isoformat()}
+    plan = await _generic_plan(pool, ledger.INSERT_EVENTS_LOCKING, values)
+    for table in ("shipments", "shipment_keys", "shipment_state", "device_attachments"):
+        assert ("Seq Scan", table) not in plan, plan
+    assert ("Index Scan", "shipment_keys") in plan, plan
