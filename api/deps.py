@@ -37,6 +37,8 @@ class AppState:
     # Connections of their own for input no tenant is authenticated for yet (OsmAnd key lookups,
     # the unattributed sample), so that junk queues there and never for the tenants' connections.
     guest_pool: AsyncConnectionPool | None = None
+    # The write path's connections (the ingest pipeline's, with generic plans), shown in /metrics.
+    write_pool: AsyncConnectionPool | None = None
 
     @property
     def guests(self) -> AsyncConnectionPool:

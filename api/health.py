@@ -71,6 +71,8 @@ async def prometheus(request: Request, state: Shared) -> Response:
     metrics.record_pool("main", state.pool.get_stats())
     if state.guest_pool is not None:
         metrics.record_pool("guest", state.guest_pool.get_stats())
+    if state.write_pool is not None:
+        metrics.record_pool("write", state.write_pool.get_stats())
     # Rendered off the event loop, so that a scrape never holds up the requests being served.
     body = await asyncio.to_thread(generate_latest, metrics.REGISTRY)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -73,7 +73,10 @@ class Resources:
         relay = Relay(pool, bus, defer=with_hub)  # see trackd/relay.py: the api role relays last
         await relay.start()
         evaluator = Evaluator(settings)
-        pipeline = Pipeline(pool, evaluator)
+        # The write path on connections of its own, with generic plans (trackd/db.py GENERIC_PLANS);
+        # they open as the writes need them, up to as many as the main pool's.
+        write_pool = await db.open_pool(settings.dsn(), settings.pool_size, generic_plans=True)
+        pipeline = Pipeline(write_pool, evaluator)
         guest_pool = await db.open_pool(settings.dsn(), settings.guest_pool_size, autocommit=True)
         state = AppState(
             settings=settings,
@@ -83,6 +86,7 @@ class Resources:
             evaluator=evaluator,
             clock=pipeline.clock,
             guest_pool=guest_pool,
+            write_pool=write_pool,
         )
         hub = None
         if with_hub:
@@ -99,6 +103,7 @@ class Resources:
             await s.bus.close()
         if s.guest_pool is not None:
             await s.guest_pool.close()
+        await self.pipeline.pool.close()
         await s.pool.close()
 
 
@@ -137,8 +142,8 @@ async def collect_garbage(stop: asyncio.Event) -> None:
       survives is frozen, so that the next such pass walks only what came after it. Its pause
       grows with the time between passes (the states decoded since): with 10,000 shipments at 500
       events/s, 9-47 ms every 10 s, and 2.4 ms (median; p99 7 ms) every second, where one walk of
-      the whole heap took 85-175 ms. On a p99 of 20-40 ms the 10 s pass set the tail of whichever
-      second it fell in;
+      the whole heap took 85-175 ms. On a p99 of 20-40 ms the 10 s pass set the tail wherever it
+      fell;
     - every `GC_THAW_EVERY_S`, the whole heap, frozen objects included, so that a cycle that died
       after it was frozen (a closed connection's) is freed within the hour.
     Reference counting frees everything else, frozen or not, at once."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from importlib import resources
+from typing import Any
 
 import orjson
 import psycopg
@@ -128,15 +129,29 @@ def has_timescale(dsn: str) -> bool:
         return row is not None
 
 
-async def open_pool(dsn: str, size: int = 10, autocommit: bool = False) -> AsyncConnectionPool:
+# What the write path's connections ask of the planner: its statements find their rows by key, and
+# PostgreSQL kept planning them again on every run (the custom plans looked cheaper than the
+# generic one, the same key lookups): 0.42 ms to plan the events statement against 0.11 ms to run
+# it, with 10,000 shipments. Asked at connect time, it costs no statement of its own.
+GENERIC_PLANS = "-c plan_cache_mode=force_generic_plan"
+
+
+async def open_pool(
+    dsn: str, size: int = 10, autocommit: bool = False, generic_plans: bool = False
+) -> AsyncConnectionPool:
     """`autocommit`: a statement outside `store.transaction` is its own transaction (one round
-    trip, no BEGIN and COMMIT around it)."""
+    trip, no BEGIN and COMMIT around it). `generic_plans`: prepared statements always use their
+    generic plan (`GENERIC_PLANS`), for a pool that only runs key lookups."""
+    kwargs: dict[str, Any] = {"row_factory": dict_row, "autocommit": autocommit}
+    if generic_plans:  # beside any options the DSN names (they would be replaced otherwise)
+        given = psycopg.conninfo.conninfo_to_dict(dsn).get("options")
+        kwargs["options"] = f"{given} {GENERIC_PLANS}" if given else GENERIC_PLANS
     pool = AsyncConnectionPool(
         dsn,
         min_size=1,
         max_size=size,
         open=False,
-        kwargs={"row_factory": dict_row, "autocommit": autocommit},
+        kwargs=kwargs,
         timeout=10,
         reconnect_timeout=3600,
     )
