@@ -360,3 +360,24 @@ async def test_the_events_statement_looks_rows_up_by_key_in_its_generic_plan(poo
     for table in ("shipments", "shipment_keys", "shipment_state", "device_attachments"):
         assert ("Seq Scan", table) not in plan, plan
     assert ("Index Scan", "shipment_keys") in plan, plan
+
+
+async def test_the_write_pool_asks_for_generic_plans_beside_the_dsns_options(testenv: RunEnv) -> None:
+    """The ingest write path's pool (`serve/roles.py`) opens its connections with generic plans,
+    and keeps the options the DSN names."""
+    write = await db.open_pool(f"{testenv.dsn}?options=-c%20statement_timeout%3D12345", 1, generic_plans=True)
+    plain = await db.open_pool(testenv.dsn, 1)
+    try:
+        async with store.connection(write) as conn:
+            got = await (
+                await conn.execute(
+                    "SELECT current_setting('plan_cache_mode') AS m, current_setting('statement_timeout') AS t"
+                )
+            ).fetchone()
+        async with store.connection(plain) as conn:
+            other = await (await conn.execute("SELECT current_setting('plan_cache_mode') AS m")).fetchone()
+    finally:
+        await write.close()
+        await plain.close()
+    assert got == {"m": "force_generic_plan", "t": "12345ms"}
+    assert other == {"m": "auto"}
