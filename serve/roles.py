@@ -101,9 +101,9 @@ class Resources:
         await s.relay.stop()
         if self.owns_bus:
             await s.bus.close()
-        if s.guest_pool is not None:
-            await s.guest_pool.close()
-        await self.pipeline.pool.close()
+        for extra in (s.guest_pool, s.write_pool):
+            if extra is not None:
+                await extra.close()
         await s.pool.close()
 
 
